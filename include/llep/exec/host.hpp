@@ -1,0 +1,67 @@
+#pragma once
+// HostExec: the host execution space. The layer's shared __host__ __device__ functors run
+// here as plain loops; the CUDA space (exec/cuda.cuh) offers the same members on a stream.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "llep/core/concepts.hpp"
+#include "llep/core/config.hpp"
+#include "llep/core/error.hpp"
+
+namespace llep {
+
+class HostExec {
+ public:
+  static constexpr MemorySpace memory = MemorySpace::host;
+  static constexpr std::string_view name = "host";
+
+  /// Runs f(i) for i in [0, n).
+  template <class F>
+  void for_each_n(std::size_t n, F f) const {
+    for (std::size_t i = 0; i < n; ++i) f(i);
+  }
+
+  /// counts[b] = #{i : ids[i] == b} for b in [0, bins); counts[bins] = ids outside [0, bins).
+  void histogram(const std::int32_t* ids, std::size_t n, int bins, count_t* counts) const {
+    std::fill(counts, counts + bins + 1, count_t{0});
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int32_t id = ids[i];
+      ++counts[(id >= 0 && id < bins) ? id : bins];
+    }
+  }
+
+  /// Stable sort of pair indices by expert id: order[j] is the flat index of the j-th pair
+  /// in (expert, index) order. Every id must be in [0, bins) (histogram checks first).
+  void sort_by_expert(const std::int32_t* ids, std::size_t n, int bins, std::int32_t* order) {
+    offsets_.assign(static_cast<std::size_t>(bins) + 1, 0);
+    for (std::size_t i = 0; i < n; ++i) ++offsets_[static_cast<std::size_t>(ids[i]) + 1];
+    for (std::size_t b = 0; b < static_cast<std::size_t>(bins); ++b) offsets_[b + 1] += offsets_[b];
+    for (std::size_t i = 0; i < n; ++i)
+      order[offsets_[static_cast<std::size_t>(ids[i])]++] = static_cast<std::int32_t>(i);
+  }
+
+  void copy(void* dst, const void* src, std::size_t bytes) const {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void to_host(void* dst, const void* src, std::size_t bytes) const { copy(dst, src, bytes); }
+  void from_host(void* dst, const void* src, std::size_t bytes) const { copy(dst, src, bytes); }
+  void synchronize() const noexcept {}
+
+  /// Step memory: grows to the largest request and is then reused, so a warm layer
+  /// allocates nothing per step.
+  std::byte* workspace(std::size_t bytes) {
+    if (workspace_.size() < bytes) workspace_.resize(bytes);
+    return workspace_.data();
+  }
+  [[nodiscard]] std::size_t workspace_capacity() const noexcept { return workspace_.size(); }
+
+ private:
+  std::vector<std::size_t> offsets_;
+  std::vector<std::byte> workspace_;
+};
+
+}  // namespace llep
