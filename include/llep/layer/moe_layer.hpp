@@ -16,6 +16,7 @@
 #include "llep/layer/layout.hpp"
 #include "llep/layer/report.hpp"
 #include "llep/layer/row_ops.hpp"
+#include "llep/stats/routing_stats.hpp"
 
 namespace llep {
 
