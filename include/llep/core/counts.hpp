@@ -2,6 +2,7 @@
 // The counts matrix C[P][N] (pairs on rank p routed to expert e) and the loads it implies.
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <span>
 
 #include "llep/core/config.hpp"
@@ -47,12 +48,18 @@ inline void loads_from_counts(CountsView counts, std::span<count_t> loads) {
     for (int e = 0; e < counts.experts(); ++e) loads[static_cast<std::size_t>(e)] += counts(p, e);
 }
 
-/// Checks that loads fit the topology: N entries, none negative.
+/// Checks that loads fit the topology: N entries, none negative, a total that count_t holds
+/// (planners add loads up; an overflow there would be undefined behaviour).
 inline void check_loads(std::span<const count_t> loads, const Topology& topo) {
   LLEP_EXPECTS(loads.size() == static_cast<std::size_t>(topo.experts()), "loads has ", loads.size(),
                " entries but the topology has N = ", topo.experts(), " experts");
-  for (std::size_t e = 0; e < loads.size(); ++e)
+  count_t total = 0;
+  for (std::size_t e = 0; e < loads.size(); ++e) {
     LLEP_EXPECTS(loads[e] >= 0, "load ", loads[e], " of expert ", e, " is negative");
+    LLEP_EXPECTS(loads[e] <= std::numeric_limits<count_t>::max() - total, "loads sum past ",
+                 std::numeric_limits<count_t>::max(), " at expert ", e, " (load ", loads[e], ")");
+    total += loads[e];
+  }
 }
 
 /// Per-rank load under native placement (standard EP).

@@ -5,6 +5,7 @@
 // A Plan is reused from step to step: planners call reset() and refill it, so once its
 // vectors have grown to the largest plan seen, planning allocates nothing.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -29,6 +30,13 @@ struct Segment {
   friend constexpr bool operator==(const Segment&, const Segment&) = default;
 };
 
+/// (expert, begin) order of a plan's segments; end breaks ties so that broken plans with
+/// equal begins (an empty segment) still sort the same way every time.
+[[nodiscard]] constexpr bool segment_order(const Segment& a, const Segment& b) noexcept {
+  if (a.expert != b.expert) return a.expert < b.expert;
+  return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+}
+
 /// The weights of `expert` travel from `src` (its native rank) to `dst`.
 struct WeightTransfer {
   std::int32_t expert = 0;
@@ -41,6 +49,7 @@ struct WeightTransfer {
 /// once the plan object is warm.
 struct PlanScratch {
   std::vector<std::int32_t> order;
+  std::vector<std::uint64_t> keys;
   std::vector<count_t> assigned;
   std::vector<count_t> pending;
   std::vector<count_t> rank_tmp;
@@ -65,6 +74,10 @@ class Plan {
 
   /// Appends a segment; segments may come in any expert order, finish() sorts them.
   void add_segment(int expert, int rank, count_t begin, count_t end) {
+    // Out-of-range ids would index past the rank loads and the expert index.
+    LLEP_EXPECTS(expert >= 0 && expert < experts_, "segment expert ", expert, " is outside [0, ", experts_, ")");
+    LLEP_EXPECTS(rank >= 0 && rank < ranks_, "segment rank ", rank, " of expert ", expert, " is outside [0, ",
+                 ranks_, ")");
     segments_.push_back(Segment{expert, rank, begin, end});
     rank_loads_[static_cast<std::size_t>(rank)] += end - begin;
   }
@@ -75,22 +88,39 @@ class Plan {
   /// Sorts segments by (expert, begin), builds the per-expert index and derives the weight
   /// transfers (one per segment off the native rank), sorted by (expert, dst).
   void finish(const Topology& topo) {
-    std::sort(segments_.begin(), segments_.end(), [](const Segment& a, const Segment& b) {
-      return a.expert != b.expert ? a.expert < b.expert : a.begin < b.begin;
-    });
-    std::fill(expert_offsets_.begin(), expert_offsets_.end(), std::size_t{0});
-    for (const Segment& s : segments_) ++expert_offsets_[static_cast<std::size_t>(s.expert) + 1];
-    for (std::size_t e = 0; e < static_cast<std::size_t>(experts_); ++e)
-      expert_offsets_[e + 1] += expert_offsets_[e];
+    sort_segments();
     transfers_.clear();
-    for (const Segment& s : segments_) {
-      const int native = topo.native_rank(s.expert);
-      if (s.rank != native) transfers_.push_back(WeightTransfer{s.expert, native, s.rank});
+    for (int e = 0; e < experts_; ++e) {
+      const int native = topo.native_rank(e);
+      const std::size_t first = transfers_.size();
+      for (const Segment& s : segments(e))
+        if (s.rank != native) transfers_.push_back(WeightTransfer{e, native, s.rank});
+      // One expert's helpers: a handful, so this sort is an insertion sort.
+      const auto from = transfers_.begin() + static_cast<std::ptrdiff_t>(first);
+      std::sort(from, transfers_.end(), [](const WeightTransfer& a, const WeightTransfer& b) { return a.dst < b.dst; });
+      transfers_.erase(std::unique(from, transfers_.end()), transfers_.end());
     }
-    std::sort(transfers_.begin(), transfers_.end(), [](const WeightTransfer& a, const WeightTransfer& b) {
-      return a.expert != b.expert ? a.expert < b.expert : a.dst < b.dst;
-    });
-    transfers_.erase(std::unique(transfers_.begin(), transfers_.end()), transfers_.end());
+    finished_ = true;
+  }
+
+  /// Takes a plan made elsewhere (read from a file, received from another process) as
+  /// given, without deriving or checking anything but the expert ids the index needs;
+  /// validate() is what judges it. Segments are sorted by (expert, begin).
+  void assign(const Topology& topo, std::string_view policy, count_t capacity,
+              std::span<const Segment> segments, std::span<const WeightTransfer> transfers,
+              std::span<const count_t> rank_loads) {
+    reset(topo, policy);
+    LLEP_EXPECTS(rank_loads.size() == static_cast<std::size_t>(ranks_), "rank loads hold ", rank_loads.size(),
+                 " entries; P = ", ranks_);
+    for (const Segment& s : segments)
+      LLEP_EXPECTS(s.expert >= 0 && s.expert < experts_, "segment expert ", s.expert, " is outside [0, ",
+                   experts_, ")");
+    capacity_ = capacity;
+    segments_.assign(segments.begin(), segments.end());
+    std::sort(segments_.begin(), segments_.end(), segment_order);
+    build_index();
+    transfers_.assign(transfers.begin(), transfers.end());
+    rank_loads_.assign(rank_loads.begin(), rank_loads.end());
     finished_ = true;
   }
 
@@ -115,12 +145,42 @@ class Plan {
   [[nodiscard]] PlanScratch& scratch() noexcept { return scratch_; }
 
  private:
+  // Planners append one expert's slices at a time, in begin order, so a counting scatter
+  // by expert (O(segments + N)) replaces a comparison sort; an expert whose slices came out
+  // of order is sorted on its own.
+  void sort_segments() {
+    if (std::is_sorted(segments_.begin(), segments_.end(), segment_order)) {
+      build_index();
+      return;
+    }
+    build_index();
+    spare_.resize(segments_.size());
+    for (const Segment& s : segments_) spare_[expert_offsets_[static_cast<std::size_t>(s.expert)]++] = s;
+    for (std::size_t e = static_cast<std::size_t>(experts_); e > 0; --e) expert_offsets_[e] = expert_offsets_[e - 1];
+    expert_offsets_[0] = 0;
+    segments_.swap(spare_);
+    for (std::size_t e = 0; e < static_cast<std::size_t>(experts_); ++e) {
+      const auto b = segments_.begin() + static_cast<std::ptrdiff_t>(expert_offsets_[e]);
+      const auto en = segments_.begin() + static_cast<std::ptrdiff_t>(expert_offsets_[e + 1]);
+      if (!std::is_sorted(b, en, segment_order)) std::sort(b, en, segment_order);
+    }
+  }
+
+  // expert_offsets_[e] .. [e + 1] index the (expert, begin)-sorted segments of e.
+  void build_index() {
+    std::fill(expert_offsets_.begin(), expert_offsets_.end(), std::size_t{0});
+    for (const Segment& s : segments_) ++expert_offsets_[static_cast<std::size_t>(s.expert) + 1];
+    for (std::size_t e = 0; e < static_cast<std::size_t>(experts_); ++e)
+      expert_offsets_[e + 1] += expert_offsets_[e];
+  }
+
   int ranks_ = 0;
   int experts_ = 0;
   std::string policy_;  // short names fit the small-string buffer: no allocation
   count_t capacity_ = 0;
   bool finished_ = false;
   std::vector<Segment> segments_;
+  std::vector<Segment> spare_;  // scatter target of sort_segments, swapped with segments_
   std::vector<std::size_t> expert_offsets_;
   std::vector<WeightTransfer> transfers_;
   std::vector<count_t> rank_loads_;
@@ -162,8 +222,11 @@ struct Validation {
       if (s.rank < 0 || s.rank >= topo.ranks())
         return fail("expert ", e, " segment [", s.begin, ", ", s.end, ") is on rank ", s.rank,
                     " outside [0, ", topo.ranks(), ")");
-      if (s.begin != next)
-        return fail("expert ", e, " segments do not tile: expected begin ", next, ", found ", s.begin);
+      if (s.begin > next)
+        return fail("expert ", e, " segments leave a gap: [", next, ", ", s.begin, ") is on no rank");
+      if (s.begin < next)
+        return fail("expert ", e, " segments overlap: segment [", s.begin, ", ", s.end, ") on rank ", s.rank,
+                    " starts before ", next);
       if (s.end <= s.begin)
         return fail("expert ", e, " segment [", s.begin, ", ", s.end, ") on rank ", s.rank, " is empty");
       next = s.end;
@@ -180,12 +243,16 @@ struct Validation {
       return fail("rank ", r, " load is ", plan.rank_loads()[static_cast<std::size_t>(r)],
                   " but its segments sum to ", rank_sum[static_cast<std::size_t>(r)]);
   const auto got = plan.weight_transfers();
-  if (got.size() != expected.size())
-    return fail("plan lists ", got.size(), " weight transfers; its segments imply ", expected.size());
-  for (std::size_t i = 0; i < got.size(); ++i)
-    if (!(got[i] == expected[i]))
-      return fail("weight transfer ", i, " is (expert ", got[i].expert, ", ", got[i].src, " -> ", got[i].dst,
-                  "); expected (expert ", expected[i].expert, ", ", expected[i].src, " -> ", expected[i].dst, ")");
+  auto show = [](const WeightTransfer& t) { return detail::concat("(expert ", t.expert, ", ", t.src, " -> ", t.dst, ")"); };
+  for (std::size_t i = 0; i < std::max(got.size(), expected.size()); ++i) {
+    if (i < got.size() && i < expected.size() && got[i] == expected[i]) continue;
+    if (i < expected.size() && std::find(got.begin(), got.end(), expected[i]) == got.end())
+      return fail("missing weight transfer ", show(expected[i]), " implied by its segments");
+    if (i < got.size() && std::find(expected.begin(), expected.end(), got[i]) == expected.end())
+      return fail("extra weight transfer ", show(got[i]), " that no segment implies");
+    return fail("weight transfers are not sorted by (expert, dst) without duplicates: entry ", i, " is ",
+                show(got[i]));
+  }
   return {};
 }
 

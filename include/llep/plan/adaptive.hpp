@@ -29,6 +29,8 @@ struct Adaptive {
 
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
     LLEP_EXPECTS(std::isfinite(lambda) && lambda > 0, "lambda = ", lambda, " must be a finite number > 0");
+    // A bad inner config fails on every call, not only on the skewed batches that reach it.
+    if constexpr (requires { inner.check(); }) inner.check();
     check_loads(loads, topo);
     if (use_inner(loads, topo, out.scratch()))
       inner.plan(loads, topo, out);

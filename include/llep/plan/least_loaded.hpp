@@ -9,7 +9,10 @@
 //  - the rest spills (Alg. 3): repeatedly the least-effective other rank (ties: lower rank)
 //    whose c = min(r, cap - effective) is > 0 and not a slice below min_tokens_per_gemm
 //    that leaves tokens behind; if none qualifies, all r go to the least-effective rank.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <functional>
 #include <limits>
 #include <ostream>
 #include <span>
@@ -22,6 +25,8 @@ namespace llep {
 
 struct LeastLoaded {
   static constexpr std::string_view name = "llep";
+  static constexpr int kIdBits = 16;
+  static constexpr std::int32_t kIdMask = (1 << kIdBits) - 1;
 
   double alpha = 1.0;                   ///< capacity factor: cap = ceil(alpha * total / P)
   count_t min_tokens_per_gemm = 1024;   ///< smallest spilled slice worth a GEMM (paper's m)
@@ -44,38 +49,31 @@ struct LeastLoaded {
     out.reset(topo, name);
     const int P = topo.ranks();
     const int N = topo.experts();
-    count_t total = 0;
-    for (count_t l : loads) total += l;
+    count_t total = 0, peak = 0;
+    for (count_t l : loads) {
+      total += l;
+      peak = std::max(peak, l);
+    }
     const count_t cap = capacity(total, P);
     out.set_capacity(cap);
 
     PlanScratch& s = out.scratch();
-    s.assigned.assign(static_cast<std::size_t>(P), 0);
-    native_rank_loads(loads, topo, [&]() -> std::span<count_t> {
-      s.pending.resize(static_cast<std::size_t>(P));
-      return s.pending;
-    }());
-    s.order.resize(static_cast<std::size_t>(N));
-    for (int e = 0; e < N; ++e) s.order[static_cast<std::size_t>(e)] = e;
-    std::sort(s.order.begin(), s.order.end(), [&](std::int32_t a, std::int32_t b) {
-      const count_t la = loads[static_cast<std::size_t>(a)], lb = loads[static_cast<std::size_t>(b)];
-      return la != lb ? la > lb : a < b;
-    });
+    // effective[r] = assigned[r] + pending[r]. One array is enough: the native's available
+    // room is cap - effective once the visited expert's load has left its pending.
+    s.rank_tmp.resize(static_cast<std::size_t>(P));
+    const std::span<count_t> effective(s.rank_tmp);
+    native_rank_loads(loads, topo, effective);
+    order_experts(loads, N, peak, s);
 
-    auto effective = [&](int r) {
-      return s.assigned[static_cast<std::size_t>(r)] + s.pending[static_cast<std::size_t>(r)];
-    };
     auto give = [&](int e, int r, count_t b, count_t n) {
       out.add_segment(e, r, b, b + n);
-      s.assigned[static_cast<std::size_t>(r)] += n;
+      effective[static_cast<std::size_t>(r)] += n;
     };
-
     for (const std::int32_t e : s.order) {
       const count_t l = loads[static_cast<std::size_t>(e)];
-      if (l == 0) break;  // sorted: the rest are zero too
       const int native = topo.native_rank(e);
-      s.pending[static_cast<std::size_t>(native)] -= l;
-      const count_t avail = cap - effective(native);
+      effective[static_cast<std::size_t>(native)] -= l;
+      const count_t avail = cap - effective[static_cast<std::size_t>(native)];
       if (P == 1 || avail >= l) {
         give(e, native, 0, l);
         continue;
@@ -85,33 +83,51 @@ struct LeastLoaded {
         give(e, native, 0, avail);
         t = avail;
       }
-      count_t r = l - t;
-      while (r > 0) {
-        // One scan finds both the first qualifying rank and the first rank of the
-        // (effective, rank) order: same result as sorting, O(P) per slice.
-        int best = -1, first = -1;
-        count_t best_c = 0;
-        for (int q = 0; q < P; ++q) {
-          if (q == native) continue;
-          const count_t eff = effective(q);
-          if (first < 0 || eff < effective(first)) first = q;
-          const count_t c = std::min(r, cap - eff);
-          const bool qualifies = c > 0 && !(c < min_tokens_per_gemm && r > c);
-          if (qualifies && (best < 0 || eff < effective(best))) {
-            best = q;
-            best_c = c;
-          }
-        }
-        if (best < 0) {  // nobody qualifies: force the rest onto the least-loaded rank
-          give(e, first, t, r);
-          break;
-        }
-        give(e, best, t, best_c);
-        t += best_c;
-        r -= best_c;
+      // Alg. 3. The rule takes the first qualifying rank in (effective, rank) order, else
+      // forces all r onto the first rank of that order. Whether a rank qualifies only
+      // grows with its room cap - effective, and the first rank has the most room: so if it
+      // does not qualify nobody does, and the target is always the least-effective rank.
+      for (count_t r = l - t; r > 0;) {
+        const int q = least_effective_other(effective, native);
+        const count_t c = std::min(r, cap - effective[static_cast<std::size_t>(q)]);
+        const count_t n = (c > 0 && !(c < min_tokens_per_gemm && r > c)) ? c : r;
+        give(e, q, t, n);
+        t += n;
+        r -= n;
       }
     }
     out.finish(topo);
+  }
+
+  /// The rank other than `skip` with the least effective load, lower rank on ties.
+  static int least_effective_other(std::span<const count_t> effective, int skip) noexcept {
+    const int P = static_cast<int>(effective.size());
+    int best = skip == 0 ? 1 : 0;
+    for (int q = best + 1; q < P; ++q)
+      if (q != skip && effective[static_cast<std::size_t>(q)] < effective[static_cast<std::size_t>(best)]) best = q;
+    return best;
+  }
+
+  /// s.order = the experts with load, by decreasing load, ties by lower id.
+  static void order_experts(std::span<const count_t> loads, int experts, count_t peak, PlanScratch& s) {
+    s.order.clear();
+    if (experts <= kIdMask + 1 && peak < (count_t{1} << (64 - kIdBits - 1))) {
+      // (load, ~id) packed in one integer: a plain integer sort, several times faster than
+      // sorting ids through a comparator that looks loads up.
+      s.keys.clear();
+      for (int e = 0; e < experts; ++e)
+        if (const count_t l = loads[static_cast<std::size_t>(e)]; l > 0)
+          s.keys.push_back(static_cast<std::uint64_t>(l) << kIdBits | static_cast<std::uint64_t>(kIdMask - e));
+      std::sort(s.keys.begin(), s.keys.end(), std::greater<>());
+      for (const std::uint64_t k : s.keys) s.order.push_back(kIdMask - static_cast<std::int32_t>(k & kIdMask));
+      return;
+    }
+    for (int e = 0; e < experts; ++e)
+      if (loads[static_cast<std::size_t>(e)] > 0) s.order.push_back(e);
+    std::sort(s.order.begin(), s.order.end(), [&](std::int32_t a, std::int32_t b) {
+      const count_t la = loads[static_cast<std::size_t>(a)], lb = loads[static_cast<std::size_t>(b)];
+      return la != lb ? la > lb : a < b;
+    });
   }
 
   friend constexpr bool operator==(const LeastLoaded&, const LeastLoaded&) = default;

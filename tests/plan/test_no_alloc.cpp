@@ -1,0 +1,68 @@
+// Planning into a warm Plan allocates nothing (Plan's contract, DESIGN practice 3). This
+// executable replaces the global operator new to count calls, so it stands alone.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "llep/plan/adaptive.hpp"
+#include "llep/plan/least_loaded.hpp"
+#include "llep/plan/standard_ep.hpp"
+
+namespace {
+std::atomic<long> g_news{0};
+}
+
+void* operator new(std::size_t n) {
+  g_news.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  g_news.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n == 0 ? 1 : n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return ::operator new(n, t); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+TEST_CASE("a warm replan allocates nothing") {
+  using llep::count_t;
+  const llep::Topology topo(64, 384);
+  // Skewed, balanced and empty batches: the warm-up sees each once, then none may allocate.
+  std::vector<std::vector<count_t>> batches;
+  batches.emplace_back(384, 341);
+  batches.emplace_back(384, 0);
+  std::vector<count_t> hot(384, 100);
+  for (int e = 0; e < 4; ++e) hot[static_cast<std::size_t>(e * 97)] = 30000;
+  batches.push_back(hot);
+  std::vector<count_t> one(384, 0);
+  one[200] = 131072;
+  batches.push_back(one);
+
+  const llep::LeastLoaded llep_planner{1.0, 0};
+  const llep::LeastLoaded llep_gemm{1.0, 1024};
+  const llep::Adaptive<> adaptive{};
+  const llep::StandardEp ep{};
+  llep::Plan plan;
+  auto all = [&] {
+    for (const auto& b : batches) {
+      llep_planner.plan(b, topo, plan);
+      llep_gemm.plan(b, topo, plan);
+      adaptive.plan(b, topo, plan);
+      ep.plan(b, topo, plan);
+    }
+  };
+  all();  // warm-up: vectors grow to the largest plan
+  CHECK(g_news.load() > 0);  // the counter does see the planner's allocations
+  const long before = g_news.load();
+  for (int rep = 0; rep < 3; ++rep) all();
+  const long after = g_news.load();
+  CHECK(after - before == 0);
+  REQUIRE(llep::validate(plan, batches.back(), topo).ok);
+}
