@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README's test command: installs what is missing, builds, runs every suite, and ends with
-# one line "N passed, N failed, N skipped" counting doctest test cases.
+# a line "N skipped" and a last line "N passed, N failed" counting doctest test cases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh || exit 1
