@@ -1,5 +1,6 @@
 // llep-plan-bench: host time of one plan for EP, LLEP and Adaptive over the paper's
-// skews (bench/common/scenarios.hpp), N in {32, 128, 256, 384}, P in {8, 16, 32, 64}.
+// skews (bench/common/scenarios.hpp; loads from llep::sim), N in {32, 128, 256, 384},
+// P in {8, 16, 32, 64}; every rank routes the gpt-oss-120b shape's 32K tokens x K=4.
 // One Plan object per policy is reused, as an engine would: after warm-up, planning
 // allocates nothing, so the time is the planner's alone.
 #include <algorithm>
@@ -44,7 +45,7 @@ Result measure(const Planner& planner, const std::vector<count_t>& loads, const 
 int usage(std::FILE* to, int code) {
   std::fprintf(to,
                "usage: llep-plan-bench [--json] [--reps N]\n"
-               "  Median host time of one plan (ep, llep, adaptive with their defaults) per\n"
+               "  Median host time of one plan (ep, llep, adaptive with the paper's settings) per\n"
                "  N in {32,128,256,384} x P in {8,16,32,64} x the paper's skews.\n"
                "  --json    one JSON object per line instead of the table\n"
                "  --reps N  timed plans per row, after warm-up (default 2001)\n");
@@ -76,12 +77,13 @@ int main(int argc, char** argv) {
   }
 
   const llep::StandardEp ep{};
-  const llep::LeastLoaded llep_planner{};
-  const llep::Adaptive<> adaptive{};
+  const llep::LeastLoaded llep_planner = llep::bench::paper_lla();
+  const llep::Adaptive<> adaptive = llep::bench::paper_llep();
+  const llep::bench::LayerShape& shape = llep::bench::kGptOss120b;
   if (!json) {
     std::printf("# llep-plan-bench: median ns per plan over %d plans after warm-up; one Plan reused\n", reps);
     std::printf("# loads: P x %lld tokens x K=%d pairs; LLEP alpha=%g m=%lld; Adaptive lambda=%g\n",
-                static_cast<long long>(llep::bench::kTokensPerRank), llep::bench::kTopK, llep_planner.alpha,
+                static_cast<long long>(shape.tokens_per_rank), shape.top_k, llep_planner.alpha,
                 static_cast<long long>(llep_planner.min_tokens_per_gemm), adaptive.lambda);
     std::printf("# imbalance = max/mean rank load: 'before' under native placement, then each plan's\n");
     std::printf("%5s %4s %-12s %9s %9s %9s %8s %8s %8s %6s\n", "N", "P", "scenario", "ep_ns", "llep_ns",
@@ -97,9 +99,10 @@ int main(int argc, char** argv) {
         continue;
       }
       const llep::Topology topo(P, N);
-      const count_t total = static_cast<count_t>(P) * llep::bench::kTokensPerRank * llep::bench::kTopK;
-      for (const auto& sc : llep::bench::paper_scenarios()) {
-        const auto loads = llep::bench::expert_loads(sc, N, total);
+      const count_t total = static_cast<count_t>(P) * shape.pairs_per_rank();
+      for (const llep::sim::Skew& skew : llep::bench::paper_routings()) {
+        const std::string name = skew.name();
+        const auto loads = llep::sim::skewed_loads(N, total, skew);
         std::vector<count_t> native(static_cast<std::size_t>(P));
         llep::native_rank_loads(loads, topo, native);
         const double before = llep::imbalance(native);
@@ -111,9 +114,9 @@ int main(int argc, char** argv) {
             std::printf(
                 "{\"experts\": %d, \"ranks\": %d, \"scenario\": \"%s\", \"policy\": \"%s\", \"median_ns\": %.0f, "
                 "\"imbalance_before\": %.4f, \"imbalance_after\": %.4f, \"chosen\": \"%s\"}\n",
-                N, P, sc.name.c_str(), names[k], r[k].median_ns, before, r[k].imbalance_after, r[k].chosen.c_str());
+                N, P, name.c_str(), names[k], r[k].median_ns, before, r[k].imbalance_after, r[k].chosen.c_str());
         } else {
-          std::printf("%5d %4d %-12s %9.0f %9.0f %9.0f %8.3f %8.3f %8.3f %6s\n", N, P, sc.name.c_str(), r[0].median_ns,
+          std::printf("%5d %4d %-12s %9.0f %9.0f %9.0f %8.3f %8.3f %8.3f %6s\n", N, P, name.c_str(), r[0].median_ns,
                       r[1].median_ns, r[2].median_ns, before, r[1].imbalance_after, r[2].imbalance_after,
                       r[2].chosen.c_str());
         }
