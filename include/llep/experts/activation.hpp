@@ -27,8 +27,8 @@ struct SiluGlu {
 struct GptOssGlu {
   static constexpr bool has_bias = true;
   static constexpr const char* name = "gpt-oss";
-  float limit = 7.0f;
-  float alpha = 1.702f;
+  double limit = 7.0;
+  double alpha = 1.702;
   template <class A>
   LLEP_HOST_DEVICE A operator()(A gate, A up) const {
     using std::exp;
