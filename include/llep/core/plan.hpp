@@ -70,6 +70,15 @@ class Plan {
     expert_offsets_.assign(static_cast<std::size_t>(experts_) + 1, 0);
     rank_loads_.assign(static_cast<std::size_t>(ranks_), 0);
     finished_ = false;
+    // Room for the largest plan of this shape up front, so that a warm plan stays
+    // allocation-free when the routing shifts (more experts with load, more spills):
+    // a spill slice either fills a rank or ends its expert, so 2N + P segments suffice.
+    const auto N = static_cast<std::size_t>(experts_), P = static_cast<std::size_t>(ranks_);
+    segments_.reserve(2 * N + P);
+    spare_.reserve(2 * N + P);
+    transfers_.reserve(2 * N + P);
+    scratch_.order.reserve(N);
+    scratch_.keys.reserve(N);
   }
 
   /// Appends a segment; segments may come in any expert order, finish() sorts them.

@@ -61,6 +61,13 @@ class Layout {
     LLEP_EXPECTS(rank >= 0 && rank < P, "rank ", rank, " is outside [0, ", P, ")");
     rank_ = rank;
     const auto sP = static_cast<std::size_t>(P);
+    // Worst-case room up front (a plan has at most 2N + P segments, and one expert's
+    // segments on this rank meet at most P - 1 more source boundaries), so that a warm
+    // layout never allocates however the routing shifts.
+    const auto bound = 2 * static_cast<std::size_t>(N) + sP;
+    send_blocks_.reserve(bound);
+    tasks_.reserve(bound);
+    chunks_.reserve(bound + static_cast<std::size_t>(N) * (sP - 1));
 
     // prefix[s][e] = pairs of expert e on ranks before s; the global position of a pair.
     prefix_.assign(sP * static_cast<std::size_t>(N), 0);
