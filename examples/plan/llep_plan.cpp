@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -120,6 +121,8 @@ int main(int argc, char** argv) {
 
     const llep::Topology topo(ranks, static_cast<int>(loads.size()));
     const llep::LeastLoaded ll{alpha, min_gemm};
+    ll.check();  // a bad --alpha or --min-gemm is an error whatever the policy
+    LLEP_EXPECTS(std::isfinite(lambda) && lambda > 0, "--lambda = ", lambda, " must be a finite number > 0");
     llep::Plan plan;
     if (policy == "ep")
       llep::StandardEp{}.plan(loads, topo, plan);
