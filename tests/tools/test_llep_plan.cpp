@@ -5,10 +5,6 @@
 //
 // The binary's path comes from Meson in the environment variable LLEP_PLAN.
 #include <doctest/doctest.h>
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,44 +19,17 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/spawn.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
-
-extern char** environ;
 
 namespace {
 
 using llep::count_t;
 using json = nlohmann::json;
-
-struct Run {
-  int code = -1;
-  std::string out, err;
-};
-
-// An unlinked temporary file: the child writes into it, the parent reads it back.
-struct TempFd {
-  int fd = -1;
-  TempFd() {
-    char name[] = "/tmp/llep-plan-test-XXXXXX";
-    fd = ::mkstemp(name);
-    REQUIRE(fd >= 0);
-    ::unlink(name);
-  }
-  ~TempFd() {
-    if (fd >= 0) ::close(fd);
-  }
-  TempFd(const TempFd&) = delete;
-  TempFd& operator=(const TempFd&) = delete;
-  std::string read_all() const {
-    std::string s;
-    ::lseek(fd, 0, SEEK_SET);
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<std::size_t>(n));
-    return s;
-  }
-};
+using testutil::Run;
+using testutil::run_binary;
 
 std::string plan_binary() {
   const char* p = std::getenv("LLEP_PLAN");
@@ -68,33 +37,7 @@ std::string plan_binary() {
   return p;
 }
 
-Run run_plan(const std::vector<std::string>& args) {
-  const std::string bin = plan_binary();
-  std::vector<std::string> owned{bin};
-  owned.insert(owned.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : owned) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  TempFd out, err;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&fa, out.fd, 1);
-  posix_spawn_file_actions_adddup2(&fa, err.fd, 2);
-  pid_t pid = 0;
-  const int rc = ::posix_spawn(&pid, bin.c_str(), &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE_MESSAGE(rc == 0, "cannot start ", bin);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-  }
-  Run r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = out.read_all();
-  r.err = err.read_all();
-  return r;
-}
+Run run_plan(const std::vector<std::string>& args) { return run_binary(plan_binary(), args); }
 
 std::string join(const std::vector<count_t>& v, const char* sep = ",") {
   std::string s;
