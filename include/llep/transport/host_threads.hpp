@@ -54,6 +54,53 @@ class GroupAborted : public Error {
 };
 
 class HostThreads;
+class HostGroup;
+class PeerCopy;  // device transport built on this rendezvous (transport/peer_copy.cuh)
+
+namespace detail {
+template <class MakeHandle, class F>
+void run_rank_threads(HostGroup& group, MakeHandle&& make_handle, F&& body);
+
+/// Problems with one rank's all_to_all_v arguments that need no other rank's (empty if
+/// none); shared by every transport so they all refuse the same inputs the same way.
+[[nodiscard]] inline std::string all_to_all_v_args_problem(int rank, int P, const void* src, const void* dst,
+                                                           std::span<const std::size_t> send_sizes,
+                                                           std::span<const std::size_t> send_offsets,
+                                                           std::span<const std::size_t> recv_sizes,
+                                                           std::span<const std::size_t> recv_offsets) {
+  const std::pair<std::span<const std::size_t>, std::string_view> arrays[] = {{send_sizes, "send_sizes"},
+                                                                              {send_offsets, "send_offsets"},
+                                                                              {recv_sizes, "recv_sizes"},
+                                                                              {recv_offsets, "recv_offsets"}};
+  for (const auto& [a, name] : arrays)
+    if (a.size() != static_cast<std::size_t>(P))
+      return concat("llep: all_to_all_v: rank ", rank, " passed ", name, " with ", a.size(), " entries; P = ", P);
+  for (std::size_t r = 0; r < static_cast<std::size_t>(P); ++r) {
+    if (send_offsets[r] > std::numeric_limits<std::size_t>::max() - send_sizes[r] ||
+        recv_offsets[r] > std::numeric_limits<std::size_t>::max() - recv_sizes[r])
+      return concat("llep: all_to_all_v: rank ", rank, " has an offset + size that overflows for peer ", r);
+    if ((send_sizes[r] > 0 && src == nullptr) || (recv_sizes[r] > 0 && dst == nullptr))
+      return concat("llep: all_to_all_v: rank ", rank, " passed a null ",
+                    send_sizes[r] > 0 && src == nullptr ? "src" : "dst", " but exchanges ",
+                    std::max(send_sizes[r], recv_sizes[r]), " bytes with rank ", r);
+  }
+  return {};
+}
+
+/// Problems with one rank's exchange ops that need no other rank's (empty if none).
+[[nodiscard]] inline std::string exchange_args_problem(int rank, int P, std::span<const P2pOp> ops) {
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    const P2pOp& op = ops[i];
+    if (op.kind != P2pOp::Kind::send && op.kind != P2pOp::Kind::recv)
+      return concat("llep: exchange: op #", i, " of rank ", rank, " has an unknown kind");
+    if (op.peer < 0 || op.peer >= P)
+      return concat("llep: exchange: op #", i, " of rank ", rank, " names peer ", op.peer, " outside [0, ", P, ")");
+    if (op.bytes > 0 && op.buffer == nullptr)
+      return concat("llep: exchange: op #", i, " of rank ", rank, " has a null buffer for ", op.bytes, " bytes");
+  }
+  return {};
+}
+}  // namespace detail
 
 /// The communicator shared by the P rank threads. Not copyable or movable: handles point
 /// into it.
@@ -101,8 +148,9 @@ class HostGroup {
 
  private:
   friend class HostThreads;
-  template <class F>
-  friend void run_ranks(HostGroup& group, F&& body);
+  friend class PeerCopy;  // reuses collective() and the checks, with device copies
+  template <class MakeHandle, class F>
+  friend void detail::run_rank_threads(HostGroup& group, MakeHandle&& make_handle, F&& body);
 
   enum class Op { barrier, all_gather, all_to_all_v, exchange };
   static constexpr std::string_view op_name(Op op) noexcept {
@@ -285,23 +333,9 @@ class HostGroup {
     const auto P = static_cast<std::size_t>(size_);
     for (int q = 0; q < size_; ++q) {
       const Post& p = post(q);
-      const std::pair<std::span<const std::size_t>, std::string_view> arrays[] = {{p.send_sizes, "send_sizes"},
-                                                                                  {p.send_offsets, "send_offsets"},
-                                                                                  {p.recv_sizes, "recv_sizes"},
-                                                                                  {p.recv_offsets, "recv_offsets"}};
-      for (const auto& [a, name] : arrays)
-        if (a.size() != P)
-          return detail::concat("llep: all_to_all_v: rank ", q, " passed ", name, " with ", a.size(),
-                                " entries; P = ", size_);
-      for (std::size_t r = 0; r < P; ++r) {
-        if (p.send_offsets[r] > std::numeric_limits<std::size_t>::max() - p.send_sizes[r] ||
-            p.recv_offsets[r] > std::numeric_limits<std::size_t>::max() - p.recv_sizes[r])
-          return detail::concat("llep: all_to_all_v: rank ", q, " has an offset + size that overflows for peer ", r);
-        if ((p.send_sizes[r] > 0 && p.src == nullptr) || (p.recv_sizes[r] > 0 && p.dst == nullptr))
-          return detail::concat("llep: all_to_all_v: rank ", q, " passed a null ",
-                                p.send_sizes[r] > 0 && p.src == nullptr ? "src" : "dst", " but exchanges ",
-                                std::max(p.send_sizes[r], p.recv_sizes[r]), " bytes with rank ", r);
-      }
+      std::string problem = detail::all_to_all_v_args_problem(q, size_, p.src, p.dst, p.send_sizes, p.send_offsets,
+                                                              p.recv_sizes, p.recv_offsets);
+      if (!problem.empty()) return problem;
     }
     for (std::size_t s = 0; s < P; ++s)
       for (std::size_t d = 0; d < P; ++d) {
@@ -318,18 +352,8 @@ class HostGroup {
   // pair: O(P * total ops), fine for a test-bed transport.
   [[nodiscard]] std::string check_exchange() const {
     for (int q = 0; q < size_; ++q) {
-      const auto ops = post(q).ops;
-      for (std::size_t i = 0; i < ops.size(); ++i) {
-        const P2pOp& op = ops[i];
-        if (op.kind != P2pOp::Kind::send && op.kind != P2pOp::Kind::recv)
-          return detail::concat("llep: exchange: op #", i, " of rank ", q, " has an unknown kind");
-        if (op.peer < 0 || op.peer >= size_)
-          return detail::concat("llep: exchange: op #", i, " of rank ", q, " names peer ", op.peer, " outside [0, ",
-                                size_, ")");
-        if (op.bytes > 0 && op.buffer == nullptr)
-          return detail::concat("llep: exchange: op #", i, " of rank ", q, " has a null buffer for ", op.bytes,
-                                " bytes");
-      }
+      std::string problem = detail::exchange_args_problem(q, size_, post(q).ops);
+      if (!problem.empty()) return problem;
     }
     auto next = [](std::span<const P2pOp> ops, std::size_t i, P2pOp::Kind kind, int peer) {
       while (i < ops.size() && !(ops[i].kind == kind && ops[i].peer == peer)) ++i;
@@ -479,13 +503,11 @@ inline std::string what_of(const std::exception_ptr& e) {
 }
 }  // namespace detail
 
-/// Runs body(HostThreads&) on P threads, one per rank, and joins them. A rank that throws
-/// (or returns while others wait for it) aborts the group, so the others leave their
-/// collectives with llep::Error instead of waiting. Rethrows the first exception that is
-/// not a GroupAborted echo, else the first one. Resets the group first, so a group that
-/// failed before can run again.
-template <class F>
-void run_ranks(HostGroup& group, F&& body) {
+namespace detail {
+// run_ranks for any handle built on a HostGroup: make_handle(p) runs on rank p's thread
+// (so it can bind thread state, e.g. the CUDA device) and returns the handle body gets.
+template <class MakeHandle, class F>
+void run_rank_threads(HostGroup& group, MakeHandle&& make_handle, F&& body) {
   group.begin_run();
   const auto P = static_cast<std::size_t>(group.size());
   std::vector<std::exception_ptr> errors(P);
@@ -495,7 +517,7 @@ void run_ranks(HostGroup& group, F&& body) {
   threads.reserve(P);
   auto rank_main = [&](int p) {
     try {
-      HostThreads t = group.rank(p);
+      auto t = make_handle(p);
       body(t);
       group.depart(p);
     } catch (...) {
@@ -529,6 +551,17 @@ void run_ranks(HostGroup& group, F&& body) {
       if ((pass == 1 || !echo) && (first == P || order[p] < order[first])) first = p;
     }
   if (first < P) std::rethrow_exception(errors[first]);
+}
+}  // namespace detail
+
+/// Runs body(HostThreads&) on P threads, one per rank, and joins them. A rank that throws
+/// (or returns while others wait for it) aborts the group, so the others leave their
+/// collectives with llep::Error instead of waiting. Rethrows the first exception that is
+/// not a GroupAborted echo, else the first one. Resets the group first, so a group that
+/// failed before can run again.
+template <class F>
+void run_ranks(HostGroup& group, F&& body) {
+  detail::run_rank_threads(group, [&group](int p) { return group.rank(p); }, std::forward<F>(body));
 }
 
 }  // namespace llep

@@ -1,0 +1,373 @@
+#pragma once
+// CublasSwiGlu: the device expert compute functor (ExpertCompute<E, CudaExec>). The same
+// gated FFN as HostSwiGlu (experts/host_swiglu.hpp), with the weights read in place from
+// the serialised layout of experts/weight_layout.hpp:
+//   gu  = x W_gu + b_gu                 cuBLAS, fp32 accumulation, stored as gate_up_type
+//   h   = Act(gate, up)                 one kernel, the same Act functor as the host, -> T
+//   out = h W_down + b_down             cuBLAS, fp32 accumulation, b_down enters as C with
+//                                       beta = 1, so out is rounded to T once
+// Row-major matrices are column-major transposes, so each GEMM runs as C^T = B^T A^T:
+//   gu^T [2H x rows] = W_gu^T [2H x D] x^T [D x rows]      (ld 2H, D, 2H)
+//   out^T [D x rows] = W_down^T [D x H] h^T [H x rows]     (ld D, H, D)
+// Compute type is CUBLAS_COMPUTE_32F for every T (fp32 inputs are never rounded to TF32).
+//
+// GemmMode::per_expert runs each task on its own (GEMM, kernel, GEMM): scratch is sized by
+// the largest task, and gate|up is kept in float (no rounding before the activation).
+// GemmMode::grouped runs all tasks in two cublasGemmGroupedBatchedEx calls (CUDA >= 12.5;
+// one group per task) and one kernel between them: fewer launches, but scratch is sized
+// by the total rows, plus the device pointer arrays; and gate|up is stored in T, because
+// the grouped API takes C in the input type for 16-bit inputs (a float C is refused with
+// CUBLAS_STATUS_NOT_SUPPORTED), which costs one extra rounding for bf16 / fp16.
+//
+// All memory comes from the caller's `scratch`; compute allocates no device memory (cuBLAS
+// keeps its own per-handle workspace). The cuBLAS handle is created on the first compute
+// with work, on the then-current device, and set to the exec's stream at every call.
+// Each copy of the functor gets its own handle; one object must not run compute from two
+// threads at once (the handle and the host staging arrays are per object).
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "llep/core/concepts.hpp"
+#include "llep/core/config.hpp"
+#include "llep/core/cuda_check.hpp"
+#include "llep/core/error.hpp"
+#include "llep/exec/cuda.cuh"
+#include "llep/experts/activation.hpp"
+#include "llep/experts/weight_layout.hpp"
+
+namespace llep {
+
+/// How CublasSwiGlu issues its GEMMs (see experts/cublas_swiglu.cuh).
+enum class GemmMode { per_expert, grouped };
+
+namespace detail::cublas_swiglu {
+
+template <class T>
+struct element;
+template <>
+struct element<float> {
+  static constexpr cudaDataType_t type = CUDA_R_32F;
+  static __device__ float to_float(float v) { return v; }
+  static __device__ float from_float(float v) { return v; }
+};
+template <>
+struct element<__half> {
+  static constexpr cudaDataType_t type = CUDA_R_16F;
+  static __device__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __half from_float(float v) { return __float2half_rn(v); }
+};
+template <>
+struct element<__nv_bfloat16> {
+  static constexpr cudaDataType_t type = CUDA_R_16BF;
+  static __device__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+/// Where a run of rows (one task) starts in the gu / h buffers, and its biases and output.
+template <class T>
+struct TaskRows {
+  std::int64_t row_begin = 0;
+  const T* b_gu = nullptr;    // [2H], null without biases
+  const T* b_down = nullptr;  // [D], null without biases
+  T* out = nullptr;           // [rows x D]
+};
+
+/// One launch over rows * H activation elements, then (with biases) rows * D elements of
+/// out filled with b_down, which GEMM2 then accumulates onto (beta = 1). With `table`
+/// null every row belongs to `single`; otherwise to the table entry whose row_begin is
+/// the last <= its row.
+template <class T, class G, class Act>
+struct GatedRows {
+  const G* gu;  // [rows x 2H]
+  T* h;         // [rows x H]
+  Act act;
+  std::size_t H, D, rows;
+  const TaskRows<T>* table;
+  std::int32_t n_table;
+  TaskRows<T> single;
+
+  __device__ const TaskRows<T>& task_of(std::int64_t r) const {
+    if (table == nullptr) return single;
+    std::int32_t lo = 0, hi = n_table;  // table[lo].row_begin <= r
+    while (hi - lo > 1) {
+      const std::int32_t mid = lo + (hi - lo) / 2;
+      if (table[mid].row_begin <= r) lo = mid; else hi = mid;
+    }
+    return table[lo];
+  }
+
+  __device__ void operator()(std::size_t i) const {
+    using E = element<T>;
+    if (i < rows * H) {
+      const std::size_t r = i / H, j = i % H;
+      float gate = static_cast<float>(gu[r * 2 * H + j]), up = static_cast<float>(gu[r * 2 * H + H + j]);
+      if constexpr (Act::has_bias) {
+        const TaskRows<T>& t = task_of(static_cast<std::int64_t>(r));
+        gate += E::to_float(t.b_gu[j]);
+        up += E::to_float(t.b_gu[H + j]);
+      }
+      h[i] = E::from_float(act(gate, up));
+    } else if constexpr (Act::has_bias) {
+      const std::size_t k = i - rows * H, r = k / D, d = k % D;
+      const TaskRows<T>& t = task_of(static_cast<std::int64_t>(r));
+      t.out[(r - static_cast<std::size_t>(t.row_begin)) * D + d] = t.b_down[d];
+    }
+  }
+};
+
+inline constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 256; }
+
+}  // namespace detail::cublas_swiglu
+
+template <class T, class Act = SiluGlu, GemmMode Mode = GemmMode::per_expert>
+class CublasSwiGlu {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half> || std::is_same_v<T, float>,
+                "llep: CublasSwiGlu<T> supports T = __nv_bfloat16, __half or float");
+  static_assert(std::is_trivially_copyable_v<Act>, "llep: the activation functor must be trivially copyable");
+#if (CUBLAS_VER_MAJOR * 100 + CUBLAS_VER_MINOR) < 1205
+  static_assert(Mode != GemmMode::grouped, "llep: GemmMode::grouped needs cublasGemmGroupedBatchedEx (CUDA >= 12.5)");
+#endif
+
+ public:
+  using value_type = T;
+  using activation_type = Act;
+  /// Element type of the gate|up GEMM output. per_expert: float, so the pre-activation
+  /// values are not rounded and h is the first value rounded to T. grouped: T (the
+  /// grouped cuBLAS call supports no float output for 16-bit inputs).
+  using gate_up_type = std::conditional_t<Mode == GemmMode::grouped, T, float>;
+  static constexpr GemmMode mode = Mode;
+
+  explicit CublasSwiGlu(ExpertShape shape, Act act = Act{}) : shape_(shape), act_(act), state_(new State) {
+    shape_.check();
+    LLEP_EXPECTS(shape_.bias == Act::has_bias, "ExpertShape.bias = ", shape_.bias, " but activation ", Act::name,
+                 (Act::has_bias ? " has" : " has no"), " biases; they must agree");
+    constexpr auto int_max = static_cast<std::size_t>(std::numeric_limits<int>::max());
+    LLEP_EXPECTS(2 * shape_.h() <= int_max && shape_.d() <= int_max, "D = ", shape_.d(), ", 2H = ", 2 * shape_.h(),
+                 " exceed cuBLAS's int dimensions");
+  }
+  // A copy gets its own cuBLAS handle (created at its first compute).
+  CublasSwiGlu(const CublasSwiGlu& o) : shape_(o.shape_), act_(o.act_), state_(new State) {}
+  CublasSwiGlu& operator=(const CublasSwiGlu& o) {
+    if (this != &o) {
+      shape_ = o.shape_;
+      act_ = o.act_;
+      state_.reset(new State);
+    }
+    return *this;
+  }
+  CublasSwiGlu(CublasSwiGlu&&) noexcept = default;
+  CublasSwiGlu& operator=(CublasSwiGlu&&) noexcept = default;
+  ~CublasSwiGlu() = default;
+
+  [[nodiscard]] int hidden() const noexcept { return shape_.hidden; }
+  [[nodiscard]] int intermediate() const noexcept { return shape_.intermediate; }
+  [[nodiscard]] std::size_t weight_elems() const noexcept { return shape_.elems(); }
+  [[nodiscard]] const ExpertShape& shape() const noexcept { return shape_; }
+  [[nodiscard]] const Act& activation() const noexcept { return act_; }
+
+  /// per_expert: gu and h for the largest task. grouped: gu and h for all rows, plus the
+  /// device pointer arrays and task table (at most one task per row). 256 bytes of slack
+  /// align an unaligned `scratch`.
+  [[nodiscard]] std::size_t scratch_bytes(count_t max_task_rows, count_t total_rows) const {
+    LLEP_EXPECTS(max_task_rows >= 0, "max_task_rows = ", max_task_rows, " must be >= 0");
+    LLEP_EXPECTS(total_rows >= max_task_rows, "total_rows = ", total_rows, " must be >= max_task_rows = ",
+                 max_task_rows);
+    if (max_task_rows == 0) return 0;
+    const auto rows = static_cast<std::size_t>(Mode == GemmMode::grouped ? total_rows : max_task_rows);
+    const Carve c = carve(rows, Mode == GemmMode::grouped ? rows : 0);
+    return c.size + 256;
+  }
+
+  /// Runs every task on exec's stream; `scratch` (device) holds scratch_bytes(max rows of
+  /// one task, total rows of `tasks`). Returns before the work is done.
+  void compute(CudaExec& exec, std::span<const ExpertTask<T>> tasks, void* scratch) const {
+    count_t max_rows = 0, total = 0;
+    std::size_t busy = 0;
+    for (const ExpertTask<T>& t : tasks) {
+      LLEP_EXPECTS(t.rows >= 0, "task of expert ", t.expert, " has rows = ", t.rows, "; must be >= 0");
+      if (t.rows == 0) continue;
+      LLEP_EXPECTS(t.weights != nullptr && t.in != nullptr && t.out != nullptr, "task of expert ", t.expert,
+                   " with ", t.rows, " rows has a null weights, in or out pointer");
+      LLEP_EXPECTS(t.rows <= std::numeric_limits<int>::max(), "task of expert ", t.expert, " has ", t.rows,
+                   " rows; cuBLAS takes at most 2^31 - 1");
+      if (t.rows > max_rows) max_rows = t.rows;
+      total += t.rows;
+      ++busy;
+    }
+    if (max_rows == 0) return;
+    LLEP_EXPECTS(scratch != nullptr, "compute needs scratch (scratch_bytes = ", scratch_bytes(max_rows, total),
+                 ") but got a null pointer");
+    cublasHandle_t handle = handle_on(exec.stream());
+    auto* base = static_cast<std::byte*>(scratch);
+    base += (256 - reinterpret_cast<std::uintptr_t>(base) % 256) % 256;
+    if constexpr (Mode == GemmMode::per_expert) {
+      const Carve c = carve(static_cast<std::size_t>(max_rows), 0);
+      auto* gu = reinterpret_cast<G*>(base + c.gu);
+      auto* h = reinterpret_cast<T*>(base + c.h);
+      for (const ExpertTask<T>& t : tasks)
+        if (t.rows > 0) run_one(exec, handle, t, gu, h);
+    } else {
+      run_grouped(exec, handle, tasks, static_cast<std::size_t>(total), busy, base);
+    }
+  }
+
+ private:
+  using G = gate_up_type;
+  using TaskRows = detail::cublas_swiglu::TaskRows<T>;
+  static constexpr cudaDataType_t t_type = detail::cublas_swiglu::element<T>::type;
+  static constexpr cudaDataType_t g_type = detail::cublas_swiglu::element<G>::type;
+
+  // Byte offsets of the scratch regions, each 256-aligned.
+  struct Carve {
+    std::size_t gu = 0, h = 0, ptrs = 0, table = 0, size = 0;
+  };
+  [[nodiscard]] Carve carve(std::size_t rows, std::size_t tasks) const {
+    using detail::cublas_swiglu::align_up;
+    Carve c;
+    c.h = align_up(rows * 2 * shape_.h() * sizeof(G));
+    c.ptrs = c.h + align_up(rows * shape_.h() * sizeof(T));
+    c.table = c.ptrs + align_up(tasks * 6 * sizeof(void*));
+    c.size = c.table + tasks * sizeof(TaskRows);
+    return c;
+  }
+
+  struct State {
+    cublasHandle_t handle = nullptr;
+    // Host staging of the grouped calls (grown, never shrunk).
+    std::vector<int> m1, n1, k1, lda1, ldb1, ldc1, m2, k2, lda2, ldb2, ldc2, ones;
+    std::vector<float> alpha, beta1, beta2;
+    std::vector<cublasOperation_t> op_n;
+    std::vector<std::byte> device_image;  // pointer arrays and task table, copied at once
+    State() = default;
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    ~State() {
+      if (handle != nullptr) (void)cublasDestroy(handle);
+    }
+  };
+
+  cublasHandle_t handle_on(cudaStream_t stream) const {
+    if (state_->handle == nullptr) {
+      LLEP_CUBLAS_CHECK(cublasCreate(&state_->handle));
+      LLEP_CUBLAS_CHECK(cublasSetPointerMode(state_->handle, CUBLAS_POINTER_MODE_HOST));
+      // Default math: CUBLAS_COMPUTE_32F then never uses TF32 for fp32 inputs.
+      LLEP_CUBLAS_CHECK(cublasSetMathMode(state_->handle, CUBLAS_DEFAULT_MATH));
+    }
+    LLEP_CUBLAS_CHECK(cublasSetStream(state_->handle, stream));
+    return state_->handle;
+  }
+
+  [[nodiscard]] TaskRows task_rows(const ExpertTask<T>& t, std::int64_t row_begin) const {
+    TaskRows r;
+    r.row_begin = row_begin;
+    r.out = t.out;
+    if constexpr (Act::has_bias) {
+      r.b_gu = t.weights + shape_.gate_up_bias_offset();
+      r.b_down = t.weights + shape_.down_bias_offset();
+    }
+    return r;
+  }
+
+  void launch_gated(CudaExec& exec, const G* gu, T* h, std::size_t rows, const TaskRows* table, std::int32_t n_table,
+                    TaskRows single) const {
+    const std::size_t n = rows * shape_.h() + (Act::has_bias ? rows * shape_.d() : 0);
+    exec.for_each_n(n, detail::cublas_swiglu::GatedRows<T, G, Act>{gu, h, act_, shape_.h(), shape_.d(), rows, table,
+                                                                    n_table, single});
+  }
+
+  void run_one(CudaExec& exec, cublasHandle_t handle, const ExpertTask<T>& t, G* gu, T* h) const {
+    const int D = shape_.hidden, H = shape_.intermediate, rows = static_cast<int>(t.rows);
+    const float one = 1.0f, zero = 0.0f, beta2 = Act::has_bias ? 1.0f : 0.0f;
+    LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, 2 * H, rows, D, &one,
+                                   t.weights + shape_.gate_up_offset(), t_type, 2 * H, t.in, t_type, D, &zero, gu,
+                                   g_type, 2 * H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    launch_gated(exec, gu, h, static_cast<std::size_t>(rows), nullptr, 0, task_rows(t, 0));
+    LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, H, &one,
+                                   t.weights + shape_.down_offset(), t_type, D, h, t_type, H, &beta2, t.out, t_type, D,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  void run_grouped(CudaExec& exec, cublasHandle_t handle, std::span<const ExpertTask<T>> tasks, std::size_t total,
+                   std::size_t busy, std::byte* base) const {
+#if (CUBLAS_VER_MAJOR * 100 + CUBLAS_VER_MINOR) >= 1205
+    const int D = shape_.hidden, H = shape_.intermediate;
+    const Carve c = carve(total, total);
+    auto* gu = reinterpret_cast<G*>(base + c.gu);
+    auto* h = reinterpret_cast<T*>(base + c.h);
+    auto* d_ptrs = reinterpret_cast<void**>(base + c.ptrs);
+    auto* d_table = reinterpret_cast<TaskRows*>(base + c.table);
+
+    // Host arrays of the two grouped calls, one group of one GEMM per non-empty task.
+    State& s = *state_;
+    const std::size_t g = busy;
+    LLEP_EXPECTS(g <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()), busy,
+                 " tasks exceed the 2^31 - 1 groups of one grouped GEMM");
+    auto fill = [g](std::vector<int>& v, int x) { v.assign(g, x); };
+    fill(s.m1, 2 * H), fill(s.k1, D), fill(s.lda1, 2 * H), fill(s.ldb1, D), fill(s.ldc1, 2 * H);
+    fill(s.m2, D), fill(s.k2, H), fill(s.lda2, D), fill(s.ldb2, H), fill(s.ldc2, D), fill(s.ones, 1);
+    s.alpha.assign(g, 1.0f);
+    s.beta1.assign(g, 0.0f);
+    s.beta2.assign(g, Act::has_bias ? 1.0f : 0.0f);
+    s.op_n.assign(g, CUBLAS_OP_N);
+    s.n1.resize(g);
+    // Device image: A1[g] B1[g] C1[g] A2[g] B2[g] C2[g], then the table at c.table - c.ptrs.
+    const std::size_t table_at = c.table - c.ptrs, image = table_at + g * sizeof(TaskRows);
+    s.device_image.resize(image);
+    auto put = [&](std::size_t array, std::size_t at, const void* ptr) {
+      std::memcpy(s.device_image.data() + (array * g + at) * sizeof(void*), &ptr, sizeof(void*));
+    };
+    std::size_t i = 0;
+    std::int64_t row = 0;
+    for (const ExpertTask<T>& t : tasks) {
+      if (t.rows == 0) continue;
+      s.n1[i] = static_cast<int>(t.rows);
+      put(0, i, t.weights + shape_.gate_up_offset());
+      put(1, i, t.in);
+      put(2, i, gu + static_cast<std::size_t>(row) * 2 * shape_.h());
+      put(3, i, t.weights + shape_.down_offset());
+      put(4, i, h + static_cast<std::size_t>(row) * shape_.h());
+      put(5, i, t.out);
+      const TaskRows tr = task_rows(t, row);
+      std::memcpy(s.device_image.data() + table_at + i * sizeof(TaskRows), &tr, sizeof(TaskRows));
+      row += t.rows;
+      ++i;
+    }
+    // Pageable source: the driver stages it before returning, so s may be reused next call.
+    exec.from_host(d_ptrs, s.device_image.data(), image);
+
+    const int groups = static_cast<int>(g);
+    auto** p = d_ptrs;
+    LLEP_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+        handle, s.op_n.data(), s.op_n.data(), s.m1.data(), s.n1.data(), s.k1.data(), s.alpha.data(), p, t_type,
+        s.lda1.data(), p + g, t_type, s.ldb1.data(), s.beta1.data(), p + 2 * g, g_type, s.ldc1.data(), groups,
+        s.ones.data(), CUBLAS_COMPUTE_32F));
+    launch_gated(exec, gu, h, total, Act::has_bias ? d_table : nullptr, static_cast<std::int32_t>(g), TaskRows{});
+    LLEP_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+        handle, s.op_n.data(), s.op_n.data(), s.m2.data(), s.n1.data(), s.k2.data(), s.alpha.data(), p + 3 * g,
+        t_type, s.lda2.data(), p + 4 * g, t_type, s.ldb2.data(), s.beta2.data(), p + 5 * g, t_type, s.ldc2.data(),
+        groups, s.ones.data(), CUBLAS_COMPUTE_32F));
+#else
+    (void)exec, (void)handle, (void)tasks, (void)total, (void)busy, (void)base;
+#endif
+  }
+
+  ExpertShape shape_;
+  Act act_;
+  std::unique_ptr<State> state_;
+};
+
+static_assert(ExpertCompute<CublasSwiGlu<float>, CudaExec>);
+static_assert(ExpertCompute<CublasSwiGlu<__nv_bfloat16, GptOssGlu, GemmMode::grouped>, CudaExec>);
+
+}  // namespace llep
