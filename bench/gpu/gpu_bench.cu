@@ -1,0 +1,330 @@
+// llep-gpu-bench: the paper's table measured on one GPU, which stands in for each rank in
+// turn (issue 5), and the GEMM efficiency curve that calibrates the cost model.
+//
+//   llep-gpu-bench curve --csv curve.csv            achieved TFLOP/s of one expert's FFN vs rows
+//   llep-gpu-bench table --csv t.csv --markdown t.md  EP vs LLEP per paper scenario
+//
+// table: for every shape and routing, EP's and LLEP's plans are made from the expected
+// counts; each rank's real work (gather its rows into task order, the SwiGLU GEMMs of exactly
+// the rows the plan gives it with foreign experts' own weight buffers, scatter back) runs on
+// the whole GPU and is timed with CUDA events (median of --reps after warm-up). A step's
+// compute time is the max over ranks; its communication time comes from the bytes each
+// rank sends and receives (tokens both ways, and weights) over --link-gbps plus a latency per
+// all-to-all round. Peak memory per rank is the device memory in use while that rank's work
+// runs (cudaMemGetInfo around it), beside the plan's prediction as StepReport counts it.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../common/scenarios.hpp"
+#include "llep/core/cuda_check.hpp"
+#include "llep/exec/cuda.cuh"
+#include "llep/experts/cublas_swiglu.cuh"
+#include "llep/layer/layout.hpp"
+#include "llep/layer/row_ops.hpp"
+#include "llep/plan/standard_ep.hpp"
+
+namespace {
+
+using llep::count_t;
+using T = __nv_bfloat16;
+
+struct Args {
+  std::string mode, csv, markdown;
+  int reps = 5, warmup = 2;
+  double link_gbps = 370.0, latency_us = 10.0;
+  bool grouped = false;
+  std::string only_shape;
+};
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr,
+               "error: %s\nusage: llep-gpu-bench curve|table [--csv F] [--markdown F] [--reps N] [--warmup N]\n"
+               "       [--link-gbps G] [--latency-us U] [--grouped] [--shape NAME]\n",
+               why.c_str());
+  std::exit(2);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  if (argc < 2) usage("give a mode: curve or table");
+  a.mode = argv[1];
+  if (a.mode != "curve" && a.mode != "table") usage("unknown mode '" + a.mode + "'");
+  for (int i = 2; i < argc; ++i) {
+    const std::string f = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(f + " needs a value");
+      return argv[++i];
+    };
+    try {
+      if (f == "--csv") a.csv = value();
+      else if (f == "--markdown") a.markdown = value();
+      else if (f == "--reps") a.reps = std::stoi(value());
+      else if (f == "--warmup") a.warmup = std::stoi(value());
+      else if (f == "--link-gbps") a.link_gbps = std::stod(value());
+      else if (f == "--latency-us") a.latency_us = std::stod(value());
+      else if (f == "--shape") a.only_shape = value();
+      else if (f == "--grouped") a.grouped = true;
+      else usage("unknown flag " + f);
+    } catch (const std::logic_error&) {
+      usage("bad value for " + f);
+    }
+  }
+  if (a.reps < 1 || a.warmup < 0 || a.link_gbps <= 0 || a.latency_us < 0) usage("reps >= 1, warmup >= 0, link > 0");
+  return a;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : (v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2);
+}
+
+// Device memory that frees itself; filled with small values so the GEMMs see real data.
+struct Buf {
+  void* p = nullptr;
+  explicit Buf(std::size_t bytes) {
+    if (bytes) LLEP_CUDA_CHECK(cudaMalloc(&p, bytes));
+    if (bytes) LLEP_CUDA_CHECK(cudaMemset(p, 0x3c, bytes));  // bf16 0x3c3c ~ 0.0115
+  }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { if (p) (void)cudaFree(p); }
+  template <class V>
+  V* as() const { return static_cast<V*>(p); }
+};
+
+std::size_t used_bytes() {
+  std::size_t free = 0, total = 0;
+  LLEP_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return total - free;
+}
+
+// Median ms of `run()` on `stream` over reps, after warm-up.
+template <class F>
+double time_ms(const Args& a, cudaStream_t stream, F&& run) {
+  cudaEvent_t start, stop;
+  LLEP_CUDA_CHECK(cudaEventCreate(&start));
+  LLEP_CUDA_CHECK(cudaEventCreate(&stop));
+  for (int w = 0; w < a.warmup; ++w) run();
+  std::vector<double> ms;
+  for (int r = 0; r < a.reps; ++r) {
+    LLEP_CUDA_CHECK(cudaEventRecord(start, stream));
+    run();
+    LLEP_CUDA_CHECK(cudaEventRecord(stop, stream));
+    LLEP_CUDA_CHECK(cudaEventSynchronize(stop));
+    float t = 0;
+    LLEP_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    ms.push_back(t);
+  }
+  (void)cudaEventDestroy(start);
+  (void)cudaEventDestroy(stop);
+  return median(ms);
+}
+
+template <llep::GemmMode Mode>
+void curve(const Args& a, std::FILE* csv) {
+  llep::CudaExec exec;
+  const char* mode = Mode == llep::GemmMode::grouped ? "grouped" : "per_expert";
+  for (const auto& shape : llep::bench::kPaperShapes) {
+    if (!a.only_shape.empty() && a.only_shape != shape.name) continue;
+    const llep::ExpertShape es{shape.hidden, shape.intermediate, false};
+    const llep::CublasSwiGlu<T, llep::SiluGlu, Mode> ffn(es);
+    const Buf w(es.elems() * sizeof(T));
+    for (count_t rows = 16; rows <= 65536; rows *= 2) {
+      const Buf in(static_cast<std::size_t>(rows) * es.d() * sizeof(T)), out(static_cast<std::size_t>(rows) * es.d() * sizeof(T));
+      const Buf scratch(ffn.scratch_bytes(rows, rows));
+      const llep::ExpertTask<T> task{0, w.as<T>(), in.as<T>(), out.as<T>(), rows};
+      const double ms = time_ms(a, exec.stream(), [&] { ffn.compute(exec, std::span<const llep::ExpertTask<T>>(&task, 1), scratch.p); });
+      const double flops = 6.0 * double(rows) * double(es.d()) * double(es.h());
+      std::fprintf(csv, "%.*s,%s,%lld,%.6f,%.3f\n", int(shape.name.size()), shape.name.data(), mode,
+                   static_cast<long long>(rows), ms, flops / (ms * 1e-3) / 1e12);
+      std::fflush(csv);
+    }
+  }
+}
+
+struct RankCost {
+  double compute_ms = 0;
+  std::size_t token_bytes = 0, weight_bytes = 0;  // sent + received
+  std::size_t measured_peak = 0, predicted_peak = 0;
+};
+
+struct StepCost {
+  double compute_ms = 0, comm_ms = 0;
+  std::size_t peak_measured = 0, peak_predicted = 0;
+  [[nodiscard]] double step_ms() const { return compute_ms + comm_ms; }
+};
+
+template <llep::GemmMode Mode>
+StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerShape& shape, const llep::Plan& plan,
+                 llep::CountsView counts, const llep::Topology& topo) {
+  const llep::ExpertShape es{shape.hidden, shape.intermediate, false};
+  const llep::CublasSwiGlu<T, llep::SiluGlu, Mode> ffn(es);
+  const std::size_t row_bytes = es.d() * sizeof(T), expert_bytes = es.elems() * sizeof(T);
+  StepCost step;
+  double worst_comm = 0;
+  llep::Layout layout;
+  for (int r = 0; r < topo.ranks(); ++r) {
+    layout.build(counts, plan, topo, r);
+    const auto tasks = layout.tasks();
+    const count_t rows = layout.compute_rows();
+    count_t max_task = 0;
+    std::size_t foreign = 0;
+    for (const auto& t : tasks) {
+      max_task = std::max<count_t>(max_task, t.rows);
+      foreign += t.native ? 0 : 1;
+    }
+    RankCost rc;
+    {
+      // Native experts' weights are resident anyway; only what the step adds counts.
+      std::vector<std::unique_ptr<Buf>> weights(tasks.size());
+      for (std::size_t i = 0; i < tasks.size(); ++i)
+        if (tasks[i].native) weights[i] = std::make_unique<Buf>(expert_bytes);
+      const std::size_t base = used_bytes();
+      for (std::size_t i = 0; i < tasks.size(); ++i)
+        if (!tasks[i].native) weights[i] = std::make_unique<Buf>(expert_bytes);
+      // Two row buffers, as the layer has around the experts: permute cout -> cin, the
+      // experts cin -> cout, un-permute cout -> cin.
+      const Buf cin(static_cast<std::size_t>(rows) * row_bytes), cout(static_cast<std::size_t>(rows) * row_bytes);
+      const Buf scratch(ffn.scratch_bytes(max_task, rows));
+      std::vector<std::int32_t> perm(static_cast<std::size_t>(rows));
+      for (count_t i = 0; i < rows; ++i)
+        perm[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % std::max<count_t>(rows, 1));
+      const Buf dperm(perm.size() * sizeof(std::int32_t));
+      if (!perm.empty())
+        LLEP_CUDA_CHECK(cudaMemcpy(dperm.p, perm.data(), perm.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+      std::vector<llep::ExpertTask<T>> et;
+      for (std::size_t i = 0; i < tasks.size(); ++i) {
+        const auto off = static_cast<std::size_t>(tasks[i].row) * es.d();
+        et.push_back({tasks[i].expert, weights[i]->as<T>(), cin.as<T>() + off, cout.as<T>() + off, tasks[i].rows});
+      }
+      rc.measured_peak = used_bytes() - base;
+      rc.compute_ms = time_ms(a, exec.stream(), [&] {
+        llep::copy_rows(exec, true, cin.p, cout.p, dperm.as<std::int32_t>(), static_cast<std::size_t>(rows), row_bytes);
+        ffn.compute(exec, std::span<const llep::ExpertTask<T>>(et), scratch.p);
+        llep::copy_rows(exec, false, cin.p, cout.p, dperm.as<std::int32_t>(), static_cast<std::size_t>(rows), row_bytes);
+      });
+      // cuBLAS's and CUB's own buffers appear on first use.
+      rc.measured_peak = std::max(rc.measured_peak, used_bytes() - base);
+    }
+    // As StepReport predicts it: expert activations in and out, scratch, foreign weights.
+    rc.predicted_peak = static_cast<std::size_t>(rows) * 2 * row_bytes + ffn.scratch_bytes(max_task, rows) +
+                        foreign * expert_bytes;
+    std::size_t moved = 0;
+    for (int q = 0; q < topo.ranks(); ++q)
+      if (q != r)
+        moved += static_cast<std::size_t>(layout.send_counts()[static_cast<std::size_t>(q)] +
+                                          layout.recv_counts()[static_cast<std::size_t>(q)]);
+    rc.token_bytes = 2 * moved * row_bytes;  // dispatch and combine
+    for (const auto& w : plan.weight_transfers())
+      if (w.src == r || w.dst == r) rc.weight_bytes += expert_bytes;
+    // Sends and receives share the link's two directions: the busier one bounds the time.
+    const double bytes = double(rc.token_bytes + rc.weight_bytes) / 2;
+    const double comm = bytes / (a.link_gbps * 1e9) * 1e3 + (topo.ranks() > 1 ? 2 * a.latency_us * 1e-3 : 0.0);
+    step.compute_ms = std::max(step.compute_ms, rc.compute_ms);
+    worst_comm = std::max(worst_comm, comm);
+    step.peak_measured = std::max(step.peak_measured, rc.measured_peak);
+    step.peak_predicted = std::max(step.peak_predicted, rc.predicted_peak);
+  }
+  step.comm_ms = worst_comm;
+  return step;
+}
+
+template <llep::GemmMode Mode>
+void table(const Args& a, std::FILE* csv, std::FILE* md) {
+  llep::CudaExec exec;
+  int dev = 0;
+  cudaDeviceProp prop{};
+  LLEP_CUDA_CHECK(cudaGetDevice(&dev));
+  LLEP_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  std::fprintf(csv, "shape,routing,ep_ms,llep_ms,speedup,ep_compute_ms,llep_compute_ms,ep_comm_ms,llep_comm_ms,"
+                    "ep_peak_gib,llep_peak_gib,ep_pred_gib,llep_pred_gib,memory_ratio,llep_vs_ideal\n");
+  if (md) {
+    std::fprintf(md, "Measured on %s, one GPU standing in for each of P = %d ranks; bf16, %s GEMMs; comm over %.0f "
+                     "GB/s + %.0f us per round (computed); median of %d after %d warm-up.\n\n",
+                 prop.name, llep::bench::kPaperRanks, Mode == llep::GemmMode::grouped ? "grouped" : "per-expert",
+                 a.link_gbps, a.latency_us, a.reps, a.warmup);
+    std::fprintf(md, "| shape | routing | EP ms | LLEP ms | speedup | EP peak GiB (pred) | LLEP peak GiB (pred) | "
+                     "memory EP/LLEP | LLEP vs ideal |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  }
+  const double gib = 1024.0 * 1024 * 1024;
+  for (const auto& shape : llep::bench::kPaperShapes) {
+    if (!a.only_shape.empty() && a.only_shape != shape.name) continue;
+    const llep::Topology topo(llep::bench::kPaperRanks, shape.experts);
+    for (const auto& skew : llep::bench::paper_routings()) {
+      const auto c = llep::sim::skewed_counts(topo.ranks(), shape.experts, shape.pairs_per_rank(), skew);
+      const llep::CountsView counts(std::span<const count_t>(c), topo.ranks(), shape.experts);
+      std::vector<count_t> loads(static_cast<std::size_t>(shape.experts));
+      llep::loads_from_counts(counts, loads);
+      llep::Plan ep_plan, ll_plan;
+      llep::StandardEp{}.plan(loads, topo, ep_plan);
+      llep::bench::paper_llep().plan(loads, topo, ll_plan);
+      const StepCost ep = measure<Mode>(a, exec, shape, ep_plan, counts, topo);
+      const StepCost ll = ll_plan.policy() == ep_plan.policy() ? ep : measure<Mode>(a, exec, shape, ll_plan, counts, topo);
+      // Force-balanced ideal: every rank computes total/P rows of one expert's FFN, no moves.
+      count_t total = 0;
+      for (count_t l : loads) total += l;
+      llep::Plan ideal;
+      ideal.reset(topo, "ideal");
+      const count_t share = (total + topo.ranks() - 1) / topo.ranks();
+      for (int r = 0; r < topo.ranks(); ++r) ideal.add_segment(r * topo.experts_per_rank(), r, 0, share);
+      ideal.finish(topo);
+      std::vector<count_t> ideal_counts(static_cast<std::size_t>(topo.ranks()) * shape.experts, 0);
+      for (int r = 0; r < topo.ranks(); ++r)
+        ideal_counts[static_cast<std::size_t>(r) * shape.experts + static_cast<std::size_t>(r * topo.experts_per_rank())] = share;
+      const StepCost id = measure<Mode>(a, exec, shape, ideal,
+                                        llep::CountsView(std::span<const count_t>(ideal_counts), topo.ranks(), shape.experts), topo);
+      const std::string name = skew.name();
+      std::fprintf(csv, "%.*s,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n",
+                   int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
+                   ep.step_ms() / ll.step_ms(), ep.compute_ms, ll.compute_ms, ep.comm_ms, ll.comm_ms,
+                   ep.peak_measured / gib, ll.peak_measured / gib, ep.peak_predicted / gib, ll.peak_predicted / gib,
+                   double(ep.peak_measured) / double(ll.peak_measured), id.compute_ms / ll.step_ms());
+      std::fflush(csv);
+      if (md)
+        std::fprintf(md, "| %.*s | %s | %.2f | %.2f | %.2fx | %.2f (%.2f) | %.2f (%.2f) | %.2fx | %.0f%% |\n",
+                     int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
+                     ep.step_ms() / ll.step_ms(), ep.peak_measured / gib, ep.peak_predicted / gib,
+                     ll.peak_measured / gib, ll.peak_predicted / gib, double(ep.peak_measured) / double(ll.peak_measured),
+                     100.0 * id.compute_ms / ll.step_ms());
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "SKIP: no CUDA device\n");
+    return 77;
+  }
+  std::FILE* csv = a.csv.empty() ? stdout : std::fopen(a.csv.c_str(), "w");
+  std::FILE* md = a.markdown.empty() ? nullptr : std::fopen(a.markdown.c_str(), "w");
+  if (!csv || (!a.markdown.empty() && !md)) usage("cannot open an output file");
+  try {
+    if (a.mode == "curve") {
+      std::fprintf(csv, "shape,mode,rows,ms,tflops\n");
+      curve<llep::GemmMode::per_expert>(a, csv);
+      curve<llep::GemmMode::grouped>(a, csv);
+    } else if (a.grouped) {
+      table<llep::GemmMode::grouped>(a, csv, md);
+    } else {
+      table<llep::GemmMode::per_expert>(a, csv, md);
+    }
+  } catch (const llep::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  if (csv != stdout) std::fclose(csv);
+  if (md) std::fclose(md);
+  return 0;
+}

@@ -1,0 +1,294 @@
+// The MoE layer on a GPU: P logical ranks on device 0 (or spread over the devices there
+// are) through PeerCopy, CudaExec and cuBLAS experts, against the dense MoE computed on
+// the host in double (tests/common/dense_moe.hpp), for every planner.
+#include <doctest/doctest.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../common/dense_moe.hpp"
+#include "llep/core/cuda_check.hpp"
+#include "llep/exec/cuda.cuh"
+#include "llep/experts/cublas_swiglu.cuh"
+#include "llep/layer/moe_layer.hpp"
+#include "llep/plan/adaptive.hpp"
+#include "llep/plan/least_loaded.hpp"
+#include "llep/plan/standard_ep.hpp"
+#include "llep/sim/routing.hpp"
+#include "llep/stats/exact_counts.hpp"
+#include "llep/transport/peer_copy.cuh"
+
+namespace {
+
+using llep::count_t;
+
+template <class T>
+T from_float(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16(v);
+  else if constexpr (std::is_same_v<T, __half>) return __float2half(v);
+  else return v;
+}
+template <class T>
+float to_float(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else return v;
+}
+
+// Max |error| over max |reference|. bf16 keeps 8 significant bits: the tokens, the
+// weights, the activation h and the output are each rounded once (relative error up to
+// 2^-9 each), with fp32 accumulation in between, so a few roundings of 2^-9 ~ 0.2% add up
+// to well under 3e-2 of the output scale; a misplaced row is O(1). fp16 has 11 bits: 5e-3.
+// fp32 (cuBLAS in full fp32, no TF32) is held to 1e-4 like the host float layer.
+template <class T>
+double tolerance() {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return 3e-2;
+  else if constexpr (std::is_same_v<T, __half>) return 5e-3;
+  else return 1e-4;
+}
+
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  std::size_t n = 0;
+  explicit DeviceBuffer(std::size_t count) : n(count) {
+    if (n) LLEP_CUDA_CHECK(cudaMalloc(&ptr, n * sizeof(T)));
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { if (ptr) (void)cudaFree(ptr); }
+  void upload(const std::vector<T>& v) {
+    REQUIRE(v.size() == n);
+    if (n) LLEP_CUDA_CHECK(cudaMemcpy(ptr, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> v(n);
+    if (n) LLEP_CUDA_CHECK(cudaMemcpy(v.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+};
+
+enum class Routing { uniform, hot_one_expert, one_rank_experts, empty_ranks };
+
+struct RankInput {
+  std::vector<float> x, gates;  // as drawn; the device gets them rounded to T
+  std::vector<std::int32_t> ids;
+};
+
+std::vector<RankInput> make_inputs(int P, int N, int K, int D, Routing routing, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> tokens(1, 96);
+  llep::sim::Skew skew;
+  if (routing == Routing::hot_one_expert && N > 1) skew = {1, 0.95};
+  if (routing == Routing::one_rank_experts) skew = {N / P, 1.0};
+  std::vector<RankInput> in(static_cast<std::size_t>(P));
+  for (int p = 0; p < P; ++p) {
+    auto& r = in[static_cast<std::size_t>(p)];
+    int B = tokens(rng);
+    if (routing == Routing::empty_ranks && (p % 2 == 1 || P == 1)) B = 0;
+    r.x.resize(static_cast<std::size_t>(B) * D);
+    for (float& v : r.x) v = u(rng);
+    r.ids.resize(static_cast<std::size_t>(B) * K);
+    r.gates.resize(r.ids.size());
+    llep::sim::random_routing(rng(), N, K, skew, std::span<std::int32_t>(r.ids), std::span<float>(r.gates));
+  }
+  return in;
+}
+
+struct Streams {
+  std::vector<cudaStream_t> s;
+  std::vector<int> device;
+  explicit Streams(int P) {
+    int devices = 0;
+    LLEP_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    for (int p = 0; p < P; ++p) {
+      device.push_back(p % devices);
+      LLEP_CUDA_CHECK(cudaSetDevice(device.back()));
+      cudaStream_t st = nullptr;
+      LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      s.push_back(st);
+    }
+    LLEP_CUDA_CHECK(cudaSetDevice(0));
+  }
+  ~Streams() {
+    for (cudaStream_t st : s) (void)cudaStreamDestroy(st);
+  }
+  std::vector<llep::PeerCopyRank> ranks() const {
+    std::vector<llep::PeerCopyRank> r;
+    for (std::size_t p = 0; p < s.size(); ++p) r.push_back({device[p], s[p]});
+    return r;
+  }
+};
+
+template <class T, llep::GemmMode Mode, class Plnr>
+struct Outcome {
+  std::vector<std::vector<float>> out;
+  std::vector<llep::StepReport> reports;
+  bool deterministic = true;
+};
+
+// Two steps on P logical ranks; returns rank outputs (as float) of the second.
+template <class T, llep::GemmMode Mode, class Plnr>
+Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std::vector<RankInput>& in, Plnr planner) {
+  using Experts = llep::CublasSwiGlu<T, llep::SiluGlu, Mode>;
+  using Layer = llep::MoeLayer<llep::ExactCounts, Plnr, llep::PeerCopy, Experts, llep::CudaExec>;
+  const llep::Topology topo(P, moe.experts);
+  const llep::ExpertShape shape{moe.hidden, moe.intermediate, false};
+  Streams streams(P);
+  llep::PeerCopyGroup group(streams.ranks(), llep::HostGroupOptions{std::chrono::milliseconds(30'000)});
+  Outcome<T, Mode, Plnr> res;
+  res.out.resize(static_cast<std::size_t>(P));
+  res.reports.resize(static_cast<std::size_t>(P));
+  std::vector<int> same(static_cast<std::size_t>(P), 1);
+  llep::run_ranks(group, [&](llep::PeerCopy& t) {
+    const auto p = static_cast<std::size_t>(t.rank());
+    auto cast = [](const std::vector<float>& v) {
+      std::vector<T> o(v.size());
+      std::transform(v.begin(), v.end(), o.begin(), from_float<T>);
+      return o;
+    };
+    const auto weights = cast(moe.packed_rank<float>(t.rank(), P));
+    DeviceBuffer<T> w(weights.size());
+    w.upload(weights);
+    DeviceBuffer<T> x(in[p].x.size()), out(in[p].x.size());
+    DeviceBuffer<float> gates(in[p].gates.size());
+    DeviceBuffer<std::int32_t> ids(in[p].ids.size());
+    x.upload(cast(in[p].x));
+    gates.upload(in[p].gates);
+    ids.upload(in[p].ids);
+    Layer layer(topo, K, planner, Experts(shape), t, llep::CudaExec(streams.s[p]));
+    layer.set_native_weights(w.ptr);
+    std::vector<T> first;
+    for (int s = 0; s < 2; ++s) {
+      res.reports[p] = layer.forward(std::span<const T>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
+                                     std::span<const float>(gates.ptr, gates.n), std::span<T>(out.ptr, out.n));
+      LLEP_CUDA_CHECK(cudaStreamSynchronize(streams.s[p]));
+      auto got = out.download();
+      if (s == 0) first = got;
+      else same[p] = std::equal(first.begin(), first.end(), got.begin(), [](T a, T b) {
+        return std::memcmp(&a, &b, sizeof(T)) == 0;
+      });
+      res.out[p].resize(got.size());
+      std::transform(got.begin(), got.end(), res.out[p].begin(), to_float<T>);
+    }
+  });
+  res.deterministic = std::all_of(same.begin(), same.end(), [](int v) { return v == 1; });
+  return res;
+}
+
+template <class T, llep::GemmMode Mode, class Plnr>
+void check_against_dense(int P, int N, int K, Routing routing, Plnr planner, std::uint64_t seed) {
+  const int D = 64, H = 32;  // multiples of 8: the 16-byte alignment cuBLAS prefers
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
+  const auto in = make_inputs(P, N, K, D, routing, seed * 13 + 1);
+  const auto got = run_layer<T, Mode>(moe, P, K, in, planner);
+  double err = 0, scale = 0;
+  for (int p = 0; p < P; ++p) {
+    const auto& r = in[static_cast<std::size_t>(p)];
+    std::vector<double> x(r.x.size()), g(r.gates.begin(), r.gates.end());
+    // The reference sees the tokens the device saw (rounded to T); the weights stay exact.
+    std::transform(r.x.begin(), r.x.end(), x.begin(), [](float v) { return double(to_float(from_float<T>(v))); });
+    const auto ref = moe.forward(x, r.ids, g, K);
+    const auto& out = got.out[static_cast<std::size_t>(p)];
+    REQUIRE(out.size() == ref.size());
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      scale = std::max(scale, std::abs(ref[i]));
+      err = std::max(err, std::abs(double(out[i]) - ref[i]));
+    }
+  }
+  INFO("P = ", P, ", N = ", N, ", K = ", K, ", routing ", int(routing), ", plan ", got.reports[0].policy);
+  CHECK(err <= tolerance<T>() * std::max(scale, 1e-3));
+  CHECK(got.deterministic);
+  count_t pairs = 0, rows = 0;
+  for (const auto& r : in) pairs += static_cast<count_t>(r.ids.size());
+  for (int q = 0; q < P; ++q) rows += got.reports[0].rows(q);
+  CHECK(rows == pairs);
+}
+
+bool have_device() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+const llep::LeastLoaded kSmallGemm{1.0, 8};
+
+}  // namespace
+
+TEST_CASE("GPU MoeLayer (bf16, per-expert GEMMs) equals the dense MoE for every planner") {
+  REQUIRE(have_device());
+  std::uint64_t seed = 1;
+  for (int P : {1, 2, 4, 8})
+    for (int NP : {1, 4})
+      for (int K : {1, 4, 8})
+        for (Routing r : {Routing::uniform, Routing::hot_one_expert, Routing::one_rank_experts, Routing::empty_ranks}) {
+          const int N = NP * P;
+          if (K > N) continue;
+          ++seed;
+          check_against_dense<__nv_bfloat16, llep::GemmMode::per_expert>(P, N, K, r, llep::StandardEp{}, seed);
+          check_against_dense<__nv_bfloat16, llep::GemmMode::per_expert>(P, N, K, r, kSmallGemm, seed);
+          check_against_dense<__nv_bfloat16, llep::GemmMode::per_expert>(
+              P, N, K, r, llep::Adaptive<llep::LeastLoaded>{1.3, kSmallGemm}, seed);
+        }
+}
+
+TEST_CASE("GPU MoeLayer: grouped GEMMs, fp16 and fp32 agree with the dense MoE under skew") {
+  REQUIRE(have_device());
+  std::uint64_t seed = 500;
+  for (int P : {2, 4})
+    for (Routing r : {Routing::hot_one_expert, Routing::empty_ranks}) {
+      ++seed;
+      check_against_dense<__nv_bfloat16, llep::GemmMode::grouped>(P, 4 * P, 4, r, kSmallGemm, seed);
+      check_against_dense<__half, llep::GemmMode::per_expert>(P, 4 * P, 4, r, kSmallGemm, seed);
+      check_against_dense<float, llep::GemmMode::grouped>(P, 4 * P, 4, r, kSmallGemm, seed);
+    }
+}
+
+TEST_CASE("GPU MoeLayer: a bad expert id on one rank is llep::Error on every rank, no hang") {
+  REQUIRE(have_device());
+  const int P = 4, N = 8, K = 2, D = 64, H = 32;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 3);
+  auto in = make_inputs(P, N, K, D, Routing::uniform, 4);
+  in[2].ids[0] = N + 5;
+  using Experts = llep::CublasSwiGlu<__nv_bfloat16>;
+  Streams streams(P);
+  llep::PeerCopyGroup group(streams.ranks(), llep::HostGroupOptions{std::chrono::milliseconds(10'000)});
+  std::vector<std::string> errors(P);
+  const auto start = std::chrono::steady_clock::now();
+  llep::run_ranks(group, [&](llep::PeerCopy& t) {
+    const auto p = static_cast<std::size_t>(t.rank());
+    std::vector<__nv_bfloat16> wh;
+    for (float v : moe.packed_rank<float>(t.rank(), P)) wh.push_back(__float2bfloat16(v));
+    DeviceBuffer<__nv_bfloat16> w(wh.size()), x(in[p].x.size()), out(in[p].x.size());
+    w.upload(wh);
+    DeviceBuffer<float> gates(in[p].gates.size());
+    DeviceBuffer<std::int32_t> ids(in[p].ids.size());
+    gates.upload(in[p].gates);
+    ids.upload(in[p].ids);
+    llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
+        llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
+        llep::CudaExec(streams.s[p]));
+    layer.set_native_weights(w.ptr);
+    try {
+      layer.forward(std::span<const __nv_bfloat16>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
+                    std::span<const float>(gates.ptr, gates.n), std::span<__nv_bfloat16>(out.ptr, out.n));
+    } catch (const llep::Error& e) {
+      errors[p] = e.what();
+    }
+  });
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(8));
+  for (int p = 0; p < P; ++p) {
+    INFO("rank ", p, ": ", errors[static_cast<std::size_t>(p)]);
+    CHECK(errors[static_cast<std::size_t>(p)].find("rank 2 routed expert id 13") != std::string::npos);
+  }
+}
