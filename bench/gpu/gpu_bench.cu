@@ -41,13 +41,15 @@ struct Args {
   int reps = 5, warmup = 2;
   double link_gbps = 370.0, latency_us = 10.0;
   bool grouped = false;
-  std::string only_shape;
+  std::string only_shape, only_routing;
+  long long tokens = 0;  // tokens per rank; 0: the shape's own
+  bool verbose = false;
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "error: %s\nusage: llep-gpu-bench curve|table [--csv F] [--markdown F] [--reps N] [--warmup N]\n"
-               "       [--link-gbps G] [--latency-us U] [--grouped] [--shape NAME]\n",
+               "       [--link-gbps G] [--latency-us U] [--grouped] [--shape NAME] [--routing NAME] [--tokens N] [--verbose]\n",
                why.c_str());
   std::exit(2);
 }
@@ -71,13 +73,17 @@ Args parse(int argc, char** argv) {
       else if (f == "--link-gbps") a.link_gbps = std::stod(value());
       else if (f == "--latency-us") a.latency_us = std::stod(value());
       else if (f == "--shape") a.only_shape = value();
+      else if (f == "--routing") a.only_routing = value();
+      else if (f == "--tokens") a.tokens = std::stoll(value());
+      else if (f == "--verbose") a.verbose = true;
       else if (f == "--grouped") a.grouped = true;
       else usage("unknown flag " + f);
     } catch (const std::logic_error&) {
       usage("bad value for " + f);
     }
   }
-  if (a.reps < 1 || a.warmup < 0 || a.link_gbps <= 0 || a.latency_us < 0) usage("reps >= 1, warmup >= 0, link > 0");
+  if (a.reps < 1 || a.warmup < 0 || a.link_gbps <= 0 || a.latency_us < 0 || a.tokens < 0)
+    usage("reps >= 1, warmup >= 0, link > 0, tokens >= 0");
   return a;
 }
 
@@ -228,6 +234,10 @@ StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerSh
     // Sends and receives share the link's two directions: the busier one bounds the time.
     const double bytes = double(rc.token_bytes + rc.weight_bytes) / 2;
     const double comm = bytes / (a.link_gbps * 1e9) * 1e3 + (topo.ranks() > 1 ? 2 * a.latency_us * 1e-3 : 0.0);
+    if (a.verbose)
+      std::fprintf(stderr, "  %.*s rank %d: %lld rows, %zu tasks (%zu foreign), %.3f ms, peak %zu (pred %zu)\n",
+                   int(plan.policy().size()), plan.policy().data(), r, static_cast<long long>(rows), tasks.size(), foreign, rc.compute_ms,
+                   rc.measured_peak, rc.predicted_peak);
     step.compute_ms = std::max(step.compute_ms, rc.compute_ms);
     worst_comm = std::max(worst_comm, comm);
     step.peak_measured = std::max(step.peak_measured, rc.measured_peak);
@@ -258,8 +268,11 @@ void table(const Args& a, std::FILE* csv, std::FILE* md) {
   for (const auto& shape : llep::bench::kPaperShapes) {
     if (!a.only_shape.empty() && a.only_shape != shape.name) continue;
     const llep::Topology topo(llep::bench::kPaperRanks, shape.experts);
+    const count_t pairs = (a.tokens > 0 ? a.tokens : shape.tokens_per_rank) * shape.top_k;
     for (const auto& skew : llep::bench::paper_routings()) {
-      const auto c = llep::sim::skewed_counts(topo.ranks(), shape.experts, shape.pairs_per_rank(), skew);
+      if (!a.only_routing.empty() && a.only_routing != skew.name()) continue;
+      if (a.verbose) std::fprintf(stderr, "%.*s %s\n", int(shape.name.size()), shape.name.data(), skew.name().c_str());
+      const auto c = llep::sim::skewed_counts(topo.ranks(), shape.experts, pairs, skew);
       const llep::CountsView counts(std::span<const count_t>(c), topo.ranks(), shape.experts);
       std::vector<count_t> loads(static_cast<std::size_t>(shape.experts));
       llep::loads_from_counts(counts, loads);
@@ -294,6 +307,7 @@ void table(const Args& a, std::FILE* csv, std::FILE* md) {
                      ep.step_ms() / ll.step_ms(), ep.peak_measured / gib, ep.peak_predicted / gib,
                      ll.peak_measured / gib, ll.peak_predicted / gib, double(ep.peak_measured) / double(ll.peak_measured),
                      100.0 * id.compute_ms / ll.step_ms());
+      if (md) std::fflush(md);
     }
   }
 }
