@@ -147,6 +147,7 @@ void curve(const Args& a, std::FILE* csv) {
       const Buf in(static_cast<std::size_t>(rows) * es.d() * sizeof(T)), out(static_cast<std::size_t>(rows) * es.d() * sizeof(T));
       const Buf scratch(ffn.scratch_bytes(rows, rows));
       const llep::ExpertTask<T> task{0, w.as<T>(), in.as<T>(), out.as<T>(), rows};
+      LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // the fills ran on the legacy stream
       const double ms = time_ms(a, exec.stream(), [&] { ffn.compute(exec, std::span<const llep::ExpertTask<T>>(&task, 1), scratch.p); });
       const double flops = 6.0 * double(rows) * double(es.d()) * double(es.h());
       std::fprintf(csv, "%.*s,%s,%lld,%.6f,%.3f\n", int(shape.name.size()), shape.name.data(), mode,
@@ -212,6 +213,9 @@ StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerSh
         et.push_back({tasks[i].expert, weights[i]->as<T>(), cin.as<T>() + off, cout.as<T>() + off, tasks[i].rows});
       }
       rc.measured_peak = used_bytes() - base;
+      // The fills and the pageable upload above ran on the legacy stream, which the exec's
+      // non-blocking stream does not wait for: finish them first.
+      LLEP_CUDA_CHECK(cudaDeviceSynchronize());
       rc.compute_ms = time_ms(a, exec.stream(), [&] {
         llep::copy_rows(exec, true, cin.p, cout.p, dperm.as<std::int32_t>(), static_cast<std::size_t>(rows), row_bytes);
         ffn.compute(exec, std::span<const llep::ExpertTask<T>>(et), scratch.p);

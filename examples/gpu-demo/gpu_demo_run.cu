@@ -68,6 +68,9 @@ DemoRun run(const DemoOptions& o, const DemoScenario& sc, const Plnr& planner) {
       const Device<float> gates(sc.gates[p]);
       const Device<std::int32_t> ids(sc.ids[p]);
       Device<T> out(std::vector<T>(sc.x[p].size()));
+      // A pageable upload may still be in flight when cudaMemcpy returns, and the rank's
+      // non-blocking stream does not wait for the legacy stream: finish the uploads first.
+      LLEP_CUDA_CHECK(cudaDeviceSynchronize());
       MoeLayer<ExactCounts, Plnr, PeerCopy, Experts, CudaExec> layer(topo, o.top_k, planner, Experts(o.shape()), t,
                                                                      CudaExec(streams[p]));
       layer.set_native_weights(w.ptr);

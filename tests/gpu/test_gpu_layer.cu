@@ -167,6 +167,9 @@ Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std:
     x.upload(cast(in[p].x));
     gates.upload(in[p].gates);
     ids.upload(in[p].ids);
+    // A pageable upload may still be in flight when cudaMemcpy returns, and the rank's
+    // non-blocking stream does not wait for the legacy stream: finish the uploads first.
+    LLEP_CUDA_CHECK(cudaDeviceSynchronize());
     Layer layer(topo, K, planner, Experts(shape), t, llep::CudaExec(streams.s[p]));
     layer.set_native_weights(w.ptr);
     std::vector<T> first;
@@ -275,6 +278,7 @@ TEST_CASE("GPU MoeLayer: a bad expert id on one rank is llep::Error on every ran
     DeviceBuffer<std::int32_t> ids(in[p].ids.size());
     gates.upload(in[p].gates);
     ids.upload(in[p].ids);
+    LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
         llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
         llep::CudaExec(streams.s[p]));
