@@ -298,3 +298,49 @@ TEST_CASE("GPU MoeLayer: a bad expert id on one rank is llep::Error on every ran
     CHECK(errors[static_cast<std::size_t>(p)].find("rank 2 routed 1 expert id(s) outside [0, 8)") != std::string::npos);
   }
 }
+
+#ifdef LLEP_TEST_NCCL
+#include "llep/transport/nccl.hpp"
+#include "llep/transport/nccl_bootstrap.hpp"
+
+// NCCL refuses two ranks on one GPU, so the layer meets Nccl with one rank here: the whole
+// step (counts through ncclAllGather, the token all-to-all as grouped send/recv, the weights
+// path) against the dense MoE. Several ranks need several GPUs (docs/gpu-status.md).
+TEST_CASE("GPU MoeLayer over the Nccl transport, one rank, equals the dense MoE") {
+  REQUIRE(have_device());
+  const int N = 8, K = 4, D = 64, H = 32;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 21);
+  const auto in = make_inputs(1, N, K, D, Routing::hot_one_expert, 22);
+  using Experts = llep::CublasSwiGlu<__nv_bfloat16>;
+  Streams streams(1);
+  auto nccl = llep::Nccl::init(1, 0, llep::new_unique_id(), streams.s[0]);
+  std::vector<__nv_bfloat16> wh, xh;
+  for (float v : moe.packed_rank<float>(0, 1)) wh.push_back(__float2bfloat16(v));
+  for (float v : in[0].x) xh.push_back(__float2bfloat16(v));
+  DeviceBuffer<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
+  w.upload(wh);
+  x.upload(xh);
+  DeviceBuffer<float> gates(in[0].gates.size());
+  DeviceBuffer<std::int32_t> ids(in[0].ids.size());
+  gates.upload(in[0].gates);
+  ids.upload(in[0].ids);
+  LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
+  llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::Nccl, Experts, llep::CudaExec> layer(
+      llep::Topology(1, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), nccl, llep::CudaExec(streams.s[0]));
+  layer.set_native_weights(w.ptr);
+  for (int s = 0; s < 2; ++s)
+    layer.forward(std::span<const __nv_bfloat16>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
+                  std::span<const float>(gates.ptr, gates.n), std::span<__nv_bfloat16>(out.ptr, out.n));
+  nccl.synchronize();
+  const auto got = out.download();
+  std::vector<double> xd(in[0].x.size()), g(in[0].gates.begin(), in[0].gates.end());
+  std::transform(xh.begin(), xh.end(), xd.begin(), [](__nv_bfloat16 v) { return double(__bfloat162float(v)); });
+  const auto ref = moe.forward(xd, in[0].ids, g, K);
+  double err = 0, scale = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    scale = std::max(scale, std::abs(ref[i]));
+    err = std::max(err, std::abs(double(__bfloat162float(got[i])) - ref[i]));
+  }
+  CHECK(err <= tolerance<__nv_bfloat16>() * std::max(scale, 1e-3));
+}
+#endif

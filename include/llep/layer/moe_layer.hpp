@@ -3,7 +3,12 @@
 // forward step"). Read top to bottom: count, plan, layout, dispatch, compute, combine.
 //
 // Host synchronisation: the plan needs the counts on the host, so each step copies the
-// gathered counts matrix to the host once; everything after that is stream-ordered.
+// gathered counts matrix to the host once; everything after that is stream-ordered. A
+// device transport must order its work on the same stream as the execution space.
+//
+// Overlap: with a transport that has exchange_weights/join_weights (Nccl), expert weights
+// travel on their own stream while the tokens move and the native experts compute; the
+// foreign experts wait for them. Other transports move the weights before the tokens.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -150,7 +155,14 @@ class MoeLayer {
         weight_ops_.push_back(P2pOp{P2pOp::Kind::recv, w.src, foreign + foreign_index(w.expert) * welems,
                                     welems * sizeof(T)});
     }
-    transport_->exchange(weight_ops_);
+    // A transport with a separate weights path (Nccl) moves them while the tokens move and
+    // the native experts compute; the others move them first.
+    constexpr bool overlap = requires(Tr& tr, std::span<const P2pOp> o) {
+      tr.exchange_weights(o);
+      tr.join_weights();
+    };
+    if constexpr (overlap) transport_->exchange_weights(weight_ops_);
+    else transport_->exchange(weight_ops_);
     to_bytes(layout_.send_counts(), layout_.send_offsets(), row_bytes, send_bytes_, send_offs_);
     to_bytes(layout_.recv_counts(), layout_.recv_offsets(), row_bytes, recv_bytes_, recv_offs_);
     transport_->all_to_all_v(send, send_bytes_, send_offs_, recv, recv_bytes_, recv_offs_);
@@ -158,14 +170,22 @@ class MoeLayer {
     // 5. Compute: received rows into task order, every (expert, segment) through its FFN.
     exec_.for_each_n(rows, AssignComputeRows{chunks, static_cast<std::int32_t>(layout_.recv_chunks().size()), crow});
     copy_rows(exec_, false, cin, recv, crow, rows, row_bytes);
+    // Native experts first: they need no transferred weights. Then the foreign ones.
     expert_tasks_.clear();
-    for (const ComputeTask& t : tasks) {
-      const T* w = t.native ? native_weights_ + static_cast<std::size_t>(slot(t.expert)) * welems
-                            : foreign + foreign_index(t.expert) * welems;
-      const auto off = static_cast<std::size_t>(t.row) * D;
-      expert_tasks_.push_back(ExpertTask<T>{t.expert, w, cin + off, cout + off, t.rows});
-    }
-    experts_.compute(exec_, std::span<const ExpertTask<T>>(expert_tasks_), at(o_scratch));
+    std::size_t natives = 0;
+    for (const bool native : {true, false})
+      for (const ComputeTask& t : tasks) {
+        if (t.native != native) continue;
+        const T* w = t.native ? native_weights_ + static_cast<std::size_t>(slot(t.expert)) * welems
+                              : foreign + foreign_index(t.expert) * welems;
+        const auto off = static_cast<std::size_t>(t.row) * D;
+        expert_tasks_.push_back(ExpertTask<T>{t.expert, w, cin + off, cout + off, t.rows});
+        natives += native ? 1 : 0;
+      }
+    const std::span<const ExpertTask<T>> all(expert_tasks_);
+    experts_.compute(exec_, all.first(natives), at(o_scratch));
+    if constexpr (overlap) transport_->join_weights();
+    if (natives < all.size()) experts_.compute(exec_, all.subspan(natives), at(o_scratch));
 
     // 6. Combine: back to receive order, reverse all-to-all, weighted sum over K.
     copy_rows(exec_, true, recv, cout, crow, rows, row_bytes);
