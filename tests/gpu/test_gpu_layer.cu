@@ -299,6 +299,49 @@ TEST_CASE("GPU MoeLayer: a bad expert id on one rank is llep::Error on every ran
   }
 }
 
+TEST_CASE("GPU MoeLayer: an engine-supplied workspace too small for the plan fails on every rank, naming bytes") {
+  REQUIRE(have_device());
+  const int P = 2, N = 8, K = 2, D = 64, H = 32;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 31);
+  const auto in = make_inputs(P, N, K, D, Routing::hot_one_expert, 32);
+  using Experts = llep::CublasSwiGlu<__nv_bfloat16>;
+  Streams streams(P);
+  llep::PeerCopyGroup group(streams.ranks(), llep::HostGroupOptions{std::chrono::milliseconds(10'000)});
+  std::vector<std::string> errors(P);
+  constexpr std::size_t kSmall = 16 << 10;  // enough for the counts, not for the step's rows
+  llep::run_ranks(group, [&](llep::PeerCopy& t) {
+    const auto p = static_cast<std::size_t>(t.rank());
+    std::vector<__nv_bfloat16> wh, xh;
+    for (float v : moe.packed_rank<float>(t.rank(), P)) wh.push_back(__float2bfloat16(v));
+    for (float v : in[p].x) xh.push_back(__float2bfloat16(v));
+    DeviceBuffer<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
+    DeviceBuffer<std::byte> fixed(kSmall);
+    w.upload(wh);
+    x.upload(xh);
+    DeviceBuffer<float> gates(in[p].gates.size());
+    DeviceBuffer<std::int32_t> ids(in[p].ids.size());
+    gates.upload(in[p].gates);
+    ids.upload(in[p].ids);
+    LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
+    auto ws = p == 1 ? llep::CudaWorkspace::fixed(fixed.ptr, kSmall) : llep::CudaWorkspace{};
+    llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
+        llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
+        llep::CudaExec(streams.s[p], std::move(ws)));
+    layer.set_native_weights(w.ptr);
+    try {
+      layer.forward(std::span<const __nv_bfloat16>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
+                    std::span<const float>(gates.ptr, gates.n), std::span<__nv_bfloat16>(out.ptr, out.n));
+    } catch (const llep::Error& e) {
+      errors[p] = e.what();
+    }
+  });
+  for (int p = 0; p < P; ++p) {
+    INFO("rank ", p, ": ", errors[static_cast<std::size_t>(p)]);
+    CHECK(errors[static_cast<std::size_t>(p)].find("bytes of workspace but the engine-supplied buffer holds 16384") !=
+          std::string::npos);
+  }
+}
+
 #ifdef LLEP_TEST_NCCL
 #include "llep/transport/nccl.hpp"
 #include "llep/transport/nccl_bootstrap.hpp"
