@@ -37,7 +37,8 @@ struct Segment {
   return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
 }
 
-/// The weights of `expert` travel from `src` (its native rank) to `dst`.
+/// The weights of `expert` travel from `src` (its native rank) to `dst`, a rank that does
+/// not hold them.
 struct WeightTransfer {
   std::int32_t expert = 0;
   std::int32_t src = 0;
@@ -72,11 +73,13 @@ class Plan {
     finished_ = false;
     // Room for the largest plan of this shape up front, so that a warm plan stays
     // allocation-free when the routing shifts (more experts with load, more spills):
-    // a spill slice either fills a rank or ends its expert, so 2N + P segments suffice.
+    // a spill slice either fills a rank or ends its expert, so 2N + P segments suffice;
+    // a split over replica holders adds at most one segment per replica, P x S.
     const auto N = static_cast<std::size_t>(experts_), P = static_cast<std::size_t>(ranks_);
-    segments_.reserve(2 * N + P);
-    spare_.reserve(2 * N + P);
-    transfers_.reserve(2 * N + P);
+    const std::size_t most = 2 * N + P + P * static_cast<std::size_t>(topo.replicas_per_rank());
+    segments_.reserve(most);
+    spare_.reserve(most);
+    transfers_.reserve(most);
     scratch_.order.reserve(N);
     scratch_.keys.reserve(N);
   }
@@ -95,7 +98,8 @@ class Plan {
   void set_policy(std::string_view policy) { policy_ = policy; }
 
   /// Sorts segments by (expert, begin), builds the per-expert index and derives the weight
-  /// transfers (one per segment off the native rank), sorted by (expert, dst).
+  /// transfers: one per rank that computes a segment of an expert whose weights it does
+  /// not hold (neither native nor replica), from the native rank; sorted by (expert, dst).
   void finish(const Topology& topo) {
     sort_segments();
     transfers_.clear();
@@ -103,7 +107,8 @@ class Plan {
       const int native = topo.native_rank(e);
       const std::size_t first = transfers_.size();
       for (const Segment& s : segments(e))
-        if (s.rank != native) transfers_.push_back(WeightTransfer{e, native, s.rank});
+        if (s.rank != native && !topo.holds_replica(e, s.rank))
+          transfers_.push_back(WeightTransfer{e, native, s.rank});
       // One expert's helpers: a handful, so this sort is an insertion sort.
       const auto from = transfers_.begin() + static_cast<std::ptrdiff_t>(first);
       std::sort(from, transfers_.end(), [](const WeightTransfer& a, const WeightTransfer& b) { return a.dst < b.dst; });
@@ -206,7 +211,8 @@ struct Validation {
 /// Checks every invariant of a plan against the loads it was made for:
 /// shape, segments tiling [0, l[e]) in order with valid ranks, zero-load experts without
 /// segments, rank loads equal to the sum of segments, and transfers exactly the
-/// (expert, native, rank) of every off-native segment, sorted and without duplicates.
+/// (expert, native, rank) of every segment on a rank that does not hold the expert
+/// (Topology::holds: native or replica), sorted and without duplicates.
 [[nodiscard]] inline Validation validate(const Plan& plan, std::span<const count_t> loads,
                                          const Topology& topo) {
   auto fail = [](auto&&... parts) { return Validation{false, detail::concat(parts...)}; };
@@ -240,7 +246,7 @@ struct Validation {
         return fail("expert ", e, " segment [", s.begin, ", ", s.end, ") on rank ", s.rank, " is empty");
       next = s.end;
       rank_sum[static_cast<std::size_t>(s.rank)] += s.size();
-      if (s.rank != topo.native_rank(e)) dsts.push_back(s.rank);
+      if (!topo.holds(e, s.rank)) dsts.push_back(s.rank);
     }
     if (next != l) return fail("expert ", e, " segments end at ", next, " but its load is ", l);
     std::sort(dsts.begin(), dsts.end());

@@ -46,6 +46,8 @@ struct ComputeTask {
   std::int32_t row = 0;
   std::int32_t rows = 0;
   count_t begin = 0;
+  /// The expert's weights are resident on this rank (Topology::holds: its native rank or a
+  /// replica), so no weight transfer feeds this task. The name predates replicas.
   bool native = true;
 };
 
@@ -61,10 +63,10 @@ class Layout {
     LLEP_EXPECTS(rank >= 0 && rank < P, "rank ", rank, " is outside [0, ", P, ")");
     rank_ = rank;
     const auto sP = static_cast<std::size_t>(P);
-    // Worst-case room up front (a plan has at most 2N + P segments, and one expert's
-    // segments on this rank meet at most P - 1 more source boundaries), so that a warm
-    // layout never allocates however the routing shifts.
-    const auto bound = 2 * static_cast<std::size_t>(N) + sP;
+    // Worst-case room up front (a plan has at most 2N + P + P x S segments, S replicas per
+    // rank, and one expert's segments on this rank meet at most P - 1 more source
+    // boundaries), so that a warm layout never allocates however the routing shifts.
+    const auto bound = 2 * static_cast<std::size_t>(N) + sP * (1 + static_cast<std::size_t>(topo.replicas_per_rank()));
     send_blocks_.reserve(bound);
     tasks_.reserve(bound);
     chunks_.reserve(bound + static_cast<std::size_t>(N) * (sP - 1));
@@ -108,7 +110,7 @@ class Layout {
     for (int e = 0; e < N; ++e)
       for (const Segment& seg : plan.segments(e))
         if (seg.rank == rank) {
-          tasks_.push_back(ComputeTask{e, to_i32(row), to_i32(seg.size()), seg.begin, topo.native_rank(e) == rank});
+          tasks_.push_back(ComputeTask{e, to_i32(row), to_i32(seg.size()), seg.begin, topo.holds(e, rank)});
           row += seg.size();
         }
     compute_rows_ = row;

@@ -49,15 +49,26 @@ class MoeLayer {
     LLEP_EXPECTS(transport.size() == topo.ranks(), "transport has ", transport.size(), " ranks but the topology has P = ",
                  topo.ranks());
     rank_ = transport.rank();
-    native_slot_.assign(static_cast<std::size_t>(topo.experts()), -1);
-    int slot = 0;
-    for (int e = 0; e < topo.experts(); ++e)
-      if (topo.native_rank(e) == rank_) native_slot_[static_cast<std::size_t>(e)] = slot++;
+    build_slots();
   }
 
-  /// This rank's native experts, serialised (experts/weight_layout.hpp) back to back in
-  /// ascending expert id, in the execution space's memory. Not copied: must stay valid.
+  /// Every expert this rank holds (Topology::holds: its natives and, with replication, its
+  /// replicas), serialised (experts/weight_layout.hpp) back to back in ascending expert id,
+  /// in the execution space's memory: Topology::slots_per_rank() experts. Without replicas
+  /// these are the native experts. Not copied: must stay valid.
   void set_native_weights(const T* weights) { native_weights_ = weights; }
+
+  /// A new placement (from Replicated::place, say) and this rank's weights under it, laid
+  /// out as set_native_weights says. Same P and N; every rank must switch before the same
+  /// step, after the weights moved (placement_moves lists them).
+  void set_placement(const Topology& topo, const T* weights) {
+    LLEP_EXPECTS(topo.ranks() == topo_.ranks() && topo.experts() == topo_.experts(), "new placement is for P = ",
+                 topo.ranks(), ", N = ", topo.experts(), " but the layer has P = ", topo_.ranks(), ", N = ",
+                 topo_.experts());
+    topo_ = topo;
+    build_slots();
+    native_weights_ = weights;
+  }
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] const Topology& topology() const noexcept { return topo_; }
@@ -205,7 +216,9 @@ class MoeLayer {
     r.foreign_rows.assign(static_cast<std::size_t>(P), 0);
     max_rows_.assign(static_cast<std::size_t>(P), 0);
     for (const Segment& s : plan_.segments()) {
-      auto& bucket = topo_.native_rank(s.expert) == s.rank ? r.native_rows : r.foreign_rows;
+      // Rows on a rank that holds the expert (native or replica) count as native rows:
+      // no weights moved for them.
+      auto& bucket = topo_.holds(s.expert, s.rank) ? r.native_rows : r.foreign_rows;
       bucket[static_cast<std::size_t>(s.rank)] += s.size();
       max_rows_[static_cast<std::size_t>(s.rank)] = std::max(max_rows_[static_cast<std::size_t>(s.rank)], s.size());
     }
@@ -242,6 +255,14 @@ class MoeLayer {
       return off;
     }
   };
+
+  // Slot of each expert this rank holds in its weights, -1 for the others.
+  void build_slots() {
+    native_slot_.assign(static_cast<std::size_t>(topo_.experts()), -1);
+    int slot = 0;
+    for (int e = 0; e < topo_.experts(); ++e)
+      if (topo_.holds(e, rank_)) native_slot_[static_cast<std::size_t>(e)] = slot++;
+  }
 
   [[nodiscard]] int slot(int expert) const { return native_slot_[static_cast<std::size_t>(expert)]; }
   [[nodiscard]] std::size_t foreign_index(int expert) const {

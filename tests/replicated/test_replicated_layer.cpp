@@ -1,0 +1,192 @@
+// The host MoE layer with a replicated placement: P rank threads against the dense
+// single-process reference (tests/common/dense_moe.hpp). Each rank's weights are every
+// expert it holds, natives and replicas, in ascending id; tokens computed on a replica
+// holder need no weight transfer.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <iterator>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "../common/dense_moe.hpp"
+#include "llep/layer/host_layer.hpp"
+#include "llep/plan/least_loaded.hpp"
+#include "llep/plan/replicated.hpp"
+#include "llep/sim/routing.hpp"
+
+namespace {
+
+using llep::count_t;
+
+struct RankInput {
+  std::vector<float> x, gates;
+  std::vector<std::int32_t> ids;
+};
+
+std::vector<RankInput> make_inputs(int P, int N, int K, int D, llep::sim::Skew skew, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  std::vector<RankInput> in(static_cast<std::size_t>(P));
+  for (int p = 0; p < P; ++p) {
+    auto& r = in[static_cast<std::size_t>(p)];
+    const int B = 8 + static_cast<int>(rng() % 24);
+    r.x.resize(static_cast<std::size_t>(B * D));
+    for (float& v : r.x) v = static_cast<float>(u(rng));
+    r.ids.resize(static_cast<std::size_t>(B * K));
+    r.gates.resize(r.ids.size());
+    llep::sim::random_routing(rng(), N, K, skew, std::span<std::int32_t>(r.ids), std::span<float>(r.gates));
+  }
+  return in;
+}
+
+// Every expert `rank` holds under `topo`, packed back to back in ascending id.
+std::vector<float> held_weights(const dense::Moe& moe, const llep::Topology& topo, int rank) {
+  std::vector<int> held;
+  topo.held_experts(rank, std::back_inserter(held));
+  std::vector<float> out;
+  for (const int e : held) {
+    const auto one = moe.packed<float>(e);
+    out.insert(out.end(), one.begin(), one.end());
+  }
+  return out;
+}
+
+// Max |out - reference| over all ranks, relative to the largest |reference| (float: 1e-4,
+// as in tests/layer/test_moe_layer.cpp).
+double relative_error(const dense::Moe& moe, const std::vector<RankInput>& in, const std::vector<std::vector<float>>& out,
+                      int K) {
+  double scale = 1e-3, err = 0;
+  for (std::size_t p = 0; p < in.size(); ++p) {
+    const std::vector<double> x(in[p].x.begin(), in[p].x.end()), g(in[p].gates.begin(), in[p].gates.end());
+    const auto ref = moe.forward(x, in[p].ids, g, K);
+    REQUIRE(out[p].size() == ref.size());
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      scale = std::max(scale, std::abs(ref[i]));
+      err = std::max(err, std::abs(static_cast<double>(out[p][i]) - ref[i]));
+    }
+  }
+  return err / scale;
+}
+
+template <class Plnr>
+struct Run {
+  std::vector<std::vector<float>> out;
+  std::vector<llep::StepReport> reports;
+  std::vector<llep::Plan> plans;
+};
+
+// One forward step on P threads; with `next`, a second step after set_placement(next).
+template <class Plnr>
+Run<Plnr> run_layer(const dense::Moe& moe, const llep::Topology& topo, int K, const std::vector<RankInput>& in,
+                    Plnr planner, const llep::Topology* next = nullptr) {
+  const int P = topo.ranks();
+  llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(20'000)});
+  Run<Plnr> res;
+  res.out.resize(static_cast<std::size_t>(P));
+  res.reports.resize(static_cast<std::size_t>(P));
+  res.plans.resize(static_cast<std::size_t>(P));
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const auto p = static_cast<std::size_t>(t.rank());
+    auto weights = held_weights(moe, topo, t.rank());
+    llep::HostMoeLayer<Plnr> layer(topo, K, planner,
+                                   llep::HostSwiGlu<float>(llep::ExpertShape{moe.hidden, moe.intermediate, false}), t);
+    layer.set_native_weights(weights.data());
+    std::vector<float> out(in[p].x.size());
+    auto step = [&] {
+      std::fill(out.begin(), out.end(), -7.0f);
+      res.reports[p] = layer.forward(std::span<const float>(in[p].x), std::span<const std::int32_t>(in[p].ids),
+                                     std::span<const float>(in[p].gates), std::span<float>(out));
+    };
+    step();
+    if (next != nullptr) {
+      weights = held_weights(moe, *next, t.rank());  // what the moves of placement_moves deliver
+      layer.set_placement(*next, weights.data());
+      step();
+    }
+    res.plans[p] = layer.plan();
+    res.out[p] = out;
+  });
+  return res;
+}
+
+std::vector<double> history_of(const std::vector<RankInput>& in, int N) {
+  std::vector<double> h(static_cast<std::size_t>(N), 0.0);
+  for (const auto& r : in)
+    for (const auto id : r.ids) h[static_cast<std::size_t>(id)] += 1;
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("MoeLayer with a replicated placement equals the dense MoE, and replica holders need no weights") {
+  const int K = 2, D = 12, H = 8;
+  for (const int P : {2, 4}) {
+    for (const int slots_extra : {1, 2}) {
+      const int N = 2 * P;
+      const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 17 + static_cast<std::uint64_t>(P));
+      const auto in = make_inputs(P, N, K, D, llep::sim::Skew{1, 0.9}, 40 + static_cast<std::uint64_t>(P));
+      const auto topo = llep::Replicated::place(history_of(in, N), P, 2 + slots_extra);
+      INFO("P = ", P, ", N = ", N, ", slots = ", 2 + slots_extra);
+      REQUIRE(topo.has_replicas());
+
+      const auto got = run_layer(moe, topo, K, in, llep::Replicated{});
+      CHECK(relative_error(moe, in, got.out, K) <= 1e-4);
+      for (int p = 0; p < P; ++p) {
+        const auto& rep = got.reports[static_cast<std::size_t>(p)];
+        CHECK(rep.policy == "replicated");
+        CHECK(rep.weight_transfers == 0);
+        CHECK(rep.weight_bytes_sent == 0);
+        CHECK(rep.weight_bytes_received == 0);
+        for (const count_t f : rep.foreign_rows) CHECK(f == 0);
+      }
+      // The hot expert really is split over its holders, replicas included.
+      const auto& plan = got.plans[0];
+      CHECK(plan.segments(0).size() > 1);
+      for (const auto& s : plan.segments()) CHECK(topo.holds(s.expert, s.rank));
+      CHECK(got.reports[0].imbalance_after < got.reports[0].imbalance_before);
+
+      // LeastLoaded on the same placement: its transfers only go to ranks without the
+      // expert, and the layer stays exact (replica slots feed its resident tasks too).
+      const auto ll = run_layer(moe, topo, K, in, llep::LeastLoaded{1.0, 0});
+      CHECK(relative_error(moe, in, ll.out, K) <= 1e-4);
+      std::size_t off_holder = 0;
+      for (int e = 0; e < N; ++e) {
+        std::vector<int> ranks;
+        for (const auto& s : ll.plans[0].segments(e))
+          if (!topo.holds(e, s.rank)) ranks.push_back(s.rank);
+        std::sort(ranks.begin(), ranks.end());
+        off_holder += static_cast<std::size_t>(std::unique(ranks.begin(), ranks.end()) - ranks.begin());
+      }
+      CHECK(ll.reports[0].weight_transfers == off_holder);
+    }
+  }
+}
+
+TEST_CASE("MoeLayer re-placement: set_placement with the new weights keeps the layer exact") {
+  const int P = 4, N = 8, K = 2, D = 12, H = 8;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 99);
+  const auto in = make_inputs(P, N, K, D, llep::sim::Skew{1, 0.8}, 7);
+  // Placed for a history where expert 5 was hot; the batch is hot on expert 0.
+  std::vector<double> stale(static_cast<std::size_t>(N), 1.0);
+  stale[5] = 100;
+  const auto old_topo = llep::Replicated::place(stale, P, 3);
+  const auto new_topo = llep::Replicated::place(history_of(in, N), llep::Topology(P, N), 3);
+  REQUIRE_FALSE(llep::placement_moves(old_topo, new_topo).empty());
+  const auto got = run_layer(moe, old_topo, K, in, llep::Replicated{}, &new_topo);
+  CHECK(relative_error(moe, in, got.out, K) <= 1e-4);
+  CHECK(got.plans[0].segments(0).size() > 1);
+  CHECK(got.reports[0].weight_transfers == 0);
+  // A placement of another shape is refused.
+  llep::HostGroup group(1);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    llep::HostMoeLayer<llep::Replicated> layer(llep::Topology(1, 2), K, llep::Replicated{},
+                                               llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}), t);
+    CHECK_THROWS_WITH_AS(layer.set_placement(llep::Topology(1, 4), nullptr), doctest::Contains("N = 4"),
+                         llep::Error);
+  });
+}
