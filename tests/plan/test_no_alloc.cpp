@@ -9,6 +9,9 @@
 
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
+#include "llep/plan/memory_cap.hpp"
+#include "llep/plan/node_aware.hpp"
+#include "llep/plan/quota_search.hpp"
 #include "llep/plan/standard_ep.hpp"
 
 namespace {
@@ -49,6 +52,11 @@ TEST_CASE("a warm replan allocates nothing") {
   const llep::LeastLoaded llep_gemm{1.0, 1024};
   const llep::Adaptive<> adaptive{};
   const llep::StandardEp ep{};
+  const llep::Topology nodes(64, 384, 8);
+  const llep::NodeAware node_aware{1.0, 1024};
+  const llep::QuotaSearch quota{1024};
+  // m = 1024 overshoots 4096 rows on the one-expert batch: the capped fill runs there.
+  const llep::Capped<> capped{llep::LeastLoaded{1.0, 1024}, llep::MemoryCap{4096, 1, 100, false}};
   llep::Plan plan;
   auto all = [&] {
     for (const auto& b : batches) {
@@ -56,6 +64,9 @@ TEST_CASE("a warm replan allocates nothing") {
       llep_gemm.plan(b, topo, plan);
       adaptive.plan(b, topo, plan);
       ep.plan(b, topo, plan);
+      node_aware.plan(b, nodes, plan);
+      quota.plan(b, topo, plan);
+      capped.plan(b, topo, plan);
     }
   };
   all();  // warm-up: vectors grow to the largest plan

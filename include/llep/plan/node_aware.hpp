@@ -1,0 +1,138 @@
+#pragma once
+// Node-aware Least-Loaded Assignment: LeastLoaded's rules (capacity, visiting order,
+// pending loads, native keep, the min_tokens_per_gemm slice rule), but a spill looks for
+// room inside the expert's native node before it crosses to another node, because
+// intra-node links (NVLink) are several times faster than the network between nodes.
+//
+// Standalone rather than a wrapper NodeAware<Inner>: where a slice goes is the core of the
+// LLA loop, so no outer layer can change it without re-planning. With one node it is
+// LeastLoaded exactly (tests/plan/test_node_aware.cpp checks that plan for plan).
+#include <algorithm>
+#include <cstddef>
+#include <ostream>
+#include <span>
+#include <string_view>
+
+#include "llep/core/plan.hpp"
+#include "llep/plan/least_loaded.hpp"
+#include "llep/plan/planner.hpp"
+
+namespace llep {
+
+struct NodeAware {
+  static constexpr std::string_view name = "node-aware";
+
+  double alpha = 1.0;                  ///< capacity factor, as in LeastLoaded
+  count_t min_tokens_per_gemm = 1024;  ///< smallest slice worth a GEMM, as in LeastLoaded
+
+  void check() const { base().check(); }
+  [[nodiscard]] LeastLoaded base() const noexcept { return LeastLoaded{alpha, min_tokens_per_gemm}; }
+
+  void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
+    check();
+    check_loads(loads, topo);
+    out.reset(topo, name);
+    const int P = topo.ranks();
+    const int per_node = topo.ranks_per_node();
+    count_t total = 0, peak = 0;
+    for (count_t l : loads) {
+      total += l;
+      peak = std::max(peak, l);
+    }
+    const count_t cap = base().capacity(total, P);
+    out.set_capacity(cap);
+
+    PlanScratch& s = out.scratch();
+    s.rank_tmp.resize(static_cast<std::size_t>(P));
+    const std::span<count_t> effective(s.rank_tmp);
+    native_rank_loads(loads, topo, effective);
+    LeastLoaded::order_experts(loads, topo.experts(), peak, s);
+
+    auto give = [&](int e, int r, count_t b, count_t n) {
+      out.add_segment(e, r, b, b + n);
+      effective[static_cast<std::size_t>(r)] += n;
+    };
+    auto qualifies = [&](int q, count_t r, count_t& c) {
+      if (q < 0) return false;
+      c = std::min(r, cap - effective[static_cast<std::size_t>(q)]);
+      return c > 0 && !(c < min_tokens_per_gemm && r > c);
+    };
+    for (const std::int32_t e : s.order) {
+      const count_t l = loads[static_cast<std::size_t>(e)];
+      const int native = topo.native_rank(e);
+      effective[static_cast<std::size_t>(native)] -= l;
+      const count_t avail = cap - effective[static_cast<std::size_t>(native)];
+      if (P == 1 || avail >= l) {
+        give(e, native, 0, l);
+        continue;
+      }
+      count_t t = 0;
+      if (avail > 0) {
+        give(e, native, 0, avail);
+        t = avail;
+      }
+      // Node ranks are [first, first + per_node). As in LeastLoaded, only the least-effective
+      // rank of a group can qualify (it has the most room), so one candidate per group.
+      const int first = topo.node_of(native) * per_node;
+      for (count_t r = l - t; r > 0;) {
+        const int in_node = least_effective(effective, first, first + per_node, native, -1, -1);
+        const int off_node = least_effective(effective, 0, P, native, first, first + per_node);
+        count_t c = 0;
+        int q = -1;
+        if (qualifies(in_node, r, c))
+          q = in_node;
+        else if (qualifies(off_node, r, c))
+          q = off_node;
+        else {
+          // Nobody qualifies: force the rest, inside the node when it has another rank.
+          q = in_node >= 0 ? in_node : off_node;
+          c = r;
+        }
+        give(e, q, t, c);
+        t += c;
+        r -= c;
+      }
+    }
+    out.finish(topo);
+  }
+
+  /// The rank in [begin, end), other than `skip` and outside [hole_begin, hole_end), with the
+  /// least effective load, lower rank on ties; -1 when there is none.
+  static int least_effective(std::span<const count_t> effective, int begin, int end, int skip, int hole_begin,
+                             int hole_end) noexcept {
+    int best = -1;
+    for (int q = begin; q < end; ++q) {
+      if (q == skip || (q >= hole_begin && q < hole_end)) continue;
+      if (best < 0 || effective[static_cast<std::size_t>(q)] < effective[static_cast<std::size_t>(best)]) best = q;
+    }
+    return best;
+  }
+
+  friend constexpr bool operator==(const NodeAware&, const NodeAware&) = default;
+  friend std::ostream& operator<<(std::ostream& os, const NodeAware& c) {
+    return os << "NodeAware{alpha=" << c.alpha << ", min_tokens_per_gemm=" << c.min_tokens_per_gemm << "}";
+  }
+};
+
+static_assert(check_planner<NodeAware>());
+
+/// Rows (token-expert pairs) a plan computes on a node other than the node of the expert's
+/// native rank: each crosses the inter-node network twice (dispatch and combine). Multiply
+/// by the row bytes (D * element size) for bytes per direction.
+[[nodiscard]] inline count_t cross_node_rows(const Plan& plan, const Topology& topo) noexcept {
+  count_t rows = 0;
+  for (const Segment& s : plan.segments())
+    if (topo.node_of(s.rank) != topo.node_of(topo.native_rank(s.expert))) rows += s.size();
+  return rows;
+}
+
+/// Weight transfers of a plan whose source and destination are on different nodes;
+/// multiply by the bytes of one expert's weights.
+[[nodiscard]] inline std::size_t cross_node_transfers(const Plan& plan, const Topology& topo) noexcept {
+  std::size_t n = 0;
+  for (const WeightTransfer& w : plan.weight_transfers())
+    if (topo.node_of(w.src) != topo.node_of(w.dst)) ++n;
+  return n;
+}
+
+}  // namespace llep
