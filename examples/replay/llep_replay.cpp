@@ -1,0 +1,463 @@
+// llep-replay: replays recorded routing traces (top-k expert ids as .npy files) through
+// every planner and prints what each plan costs: per-rank loads, imbalance, weight
+// transfers, bytes moved, planned peak memory and the cost model's step time.
+//
+//   llep-replay traces/ --experts 128 --ranks 8 --shape gpt-oss-120b [--json]
+//
+// docs/replay.md describes the format, the flags and every output key. Malformed input
+// prints one line "error: ..." to stderr and exits 2; nothing is printed to stdout then,
+// because every trace is read and checked before the first plan is made.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "../../bench/common/scenarios.hpp"
+#include "llep/core/counts.hpp"
+#include "llep/plan/adaptive.hpp"
+#include "llep/plan/least_loaded.hpp"
+#include "llep/plan/standard_ep.hpp"
+// The variants of issue 6, each replayed when its header is there.
+#if __has_include("llep/plan/node_aware.hpp")
+#include "llep/plan/node_aware.hpp"
+#define LLEP_REPLAY_NODE_AWARE 1
+#endif
+#if __has_include("llep/plan/quota_search.hpp")
+#include "llep/plan/quota_search.hpp"
+#define LLEP_REPLAY_QUOTA 1
+#endif
+#if __has_include("llep/plan/cost_aware.hpp")
+#include "llep/plan/cost_aware.hpp"
+#define LLEP_REPLAY_COST_AWARE 1
+#endif
+#if __has_include("llep/plan/replicated.hpp")
+#include "llep/plan/replicated.hpp"
+#define LLEP_REPLAY_REPLICATED 1
+#endif
+#include "llep/sim/cost_model.hpp"
+#include "llep/sim/npy.hpp"
+
+namespace {
+
+using llep::count_t;
+namespace fs = std::filesystem;
+
+struct UsageError {
+  std::string what;
+};
+
+// One trace, read and counted: everything the planners and the cost model need.
+struct Trace {
+  std::string file;
+  std::int64_t tokens = 0;
+  int top_k = 0;
+  std::vector<count_t> counts;  // C[P][N], row-major
+  std::vector<count_t> loads;   // l[e]
+};
+
+// What a planner sees beside the loads: planners that need the cost model (CostAware) or
+// history (Replicated, keyed by `step`) take them from here.
+struct Context {
+  const Trace& trace;
+  int step;  // index of the trace in processing order
+  llep::CountsView counts;
+  const llep::Topology& topo;
+  const llep::sim::FfnShape& shape;
+  const llep::sim::CostModel& model;
+};
+
+// What a planner that places weights itself (Replicated) reports beside its plan.
+struct Placement {
+  std::shared_ptr<const llep::Topology> topo;  // the topology the plan was made on; null: Context::topo
+  std::size_t moves = 0;                       // weight copies the placement made before this step
+  int replica_slots = 0;                       // replicas resident on every rank
+};
+
+struct PlannerEntry {
+  std::string name;
+  std::function<Placement(const Context&, llep::Plan&)> plan;
+};
+
+// Wraps any stateless llep::Planner: one line per planner in planners() below.
+template <class P>
+PlannerEntry stateless(P planner) {
+  static_assert(llep::check_planner<P>());
+  return {std::string(P::name), [planner](const Context& c, llep::Plan& out) {
+            planner.plan(c.trace.loads, c.topo, out);
+            return Placement{};
+          }};
+}
+
+struct Settings {
+  double alpha = llep::bench::kPaperAlpha;
+  count_t min_gemm = llep::bench::kPaperMinTokensPerGemm;
+  double lambda = llep::bench::kPaperLambda;
+  int replica_slots = 1;    // Replicated: replicas per rank
+  double ema_decay = 0.5;   // Replicated: history h <- decay * l + (1 - decay) * h
+};
+
+#ifdef LLEP_REPLAY_REPLICATED
+// EPLB-style replication replayed over the files in order: before every file, replicas are
+// re-placed (natives stay at the default placement) from the EMA of the earlier files'
+// loads; the first file, having no history, is placed from its own loads (optimistic).
+// The copies a re-placement needs are reported as placement moves.
+PlannerEntry replicated(const Settings& s) {
+  struct State {
+    std::vector<double> history;
+    std::shared_ptr<const llep::Topology> placed;
+  };
+  auto st = std::make_shared<State>();
+  return {std::string(llep::Replicated::name), [st, s](const Context& c, llep::Plan& out) {
+            const auto N = static_cast<std::size_t>(c.topo.experts());
+            if (c.step == 0 || st->history.size() != N) st->history.assign(c.trace.loads.begin(), c.trace.loads.end());
+            auto next = std::make_shared<const llep::Topology>(
+                llep::Replicated::place(st->history, c.topo, c.topo.experts_per_rank() + s.replica_slots));
+            Placement pl{next, llep::placement_moves(st->placed ? *st->placed : c.topo, *next).size(), s.replica_slots};
+            st->placed = next;
+            llep::Replicated{}.plan(c.trace.loads, *next, out);
+            for (std::size_t e = 0; e < N; ++e)  // this file joins the history of the next
+              st->history[e] = s.ema_decay * static_cast<double>(c.trace.loads[e]) + (1 - s.ema_decay) * st->history[e];
+            return pl;
+          }};
+}
+#endif
+
+// Every planner the tool replays, in output order. Adding one is one line here (a planner
+// with history, such as Replicated, captures its state in a lambda and reads ctx.step).
+std::vector<PlannerEntry> planners(const Settings& s, const llep::sim::CostModel& model,
+                                   const llep::sim::FfnShape& shape) {
+  const llep::LeastLoaded ll{.alpha = s.alpha, .min_tokens_per_gemm = s.min_gemm};
+  std::vector<PlannerEntry> v;
+  v.push_back(stateless(llep::StandardEp{}));
+  v.push_back(stateless(ll));
+  v.push_back(stateless(llep::Adaptive<llep::LeastLoaded>{s.lambda, ll}));
+#ifdef LLEP_REPLAY_NODE_AWARE
+  v.push_back(stateless(llep::NodeAware{.alpha = s.alpha, .min_tokens_per_gemm = s.min_gemm}));
+#endif
+#ifdef LLEP_REPLAY_QUOTA
+  v.push_back(stateless(llep::QuotaSearch{.min_tokens_per_gemm = s.min_gemm}));
+#endif
+#ifdef LLEP_REPLAY_COST_AWARE
+  v.push_back(stateless(llep::CostAware{.alpha = s.alpha,
+                                        .min_tokens_per_gemm = s.min_gemm,
+                                        .model = std::make_shared<const llep::sim::CostModel>(model),
+                                        .shape = shape}));
+#endif
+#ifdef LLEP_REPLAY_REPLICATED
+  v.push_back(replicated(s));
+#endif
+  (void)model;
+  (void)shape;
+  return v;
+}
+
+std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
+}
+
+int fail(const std::string& what) {
+  std::cerr << "error: " << one_line(what) << '\n';
+  return 2;
+}
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  for (std::string w; std::getline(ss, w, ',');)
+    if (!w.empty()) out.push_back(w);
+  return out;
+}
+
+// The files to replay: each path as given, or a directory's *.npy files (regular files,
+// not recursing) in file-name order (byte-wise, so step-010 sorts after step-009).
+std::vector<std::string> trace_files(const std::vector<std::string>& paths) {
+  std::vector<std::string> files;
+  for (const std::string& p : paths) {
+    std::error_code ec;
+    const fs::file_status st = fs::status(p, ec);
+    if (ec || !fs::exists(st)) throw UsageError{p + ": no such file or directory"};
+    if (!fs::is_directory(st)) {
+      files.push_back(p);
+      continue;
+    }
+    std::vector<fs::path> found;
+    for (fs::directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().extension() == ".npy" && fs::is_regular_file(it->status())) found.push_back(it->path());
+    if (ec) throw UsageError{p + ": cannot list the directory: " + ec.message()};
+    if (found.empty()) throw UsageError{p + ": the directory holds no .npy file"};
+    std::sort(found.begin(), found.end(),
+              [](const fs::path& a, const fs::path& b) { return a.filename().string() < b.filename().string(); });
+    for (const fs::path& f : found) files.push_back(f.string());
+  }
+  return files;
+}
+
+struct Result {
+  std::string planner, chosen;
+  llep::Plan plan;
+  llep::sim::StepCost cost;
+  Placement placement;
+  double token_bytes = 0, weight_bytes = 0, cross_node_bytes = 0;
+};
+
+Result replay(const PlannerEntry& p, const Context& c) {
+  Result r;
+  r.planner = p.name;
+  r.placement = p.plan(c, r.plan);
+  const llep::Topology& topo = r.placement.topo ? *r.placement.topo : c.topo;
+  const auto v = llep::validate(r.plan, c.trace.loads, topo);
+  if (!v.ok) throw UsageError{"internal: planner " + p.name + " made an invalid plan for " + c.trace.file + ": " + v.message};
+  r.chosen = std::string(r.plan.policy());
+  r.cost = c.model.step(r.plan, c.counts, topo, c.shape);
+  const double expert_bytes = c.model.expert_bytes(c.shape);
+  for (llep::sim::RankCost& rc : r.cost.ranks) {
+    // Sent bytes only: every byte is sent once and received once.
+    r.token_bytes += rc.dispatch.intra_sent + rc.dispatch.inter_sent + rc.combine.intra_sent + rc.combine.inter_sent;
+    r.weight_bytes += rc.weights.intra_sent + rc.weights.inter_sent;
+    r.cross_node_bytes += rc.dispatch.inter_sent + rc.combine.inter_sent + rc.weights.inter_sent;
+    rc.peak_bytes += r.placement.replica_slots * expert_bytes;  // resident replicas are foreign weights too
+  }
+  // Placement copies run between steps (the model's step time leaves them out) but move
+  // bytes; Replicated keeps every copy in its native node, so none crosses nodes.
+  r.weight_bytes += static_cast<double>(r.placement.moves) * expert_bytes;
+  return r;
+}
+
+template <class T>
+std::string list(const std::vector<T>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? " " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "llep-replay: replays routing traces (top-k expert ids, .npy files of shape [tokens, K], int32 or int64)\n"
+      "through every planner and prints per-rank loads, imbalance, weight transfers, bytes moved, planned\n"
+      "peak memory and the cost model's predicted step time. Tokens are split over the P ranks in contiguous\n"
+      "blocks: rank p holds tokens [floor(p*T/P), floor((p+1)*T/P)). Expert e lives on rank e / (N / P).\n"
+      "Malformed input: one 'error: ...' line on stderr, exit code 2. See docs/replay.md."};
+  std::vector<std::string> paths;
+  int experts = 0, ranks = 0, ranks_per_node = 0, hidden = 0, intermediate = 0;
+  std::string shape_name, gemm_csv, gemm_mode = "per_expert", only;
+  double elem_bytes = 2;
+  Settings set;
+  bool json_out = false;
+  app.add_option("traces", paths,
+                 "Trace files (.npy, [tokens, K], '<i4' or '<i8', C order) or directories of them; a directory's "
+                 "*.npy files are replayed in file-name order")
+      ->required();
+  app.add_option("--experts", experts, "Experts N of the layer; every id must lie in [0, N) (required: never guessed "
+                                       "from the largest id)")
+      ->required();
+  app.add_option("--ranks", ranks, "EP world size P; N must be a multiple of P")->required();
+  app.add_option("--ranks-per-node", ranks_per_node, "Ranks per node (must divide P); 0: one node holds every rank")
+      ->capture_default_str();
+  app.add_option("--shape", shape_name,
+                 "Expert FFN shape for D and H (and the GEMM curve's shape): gpt-oss-120b, deepseek-v3 or kimi-k2");
+  app.add_option("--hidden", hidden, "Hidden size D (with --intermediate, instead of --shape)");
+  app.add_option("--intermediate", intermediate, "Expert intermediate size H (with --hidden, instead of --shape)");
+  app.add_option("--elem-bytes", elem_bytes, "Bytes per element of rows and weights (2: bf16)")->capture_default_str();
+  app.add_option("--gemm-csv", gemm_csv,
+                 "Calibrate GEMM times with the GPU benchmark's curve CSV (shape,mode,rows,ms,tflops); default: the "
+                 "roofline (not measured)");
+  app.add_option("--gemm-mode", gemm_mode, "Rows of --gemm-csv to use: per_expert or grouped")->capture_default_str();
+  app.add_option("--alpha", set.alpha, "Capacity factor of LeastLoaded and the planners built on it (paper: 1)")
+      ->capture_default_str();
+  app.add_option("--min-gemm", set.min_gemm, "min_tokens_per_gemm of LeastLoaded and the planners built on it (paper: 1024)")
+      ->capture_default_str();
+  app.add_option("--lambda", set.lambda, "Adaptive threshold on native max/mean rank load (paper: 1.3)")
+      ->capture_default_str();
+  app.add_option("--replica-slots", set.replica_slots, "Replicated: replica slots per rank besides its N / P natives")
+      ->capture_default_str();
+  app.add_option("--ema-decay", set.ema_decay,
+                 "Replicated: history h <- decay * loads + (1 - decay) * h over the files in order, in (0, 1]")
+      ->capture_default_str();
+  std::string names;  // the names do not depend on the settings
+  for (const PlannerEntry& p : planners(Settings{}, llep::sim::CostModel{}, llep::sim::FfnShape{"any", 1, 1}))
+    names += (names.empty() ? "" : ",") + p.name;
+  app.add_option("--planners", only, "Comma-separated planners to replay, in this order (default: all: " + names + ")");
+  app.add_flag("--json", json_out, "Print JSON Lines: one object per (file, planner) instead of the table");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    return fail(e.what());
+  }
+
+  try {
+    // The layer shape: a paper shape by name, or D and H given.
+    llep::sim::FfnShape shape;
+    const bool by_name = app.count("--shape") > 0, by_size = app.count("--hidden") + app.count("--intermediate") > 0;
+    if (by_name == by_size) return fail("give the FFN shape with --shape, or with --hidden and --intermediate");
+    if (by_name) {
+      for (const auto& s : llep::bench::kPaperShapes)
+        if (s.name == shape_name) shape = {std::string(s.name), s.hidden, s.intermediate};
+      if (shape.name.empty())
+        return fail("--shape: unknown shape '" + shape_name + "' (use gpt-oss-120b, deepseek-v3 or kimi-k2)");
+    } else {
+      if (app.count("--hidden") == 0 || app.count("--intermediate") == 0)
+        return fail("--hidden and --intermediate go together");
+      shape = {"custom", hidden, intermediate};
+    }
+    shape.check();
+
+    const llep::Topology topo(ranks, experts, ranks_per_node);
+    llep::sim::CostModel model;
+    model.elem_bytes = elem_bytes;
+    LLEP_EXPECTS(std::isfinite(elem_bytes) && elem_bytes > 0, "--elem-bytes = ", elem_bytes, " must be > 0");
+    if (!gemm_csv.empty()) model.gemm = llep::sim::GemmProfile::load_csv(gemm_csv, gemm_mode);
+    else if (app.count("--gemm-mode") > 0) return fail("--gemm-mode needs --gemm-csv");
+    (void)model.gemm.ffn_seconds(1, shape, elem_bytes);  // a curve without this shape fails before any output
+
+    // Planners: a bad setting fails here, before any trace is read.
+    llep::LeastLoaded{set.alpha, set.min_gemm}.check();
+    LLEP_EXPECTS(std::isfinite(set.lambda) && set.lambda > 0, "--lambda = ", set.lambda, " must be a finite number > 0");
+    LLEP_EXPECTS(set.replica_slots >= 0, "--replica-slots = ", set.replica_slots, " must be >= 0");
+    LLEP_EXPECTS(set.ema_decay > 0 && set.ema_decay <= 1, "--ema-decay = ", set.ema_decay, " must be in (0, 1]");
+    std::vector<PlannerEntry> all = planners(set, model, shape);
+    if (!only.empty()) {
+      std::vector<PlannerEntry> chosen;
+      for (const std::string& want : split_commas(only)) {
+        auto it = std::find_if(all.begin(), all.end(), [&](const PlannerEntry& p) { return p.name == want; });
+        if (it == all.end()) return fail("--planners: unknown planner '" + want + "' (available: " + names + ")");
+        chosen.push_back(*it);
+      }
+      all = std::move(chosen);
+    }
+#ifdef LLEP_REPLAY_REPLICATED
+    // A --replica-slots the topology cannot hold fails here, before any output.
+    if (std::any_of(all.begin(), all.end(), [](const PlannerEntry& p) { return p.name == llep::Replicated::name; }))
+      (void)llep::Replicated::place(std::vector<double>(static_cast<std::size_t>(experts), 1.0), topo,
+                                    topo.experts_per_rank() + set.replica_slots);
+#endif
+
+    // Every trace is read and checked first, so a bad file prints nothing but the error.
+    std::vector<Trace> traces;
+    for (const std::string& f : trace_files(paths)) {
+      const llep::sim::TopkIds ids = llep::sim::load_topk_ids(f);
+      Trace t;
+      t.file = f;
+      t.tokens = ids.tokens;
+      t.top_k = ids.top_k;
+      t.counts = llep::sim::trace_counts(ids, ranks, experts, f);
+      t.loads.assign(static_cast<std::size_t>(experts), 0);
+      llep::loads_from_counts(llep::CountsView(t.counts, ranks, experts), t.loads);
+      traces.push_back(std::move(t));
+    }
+
+    const std::string gemm_desc = model.gemm.describe();
+    const double expert_bytes = model.expert_bytes(shape);
+    if (!json_out) {
+      std::cout << "P " << ranks << " (" << topo.ranks_per_node() << " per node), N " << experts << ", shape "
+                << shape.name << " (D " << shape.hidden << ", H " << shape.intermediate << "), " << elem_bytes
+                << " bytes per element, expert " << fixed(expert_bytes / 1e6, 1) << " MB\n"
+                << "GEMM times: " << gemm_desc << "\n"
+                << "Predictions of the cost model, not measurements. MB = 1e6 bytes, GB = 1e9 bytes; peak = rows in "
+                   "+ out, largest GEMM's intermediate, foreign weights.\n";
+    }
+    for (std::size_t i = 0; i < traces.size(); ++i) {
+      const Trace& t = traces[i];
+      const llep::CountsView counts(t.counts, ranks, experts);
+      const Context ctx{t, static_cast<int>(i), counts, topo, shape, model};
+      std::vector<count_t> native(static_cast<std::size_t>(ranks));
+      llep::native_rank_loads(t.loads, topo, native);
+      if (!json_out) {
+        std::printf("\n%s: tokens %lld, K %d, pairs %lld, native rank loads %s\n", t.file.c_str(),
+                    static_cast<long long>(t.tokens), t.top_k, static_cast<long long>(t.tokens * t.top_k),
+                    list(native).c_str());
+        std::printf("  %-12s %-12s %8s %8s %9s %10s %10s %10s %10s %9s %9s  %s\n", "planner", "chosen", "imb.bef",
+                    "imb.aft", "transfers", "token MB", "weight MB", "moved MB", "x-node MB", "peak GB", "step ms",
+                    "rank loads");
+      }
+      for (const PlannerEntry& p : all) {
+        const Result r = replay(p, ctx);
+        const std::vector<count_t> rank_loads(r.plan.rank_loads().begin(), r.plan.rank_loads().end());
+        const double before = llep::imbalance(native), after = llep::imbalance(rank_loads);
+        if (!json_out) {
+          std::printf("  %-12s %-12s %8.3f %8.3f %9zu %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f  %s\n",
+                      r.planner.c_str(), r.chosen.c_str(), before, after,
+                      r.plan.weight_transfers().size() + r.placement.moves,
+                      r.token_bytes / 1e6, r.weight_bytes / 1e6, (r.token_bytes + r.weight_bytes) / 1e6,
+                      r.cross_node_bytes / 1e6, r.cost.max_peak_bytes() / 1e9, r.cost.step_s * 1e3,
+                      list(rank_loads).c_str());
+          continue;
+        }
+        nlohmann::ordered_json j;
+        j["file"] = t.file;
+        j["step"] = i;
+        j["tokens"] = t.tokens;
+        j["top_k"] = t.top_k;
+        j["ranks"] = ranks;
+        j["experts"] = experts;
+        j["ranks_per_node"] = topo.ranks_per_node();
+        j["shape"] = shape.name;
+        j["hidden"] = shape.hidden;
+        j["intermediate"] = shape.intermediate;
+        j["elem_bytes"] = elem_bytes;
+        j["gemm"] = gemm_csv.empty() ? std::string("roofline") : gemm_csv;
+        j["planner"] = r.planner;
+        j["chosen"] = r.chosen;
+        j["expert_loads"] = t.loads;
+        j["native_loads"] = native;
+        j["rank_loads"] = rank_loads;
+        j["capacity"] = r.plan.capacity();
+        j["imbalance_before"] = before;
+        j["imbalance_after"] = after;
+        j["weight_transfers"] = r.plan.weight_transfers().size();
+        // Byte counts as integers (the model holds them as doubles; they are whole unless
+        // --elem-bytes is fractional, and then rounding is harmless).
+        const auto whole = [](double b) { return static_cast<std::int64_t>(std::llround(b)); };
+        std::vector<std::int64_t> peaks;
+        for (double b : r.cost.peak_bytes()) peaks.push_back(whole(b));
+        j["token_bytes"] = whole(r.token_bytes);
+        j["weight_bytes"] = whole(r.weight_bytes);
+        j["bytes_moved"] = whole(r.token_bytes + r.weight_bytes);
+        j["cross_node_bytes"] = whole(r.cross_node_bytes);
+        j["peak_bytes"] = peaks;
+        j["max_peak_bytes"] = whole(r.cost.max_peak_bytes());
+        j["compute_s"] = r.cost.compute_s();
+        j["comm_s"] = r.cost.comm_s();
+        j["max_compute_s"] = r.cost.max_compute_s();
+        j["max_comm_s"] = r.cost.max_comm_s();
+        j["step_s"] = r.cost.step_s;
+        j["critical_rank"] = r.cost.critical_rank;
+        j["placement_moves"] = r.placement.moves;
+        std::cout << j.dump() << '\n';
+      }
+    }
+    std::cout.flush();
+    return 0;
+  } catch (const UsageError& e) {
+    return fail(e.what);
+  } catch (const CLI::Error& e) {
+    return fail(e.what());
+  } catch (const llep::Error& e) {
+    std::string m = e.what();
+    if (m.rfind("llep: ", 0) == 0) m.erase(0, 6);
+    return fail(m);
+  }
+}
