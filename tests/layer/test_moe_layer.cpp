@@ -15,6 +15,10 @@
 #include "../common/dense_moe.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/plan/adaptive.hpp"
+#include "llep/plan/cost_aware.hpp"
+#include "llep/plan/memory_cap.hpp"
+#include "llep/plan/node_aware.hpp"
+#include "llep/plan/quota_search.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/routing.hpp"
@@ -182,6 +186,27 @@ TEST_CASE("MoeLayer equals the dense MoE in double, with gpt-oss's activation an
           check_against_dense<double>(P, N, K, routing, llep::LeastLoaded{}, dense::Act::gpt_oss, llep::GptOssGlu{},
                                       seed);
         }
+}
+
+TEST_CASE("MoeLayer stays exact under every other planner of the library") {
+  // Replicated needs a replicated topology: tests/replicated covers it with the layer.
+  const auto model = std::make_shared<llep::sim::CostModel>();
+  std::uint64_t seed = 3000;
+  for (int P : {2, 3, 4, 8})
+    for (int K : {1, 4})
+      for (Routing routing : {Routing::hot_one_expert, Routing::one_rank_experts, Routing::empty_ranks}) {
+        const int N = 4 * P;
+        ++seed;
+        check_against_dense<float>(P, N, K, routing, llep::NodeAware{1.0, 2}, dense::Act::silu, llep::SiluGlu{}, seed);
+        check_against_dense<float>(P, N, K, routing, llep::QuotaSearch{2}, dense::Act::silu, llep::SiluGlu{}, seed);
+        // A cap every batch can meet: at most 24 tokens x K pairs per rank arrive.
+        check_against_dense<float>(P, N, K, routing,
+                                   llep::Capped<llep::LeastLoaded>{kSmallGemm, llep::MemoryCap::rows(24 * K)},
+                                   dense::Act::silu, llep::SiluGlu{}, seed);
+        // Roofline model: whether it spills these tiny experts or not, the output is exact.
+        check_against_dense<float>(P, N, K, routing, llep::CostAware{1.0, 2, model, {"test", 12, 8}},
+                                   dense::Act::silu, llep::SiluGlu{}, seed);
+      }
 }
 
 TEST_CASE("under skew LLEP really moves work: spills, transfers, and a lower max rank load") {
