@@ -12,8 +12,8 @@ namespace llep {
 struct StepReport {
   std::string policy;                     ///< planner that made the step's plan ("ep", "llep", ...)
   int rank = 0;
-  std::vector<count_t> native_rows;       ///< per rank: rows of its own experts it computes
-  std::vector<count_t> foreign_rows;      ///< per rank: rows of other ranks' experts it computes
+  std::vector<count_t> native_rows;       ///< per rank: rows of experts whose weights it holds (native or replica)
+  std::vector<count_t> foreign_rows;      ///< per rank: rows of experts whose weights it received this step
   std::vector<std::size_t> peak_bytes;    ///< per rank: planned expert activations (in, intermediate, out) + foreign weights
   count_t capacity = 0;                   ///< the plan's per-rank budget
   double imbalance_before = 1.0;          ///< max/mean rank load under native placement
