@@ -44,9 +44,38 @@ struct LeastLoaded {
   }
 
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
+    // Alg. 3. The rule takes the first qualifying rank in (effective, rank) order, else
+    // forces all r onto the first rank of that order. Whether a rank qualifies only grows
+    // with its room cap - effective, and the first rank has the most room: so if it does
+    // not qualify nobody does, and the target is always the least-effective rank.
+    assign(loads, topo, out, name, [this](std::span<const count_t> effective, int native, count_t r, count_t cap) {
+      const int q = least_effective_other(effective, native);
+      const count_t c = std::min(r, cap - effective[static_cast<std::size_t>(q)]);
+      return Slice{q, qualifies(c, r) ? c : r};
+    });
+  }
+
+  /// Where the next slice of a spilling expert goes, and how many of its rows.
+  struct Slice {
+    int rank;
+    count_t rows;
+  };
+
+  /// A slice of c rows with r left is worth a GEMM of its own, or ends the expert.
+  [[nodiscard]] bool qualifies(count_t c, count_t r) const noexcept {
+    return c > 0 && !(c < min_tokens_per_gemm && r > c);
+  }
+
+  /// Alg. 2, shared by the planners built on it: cap from alpha, experts by decreasing load
+  /// (ties: lower id), the native rank takes what fits, and `spill(effective, native, r,
+  /// cap)` names each next slice of the rest. effective[q] = rows assigned to q plus its
+  /// native load still to be visited. Ends with out.finish(topo).
+  template <class Spill>
+  void assign(std::span<const count_t> loads, const Topology& topo, Plan& out, std::string_view policy,
+              Spill&& spill) const {
     check();
     check_loads(loads, topo);
-    out.reset(topo, name);
+    out.reset(topo, policy);
     const int P = topo.ranks();
     const int N = topo.experts();
     count_t total = 0, peak = 0;
@@ -58,8 +87,8 @@ struct LeastLoaded {
     out.set_capacity(cap);
 
     PlanScratch& s = out.scratch();
-    // effective[r] = assigned[r] + pending[r]. One array is enough: the native's available
-    // room is cap - effective once the visited expert's load has left its pending.
+    // One array is enough: the native's available room is cap - effective once the
+    // visited expert's load has left its pending part.
     s.rank_tmp.resize(static_cast<std::size_t>(P));
     const std::span<count_t> effective(s.rank_tmp);
     native_rank_loads(loads, topo, effective);
@@ -83,17 +112,11 @@ struct LeastLoaded {
         give(e, native, 0, avail);
         t = avail;
       }
-      // Alg. 3. The rule takes the first qualifying rank in (effective, rank) order, else
-      // forces all r onto the first rank of that order. Whether a rank qualifies only
-      // grows with its room cap - effective, and the first rank has the most room: so if it
-      // does not qualify nobody does, and the target is always the least-effective rank.
       for (count_t r = l - t; r > 0;) {
-        const int q = least_effective_other(effective, native);
-        const count_t c = std::min(r, cap - effective[static_cast<std::size_t>(q)]);
-        const count_t n = (c > 0 && !(c < min_tokens_per_gemm && r > c)) ? c : r;
-        give(e, q, t, n);
-        t += n;
-        r -= n;
+        const Slice next = spill(std::span<const count_t>(effective), native, r, cap);
+        give(e, next.rank, t, next.rows);
+        t += next.rows;
+        r -= next.rows;
       }
     }
     out.finish(topo);

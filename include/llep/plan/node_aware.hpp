@@ -29,71 +29,23 @@ struct NodeAware {
   [[nodiscard]] LeastLoaded base() const noexcept { return LeastLoaded{alpha, min_tokens_per_gemm}; }
 
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
-    check();
-    check_loads(loads, topo);
-    out.reset(topo, name);
-    const int P = topo.ranks();
-    const int per_node = topo.ranks_per_node();
-    count_t total = 0, peak = 0;
-    for (count_t l : loads) {
-      total += l;
-      peak = std::max(peak, l);
-    }
-    const count_t cap = base().capacity(total, P);
-    out.set_capacity(cap);
-
-    PlanScratch& s = out.scratch();
-    s.rank_tmp.resize(static_cast<std::size_t>(P));
-    const std::span<count_t> effective(s.rank_tmp);
-    native_rank_loads(loads, topo, effective);
-    LeastLoaded::order_experts(loads, topo.experts(), peak, s);
-
-    auto give = [&](int e, int r, count_t b, count_t n) {
-      out.add_segment(e, r, b, b + n);
-      effective[static_cast<std::size_t>(r)] += n;
-    };
-    auto qualifies = [&](int q, count_t r, count_t& c) {
-      if (q < 0) return false;
-      c = std::min(r, cap - effective[static_cast<std::size_t>(q)]);
-      return c > 0 && !(c < min_tokens_per_gemm && r > c);
-    };
-    for (const std::int32_t e : s.order) {
-      const count_t l = loads[static_cast<std::size_t>(e)];
-      const int native = topo.native_rank(e);
-      effective[static_cast<std::size_t>(native)] -= l;
-      const count_t avail = cap - effective[static_cast<std::size_t>(native)];
-      if (P == 1 || avail >= l) {
-        give(e, native, 0, l);
-        continue;
-      }
-      count_t t = 0;
-      if (avail > 0) {
-        give(e, native, 0, avail);
-        t = avail;
-      }
-      // Node ranks are [first, first + per_node). As in LeastLoaded, only the least-effective
-      // rank of a group can qualify (it has the most room), so one candidate per group.
-      const int first = topo.node_of(native) * per_node;
-      for (count_t r = l - t; r > 0;) {
-        const int in_node = least_effective(effective, first, first + per_node, native, -1, -1);
-        const int off_node = least_effective(effective, 0, P, native, first, first + per_node);
-        count_t c = 0;
-        int q = -1;
-        if (qualifies(in_node, r, c))
-          q = in_node;
-        else if (qualifies(off_node, r, c))
-          q = off_node;
-        else {
-          // Nobody qualifies: force the rest, inside the node when it has another rank.
-          q = in_node >= 0 ? in_node : off_node;
-          c = r;
-        }
-        give(e, q, t, c);
-        t += c;
-        r -= c;
-      }
-    }
-    out.finish(topo);
+    const LeastLoaded lla = base();
+    const int P = topo.ranks(), per_node = topo.ranks_per_node();
+    // As in LeastLoaded, only the least-effective rank of a group can qualify (it has the
+    // most room), so one candidate per group: the native node's ranks, then the others.
+    lla.assign(loads, topo, out, name,
+               [&](std::span<const count_t> effective, int native, count_t r, count_t cap) -> LeastLoaded::Slice {
+                 const int first = topo.node_of(native) * per_node;
+                 const int in_node = least_effective(effective, first, first + per_node, native, -1, -1);
+                 const int off_node = least_effective(effective, 0, P, native, first, first + per_node);
+                 for (const int q : {in_node, off_node}) {
+                   if (q < 0) continue;
+                   const count_t c = std::min(r, cap - effective[static_cast<std::size_t>(q)]);
+                   if (lla.qualifies(c, r)) return {q, c};
+                 }
+                 // Nobody qualifies: force the rest, inside the node when it has another rank.
+                 return {in_node >= 0 ? in_node : off_node, r};
+               });
   }
 
   /// The rank in [begin, end), other than `skip` and outside [hole_begin, hole_end), with the
