@@ -13,18 +13,7 @@
 #include "llep/plan/least_loaded.hpp"
 #include "llep/sim/routing.hpp"
 
-namespace {
-thread_local bool counting = false;
-std::atomic<long> allocations{0};
-}  // namespace
-
-void* operator new(std::size_t n) {
-  if (counting) allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#include "../common/count_new.hpp"
 
 TEST_CASE("a warm MoeLayer step allocates nothing, while plans change from step to step") {
   const int P = 4, N = 16, K = 4, D = 16, H = 8, B = 64;
@@ -33,6 +22,7 @@ TEST_CASE("a warm MoeLayer step allocates nothing, while plans change from step 
   std::vector<long> during(P, -1);
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
+    g_counting = false;  // only the timed window below counts
     const auto weights = moe.packed_rank<float>(p, P);
     llep::HostMoeLayer<llep::LeastLoaded> layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 4},
                                                 llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}), t);
@@ -63,17 +53,18 @@ TEST_CASE("a warm MoeLayer step allocates nothing, while plans change from step 
       std::copy(all_gates[s].begin(), all_gates[s].end(), gates.begin());
       step();
     }
-    long before = allocations.load();
+    t.barrier();  // every rank thread has started: run_ranks allocates no more
+    const long before = g_news.load();
     t.barrier();
-    counting = true;
+    g_counting = true;
     for (int s = 7; s >= 0; --s) {  // reverse order: each step's predecessor differs from the warm-up's
       std::copy(all_ids[s].begin(), all_ids[s].end(), ids.begin());
       std::copy(all_gates[s].begin(), all_gates[s].end(), gates.begin());
       step();
     }
-    counting = false;
+    g_counting = false;
     t.barrier();
-    during[static_cast<std::size_t>(p)] = allocations.load() - before;
+    during[static_cast<std::size_t>(p)] = g_news.load() - before;
   });
   for (int p = 0; p < P; ++p) {
     INFO("rank ", p);

@@ -10,20 +10,7 @@
 
 #include "llep/plan/cost_aware.hpp"
 
-namespace {
-std::atomic<long> g_news{0};
-}
-
-void* operator new(std::size_t n) {
-  g_news.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+#include "../common/count_new.hpp"
 
 TEST_CASE("a warm CostAware replan allocates nothing, with the roofline and a measured curve") {
   using llep::count_t;
