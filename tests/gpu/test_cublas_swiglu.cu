@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "device_array.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/exec/host.hpp"
@@ -28,34 +29,7 @@
 
 namespace {
 
-template <class T>
-class DeviceArray {
- public:
-  explicit DeviceArray(std::size_t n) : n_(n) {
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMalloc(&p_, n_ * sizeof(T)));
-  }
-  explicit DeviceArray(const std::vector<T>& v) : DeviceArray(v.size()) {
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMemcpy(p_, v.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-    LLEP_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() { (void)cudaFree(p_); }
-  [[nodiscard]] std::vector<T> download() const {
-    std::vector<T> v(n_);
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMemcpy(v.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void fill_bytes(int byte) {
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMemset(p_, byte, n_ * sizeof(T)));
-    LLEP_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  [[nodiscard]] T* get() const { return static_cast<T*>(p_); }
-
- private:
-  void* p_ = nullptr;
-  std::size_t n_;
-};
+using gputest::DeviceArray;
 
 double to_double(float v) { return v; }
 double to_double(__half v) { return __half2float(v); }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "device_array.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/exec/host.hpp"
@@ -25,39 +26,7 @@
 
 namespace {
 
-// Device memory for one test, filled and read back with cudaMemcpy (independent of the
-// exec). The exec runs on a non-blocking stream, which does not wait for the legacy
-// stream, so every fill ends with cudaDeviceSynchronize.
-template <class T>
-class DeviceArray {
- public:
-  explicit DeviceArray(std::size_t n) : n_(n) {
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMalloc(&p_, n_ * sizeof(T)));
-  }
-  explicit DeviceArray(const std::vector<T>& v) : DeviceArray(v.size()) { upload(v); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() { (void)cudaFree(p_); }
-  void upload(const std::vector<T>& v) {
-    REQUIRE(v.size() == n_);
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMemcpy(p_, v.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-    LLEP_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  [[nodiscard]] std::vector<T> download() const {
-    std::vector<T> v(n_);
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMemcpy(v.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void fill_bytes(int byte) {
-    if (n_ > 0) LLEP_CUDA_CHECK(cudaMemset(p_, byte, n_ * sizeof(T)));
-    LLEP_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  [[nodiscard]] T* get() const { return static_cast<T*>(p_); }
-
- private:
-  void* p_ = nullptr;
-  std::size_t n_;
-};
+using gputest::DeviceArray;
 
 class Stream {
  public:

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../common/dense_moe.hpp"
+#include "device_array.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
@@ -57,26 +58,7 @@ double tolerance() {
   else return 1e-4;
 }
 
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  std::size_t n = 0;
-  explicit DeviceBuffer(std::size_t count) : n(count) {
-    if (n) LLEP_CUDA_CHECK(cudaMalloc(&ptr, n * sizeof(T)));
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { if (ptr) (void)cudaFree(ptr); }
-  void upload(const std::vector<T>& v) {
-    REQUIRE(v.size() == n);
-    if (n) LLEP_CUDA_CHECK(cudaMemcpy(ptr, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> v(n);
-    if (n) LLEP_CUDA_CHECK(cudaMemcpy(v.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-};
+using gputest::DeviceArray;
 
 enum class Routing { uniform, hot_one_expert, one_rank_experts, empty_ranks };
 
@@ -159,11 +141,11 @@ Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std:
       return o;
     };
     const auto weights = cast(moe.packed_rank<float>(t.rank(), P));
-    DeviceBuffer<T> w(weights.size());
+    DeviceArray<T> w(weights.size());
     w.upload(weights);
-    DeviceBuffer<T> x(in[p].x.size()), out(in[p].x.size());
-    DeviceBuffer<float> gates(in[p].gates.size());
-    DeviceBuffer<std::int32_t> ids(in[p].ids.size());
+    DeviceArray<T> x(in[p].x.size()), out(in[p].x.size());
+    DeviceArray<float> gates(in[p].gates.size());
+    DeviceArray<std::int32_t> ids(in[p].ids.size());
     x.upload(cast(in[p].x));
     gates.upload(in[p].gates);
     ids.upload(in[p].ids);
@@ -171,11 +153,11 @@ Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std:
     // non-blocking stream does not wait for the legacy stream: finish the uploads first.
     LLEP_CUDA_CHECK(cudaDeviceSynchronize());
     Layer layer(topo, K, planner, Experts(shape), t, llep::CudaExec(streams.s[p]));
-    layer.set_native_weights(w.ptr);
+    layer.set_native_weights(w.get());
     std::vector<T> first;
     for (int s = 0; s < 2; ++s) {
-      res.reports[p] = layer.forward(std::span<const T>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
-                                     std::span<const float>(gates.ptr, gates.n), std::span<T>(out.ptr, out.n));
+      res.reports[p] = layer.forward(std::span<const T>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
+                                     std::span<const float>(gates.get(), gates.size()), std::span<T>(out.get(), out.size()));
       LLEP_CUDA_CHECK(cudaStreamSynchronize(streams.s[p]));
       auto got = out.download();
       if (s == 0) first = got;
@@ -272,20 +254,20 @@ TEST_CASE("GPU MoeLayer: a bad expert id on one rank is llep::Error on every ran
     const auto p = static_cast<std::size_t>(t.rank());
     std::vector<__nv_bfloat16> wh;
     for (float v : moe.packed_rank<float>(t.rank(), P)) wh.push_back(__float2bfloat16(v));
-    DeviceBuffer<__nv_bfloat16> w(wh.size()), x(in[p].x.size()), out(in[p].x.size());
+    DeviceArray<__nv_bfloat16> w(wh.size()), x(in[p].x.size()), out(in[p].x.size());
     w.upload(wh);
-    DeviceBuffer<float> gates(in[p].gates.size());
-    DeviceBuffer<std::int32_t> ids(in[p].ids.size());
+    DeviceArray<float> gates(in[p].gates.size());
+    DeviceArray<std::int32_t> ids(in[p].ids.size());
     gates.upload(in[p].gates);
     ids.upload(in[p].ids);
     LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
         llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
         llep::CudaExec(streams.s[p]));
-    layer.set_native_weights(w.ptr);
+    layer.set_native_weights(w.get());
     try {
-      layer.forward(std::span<const __nv_bfloat16>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
-                    std::span<const float>(gates.ptr, gates.n), std::span<__nv_bfloat16>(out.ptr, out.n));
+      layer.forward(std::span<const __nv_bfloat16>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
+                    std::span<const float>(gates.get(), gates.size()), std::span<__nv_bfloat16>(out.get(), out.size()));
     } catch (const llep::Error& e) {
       errors[p] = e.what();
     }
@@ -314,23 +296,23 @@ TEST_CASE("GPU MoeLayer: an engine-supplied workspace too small for the plan fai
     std::vector<__nv_bfloat16> wh, xh;
     for (float v : moe.packed_rank<float>(t.rank(), P)) wh.push_back(__float2bfloat16(v));
     for (float v : in[p].x) xh.push_back(__float2bfloat16(v));
-    DeviceBuffer<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
-    DeviceBuffer<std::byte> fixed(kSmall);
+    DeviceArray<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
+    DeviceArray<std::byte> fixed(kSmall);
     w.upload(wh);
     x.upload(xh);
-    DeviceBuffer<float> gates(in[p].gates.size());
-    DeviceBuffer<std::int32_t> ids(in[p].ids.size());
+    DeviceArray<float> gates(in[p].gates.size());
+    DeviceArray<std::int32_t> ids(in[p].ids.size());
     gates.upload(in[p].gates);
     ids.upload(in[p].ids);
     LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
-    auto ws = p == 1 ? llep::CudaWorkspace::fixed(fixed.ptr, kSmall) : llep::CudaWorkspace{};
+    auto ws = p == 1 ? llep::CudaWorkspace::fixed(fixed.get(), kSmall) : llep::CudaWorkspace{};
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
         llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
         llep::CudaExec(streams.s[p], std::move(ws)));
-    layer.set_native_weights(w.ptr);
+    layer.set_native_weights(w.get());
     try {
-      layer.forward(std::span<const __nv_bfloat16>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
-                    std::span<const float>(gates.ptr, gates.n), std::span<__nv_bfloat16>(out.ptr, out.n));
+      layer.forward(std::span<const __nv_bfloat16>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
+                    std::span<const float>(gates.get(), gates.size()), std::span<__nv_bfloat16>(out.get(), out.size()));
     } catch (const llep::Error& e) {
       errors[p] = e.what();
     }
@@ -360,20 +342,20 @@ TEST_CASE("GPU MoeLayer over the Nccl transport, one rank, equals the dense MoE"
   std::vector<__nv_bfloat16> wh, xh;
   for (float v : moe.packed_rank<float>(0, 1)) wh.push_back(__float2bfloat16(v));
   for (float v : in[0].x) xh.push_back(__float2bfloat16(v));
-  DeviceBuffer<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
+  DeviceArray<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
   w.upload(wh);
   x.upload(xh);
-  DeviceBuffer<float> gates(in[0].gates.size());
-  DeviceBuffer<std::int32_t> ids(in[0].ids.size());
+  DeviceArray<float> gates(in[0].gates.size());
+  DeviceArray<std::int32_t> ids(in[0].ids.size());
   gates.upload(in[0].gates);
   ids.upload(in[0].ids);
   LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
   llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::Nccl, Experts, llep::CudaExec> layer(
       llep::Topology(1, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), nccl, llep::CudaExec(streams.s[0]));
-  layer.set_native_weights(w.ptr);
+  layer.set_native_weights(w.get());
   for (int s = 0; s < 2; ++s)
-    layer.forward(std::span<const __nv_bfloat16>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
-                  std::span<const float>(gates.ptr, gates.n), std::span<__nv_bfloat16>(out.ptr, out.n));
+    layer.forward(std::span<const __nv_bfloat16>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
+                  std::span<const float>(gates.get(), gates.size()), std::span<__nv_bfloat16>(out.get(), out.size()));
   nccl.synchronize();
   const auto got = out.download();
   std::vector<double> xd(in[0].x.size()), g(in[0].gates.begin(), in[0].gates.end());
