@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "../../examples/common/cli.hpp"
 #include "../common/scenarios.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/cost_model.hpp"
@@ -54,17 +55,8 @@ std::string paper_text(const bench::LayerShape& shape, const sim::Skew& skew) {
   return fmt("%.2f", p->low) + "-" + fmt("%.2fx", p->high) + " (all shapes)";
 }
 
-std::string one_line(std::string s) {
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  if (s.rfind("llep: ", 0) == 0) s.erase(0, 6);
-  return s;
-}
-
-int fail(const std::string& what) {
-  std::cerr << "error: " << one_line(what) << '\n';
-  return 2;
-}
+using llep::examples::fail;
+using llep::examples::one_line;
 
 template <class Planner>
 llep::Plan make_plan(const Planner& planner, const std::vector<count_t>& loads, const llep::Topology& topo) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "../common/cli.hpp"
 #include "../common/demo_flags.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/plan/standard_ep.hpp"
@@ -63,8 +64,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::cerr << "error: " << e.what() << '\n';
-    return 2;
+    return llep::examples::fail(e.what());
   }
   try {
     o.validate();
@@ -80,9 +80,6 @@ int main(int argc, char** argv) {
                 "max rows is what one GPU per rank would see)\n");
     return ok ? 0 : 1;
   } catch (const llep::Error& e) {
-    std::string m = e.what();
-    if (m.rfind("llep: ", 0) == 0) m.erase(0, 6);
-    std::cerr << "error: " << m << '\n';
-    return 2;
+    return llep::examples::fail(e.what());
   }
 }

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <string>
 
+#include "../common/cli.hpp"
 #include "../common/demo_flags.hpp"
 #include "gpu_demo.hpp"
 
@@ -29,8 +30,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::cerr << "error: " << e.what() << '\n';
-    return 2;
+    return llep::examples::fail(e.what());
   }
   std::string devices;
   try {
@@ -54,9 +54,6 @@ int main(int argc, char** argv) {
                 "max rows is what one GPU per rank would see)\n");
     return ok ? 0 : 1;
   } catch (const llep::Error& e) {
-    std::string m = e.what();
-    if (m.rfind("llep: ", 0) == 0) m.erase(0, 6);
-    std::cerr << "error: " << m << '\n';
-    return 2;
+    return llep::examples::fail(e.what());
   }
 }

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../common/cli.hpp"
 #include "../common/plan_json.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -65,18 +66,8 @@ std::string read_file(const std::string& path) {
   return os.str();
 }
 
-// One line, whatever the source of the message.
-std::string one_line(std::string s) {
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  while (!s.empty() && s.back() == ' ') s.pop_back();
-  return s;
-}
-
-int fail(const std::string& what) {
-  std::cerr << "error: " << one_line(what) << '\n';
-  return 2;
-}
+using llep::examples::fail;
+using llep::examples::one_line;
 
 }  // namespace
 
@@ -143,8 +134,6 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     return fail(e.what);
   } catch (const llep::Error& e) {
-    std::string m = e.what();
-    if (m.rfind("llep: ", 0) == 0) m.erase(0, 6);
-    return fail(m);
+    return fail(e.what());
   }
 }

@@ -23,6 +23,7 @@
 #include <system_error>
 #include <vector>
 
+#include "../common/cli.hpp"
 #include "../../bench/common/scenarios.hpp"
 #include "llep/core/counts.hpp"
 #include "llep/plan/adaptive.hpp"
@@ -162,17 +163,8 @@ std::vector<PlannerEntry> planners(const Settings& s, const llep::sim::CostModel
   return v;
 }
 
-std::string one_line(std::string s) {
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  while (!s.empty() && s.back() == ' ') s.pop_back();
-  return s;
-}
-
-int fail(const std::string& what) {
-  std::cerr << "error: " << one_line(what) << '\n';
-  return 2;
-}
+using llep::examples::fail;
+using llep::examples::one_line;
 
 std::vector<std::string> split_commas(const std::string& text) {
   std::vector<std::string> out;
@@ -456,8 +448,6 @@ int main(int argc, char** argv) {
   } catch (const CLI::Error& e) {
     return fail(e.what());
   } catch (const llep::Error& e) {
-    std::string m = e.what();
-    if (m.rfind("llep: ", 0) == 0) m.erase(0, 6);
-    return fail(m);
+    return fail(e.what());
   }
 }

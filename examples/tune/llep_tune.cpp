@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/cli.hpp"
 #include "../../bench/common/scenarios.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/cost_aware.hpp"
@@ -31,17 +32,8 @@ using llep::count_t;
 namespace sim = llep::sim;
 namespace bench = llep::bench;
 
-std::string one_line(std::string s) {
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  if (s.rfind("llep: ", 0) == 0) s.erase(0, 6);
-  return s;
-}
-
-int fail(const std::string& what) {
-  std::cerr << "error: " << one_line(what) << '\n';
-  return 2;
-}
+using llep::examples::fail;
+using llep::examples::one_line;
 
 // "balanced" or "<share>%-on-<hot>", e.g. "95%-on-1" (the names llep-model prints).
 sim::Skew parse_routing(const std::string& w, int experts) {
