@@ -44,6 +44,7 @@
 #include "llep/core/error.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/activation.hpp"
+#include "llep/experts/swiglu_base.hpp"
 #include "llep/experts/weight_layout.hpp"
 
 namespace llep {
@@ -131,7 +132,7 @@ inline constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 
 }  // namespace detail::cublas_swiglu
 
 template <class T, class Act = SiluGlu, GemmMode Mode = GemmMode::per_expert>
-class CublasSwiGlu {
+class CublasSwiGlu : public SwiGluBase<Act> {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half> || std::is_same_v<T, float>,
                 "llep: CublasSwiGlu<T> supports T = __nv_bfloat16, __half or float");
   static_assert(std::is_trivially_copyable_v<Act>, "llep: the activation functor must be trivially copyable");
@@ -141,27 +142,22 @@ class CublasSwiGlu {
 
  public:
   using value_type = T;
-  using activation_type = Act;
   /// Element type of the gate|up GEMM output. per_expert: float, so the pre-activation
   /// values are not rounded and h is the first value rounded to T. grouped: T (the
   /// grouped cuBLAS call supports no float output for 16-bit inputs).
   using gate_up_type = std::conditional_t<Mode == GemmMode::grouped, T, float>;
   static constexpr GemmMode mode = Mode;
 
-  explicit CublasSwiGlu(ExpertShape shape, Act act = Act{}) : shape_(shape), act_(act), state_(new State) {
-    shape_.check();
-    LLEP_EXPECTS(shape_.bias == Act::has_bias, "ExpertShape.bias = ", shape_.bias, " but activation ", Act::name,
-                 (Act::has_bias ? " has" : " has no"), " biases; they must agree");
+  explicit CublasSwiGlu(ExpertShape shape, Act act = Act{}) : SwiGluBase<Act>(shape, act), state_(new State) {
     constexpr auto int_max = static_cast<std::size_t>(std::numeric_limits<int>::max());
     LLEP_EXPECTS(2 * shape_.h() <= int_max && shape_.d() <= int_max, "D = ", shape_.d(), ", 2H = ", 2 * shape_.h(),
                  " exceed cuBLAS's int dimensions");
   }
   // A copy gets its own cuBLAS handle (created at its first compute).
-  CublasSwiGlu(const CublasSwiGlu& o) : shape_(o.shape_), act_(o.act_), state_(new State) {}
+  CublasSwiGlu(const CublasSwiGlu& o) : SwiGluBase<Act>(o), state_(new State) {}
   CublasSwiGlu& operator=(const CublasSwiGlu& o) {
     if (this != &o) {
-      shape_ = o.shape_;
-      act_ = o.act_;
+      SwiGluBase<Act>::operator=(o);
       state_.reset(new State);
     }
     return *this;
@@ -170,19 +166,11 @@ class CublasSwiGlu {
   CublasSwiGlu& operator=(CublasSwiGlu&&) noexcept = default;
   ~CublasSwiGlu() = default;
 
-  [[nodiscard]] int hidden() const noexcept { return shape_.hidden; }
-  [[nodiscard]] int intermediate() const noexcept { return shape_.intermediate; }
-  [[nodiscard]] std::size_t weight_elems() const noexcept { return shape_.elems(); }
-  [[nodiscard]] const ExpertShape& shape() const noexcept { return shape_; }
-  [[nodiscard]] const Act& activation() const noexcept { return act_; }
-
   /// per_expert: gu and h for the largest task. grouped: gu and h for all rows, plus the
   /// device pointer arrays and task table (at most one task per row). 256 bytes of slack
   /// align an unaligned `scratch`.
   [[nodiscard]] std::size_t scratch_bytes(count_t max_task_rows, count_t total_rows) const {
-    LLEP_EXPECTS(max_task_rows >= 0, "max_task_rows = ", max_task_rows, " must be >= 0");
-    LLEP_EXPECTS(total_rows >= max_task_rows, "total_rows = ", total_rows, " must be >= max_task_rows = ",
-                 max_task_rows);
+    this->check_scratch_request(max_task_rows, total_rows);
     if (max_task_rows == 0) return 0;
     const auto rows = static_cast<std::size_t>(Mode == GemmMode::grouped ? total_rows : max_task_rows);
     const Carve c = carve(rows, Mode == GemmMode::grouped ? rows : 0);
@@ -223,6 +211,8 @@ class CublasSwiGlu {
   }
 
  private:
+  using SwiGluBase<Act>::shape_;
+  using SwiGluBase<Act>::act_;
   using G = gate_up_type;
   using TaskRows = detail::cublas_swiglu::TaskRows<T>;
   static constexpr cudaDataType_t t_type = detail::cublas_swiglu::element<T>::type;
@@ -362,8 +352,6 @@ class CublasSwiGlu {
 #endif
   }
 
-  ExpertShape shape_;
-  Act act_;
   std::unique_ptr<State> state_;
 };
 

@@ -18,43 +18,31 @@
 #include "llep/core/error.hpp"
 #include "llep/exec/host.hpp"
 #include "llep/experts/activation.hpp"
+#include "llep/experts/swiglu_base.hpp"
 #include "llep/experts/weight_layout.hpp"
 #include "llep/layer/row_ops.hpp"
 
 namespace llep {
 
 template <class T, class Act = SiluGlu>
-class HostSwiGlu {
+class HostSwiGlu : public SwiGluBase<Act> {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "llep: HostSwiGlu<T> supports T = float or double");
 
  public:
   using value_type = T;
-  using activation_type = Act;
   using acc_type = accumulate_t<T>;
 
   /// Rows computed together: enough to reuse each weight row several times, few enough
   /// that the block's accumulators ((2H + D) per row) stay in L1/L2 for common sizes.
   static constexpr count_t row_block = 16;
 
-  explicit HostSwiGlu(ExpertShape shape, Act act = Act{}) : shape_(shape), act_(act) {
-    shape_.check();
-    LLEP_EXPECTS(shape_.bias == Act::has_bias, "ExpertShape.bias = ", shape_.bias, " but activation ", Act::name,
-                 (Act::has_bias ? " has" : " has no"), " biases; they must agree");
-  }
-
-  [[nodiscard]] int hidden() const noexcept { return shape_.hidden; }
-  [[nodiscard]] int intermediate() const noexcept { return shape_.intermediate; }
-  [[nodiscard]] std::size_t weight_elems() const noexcept { return shape_.elems(); }
-  [[nodiscard]] const ExpertShape& shape() const noexcept { return shape_; }
-  [[nodiscard]] const Act& activation() const noexcept { return act_; }
+  explicit HostSwiGlu(ExpertShape shape, Act act = Act{}) : SwiGluBase<Act>(shape, act) {}
 
   /// Accumulators for one block of rows, plus slack to align them; independent of
   /// `total_rows` because tasks run one after another and blocks reuse the same memory.
   [[nodiscard]] std::size_t scratch_bytes(count_t max_task_rows, count_t total_rows) const {
-    LLEP_EXPECTS(max_task_rows >= 0, "max_task_rows = ", max_task_rows, " must be >= 0");
-    LLEP_EXPECTS(total_rows >= max_task_rows, "total_rows = ", total_rows, " must be >= max_task_rows = ",
-                 max_task_rows);
+    this->check_scratch_request(max_task_rows, total_rows);
     if (max_task_rows == 0) return 0;
     const auto rows = static_cast<std::size_t>(max_task_rows < row_block ? max_task_rows : row_block);
     return rows * row_elems() * sizeof(acc_type) + alignof(acc_type);
@@ -87,6 +75,8 @@ class HostSwiGlu {
   }
 
  private:
+  using SwiGluBase<Act>::shape_;
+  using SwiGluBase<Act>::act_;
   [[nodiscard]] std::size_t row_elems() const noexcept { return 2 * shape_.h() + shape_.d(); }
 
   // n (<= row_block) rows of x [n x D] into y [n x D]. acc holds n rows of (2H gate|up, D out).
@@ -133,8 +123,6 @@ class HostSwiGlu {
     }
   }
 
-  ExpertShape shape_;
-  Act act_;
 };
 
 }  // namespace llep
