@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/loads.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
@@ -30,60 +31,7 @@ struct Case {
 
 llep::Topology topology_of(const Case& c) { return llep::Topology(c.P, c.native); }
 
-// Loads of one of several shapes; the adversarial ones (all zero, one hot expert, ties,
-// tiny totals) come up often on purpose.
-std::vector<count_t> random_loads(std::mt19937_64& rng, int N, std::string& kind) {
-  std::uniform_int_distribution<int> pick(0, 9);
-  const count_t scales[] = {1, 3, 10, 100, 1000, 100000, 10000000};
-  const count_t scale = scales[std::uniform_int_distribution<int>(0, 6)(rng)];
-  std::uniform_int_distribution<count_t> up_to(0, scale);
-  std::uniform_int_distribution<int> expert(0, N - 1);
-  std::vector<count_t> l(static_cast<std::size_t>(N), 0);
-  switch (pick(rng)) {
-    case 0:
-      kind = "all zero";
-      break;
-    case 1:
-      kind = "one expert";
-      l[static_cast<std::size_t>(expert(rng))] = 1 + up_to(rng);
-      break;
-    case 2: {
-      kind = "ties";
-      const count_t a = up_to(rng), b = up_to(rng);
-      for (auto& x : l) x = (rng() & 1) ? a : b;
-      break;
-    }
-    case 3:
-      kind = "sparse";
-      for (int i = 0; i < 1 + N / 16; ++i) l[static_cast<std::size_t>(expert(rng))] = up_to(rng);
-      break;
-    case 4: {
-      kind = "hot few";
-      for (auto& x : l) x = up_to(rng) / 10;
-      const int hot = 1 + static_cast<int>(rng() % 4);
-      for (int i = 0; i < hot; ++i) l[static_cast<std::size_t>(expert(rng))] += scale * 20 + up_to(rng);
-      break;
-    }
-    case 5: {
-      kind = "zipf";
-      std::vector<int> perm(static_cast<std::size_t>(N));
-      std::iota(perm.begin(), perm.end(), 0);
-      std::shuffle(perm.begin(), perm.end(), rng);
-      for (int i = 0; i < N; ++i)
-        l[static_cast<std::size_t>(perm[static_cast<std::size_t>(i)])] =
-            static_cast<count_t>(static_cast<double>(scale) * 50.0 / (i + 1));
-      break;
-    }
-    case 6:
-      kind = "small";
-      for (auto& x : l) x = static_cast<count_t>(rng() % 3);
-      break;
-    default:
-      kind = "uniform";
-      for (auto& x : l) x = up_to(rng);
-  }
-  return l;
-}
+using testloads::random_loads;
 
 Case random_case(std::mt19937_64& rng) {
   const int ranks[] = {1, 2, 3, 4, 5, 8, 16, 32, 64};

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/loads.hpp"
 #include "llep/core/plan.hpp"
 
 namespace variants {
@@ -31,46 +32,7 @@ struct Case {
   }
 };
 
-inline std::vector<count_t> random_loads(std::mt19937_64& rng, int N, std::string& kind) {
-  const count_t scales[] = {1, 3, 10, 100, 1000, 100000, 10000000};
-  const count_t scale = scales[rng() % 7];
-  std::uniform_int_distribution<count_t> up_to(0, scale);
-  std::uniform_int_distribution<int> expert(0, N - 1);
-  std::vector<count_t> l(static_cast<std::size_t>(N), 0);
-  switch (rng() % 8) {
-    case 0: kind = "all zero"; break;
-    case 1:
-      kind = "one expert";
-      l[static_cast<std::size_t>(expert(rng))] = 1 + up_to(rng);
-      break;
-    case 2: {
-      kind = "ties";
-      const count_t a = up_to(rng), b = up_to(rng);
-      for (auto& x : l) x = (rng() & 1) ? a : b;
-      break;
-    }
-    case 3: {
-      kind = "hot few";
-      for (auto& x : l) x = up_to(rng) / 10;
-      for (int i = 0, hot = 1 + static_cast<int>(rng() % 4); i < hot; ++i)
-        l[static_cast<std::size_t>(expert(rng))] += scale * 20 + up_to(rng);
-      break;
-    }
-    case 4:
-      kind = "small";
-      for (auto& x : l) x = static_cast<count_t>(rng() % 3);
-      break;
-    case 5: {
-      kind = "hot node";  // every expert of the first ranks hot: a whole node overloaded
-      for (std::size_t e = 0; e < l.size(); ++e) l[e] = e < l.size() / 4 + 1 ? scale * 10 + up_to(rng) : up_to(rng) / 20;
-      break;
-    }
-    default:
-      kind = "uniform";
-      for (auto& x : l) x = up_to(rng);
-  }
-  return l;
-}
+using testloads::random_loads;
 
 /// P in 1..64 with nodes of 1, 2, 4 or 8 ranks where they divide P.
 inline Case random_case(std::mt19937_64& rng) {
