@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "llep/core/plan.hpp"
 
 namespace {
@@ -30,14 +31,7 @@ llep::Validation check(const Parts& p, const llep::Topology& topo = llep::Topolo
   return llep::validate(plan, kLoads, topo);
 }
 
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const llep::Error& e) {
-    return e.what();
-  }
-  return "(no llep::Error)";
-}
+using testutil::error_of;
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/memory_cap.hpp"
 #include "llep/plan/quota_search.hpp"
@@ -14,14 +15,7 @@
 namespace {
 using llep::count_t;
 
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const llep::Error& e) {
-    return e.what();
-  }
-  return "(no llep::Error)";
-}
+using testutil::error_of;
 
 // Usage per rank from the plan's parts, written out: rows x row_cost + foreign x expert_cost.
 std::vector<count_t> usage_of(const llep::Plan& p, const llep::Topology& topo, const llep::MemoryCap& cap) {
@@ -58,7 +52,7 @@ TEST_CASE("Capped never exceeds the cap, or throws before planning") {
     CAPTURE(cap.expert_cost);
     const llep::Capped<> capped{llep::LeastLoaded{1.0, c.m}, cap};
     const std::string err = error_of([&] { capped.plan(c.loads, topo, plan); });
-    if (err != "(no llep::Error)") {
+    if (err != testutil::kNoError) {
       ++refused;
       CHECK(err.find("memory cap") != std::string::npos);
       // Refused only when no plan fits: either the rows alone overflow, or the fill found

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
@@ -31,14 +32,7 @@ llep::Plan plan_of(const Planner& planner, const std::vector<count_t>& loads, co
   return p;
 }
 
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const llep::Error& e) {
-    return e.what();
-  }
-  return "(no llep::Error)";
-}
+using testutil::error_of;
 
 }  // namespace
 

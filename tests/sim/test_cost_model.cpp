@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "llep/layer/layout.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -42,14 +43,7 @@ std::vector<count_t> loads_of(const std::vector<count_t>& counts, int P, int N) 
   return l;
 }
 
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const llep::Error& e) {
-    return e.what();
-  }
-  return "(no llep::Error)";
-}
+using testutil::error_of;
 
 // A plausible measured curve, with one noisy point (a larger GEMM measured faster).
 const char* kCsv =

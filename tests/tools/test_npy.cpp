@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "llep/sim/npy.hpp"
 #include "npy_writer.hpp"
 
@@ -21,13 +22,9 @@ using testutil::NpySpec;
 // The message of the llep::Error `f` throws; fails the test when it throws nothing.
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const llep::Error& e) {
-    return e.what();
-  }
-  FAIL("no llep::Error thrown");
-  return {};
+  const std::string what = testutil::error_of(f);
+  if (what == testutil::kNoError) FAIL("no llep::Error thrown");
+  return what;
 }
 
 const std::vector<std::int64_t> kIds{0, 7, 3, -1, 2147483647, -2147483648};  // 3 tokens x K = 2
