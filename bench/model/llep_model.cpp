@@ -101,12 +101,7 @@ int main(int argc, char** argv) {
   app.add_option("--csv", csv_path, "Also write the rows as CSV to FILE");
   app.add_option("--markdown", md_path, "Also write a Markdown report to FILE");
   app.add_flag("--json", json, "Print one JSON object per row instead of the table");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    return fail(e.what());
-  }
+  if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
 
   std::string command = "llep-model";
   for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];

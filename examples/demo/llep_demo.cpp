@@ -60,12 +60,7 @@ int main(int argc, char** argv) {
                "Each rank holds N/P experts and its own tokens; the hot experts are 0..h-1, all on rank 0.\n"
                "A bad flag prints one 'error: ...' line and exits 2."};
   llep::examples::add_demo_flags(app, o);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    return llep::examples::fail(e.what());
-  }
+  if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
   try {
     o.validate();
     const DemoScenario sc(o);

@@ -26,12 +26,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--grouped", grouped, "Experts on cublasGemmGroupedBatchedEx instead of one GEMM pair per expert");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    return llep::examples::fail(e.what());
-  }
+  if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
   std::string devices;
   try {
     devices = llep::examples::describe_devices();

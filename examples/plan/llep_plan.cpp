@@ -95,12 +95,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--compact", compact, "Print the JSON on one line");
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    return fail(e.what());
-  }
+  if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
 
   try {
     const bool has_list = app.count("--loads") > 0, has_file = app.count("--loads-file") > 0;

@@ -293,12 +293,7 @@ int main(int argc, char** argv) {
   app.add_option("--planners", only, "Comma-separated planners to replay, in this order (default: all: " + names + ")");
   app.add_flag("--json", json_out, "Print JSON Lines: one object per (file, planner) instead of the table");
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    return fail(e.what());
-  }
+  if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
 
   try {
     // The layer shape: a paper shape by name, or D and H given.

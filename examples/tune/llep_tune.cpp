@@ -107,12 +107,7 @@ int main(int argc, char** argv) {
                  "Comma-separated sample routings, 'balanced' or '<share>%-on-<hot>' (e.g. 95%-on-1); default: the "
                  "paper's 13 (balanced, 30/50/80/95% on 1/4/16 experts)");
   app.add_flag("--json", json, "Print JSON instead of the table");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    return fail(e.what());
-  }
+  if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
 
   try {
     bench::LayerShape base{"custom", 0, 0, 0, 0, 0};
