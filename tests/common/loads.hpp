@@ -1,6 +1,9 @@
 #pragma once
-// Random load vectors for the planners' property tests. The adversarial shapes (all zero,
-// one hot expert, ties, tiny totals, a whole node hot) come up often on purpose.
+// Random load vectors for the planners' property tests (the adversarial shapes, such as
+// all zero, one hot expert, ties, tiny totals or a whole node hot, come up often on
+// purpose), and a plan checked by validate().
+#include <doctest/doctest.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
@@ -8,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "llep/core/config.hpp"
+#include "llep/core/plan.hpp"
 
 namespace testloads {
 
@@ -69,6 +72,16 @@ inline std::vector<count_t> random_loads(std::mt19937_64& rng, int N, std::strin
       for (auto& x : l) x = up_to(rng);
   }
   return l;
+}
+
+/// The plan `planner` makes, after validate() passed on it.
+template <class Planner>
+llep::Plan plan_of(const Planner& planner, const std::vector<count_t>& loads, const llep::Topology& topo) {
+  llep::Plan p;
+  planner.plan(loads, topo, p);
+  const auto v = llep::validate(p, loads, topo);
+  REQUIRE_MESSAGE(v.ok, v.message);
+  return p;
 }
 
 }  // namespace testloads

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../common/errors.hpp"
+#include "../common/loads.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
@@ -23,14 +24,7 @@ std::vector<WeightTransfer> transfers_of(const llep::Plan& p) {
 }
 std::vector<count_t> rank_loads_of(const llep::Plan& p) { return {p.rank_loads().begin(), p.rank_loads().end()}; }
 
-template <class Planner>
-llep::Plan plan_of(const Planner& planner, const std::vector<count_t>& loads, const llep::Topology& topo) {
-  llep::Plan p;
-  planner.plan(loads, topo, p);
-  const auto v = llep::validate(p, loads, topo);
-  REQUIRE_MESSAGE(v.ok, v.message);
-  return p;
-}
+using testloads::plan_of;
 
 using testutil::error_of;
 

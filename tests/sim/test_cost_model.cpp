@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common/errors.hpp"
+#include "../common/loads.hpp"
 #include "llep/layer/layout.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -28,14 +29,7 @@ using llep::sim::Skew;
 const FfnShape kGptOss{"gpt-oss-120b", 2880, 2880};
 const FfnShape kDeepSeek{"deepseek-v3", 7168, 2048};
 
-template <class Planner>
-llep::Plan plan_of(const Planner& planner, const std::vector<count_t>& loads, const llep::Topology& topo) {
-  llep::Plan p;
-  planner.plan(loads, topo, p);
-  const auto v = llep::validate(p, loads, topo);
-  REQUIRE_MESSAGE(v.ok, v.message);
-  return p;
-}
+using testloads::plan_of;
 
 std::vector<count_t> loads_of(const std::vector<count_t>& counts, int P, int N) {
   std::vector<count_t> l(static_cast<std::size_t>(N));
