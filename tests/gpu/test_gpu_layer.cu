@@ -67,6 +67,36 @@ struct RankInput {
   std::vector<std::int32_t> ids;
 };
 
+// One rank's layer inputs on the device: its native experts' weights and tokens in T, fp32
+// gates, the ids, and an output buffer. DeviceArray's uploads end with a device sync: the
+// rank's non-blocking stream does not wait for the legacy stream they ran on.
+template <class T>
+struct RankOnDevice {
+  DeviceArray<T> w, x, out;
+  DeviceArray<float> gates;
+  DeviceArray<std::int32_t> ids;
+
+  RankOnDevice(const dense::Moe& moe, int rank, int ranks, const RankInput& in)
+      : w(cast(moe.packed_rank<float>(rank, ranks))),
+        x(cast(in.x)),
+        out(in.x.size()),
+        gates(in.gates),
+        ids(in.ids) {}
+
+  template <class Layer>
+  const llep::StepReport& forward(Layer& layer) {
+    return layer.forward(std::span<const T>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
+                         std::span<const float>(gates.get(), gates.size()), std::span<T>(out.get(), out.size()));
+  }
+
+  static std::vector<T> cast(const std::vector<float>& v) {
+    std::vector<T> o(v.size());
+    std::transform(v.begin(), v.end(), o.begin(), from_float<T>);
+    return o;
+  }
+};
+
+
 std::vector<RankInput> make_inputs(int P, int N, int K, int D, Routing routing, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -135,31 +165,14 @@ Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std:
   std::vector<int> same(static_cast<std::size_t>(P), 1);
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const auto p = static_cast<std::size_t>(t.rank());
-    auto cast = [](const std::vector<float>& v) {
-      std::vector<T> o(v.size());
-      std::transform(v.begin(), v.end(), o.begin(), from_float<T>);
-      return o;
-    };
-    const auto weights = cast(moe.packed_rank<float>(t.rank(), P));
-    DeviceArray<T> w(weights.size());
-    w.upload(weights);
-    DeviceArray<T> x(in[p].x.size()), out(in[p].x.size());
-    DeviceArray<float> gates(in[p].gates.size());
-    DeviceArray<std::int32_t> ids(in[p].ids.size());
-    x.upload(cast(in[p].x));
-    gates.upload(in[p].gates);
-    ids.upload(in[p].ids);
-    // A pageable upload may still be in flight when cudaMemcpy returns, and the rank's
-    // non-blocking stream does not wait for the legacy stream: finish the uploads first.
-    LLEP_CUDA_CHECK(cudaDeviceSynchronize());
+    RankOnDevice<T> d(moe, t.rank(), P, in[p]);
     Layer layer(topo, K, planner, Experts(shape), t, llep::CudaExec(streams.s[p]));
-    layer.set_native_weights(w.get());
+    layer.set_native_weights(d.w.get());
     std::vector<T> first;
     for (int s = 0; s < 2; ++s) {
-      res.reports[p] = layer.forward(std::span<const T>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
-                                     std::span<const float>(gates.get(), gates.size()), std::span<T>(out.get(), out.size()));
+      res.reports[p] = d.forward(layer);
       LLEP_CUDA_CHECK(cudaStreamSynchronize(streams.s[p]));
-      auto got = out.download();
+      auto got = d.out.download();
       if (s == 0) first = got;
       else same[p] = std::equal(first.begin(), first.end(), got.begin(), [](T a, T b) {
         return std::memcmp(&a, &b, sizeof(T)) == 0;
@@ -252,22 +265,13 @@ TEST_CASE("GPU MoeLayer: a bad expert id on one rank is llep::Error on every ran
   const auto start = std::chrono::steady_clock::now();
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const auto p = static_cast<std::size_t>(t.rank());
-    std::vector<__nv_bfloat16> wh;
-    for (float v : moe.packed_rank<float>(t.rank(), P)) wh.push_back(__float2bfloat16(v));
-    DeviceArray<__nv_bfloat16> w(wh.size()), x(in[p].x.size()), out(in[p].x.size());
-    w.upload(wh);
-    DeviceArray<float> gates(in[p].gates.size());
-    DeviceArray<std::int32_t> ids(in[p].ids.size());
-    gates.upload(in[p].gates);
-    ids.upload(in[p].ids);
-    LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
+    RankOnDevice<__nv_bfloat16> d(moe, t.rank(), P, in[p]);
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
         llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
         llep::CudaExec(streams.s[p]));
-    layer.set_native_weights(w.get());
+    layer.set_native_weights(d.w.get());
     try {
-      layer.forward(std::span<const __nv_bfloat16>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
-                    std::span<const float>(gates.get(), gates.size()), std::span<__nv_bfloat16>(out.get(), out.size()));
+      d.forward(layer);
     } catch (const llep::Error& e) {
       errors[p] = e.what();
     }
@@ -293,26 +297,15 @@ TEST_CASE("GPU MoeLayer: an engine-supplied workspace too small for the plan fai
   constexpr std::size_t kSmall = 16 << 10;  // enough for the counts, not for the step's rows
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const auto p = static_cast<std::size_t>(t.rank());
-    std::vector<__nv_bfloat16> wh, xh;
-    for (float v : moe.packed_rank<float>(t.rank(), P)) wh.push_back(__float2bfloat16(v));
-    for (float v : in[p].x) xh.push_back(__float2bfloat16(v));
-    DeviceArray<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
+    RankOnDevice<__nv_bfloat16> d(moe, t.rank(), P, in[p]);
     DeviceArray<std::byte> fixed(kSmall);
-    w.upload(wh);
-    x.upload(xh);
-    DeviceArray<float> gates(in[p].gates.size());
-    DeviceArray<std::int32_t> ids(in[p].ids.size());
-    gates.upload(in[p].gates);
-    ids.upload(in[p].ids);
-    LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
     auto ws = p == 1 ? llep::CudaWorkspace::fixed(fixed.get(), kSmall) : llep::CudaWorkspace{};
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
         llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
         llep::CudaExec(streams.s[p], std::move(ws)));
-    layer.set_native_weights(w.get());
+    layer.set_native_weights(d.w.get());
     try {
-      layer.forward(std::span<const __nv_bfloat16>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
-                    std::span<const float>(gates.get(), gates.size()), std::span<__nv_bfloat16>(out.get(), out.size()));
+      d.forward(layer);
     } catch (const llep::Error& e) {
       errors[p] = e.what();
     }
@@ -339,26 +332,15 @@ TEST_CASE("GPU MoeLayer over the Nccl transport, one rank, equals the dense MoE"
   using Experts = llep::CublasSwiGlu<__nv_bfloat16>;
   Streams streams(1);
   auto nccl = llep::Nccl::init(1, 0, llep::new_unique_id(), streams.s[0]);
-  std::vector<__nv_bfloat16> wh, xh;
-  for (float v : moe.packed_rank<float>(0, 1)) wh.push_back(__float2bfloat16(v));
-  for (float v : in[0].x) xh.push_back(__float2bfloat16(v));
-  DeviceArray<__nv_bfloat16> w(wh.size()), x(xh.size()), out(xh.size());
-  w.upload(wh);
-  x.upload(xh);
-  DeviceArray<float> gates(in[0].gates.size());
-  DeviceArray<std::int32_t> ids(in[0].ids.size());
-  gates.upload(in[0].gates);
-  ids.upload(in[0].ids);
-  LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // see run_layer
+  RankOnDevice<__nv_bfloat16> d(moe, 0, 1, in[0]);
   llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::Nccl, Experts, llep::CudaExec> layer(
       llep::Topology(1, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), nccl, llep::CudaExec(streams.s[0]));
-  layer.set_native_weights(w.get());
-  for (int s = 0; s < 2; ++s)
-    layer.forward(std::span<const __nv_bfloat16>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
-                  std::span<const float>(gates.get(), gates.size()), std::span<__nv_bfloat16>(out.get(), out.size()));
+  layer.set_native_weights(d.w.get());
+  for (int s = 0; s < 2; ++s) d.forward(layer);
   nccl.synchronize();
-  const auto got = out.download();
-  std::vector<double> xd(in[0].x.size()), g(in[0].gates.begin(), in[0].gates.end());
+  const auto got = d.out.download();
+  const auto xh = d.x.download();
+  std::vector<double> xd(xh.size()), g(in[0].gates.begin(), in[0].gates.end());
   std::transform(xh.begin(), xh.end(), xd.begin(), [](__nv_bfloat16 v) { return double(__bfloat162float(v)); });
   const auto ref = moe.forward(xd, in[0].ids, g, K);
   double err = 0, scale = 0;
