@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "../common/scenarios.hpp"
+#include "common/scenarios.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "../common/scenarios.hpp"
+#include "common/scenarios.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"

@@ -10,7 +10,7 @@
 #include <string>
 #include <thread>
 
-#include "../common/cli.hpp"
+#include "common/cli.hpp"
 #include "../common/demo_flags.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/plan/standard_ep.hpp"

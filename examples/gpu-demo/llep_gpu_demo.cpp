@@ -6,7 +6,7 @@
 #include <iostream>
 #include <string>
 
-#include "../common/cli.hpp"
+#include "common/cli.hpp"
 #include "../common/demo_flags.hpp"
 #include "gpu_demo.hpp"
 

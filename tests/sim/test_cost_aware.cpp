@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "../../bench/common/scenarios.hpp"
+#include "common/scenarios.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/cost_aware.hpp"
 #include "llep/plan/least_loaded.hpp"

@@ -23,8 +23,8 @@
 #include <system_error>
 #include <vector>
 
-#include "../common/cli.hpp"
-#include "../../bench/common/scenarios.hpp"
+#include "common/cli.hpp"
+#include "common/scenarios.hpp"
 #include "llep/core/counts.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"

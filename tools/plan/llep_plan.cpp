@@ -15,8 +15,8 @@
 #include <string_view>
 #include <vector>
 
-#include "../common/cli.hpp"
-#include "../common/plan_json.hpp"
+#include "common/cli.hpp"
+#include "common/plan_json.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"

@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "../common/cli.hpp"
-#include "../../bench/common/scenarios.hpp"
+#include "common/cli.hpp"
+#include "common/scenarios.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/cost_aware.hpp"
 #include "llep/plan/standard_ep.hpp"

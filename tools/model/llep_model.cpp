@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "../../examples/common/cli.hpp"
-#include "../common/scenarios.hpp"
+#include "common/cli.hpp"
+#include "common/scenarios.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/cost_model.hpp"
 

@@ -7,7 +7,7 @@ probability `--share`, otherwise on any expert uniformly. With --steps S > 1 it 
 S files step-000.npy, step-001.npy, ... into OUT (a directory), and the hot experts move by
 --drift ids every step (routing that drifts, as it does over a real run).
 
-  python3 examples/replay/make_trace.py /tmp/trace --steps 3 --tokens 4096 --top-k 4 \\
+  python3 tools/replay/make_trace.py /tmp/trace --steps 3 --tokens 4096 --top-k 4 \\
       --experts 32 --hot 2 --share 0.5 --seed 1
 """
 import argparse
