@@ -2,7 +2,9 @@
 // against HostSwiGlu<double>, the independent host reference, on the same T-valued inputs
 // and weights. Tasks include empty ones, repeated experts and outputs in a different order
 // than inputs; every output element must be written; the same call twice gives the same
-// bits.
+// bits. Backward likewise against HostSwiGlu<double>::backward: weight gradients in T and
+// in float, saved or recomputed gate|up, overwrite and accumulate, one expert in several
+// tasks.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -23,6 +25,7 @@
 #include "llep/exec/cuda.cuh"
 #include "llep/exec/host.hpp"
 #include "llep/experts/activation.hpp"
+#include "llep/experts/expert_backward.hpp"
 #include "llep/experts/cublas_swiglu.cuh"
 #include "llep/experts/host_swiglu.hpp"
 #include "llep/experts/weight_layout.hpp"
@@ -168,6 +171,148 @@ void check_against_host(llep::ExpertShape shape, std::vector<llep::count_t> task
 
 }  // namespace
 
+// Backward: the same data recipe as check_against_host plus an upstream gradient dy; task
+// i is expert i % 3, so with more than 3 tasks an expert's gradient sums several tasks.
+// Tolerance on max|got - ref| / max|ref| per result array, as forward's: the roundings to T
+// of a and dgu (inputs of the GEMMs, errors ~u each, entering sums of random sign) and of
+// the result (u; none for float gradients) give ~1-3 u; the bound is tolerance<T>() (8-10 u),
+// while a wrong transpose, derivative or bias gives O(1).
+template <class T, class Act, llep::GemmMode Mode, class GW>
+void check_backward(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, bool save, llep::GradMode mode,
+                    std::uint32_t seed) {
+  CAPTURE(shape.hidden);
+  CAPTURE(shape.intermediate);
+  CAPTURE(save);
+  CAPTURE(mode == llep::GradMode::accumulate);
+  std::mt19937 rng(seed);
+  const std::size_t D = shape.d(), H = shape.h(), W = shape.elems();
+  const int experts = 3;
+  const Act act = test_activation<Act>();
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto make = [&](std::size_t n, auto scale_of, std::vector<double>& ref) {
+    std::vector<T> v(n);
+    ref.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      v[i] = from_float<T>(u(rng) * scale_of(i));
+      ref[i] = to_double(v[i]);
+    }
+    return v;
+  };
+  std::vector<double> w_ref, x_ref, dy_ref;
+  const std::vector<T> w = make(experts * W, [&](std::size_t at) {
+    const std::size_t i = at % W;
+    if (i < shape.down_offset()) return 1.7f / std::sqrt(static_cast<float>(D));
+    if (i < shape.gate_up_bias_offset()) return 1.7f / std::sqrt(static_cast<float>(H));
+    return 0.5f;
+  }, w_ref);
+  llep::count_t total = 0, max_rows = 0;
+  for (llep::count_t r : task_rows) total += r, max_rows = std::max(max_rows, r);
+  const auto rows = static_cast<std::size_t>(total);
+  const std::vector<T> x = make(rows * D, [](std::size_t) { return 1.0f; }, x_ref);
+  const std::vector<T> dy = make(rows * D, [](std::size_t) { return 1.0f; }, dy_ref);
+  const bool acc = mode == llep::GradMode::accumulate;
+  std::vector<GW> old(experts * W);
+  for (GW& v : old) v = from_float<GW>(acc ? 0.1f * u(rng) : 0.0f);
+
+  // Reference gradients in double from the same values.
+  std::vector<double> want_dx(rows * D), want_gw(old.size());
+  for (std::size_t i = 0; i < old.size(); ++i) want_gw[i] = to_double(old[i]);
+  {
+    const llep::HostSwiGlu<double, Act> ref(shape, act);
+    std::vector<llep::ExpertGradTask<double>> tasks;
+    for (std::size_t i = 0, at = 0; i < task_rows.size(); at += static_cast<std::size_t>(task_rows[i]), ++i)
+      tasks.push_back({static_cast<int>(i % experts), w_ref.data() + (i % experts) * W, x_ref.data() + at * D,
+                       dy_ref.data() + at * D, want_dx.data() + at * D, want_gw.data() + (i % experts) * W, nullptr,
+                       task_rows[i]});
+    std::vector<std::byte> scratch(ref.backward_scratch_bytes(max_rows, total));
+    llep::HostExec host;
+    ref.backward(host, std::span<const llep::ExpertGradTask<double>>(tasks), mode, scratch.data());
+  }
+
+  // Device: forward (keeping gate|up when `save`), then backward twice.
+  const llep::CublasSwiGlu<T, Act, Mode> gpu(shape, act);
+  DeviceArray<T> d_w(w), d_x(x), d_dy(dy), d_out(rows * D), d_dx(rows * D);
+  DeviceArray<std::byte> saved(rows * gpu.saved_row_bytes() + 256);
+  DeviceArray<std::byte> scratch(std::max(gpu.scratch_bytes(max_rows, total),
+                                          gpu.backward_scratch_bytes(max_rows, total)) + 8);
+  llep::CudaExec exec;
+  std::vector<std::size_t> first_row;
+  for (std::size_t i = 0, at = 0; i < task_rows.size(); at += static_cast<std::size_t>(task_rows[i]), ++i)
+    first_row.push_back(at);
+  if (save) {
+    std::vector<llep::ExpertTask<T>> fwd;
+    for (std::size_t i = 0; i < task_rows.size(); ++i)
+      fwd.push_back({static_cast<int>(i % experts), d_w.get() + (i % experts) * W, d_x.get() + first_row[i] * D,
+                     d_out.get() + first_row[i] * D, task_rows[i]});
+    gpu.compute(exec, std::span<const llep::ExpertTask<T>>(fwd), scratch.get() + 8, saved.get());
+    exec.synchronize();
+    const std::vector<T> kept = d_out.download();
+    gpu.compute(exec, std::span<const llep::ExpertTask<T>>(fwd), scratch.get() + 8);
+    exec.synchronize();
+    const std::vector<T> plain = d_out.download();
+    CHECK(std::memcmp(kept.data(), plain.data(), kept.size() * sizeof(T)) == 0);  // saving changes nothing
+  }
+  DeviceArray<GW> d_gw(old.size());
+  std::vector<llep::ExpertGradTask<T, GW>> tasks;
+  for (std::size_t i = 0; i < task_rows.size(); ++i)
+    tasks.push_back({static_cast<int>(i % experts), d_w.get() + (i % experts) * W, d_x.get() + first_row[i] * D,
+                     d_dy.get() + first_row[i] * D, d_dx.get() + first_row[i] * D, d_gw.get() + (i % experts) * W,
+                     save ? saved.get() + first_row[i] * gpu.saved_row_bytes() : nullptr, task_rows[i]});
+  auto run = [&] {
+    d_gw.upload(old);
+    if (!acc) d_gw.fill_bytes(0xff);  // NaN: overwrite must not read it
+    d_dx.fill_bytes(0xff);
+    gpu.backward(exec, std::span<const llep::ExpertGradTask<T, GW>>(tasks), mode, scratch.get() + 8);
+    exec.synchronize();
+    std::vector<double> dx, gw;
+    for (const T& v : d_dx.download()) dx.push_back(to_double(v));
+    for (const GW& v : d_gw.download()) gw.push_back(to_double(v));
+    return std::pair{dx, gw};
+  };
+  const auto first = run();
+  const auto second = run();
+  CHECK(first == second);  // bit-identical (no NaN is expected; a NaN also fails below)
+  auto ratio = [](const std::vector<double>& got, const std::vector<double>& ref, std::size_t& bad) {
+    double max_ref = 0, max_err = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      if (!std::isfinite(got[i])) ++bad;
+      max_ref = std::max(max_ref, std::abs(ref[i]));
+      max_err = std::max(max_err, std::abs(got[i] - ref[i]));
+    }
+    REQUIRE(max_ref > 0.05);
+    return max_err / max_ref;
+  };
+  std::size_t non_finite = 0;
+  const double e_dx = ratio(first.first, want_dx, non_finite);
+  CHECK(non_finite == 0);
+  // Per expert and per region (W_gu, W_down, biases): each must be right on its own scale.
+  for (int e = 0; e < experts && static_cast<std::size_t>(e) < task_rows.size(); ++e) {  // experts with tasks
+    const std::size_t regions[] = {shape.gate_up_offset(), shape.down_offset(), shape.gate_up_bias_offset(), W};
+    for (std::size_t k = 0; k + 1 < std::size(regions); ++k) {
+      if (regions[k] == regions[k + 1]) continue;
+      const auto at = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * W + regions[k]);
+      const auto end = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * W + regions[k + 1]);
+      const std::vector<double> got(first.second.begin() + at, first.second.begin() + end);
+      const std::vector<double> ref(want_gw.begin() + at, want_gw.begin() + end);
+      CAPTURE(e);
+      CAPTURE(k);
+      CHECK(ratio(got, ref, non_finite) <= tolerance<T>());
+    }
+  }
+  CHECK(non_finite == 0);
+  CAPTURE(e_dx);
+  CHECK(e_dx <= tolerance<T>());
+}
+
+template <class T, class Act, llep::GemmMode Mode>
+void check_backward_all(llep::ExpertShape shape, std::vector<llep::count_t> rows, std::uint32_t seed) {
+  using llep::GradMode;
+  check_backward<T, Act, Mode, T>(shape, rows, false, GradMode::overwrite, seed);
+  check_backward<T, Act, Mode, T>(shape, rows, true, GradMode::accumulate, seed + 1);
+  check_backward<T, Act, Mode, float>(shape, rows, true, GradMode::overwrite, seed + 2);
+  check_backward<T, Act, Mode, float>(shape, rows, false, GradMode::accumulate, seed + 3);
+}
+
 #define LLEP_SWIGLU_CONFIGS(T)                                                                           \
   Config<T, llep::SiluGlu, llep::GemmMode::per_expert>, Config<T, llep::SiluGlu, llep::GemmMode::grouped>, \
       Config<T, llep::GptOssGlu, llep::GemmMode::per_expert>, Config<T, llep::GptOssGlu, llep::GemmMode::grouped>
@@ -185,6 +330,20 @@ TEST_CASE_TEMPLATE("CublasSwiGlu matches HostSwiGlu<double>", C, LLEP_SWIGLU_CON
   SUBCASE("D = 72, H = 40") { check_against_host<T, Act, mode>(llep::ExpertShape{72, 40, bias}, {7, 130, 2}, 2); }
   SUBCASE("D = 33, H = 21") { check_against_host<T, Act, mode>(llep::ExpertShape{33, 21, bias}, {1, 1, 0, 9}, 3); }
   SUBCASE("one task") { check_against_host<T, Act, mode>(llep::ExpertShape{64, 96, bias}, {250}, 4); }
+}
+
+TEST_CASE_TEMPLATE("CublasSwiGlu::backward matches HostSwiGlu<double>::backward", C,
+                   LLEP_SWIGLU_CONFIGS(__nv_bfloat16), LLEP_SWIGLU_CONFIGS(__half), LLEP_SWIGLU_CONFIGS(float)) {
+  using T = typename C::type;
+  using Act = typename C::act;
+  constexpr llep::GemmMode mode = C::mode;
+  const bool bias = Act::has_bias;
+  // Tasks 0 and 3 (expert 0) and 1 and 4 (expert 1) sum into one gradient each.
+  SUBCASE("D = 128, H = 64") {
+    check_backward_all<T, Act, mode>(llep::ExpertShape{128, 64, bias}, {5, 0, 33, 64, 17}, 11);
+  }
+  SUBCASE("D = 33, H = 21") { check_backward_all<T, Act, mode>(llep::ExpertShape{33, 21, bias}, {1, 9, 0, 2}, 12); }
+  SUBCASE("one large task") { check_backward_all<T, Act, mode>(llep::ExpertShape{64, 96, bias}, {250}, 13); }
 }
 
 TEST_CASE("CublasSwiGlu: shapes, scratch and no-work calls") {
@@ -209,5 +368,14 @@ TEST_CASE("CublasSwiGlu: shapes, scratch and no-work calls") {
   e.compute(exec, std::span<const llep::ExpertTask<__nv_bfloat16>>(none), nullptr);  // no rows: nothing to do
   std::vector<llep::ExpertTask<__nv_bfloat16>> bad{{0, nullptr, nullptr, nullptr, 3}};
   CHECK_THROWS_AS(e.compute(exec, std::span<const llep::ExpertTask<__nv_bfloat16>>(bad), nullptr), llep::Error);
+  CHECK(e.weight_bytes() == e.weight_elems() * sizeof(__nv_bfloat16));
+  CHECK(e.row_bytes() == 64 * sizeof(__nv_bfloat16));
+  CHECK(e.backward_scratch_bytes(0, 0) == 0);
+  CHECK(e.backward_scratch_bytes(10, 1000) == e.backward_scratch_bytes(10, 10));
+  using GT = llep::ExpertGradTask<__nv_bfloat16, float>;
+  std::vector<GT> no_dy{{0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 3}};
+  CHECK_THROWS_AS(e.backward(exec, std::span<const GT>(no_dy), llep::GradMode::overwrite, nullptr), llep::Error);
+  std::vector<GT> empty{{0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0}};
+  e.backward(exec, std::span<const GT>(empty), llep::GradMode::overwrite, nullptr);  // nothing to write
   exec.synchronize();
 }

@@ -24,6 +24,17 @@
 // with work, on the then-current device, and set to the exec's stream at every call.
 // Each copy of the functor gets its own handle; one object must not run compute from two
 // threads at once (the handle and the host staging arrays are per object).
+//
+// backward (ExpertBackward) runs per task, in either mode, from the saved gate|up (what
+// compute(..., saved) kept: the GEMM output before biases, in gate_up_type) or recomputing it:
+//   dh^T [H x rows]  = W_down [H x D] dy^T            dgrad of the down projection, float
+//   a, dgu           = Act.grad(gate, up) * dh          one kernel, the host's Act::grad, -> T
+//   dW_down^T [D x H] (+)= dy^T a                       wgrad, C in the gradient type GW
+//   dW_gu^T [2H x D]  (+)= dgu^T x                      wgrad
+//   db_gu, db_down   (+)= column sums of dgu, dy        one kernel, fp32 sums in row order
+//   dx^T [D x rows]  = W_gu dgu^T                       dgrad of the gate|up projection
+// GW is T or float (a fp32 main gradient for 16-bit weights); every GEMM accumulates in
+// fp32. Tasks of one expert add into its gradient in task order (beta = 1 after the first).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -44,6 +55,7 @@
 #include "llep/core/error.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/activation.hpp"
+#include "llep/experts/expert_backward.hpp"
 #include "llep/experts/swiglu_base.hpp"
 #include "llep/experts/weight_layout.hpp"
 
@@ -127,12 +139,61 @@ struct GatedRows {
   }
 };
 
+/// Backward's element-wise step over rows * H: from gate|up (plus biases) and dh, the
+/// activation a (-> T, for dW_down) and dgu = dh * (d_gate | d_up) (-> T, for the GEMMs).
+template <class T, class G, class Act>
+struct GatedRowsBackward {
+  const G* gu;      // [rows x 2H], before biases
+  const float* dh;  // [rows x H]
+  const T* b_gu;    // [2H], null without biases
+  T* a;             // [rows x H]
+  T* dgu;           // [rows x 2H]
+  Act act;
+  std::size_t H;
+
+  __device__ void operator()(std::size_t i) const {
+    using E = element<T>;
+    const std::size_t r = i / H, j = i % H;
+    float gate = static_cast<float>(gu[r * 2 * H + j]), up = static_cast<float>(gu[r * 2 * H + H + j]);
+    if constexpr (Act::has_bias) {
+      gate += E::to_float(b_gu[j]);
+      up += E::to_float(b_gu[H + j]);
+    }
+    const GluGrad<float> q = act.template grad<float>(gate, up);
+    a[i] = E::from_float(q.value);
+    dgu[r * 2 * H + j] = E::from_float(dh[i] * q.d_gate);
+    dgu[r * 2 * H + H + j] = E::from_float(dh[i] * q.d_up);
+  }
+};
+
+/// Bias gradients, one thread per column: b_gu (+)= column sums of dgu [rows x 2H], b_down
+/// (+)= column sums of dy [rows x D], summed in fp32 in row order (deterministic).
+template <class T, class GW>
+struct BiasGrads {
+  const T* dgu;
+  const T* dy;
+  GW* b_gu;
+  GW* b_down;
+  std::size_t H2, D, rows;
+  bool add;
+
+  __device__ void operator()(std::size_t c) const {
+    const bool gate_up = c < H2;
+    const std::size_t col = gate_up ? c : c - H2, stride = gate_up ? H2 : D;
+    const T* src = (gate_up ? dgu : dy) + col;
+    float s = 0.0f;
+    for (std::size_t r = 0; r < rows; ++r) s += element<T>::to_float(src[r * stride]);
+    GW* dst = (gate_up ? b_gu : b_down) + col;
+    *dst = element<GW>::from_float(add ? element<GW>::to_float(*dst) + s : s);
+  }
+};
+
 inline constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 256; }
 
 }  // namespace detail::cublas_swiglu
 
 template <class T, class Act = SiluGlu, GemmMode Mode = GemmMode::per_expert>
-class CublasSwiGlu : public SwiGluBase<Act> {
+class CublasSwiGlu : public SwiGluBase<T, Act> {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half> || std::is_same_v<T, float>,
                 "llep: CublasSwiGlu<T> supports T = __nv_bfloat16, __half or float");
   static_assert(std::is_trivially_copyable_v<Act>, "llep: the activation functor must be trivially copyable");
@@ -148,16 +209,16 @@ class CublasSwiGlu : public SwiGluBase<Act> {
   using gate_up_type = std::conditional_t<Mode == GemmMode::grouped, T, float>;
   static constexpr GemmMode mode = Mode;
 
-  explicit CublasSwiGlu(ExpertShape shape, Act act = Act{}) : SwiGluBase<Act>(shape, act), state_(new State) {
+  explicit CublasSwiGlu(ExpertShape shape, Act act = Act{}) : SwiGluBase<T, Act>(shape, act), state_(new State) {
     constexpr auto int_max = static_cast<std::size_t>(std::numeric_limits<int>::max());
     LLEP_EXPECTS(2 * shape_.h() <= int_max && shape_.d() <= int_max, "D = ", shape_.d(), ", 2H = ", 2 * shape_.h(),
                  " exceed cuBLAS's int dimensions");
   }
   // A copy gets its own cuBLAS handle (created at its first compute).
-  CublasSwiGlu(const CublasSwiGlu& o) : SwiGluBase<Act>(o), state_(new State) {}
+  CublasSwiGlu(const CublasSwiGlu& o) : SwiGluBase<T, Act>(o), state_(new State) {}
   CublasSwiGlu& operator=(const CublasSwiGlu& o) {
     if (this != &o) {
-      SwiGluBase<Act>::operator=(o);
+      SwiGluBase<T, Act>::operator=(o);
       state_.reset(new State);
     }
     return *this;
@@ -177,22 +238,20 @@ class CublasSwiGlu : public SwiGluBase<Act> {
     return c.size + 256;
   }
 
+  /// What compute(..., saved) keeps per row for backward: gate|up before biases.
+  [[nodiscard]] std::size_t saved_row_bytes() const noexcept { return 2 * shape_.h() * sizeof(G); }
+
   /// Runs every task on exec's stream; `scratch` (device) holds scratch_bytes(max rows of
-  /// one task, total rows of `tasks`). Returns before the work is done.
-  void compute(CudaExec& exec, std::span<const ExpertTask<T>> tasks, void* scratch) const {
+  /// one task, total rows of `tasks`). Returns before the work is done. With `saved`
+  /// (device, total rows x saved_row_bytes(), tasks' rows back to back in task order),
+  /// gate|up is kept there for backward instead of in scratch.
+  void compute(CudaExec& exec, std::span<const ExpertTask<T>> tasks, void* scratch, void* saved = nullptr) const {
     count_t max_rows = 0, total = 0;
+    this->scan_tasks(tasks, max_rows, total);
     std::size_t busy = 0;
-    for (const ExpertTask<T>& t : tasks) {
-      LLEP_EXPECTS(t.rows >= 0, "task of expert ", t.expert, " has rows = ", t.rows, "; must be >= 0");
-      if (t.rows == 0) continue;
-      LLEP_EXPECTS(t.weights != nullptr && t.in != nullptr && t.out != nullptr, "task of expert ", t.expert,
-                   " with ", t.rows, " rows has a null weights, in or out pointer");
-      LLEP_EXPECTS(t.rows <= std::numeric_limits<int>::max(), "task of expert ", t.expert, " has ", t.rows,
-                   " rows; cuBLAS takes at most 2^31 - 1");
-      if (t.rows > max_rows) max_rows = t.rows;
-      total += t.rows;
-      ++busy;
-    }
+    for (const ExpertTask<T>& t : tasks) busy += t.rows > 0;
+    LLEP_EXPECTS(max_rows <= std::numeric_limits<int>::max(), "a task has ", max_rows,
+                 " rows; cuBLAS takes at most 2^31 - 1");
     if (max_rows == 0) return;
     LLEP_EXPECTS(scratch != nullptr, "compute needs scratch (scratch_bytes = ", scratch_bytes(max_rows, total),
                  ") but got a null pointer");
@@ -203,16 +262,58 @@ class CublasSwiGlu : public SwiGluBase<Act> {
       const Carve c = carve(static_cast<std::size_t>(max_rows), 0);
       auto* gu = reinterpret_cast<G*>(base + c.gu);
       auto* h = reinterpret_cast<T*>(base + c.h);
-      for (const ExpertTask<T>& t : tasks)
-        if (t.rows > 0) run_one(exec, handle, t, gu, h);
+      auto* keep = static_cast<G*>(saved);
+      std::size_t row = 0;
+      for (const ExpertTask<T>& t : tasks) {
+        if (t.rows > 0) run_one(exec, handle, t, keep ? keep + row * 2 * shape_.h() : gu, h);
+        row += static_cast<std::size_t>(t.rows);
+      }
     } else {
-      run_grouped(exec, handle, tasks, static_cast<std::size_t>(total), busy, base);
+      run_grouped(exec, handle, tasks, static_cast<std::size_t>(total), busy, base, static_cast<G*>(saved));
+    }
+  }
+
+  /// Scratch of backward, per task in either mode: gate|up (when not saved), dh, a and dgu
+  /// for the largest task, plus 256 bytes of alignment slack.
+  [[nodiscard]] std::size_t backward_scratch_bytes(count_t max_task_rows, count_t total_rows) const {
+    this->check_scratch_request(max_task_rows, total_rows);
+    if (max_task_rows == 0) return 0;
+    return carve_backward(static_cast<std::size_t>(max_task_rows)).size + 256;
+  }
+
+  /// Input and weight gradients of every task on exec's stream (see ExpertGradTask); GW is
+  /// T or float. Returns before the work is done.
+  template <class GW>
+  void backward(CudaExec& exec, std::span<const ExpertGradTask<T, GW>> tasks, GradMode mode, void* scratch) const {
+    static_assert(std::is_same_v<GW, T> || std::is_same_v<GW, float>,
+                  "llep: CublasSwiGlu weight gradients are in the weight type or float");
+    count_t max_rows = 0, total = 0;
+    this->scan_grad_tasks(tasks, max_rows, total);
+    LLEP_EXPECTS(max_rows <= std::numeric_limits<int>::max(), "a backward task has ", max_rows,
+                 " rows; cuBLAS takes at most 2^31 - 1");
+    std::byte* base = nullptr;
+    cublasHandle_t handle = nullptr;
+    if (max_rows > 0) {
+      LLEP_EXPECTS(scratch != nullptr, "backward needs scratch (backward_scratch_bytes = ",
+                   backward_scratch_bytes(max_rows, total), ") but got a null pointer");
+      base = static_cast<std::byte*>(scratch);
+      base += (256 - reinterpret_cast<std::uintptr_t>(base) % 256) % 256;
+      handle = handle_on(exec.stream());
+    }
+    for (std::size_t i = 0; i < tasks.size(); ++i) {
+      const ExpertGradTask<T, GW>& t = tasks[i];
+      const bool add = mode == GradMode::accumulate || !detail::first_writer(tasks, i);
+      if (t.rows > 0) {
+        grad_one(exec, handle, t, add, base);
+      } else if (t.grad_weights != nullptr && !add) {  // all-zero bits are 0 in every GW
+        LLEP_CUDA_CHECK(cudaMemsetAsync(t.grad_weights, 0, shape_.elems() * sizeof(GW), exec.stream()));
+      }
     }
   }
 
  private:
-  using SwiGluBase<Act>::shape_;
-  using SwiGluBase<Act>::act_;
+  using SwiGluBase<T, Act>::shape_;
+  using SwiGluBase<T, Act>::act_;
   using G = gate_up_type;
   using TaskRows = detail::cublas_swiglu::TaskRows<T>;
   static constexpr cudaDataType_t t_type = detail::cublas_swiglu::element<T>::type;
@@ -229,6 +330,20 @@ class CublasSwiGlu : public SwiGluBase<Act> {
     c.ptrs = c.h + align_up(rows * shape_.h() * sizeof(T));
     c.table = c.ptrs + align_up(tasks * 6 * sizeof(void*));
     c.size = c.table + tasks * sizeof(TaskRows);
+    return c;
+  }
+
+  struct BackwardCarve {
+    std::size_t gu = 0, dh = 0, a = 0, dgu = 0, size = 0;
+  };
+  [[nodiscard]] BackwardCarve carve_backward(std::size_t rows) const {
+    using detail::cublas_swiglu::align_up;
+    const std::size_t H = shape_.h();
+    BackwardCarve c;
+    c.dh = align_up(rows * 2 * H * sizeof(G));
+    c.a = c.dh + align_up(rows * H * sizeof(float));
+    c.dgu = c.a + align_up(rows * H * sizeof(T));
+    c.size = c.dgu + rows * 2 * H * sizeof(T);
     return c;
   }
 
@@ -276,24 +391,73 @@ class CublasSwiGlu : public SwiGluBase<Act> {
                                                                     n_table, single});
   }
 
+  // gu^T [2H x rows] = W_gu^T x^T, no biases: the first GEMM of forward and of recompute.
+  void gate_up_gemm(cublasHandle_t handle, const T* weights, const T* in, int rows, G* gu) const {
+    const int D = shape_.hidden, H = shape_.intermediate;
+    const float one = 1.0f, zero = 0.0f;
+    LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, 2 * H, rows, D, &one,
+                                   weights + shape_.gate_up_offset(), t_type, 2 * H, in, t_type, D, &zero, gu, g_type,
+                                   2 * H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
   void run_one(CudaExec& exec, cublasHandle_t handle, const ExpertTask<T>& t, G* gu, T* h) const {
     const int D = shape_.hidden, H = shape_.intermediate, rows = static_cast<int>(t.rows);
-    const float one = 1.0f, zero = 0.0f, beta2 = Act::has_bias ? 1.0f : 0.0f;
-    LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, 2 * H, rows, D, &one,
-                                   t.weights + shape_.gate_up_offset(), t_type, 2 * H, t.in, t_type, D, &zero, gu,
-                                   g_type, 2 * H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const float one = 1.0f, beta2 = Act::has_bias ? 1.0f : 0.0f;
+    gate_up_gemm(handle, t.weights, t.in, rows, gu);
     launch_gated(exec, gu, h, static_cast<std::size_t>(rows), nullptr, 0, task_rows(t, 0));
     LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, H, &one,
                                    t.weights + shape_.down_offset(), t_type, D, h, t_type, H, &beta2, t.out, t_type, D,
                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
+  // Backward of one task with rows (see the header comment); `add`: beta = 1 for the
+  // weight gradients.
+  template <class GW>
+  void grad_one(CudaExec& exec, cublasHandle_t handle, const ExpertGradTask<T, GW>& t, bool add,
+                std::byte* base) const {
+    namespace cs = detail::cublas_swiglu;
+    const int D = shape_.hidden, H = shape_.intermediate, rows = static_cast<int>(t.rows);
+    const auto Hz = shape_.h(), Dz = shape_.d(), rz = static_cast<std::size_t>(rows);
+    const BackwardCarve c = carve_backward(rz);
+    const G* gu = static_cast<const G*>(t.saved);
+    if (gu == nullptr) {
+      auto* fresh = reinterpret_cast<G*>(base + c.gu);
+      gate_up_gemm(handle, t.weights, t.in, rows, fresh);
+      gu = fresh;
+    }
+    auto* dh = reinterpret_cast<float*>(base + c.dh);
+    auto* a = reinterpret_cast<T*>(base + c.a);
+    auto* dgu = reinterpret_cast<T*>(base + c.dgu);
+    const float one = 1.0f, zero = 0.0f, beta = add ? 1.0f : 0.0f;
+    constexpr cudaDataType_t gw_type = cs::element<GW>::type;
+    LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, H, rows, D, &one, t.weights + shape_.down_offset(),
+                                   t_type, D, t.grad_out, t_type, D, &zero, dh, CUDA_R_32F, H, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+    const T* b_gu = Act::has_bias ? t.weights + shape_.gate_up_bias_offset() : nullptr;
+    exec.for_each_n(rz * Hz, cs::GatedRowsBackward<T, G, Act>{gu, dh, b_gu, a, dgu, act_, Hz});
+    if (GW* gw = t.grad_weights) {
+      LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, D, H, rows, &one, t.grad_out, t_type, D, a,
+                                     t_type, H, &beta, gw + shape_.down_offset(), gw_type, D, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+      LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, 2 * H, D, rows, &one, dgu, t_type, 2 * H, t.in,
+                                     t_type, D, &beta, gw + shape_.gate_up_offset(), gw_type, 2 * H,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      if constexpr (Act::has_bias)
+        exec.for_each_n(2 * Hz + Dz, cs::BiasGrads<T, GW>{dgu, t.grad_out, gw + shape_.gate_up_bias_offset(),
+                                                           gw + shape_.down_bias_offset(), 2 * Hz, Dz, rz, add});
+    }
+    if (t.grad_in != nullptr)
+      LLEP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, D, rows, 2 * H, &one,
+                                     t.weights + shape_.gate_up_offset(), t_type, 2 * H, dgu, t_type, 2 * H, &zero,
+                                     t.grad_in, t_type, D, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
   void run_grouped(CudaExec& exec, cublasHandle_t handle, std::span<const ExpertTask<T>> tasks, std::size_t total,
-                   std::size_t busy, std::byte* base) const {
+                   std::size_t busy, std::byte* base, G* saved) const {
 #if (CUBLAS_VER_MAJOR * 100 + CUBLAS_VER_MINOR) >= 1205
     const int D = shape_.hidden, H = shape_.intermediate;
     const Carve c = carve(total, total);
-    auto* gu = reinterpret_cast<G*>(base + c.gu);
+    auto* gu = saved != nullptr ? saved : reinterpret_cast<G*>(base + c.gu);
     auto* h = reinterpret_cast<T*>(base + c.h);
     auto* d_ptrs = reinterpret_cast<void**>(base + c.ptrs);
     auto* d_table = reinterpret_cast<TaskRows*>(base + c.table);
@@ -348,7 +512,7 @@ class CublasSwiGlu : public SwiGluBase<Act> {
         t_type, s.lda2.data(), p + 4 * g, t_type, s.ldb2.data(), s.beta2.data(), p + 5 * g, t_type, s.ldc2.data(),
         groups, s.ones.data(), CUBLAS_COMPUTE_32F));
 #else
-    (void)exec, (void)handle, (void)tasks, (void)total, (void)busy, (void)base;
+    (void)exec, (void)handle, (void)tasks, (void)total, (void)busy, (void)base, (void)saved;
 #endif
   }
 
@@ -357,5 +521,7 @@ class CublasSwiGlu : public SwiGluBase<Act> {
 
 static_assert(ExpertCompute<CublasSwiGlu<float>, CudaExec>);
 static_assert(ExpertCompute<CublasSwiGlu<__nv_bfloat16, GptOssGlu, GemmMode::grouped>, CudaExec>);
+static_assert(ExpertBackward<CublasSwiGlu<float>, CudaExec>);
+static_assert(ExpertBackward<CublasSwiGlu<__nv_bfloat16, GptOssGlu, GemmMode::grouped>, CudaExec>);
 
 }  // namespace llep
