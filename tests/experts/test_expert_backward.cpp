@@ -20,6 +20,7 @@
 
 #include "../common/dense_moe.hpp"
 #include "../common/errors.hpp"
+#include "random_tasks.hpp"
 #include "llep/core/concepts.hpp"
 #include "llep/core/error.hpp"
 #include "llep/exec/host.hpp"
@@ -72,18 +73,7 @@ double rel_error(std::span<const T> got, std::span<const double> ref) {
   return err / norm;
 }
 
-template <class Act>
-constexpr dense::Act dense_act() {
-  return Act::has_bias ? dense::Act::gpt_oss : dense::Act::silu;
-}
-
-template <class Act>
-void match_parameters(dense::Moe& moe, const Act& act) {
-  if constexpr (requires { act.alpha; }) {
-    moe.limit = act.limit;
-    moe.alpha = act.alpha;
-  }
-}
+using testexperts::match_parameters;
 
 struct Case {
   std::vector<std::pair<int, count_t>> spec;  // (expert, rows) per task
@@ -187,22 +177,13 @@ std::vector<T> check_backward(const dense::Moe& moe, const Act& act, const Case&
 template <class T, class Act>
 void random_trials(Act act, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> dim(1, 40), n_experts(1, 5), n_tasks(1, 5), pick_rows(0, 6);
-  const count_t row_choices[] = {0, 1, 2, 7, 16, 17, 40};  // around HostSwiGlu's row block
   for (int trial = 0; trial < 30; ++trial) {
-    const int D = dim(rng), H = dim(rng), N = n_experts(rng);
-    auto moe = dense::Moe::random(N, D, H, dense_act<Act>(), rng());
-    match_parameters(moe, act);
-    std::uniform_int_distribution<int> pick_e(0, N - 1);
-    Case c;
-    const int tasks = n_tasks(rng);
-    for (int t = 0; t < tasks; ++t) c.spec.emplace_back(pick_e(rng), row_choices[pick_rows(rng)]);
+    auto r = testexperts::random_tasks(act, trial, rng);
+    Case c{std::move(r.spec), trial % 2 == 1,
+           trial % 3 == 2 ? llep::GradMode::accumulate : llep::GradMode::overwrite};
     c.spec.emplace_back(c.spec.front().first, 3);  // one expert twice: two segments sum
-    if (trial % 4 == 0) c.spec.emplace_back(pick_e(rng), 0);
-    c.save = trial % 2 == 1;
-    c.mode = trial % 3 == 2 ? llep::GradMode::accumulate : llep::GradMode::overwrite;
     CAPTURE(trial);
-    (void)check_backward<T>(moe, act, c, rng);
+    (void)check_backward<T>(r.moe, act, c, rng);
   }
 }
 

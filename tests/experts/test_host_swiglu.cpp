@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../common/dense_moe.hpp"
+#include "random_tasks.hpp"
 #include "llep/core/concepts.hpp"
 #include "llep/core/error.hpp"
 #include "llep/exec/host.hpp"
@@ -56,20 +57,8 @@ double row_error(std::span<const T> got, const std::vector<double>& ref) {
   return err / std::max(std::sqrt(norm), 0.1);
 }
 
-template <class Act>
-constexpr dense::Act dense_act() {
-  return Act::has_bias ? dense::Act::gpt_oss : dense::Act::silu;
-}
-
-// The library's GptOssGlu stores limit and alpha as float; the reference uses the same
-// values as doubles so that double results can be compared at 1e-12.
-template <class Act>
-void match_parameters(dense::Moe& moe, const Act& act) {
-  if constexpr (requires { act.alpha; }) {
-    moe.limit = static_cast<double>(act.limit);
-    moe.alpha = static_cast<double>(act.alpha);
-  }
-}
+using testexperts::dense_act;
+using testexperts::match_parameters;
 
 // One compute call over tasks of the given (expert, rows), rows back to back in one buffer
 // (as the layer lays them out). Checks every row against dense::expert_forward, that nothing
@@ -146,19 +135,10 @@ void check_tasks(const dense::Moe& moe, const Act& act, const std::vector<std::p
 template <class T, class Act>
 void random_trials(Act act, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> dim(1, 40), n_experts(1, 6), n_tasks(1, 6), pick_rows(0, 6);
-  const count_t row_choices[] = {0, 1, 2, 7, 16, 17, 40};  // around HostSwiGlu's row block
   for (int trial = 0; trial < 40; ++trial) {
-    const int D = dim(rng), H = dim(rng), N = n_experts(rng);
-    auto moe = dense::Moe::random(N, D, H, dense_act<Act>(), rng());
-    match_parameters(moe, act);
-    std::uniform_int_distribution<int> pick_e(0, N - 1);
-    std::vector<std::pair<int, count_t>> spec;
-    const int tasks = n_tasks(rng);
-    for (int t = 0; t < tasks; ++t) spec.emplace_back(pick_e(rng), row_choices[pick_rows(rng)]);
-    if (trial % 5 == 0) spec.emplace_back(pick_e(rng), 0);  // an explicit empty task
+    const auto r = testexperts::random_tasks(act, trial, rng);
     CAPTURE(trial);
-    check_tasks<T>(moe, act, spec, rng);
+    check_tasks<T>(r.moe, act, r.spec, rng);
   }
 }
 
