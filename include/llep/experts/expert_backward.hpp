@@ -65,7 +65,7 @@ void expert_backward(const E& ex, Exec& exec, std::span<const ExpertGradTask<T, 
                 "`std::size_t backward_scratch_bytes(count_t max_task_rows, count_t total_rows) const` and "
                 "`void backward(Exec&, std::span<const ExpertGradTask<T, G>>, GradMode, void* scratch) const` "
                 "(see llep/experts/expert_backward.hpp), or train these experts elsewhere");
-  ex.backward(exec, tasks, mode, scratch);
+  if constexpr (ExpertBackward<E, Exec>) ex.backward(exec, tasks, mode, scratch);  // one error, not two
 }
 
 namespace detail {
