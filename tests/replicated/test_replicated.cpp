@@ -56,7 +56,8 @@ void check_placement(const llep::Topology& t, int slots) {
 
 // Independent reference of the per-batch split: single-holder experts stay; replicated
 // experts, by load descending (ties by lower id), hand out their tokens one at a time, each
-// to the least-loaded holder (ties by lower rank); slices in ascending holder rank.
+// to the least-loaded holder (ties by lower rank), then refine (below); slices in
+// ascending holder rank.
 std::vector<llep::Segment> reference_split(const std::vector<count_t>& loads, const llep::Topology& t) {
   const int N = t.experts();
   std::vector<count_t> rank(static_cast<std::size_t>(t.ranks()), 0);
@@ -75,20 +76,39 @@ std::vector<llep::Segment> reference_split(const std::vector<count_t>& loads, co
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
     return loads[static_cast<std::size_t>(a)] > loads[static_cast<std::size_t>(b)];
   });
-  for (const int e : order) {
-    std::vector<count_t> got(static_cast<std::size_t>(t.ranks()), 0);
+  // got[e][r]: tokens of replicated expert e on rank r. Token by token, each to the
+  // least-loaded holder; then up to 16 passes in which each expert takes its tokens back
+  // and hands them out again the same way, until a pass changes nothing.
+  std::vector<std::vector<count_t>> got(static_cast<std::size_t>(N), std::vector<count_t>(static_cast<std::size_t>(t.ranks()), 0));
+  auto hand_out = [&](int e) {
+    auto& g = got[static_cast<std::size_t>(e)];
     for (count_t i = 0; i < loads[static_cast<std::size_t>(e)]; ++i) {
       int best = -1;
       for (const int r : t.holders(e))
         if (best < 0 || rank[static_cast<std::size_t>(r)] < rank[static_cast<std::size_t>(best)]) best = r;
       ++rank[static_cast<std::size_t>(best)];
-      ++got[static_cast<std::size_t>(best)];
+      ++g[static_cast<std::size_t>(best)];
     }
+  };
+  for (const int e : order) hand_out(e);
+  for (int pass = 0; pass < 16 && order.size() > 1; ++pass) {
+    bool changed = false;
+    for (const int e : order) {
+      auto& g = got[static_cast<std::size_t>(e)];
+      const auto before = g;
+      for (int r = 0; r < t.ranks(); ++r) rank[static_cast<std::size_t>(r)] -= g[static_cast<std::size_t>(r)];
+      std::fill(g.begin(), g.end(), 0);
+      hand_out(e);
+      changed = changed || g != before;
+    }
+    if (!changed) break;
+  }
+  for (const int e : order) {
     count_t b = 0;
     for (const int r : t.holders(e))
-      if (got[static_cast<std::size_t>(r)] > 0) {
-        segs.push_back({e, r, b, b + got[static_cast<std::size_t>(r)]});
-        b += got[static_cast<std::size_t>(r)];
+      if (const count_t n = got[static_cast<std::size_t>(e)][static_cast<std::size_t>(r)]; n > 0) {
+        segs.push_back({e, r, b, b + n});
+        b += n;
       }
   }
   std::sort(segs.begin(), segs.end(), llep::segment_order);
@@ -122,7 +142,7 @@ TEST_CASE("Topology with replicas: holds, holders, slots, and the rules it enfor
   CHECK(plain.holders(0)[0] == 1);
   CHECK(plain.slots_per_rank() == 2);
 
-  CHECK_THROWS_WITH_AS(llep::Topology(2, 4, {}, Lists{{3}, {0, 1}}), doctest::Contains("rank 1 holds 2 replicas"),
+  CHECK_THROWS_WITH_AS(llep::Topology(2, 4, {}, Lists{{3}, {0, 1}}), doctest::Contains("rank 1 holds 2 natives + 2 replicas = 4 slots but rank 0 holds 3"),
                        llep::Error);
   CHECK_THROWS_WITH_AS(llep::Topology(2, 4, {}, Lists{{1}, {0}}),
                        doctest::Contains("replica of expert 1 which is already native"), llep::Error);
@@ -231,7 +251,7 @@ TEST_CASE("EPLB placement: bad input is llep::Error naming the value") {
   const std::vector<double> h{1, 2, 3, 4};
   CHECK_THROWS_WITH_AS((void)llep::Replicated::place(h, 2, 1), doctest::Contains("slots_per_rank = 1"), llep::Error);
   CHECK_THROWS_WITH_AS((void)llep::Replicated::place(h, 2, 5), doctest::Contains("[2, 4]"), llep::Error);
-  CHECK_THROWS_WITH_AS((void)llep::Replicated::place(h, 2, 4, 1), doctest::Contains("[2, 2]"), llep::Error);
+  CHECK_THROWS_WITH_AS((void)llep::Replicated::place(h, 2, 5, 1), doctest::Contains("[2, 4]"), llep::Error);
   CHECK_THROWS_WITH_AS((void)llep::Replicated::place(h, 3, 2), doctest::Contains("multiple of ranks P = 3"),
                        llep::Error);
   const std::vector<double> neg{1, -2, 3, 4};

@@ -45,6 +45,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -56,6 +57,20 @@
 #include "llep/plan/planner.hpp"
 
 namespace llep {
+
+/// The weight moves that take `from` to `to`: one (expert, src, dst) for every rank `to`
+/// makes hold an expert that it did not hold under `from`, from the expert's native rank
+/// under `from` (which has the weights). Copies `to` drops need no move. Sorted by
+/// (expert, dst).
+[[nodiscard]] inline std::vector<WeightTransfer> placement_moves(const Topology& from, const Topology& to) {
+  LLEP_EXPECTS(from.ranks() == to.ranks() && from.experts() == to.experts(), "placements differ in shape: P = ",
+               from.ranks(), ", N = ", from.experts(), " against P = ", to.ranks(), ", N = ", to.experts());
+  std::vector<WeightTransfer> moves;
+  for (int e = 0; e < to.experts(); ++e)
+    for (const int r : to.holders(e))
+      if (!from.holds(e, r)) moves.push_back(WeightTransfer{e, from.native_rank(e), r});
+  return moves;
+}
 
 struct Replicated {
   static constexpr std::string_view name = "replicated";
@@ -84,7 +99,44 @@ struct Replicated {
       const count_t la = loads[static_cast<std::size_t>(a)], lb = loads[static_cast<std::size_t>(b)];
       return la != lb ? la > lb : a < b;
     });
-    for (const std::int32_t e : s.order) water_fill(e, loads[static_cast<std::size_t>(e)], topo.holders(e), s, out);
+    // Each replicated expert's amounts per holder, back to back in s.keys (counts >= 0).
+    std::size_t total = 0;
+    for (const std::int32_t e : s.order) total += topo.holders(e).size();
+    s.keys.assign(total, 0);
+    auto amounts = [&](std::size_t off, std::size_t k) { return std::span<std::uint64_t>(s.keys).subspan(off, k); };
+    for (std::size_t off = 0; const std::int32_t e : s.order) {
+      const auto h = topo.holders(e);
+      water_fill(loads[static_cast<std::size_t>(e)], h, s, amounts(off, h.size()));
+      off += h.size();
+    }
+    // Refine: each expert in turn, its tokens taken back and water-filled again given all
+    // the others. A refill never raises the busiest of its holders, so the busiest rank
+    // never gets busier; stop when a pass changes nothing.
+    for (int pass = 0; pass < kRefinePasses && s.order.size() > 1; ++pass) {
+      bool changed = false;
+      for (std::size_t off = 0; const std::int32_t e : s.order) {
+        const auto h = topo.holders(e);
+        const auto a = amounts(off, h.size());
+        for (std::size_t i = 0; i < h.size(); ++i) s.assigned[static_cast<std::size_t>(h[i])] -= static_cast<count_t>(a[i]);
+        auto& before = s.rank_tmp;
+        before.assign(a.begin(), a.end());
+        water_fill(loads[static_cast<std::size_t>(e)], h, s, a);
+        changed = changed || !std::equal(a.begin(), a.end(), before.begin());
+        off += h.size();
+      }
+      if (!changed) break;
+    }
+    for (std::size_t off = 0; const std::int32_t e : s.order) {  // ascending rank: one contiguous slice each
+      const auto h = topo.holders(e);
+      count_t begin = 0;
+      for (std::size_t i = 0; i < h.size(); ++i) {
+        const auto a = static_cast<count_t>(s.keys[off + i]);
+        if (a == 0) continue;
+        out.add_segment(e, h[i], begin, begin + a);
+        begin += a;
+      }
+      off += h.size();
+    }
     // No budget is imposed: like StandardEp, the capacity is the busiest rank's load.
     const auto rl = out.rank_loads();
     out.set_capacity(std::max<count_t>(1, *std::max_element(rl.begin(), rl.end())));
@@ -125,83 +177,59 @@ struct Replicated {
     return place(history, Topology(ranks, std::move(native), rpn), slots_per_rank);
   }
 
-  /// Replicas for `base` (its natives and nodes kept, its replicas replaced) with
-  /// `slots_per_rank` slots per rank; what a re-placement uses when natives must not move.
+  /// Natives-fixed mode: replicas for `base` (its natives and nodes kept, its replicas
+  /// replaced) with `slots_per_rank` slots per rank; copies stay inside their native's node
+  /// while every node has at least that many experts, else they may go to any rank.
   [[nodiscard]] static Topology place(std::span<const double> history, const Topology& base, int slots_per_rank) {
-    const int N = base.experts(), P = base.ranks(), M = base.experts_per_rank(), rpn = base.ranks_per_node();
+    const int N = base.experts(), P = base.ranks();
     check_history(history, N);
-    // A rank holds distinct experts of its own node only: at most ranks_per_node * M.
-    LLEP_EXPECTS(slots_per_rank >= M && slots_per_rank <= rpn * M, "slots_per_rank = ", slots_per_rank,
-                 " must be in [N / P, ranks_per_node * N / P] = [", M, ", ", rpn * M, "]");
-    const int S = slots_per_rank - M;
-    if (S == 0) return base.with_replicas({});
-
-    std::vector<int> copies(static_cast<std::size_t>(N), 1);
-    std::vector<double> est(static_cast<std::size_t>(P), 0.0);  // estimated rank loads
-    std::vector<std::vector<int>> replicas(static_cast<std::size_t>(P));
-    std::vector<char> held(static_cast<std::size_t>(P) * static_cast<std::size_t>(N), 0);
-    auto holds = [&](int r, int e) -> char& {
-      return held[static_cast<std::size_t>(r) * static_cast<std::size_t>(N) + static_cast<std::size_t>(e)];
-    };
-    auto h = [&](int e) { return history[static_cast<std::size_t>(e)]; };
-    // a has a higher load per copy than b (ties by lower id); cross-multiplied, so that
-    // hand-worked ties (100 / 2 against 50 / 1) are exact.
-    auto hotter = [&](int a, int b) {
-      const double x = h(a) * copies[static_cast<std::size_t>(b)], y = h(b) * copies[static_cast<std::size_t>(a)];
-      return x != y ? x > y : a < b;
-    };
-
-    for (int node = 0; node < base.nodes(); ++node) {
-      const int first = node * rpn;
-      std::vector<int> experts;  // the node's experts, ascending
-      for (int e = 0; e < N; ++e)
-        if (base.node_of(base.native_rank(e)) == node) experts.push_back(e);
-      for (const int e : experts) holds(base.native_rank(e), e) = 1;
-
-      // 1. Replicate: the copy counts.
-      for (int i = 0; i < rpn * S; ++i) {
-        int best = -1;
-        for (const int e : experts)
-          if (copies[static_cast<std::size_t>(e)] < rpn && (best < 0 || hotter(e, best))) best = e;
-        ++copies[static_cast<std::size_t>(best)];  // one exists: rpn * slots <= rpn * (rpn * M) copies
-      }
-
-      // 2. Pack the replicas.
-      for (const int e : experts)
-        est[static_cast<std::size_t>(base.native_rank(e))] += h(e) / copies[static_cast<std::size_t>(e)];
-      std::vector<int> items;
-      for (const int e : experts)
-        for (int c = 1; c < copies[static_cast<std::size_t>(e)]; ++c) items.push_back(e);
-      std::stable_sort(items.begin(), items.end(), hotter);  // by share, then id
-      const std::span<double> node_est(est.data() + first, static_cast<std::size_t>(rpn));
-      auto room = [&](int q) { return static_cast<int>(replicas[static_cast<std::size_t>(first + q)].size()) < S; };
-      auto put = [&](int e, int q) {
-        const int r = first + q;
-        replicas[static_cast<std::size_t>(r)].push_back(e);
-        holds(r, e) = 1;
-        est[static_cast<std::size_t>(r)] += h(e) / copies[static_cast<std::size_t>(e)];
-      };
-      for (const int e : items) {
-        const int q = lightest(rpn, node_est, [&](int c) { return room(c) && !holds(first + c, e); });
-        if (q >= 0) {
-          put(e, q);
-          continue;
-        }
-        // Stuck: every rank with room holds e already. Give the slot to the hottest expert
-        // some rank with room lacks; one exists, since a rank with room holds fewer than
-        // slots_per_rank <= rpn * M distinct experts of the node.
-        --copies[static_cast<std::size_t>(e)];
-        int sub = -1;
-        for (const int f : experts) {
-          bool fits = false;
-          for (int r = 0; r < rpn && !fits; ++r) fits = room(r) && !holds(first + r, f);
-          if (fits && (sub < 0 || hotter(f, sub))) sub = f;
-        }
-        ++copies[static_cast<std::size_t>(sub)];
-        put(sub, lightest(rpn, node_est, [&](int q2) { return room(q2) && !holds(first + q2, sub); }));
-      }
+    std::vector<int> natives(static_cast<std::size_t>(P), 0), node_experts(static_cast<std::size_t>(base.nodes()), 0);
+    for (int e = 0; e < N; ++e) {
+      ++natives[static_cast<std::size_t>(base.native_rank(e))];
+      ++node_experts[static_cast<std::size_t>(base.node_of(base.native_rank(e)))];
     }
+    const int most = *std::max_element(natives.begin(), natives.end());
+    LLEP_EXPECTS(slots_per_rank >= most && slots_per_rank <= N, "slots_per_rank = ", slots_per_rank,
+                 " must be in [natives per rank, N] = [", most, ", ", N, "]");
+    if (slots_per_rank == base.experts_per_rank() && most == slots_per_rank) return base.with_replicas({});
+
+    Fill f(history, P);
+    for (int e = 0; e < N; ++e) f.pin(base.native_rank(e), e);
+    std::vector<int> room(static_cast<std::size_t>(P));
+    for (int r = 0; r < P; ++r) room[static_cast<std::size_t>(r)] = slots_per_rank - natives[static_cast<std::size_t>(r)];
+    // A rank holds distinct experts: inside the node while every node has enough of them.
+    const bool per_node =
+        *std::min_element(node_experts.begin(), node_experts.end()) >= slots_per_rank;
+    for (int node = 0; node < (per_node ? base.nodes() : 1); ++node) {
+      std::vector<int> ranks, experts;
+      for (int r = 0; r < P; ++r)
+        if (!per_node || base.node_of(r) == node) ranks.push_back(r);
+      for (int e = 0; e < N; ++e)
+        if (!per_node || base.node_of(base.native_rank(e)) == node) experts.push_back(e);
+      f.fill(ranks, experts, room);
+    }
+    std::vector<std::vector<int>> replicas(static_cast<std::size_t>(P));
+    for (int r = 0; r < P; ++r)
+      for (const int e : f.lists[static_cast<std::size_t>(r)])
+        if (base.native_rank(e) != r) replicas[static_cast<std::size_t>(r)].push_back(e);
     return base.with_replicas(std::move(replicas));
+  }
+
+  /// Full re-placement mode (every slot free, as EPLB): `slots_per_rank` slots on each of
+  /// `current`'s ranks, any expert on any rank, from history loads; `groups` expert groups
+  /// (EPLB's num_groups, 0: one expert each) for the hierarchical candidate. The best
+  /// balance among the candidates (see the top of this file) and, for that balance, the
+  /// fewest weight moves from `current` (placement_moves).
+  [[nodiscard]] static Topology place_full(std::span<const double> history, const Topology& current, int slots_per_rank,
+                                           int groups = 0) {
+    return full(history, &current, current.ranks(), slots_per_rank, current.ranks_per_node(), groups);
+  }
+
+  /// Full re-placement from nothing: P = `ranks` (P need not divide N), natives at each
+  /// expert's lowest holder.
+  [[nodiscard]] static Topology place_full(std::span<const double> history, int ranks, int slots_per_rank,
+                                           int ranks_per_node = 0, int groups = 0) {
+    return full(history, nullptr, ranks, slots_per_rank, ranks_per_node, groups);
   }
 
  private:
@@ -233,16 +261,299 @@ struct Replicated {
     return best;
   }
 
-  // Spreads `l` tokens of expert `e` over its holders (ascending ranks) by water-filling:
-  // see the top of this file. Integer steps only, none of which can overflow: every
-  // increment stays below `l`.
-  static void water_fill(int e, count_t l, std::span<const int> holders, PlanScratch& s, Plan& out) {
+  // EPLB's replicate-then-pack over a pool of ranks and experts, with copies already in
+  // place (pinned) counted: see the top of this file.
+  struct Fill {
+    std::span<const double> h;
+    int N;
+    std::vector<int> copies;              // per expert
+    std::vector<double> est;              // estimated rank loads
+    std::vector<std::vector<int>> lists;  // per rank: the experts it holds
+    std::vector<char> held;               // P x N
+
+    Fill(std::span<const double> history, int P)
+        : h(history),
+          N(static_cast<int>(history.size())),
+          copies(history.size(), 0),
+          est(static_cast<std::size_t>(P), 0.0),
+          lists(static_cast<std::size_t>(P)),
+          held(static_cast<std::size_t>(P) * history.size(), 0) {}
+
+    char& holds(int r, int e) { return held[static_cast<std::size_t>(r) * static_cast<std::size_t>(N) + static_cast<std::size_t>(e)]; }
+    void pin(int r, int e) {
+      holds(r, e) = 1;
+      lists[static_cast<std::size_t>(r)].push_back(e);
+      ++copies[static_cast<std::size_t>(e)];
+    }
+    // a has a higher load per copy than b (ties by lower id); cross-multiplied, so that
+    // hand-worked ties (100 / 2 against 50 / 1) are exact.
+    [[nodiscard]] bool hotter(int a, int b) const {
+      const double x = h[static_cast<std::size_t>(a)] * copies[static_cast<std::size_t>(b)],
+                   y = h[static_cast<std::size_t>(b)] * copies[static_cast<std::size_t>(a)];
+      return x != y ? x > y : a < b;
+    }
+    [[nodiscard]] double share(int e) const { return h[static_cast<std::size_t>(e)] / copies[static_cast<std::size_t>(e)]; }
+
+    // Fills room[r] free slots of each of `ranks` (ascending) with distinct copies of
+    // `experts` (ascending); every expert without a copy gets one. Needs room enough for
+    // those and every rank's room no more than the pool's experts it lacks.
+    void fill(const std::vector<int>& ranks, const std::vector<int>& experts, std::vector<int>& room) {
+      const int R = static_cast<int>(ranks.size());
+      std::vector<int> pinned(experts.size());
+      int free = 0, missing = 0;
+      for (const int r : ranks) free += room[static_cast<std::size_t>(r)];
+      for (std::size_t i = 0; i < experts.size(); ++i) {
+        auto& c = copies[static_cast<std::size_t>(experts[i])];
+        pinned[i] = c;
+        if (c == 0) ++missing, c = 1;
+      }
+      // 1. Replicate: each extra slot to the hottest expert per copy with fewer than R copies.
+      for (int i = 0; i < free - missing; ++i) {
+        int best = -1;
+        for (const int e : experts)
+          if (copies[static_cast<std::size_t>(e)] < R && (best < 0 || hotter(e, best))) best = e;
+        ++copies[static_cast<std::size_t>(best)];  // one exists: room is at most R x |experts| copies
+      }
+      // 2. Pack, heaviest share first, each to the least-loaded rank with room that lacks it.
+      for (const int r : ranks)
+        for (const int e : lists[static_cast<std::size_t>(r)]) est[static_cast<std::size_t>(r)] += share(e);
+      std::vector<int> items;
+      for (std::size_t i = 0; i < experts.size(); ++i)
+        for (int c = pinned[i]; c < copies[static_cast<std::size_t>(experts[i])]; ++c) items.push_back(experts[i]);
+      std::stable_sort(items.begin(), items.end(), [&](int a, int b) { return hotter(a, b); });
+      std::vector<double> pool_est(ranks.size());
+      auto best_rank = [&](int e) {
+        for (int q = 0; q < R; ++q) pool_est[static_cast<std::size_t>(q)] = est[static_cast<std::size_t>(ranks[static_cast<std::size_t>(q)])];
+        const int q = lightest(R, pool_est, [&](int c) {
+          const int r = ranks[static_cast<std::size_t>(c)];
+          return room[static_cast<std::size_t>(r)] > 0 && !holds(r, e);
+        });
+        return q < 0 ? -1 : ranks[static_cast<std::size_t>(q)];
+      };
+      auto put = [&](int e, int r) {
+        lists[static_cast<std::size_t>(r)].push_back(e);
+        holds(r, e) = 1;
+        --room[static_cast<std::size_t>(r)];
+        est[static_cast<std::size_t>(r)] += share(e);
+      };
+      for (const int e : items) {
+        if (const int r = best_rank(e); r >= 0) {
+          put(e, r);
+          continue;
+        }
+        // Stuck: every rank with room holds e already. Give the slot to the hottest expert
+        // some rank with room lacks; one exists, since such a rank holds fewer distinct
+        // experts of the pool than the pool has.
+        --copies[static_cast<std::size_t>(e)];
+        int sub = -1;
+        for (const int g : experts)
+          if (best_rank(g) >= 0 && (sub < 0 || hotter(g, sub))) sub = g;
+        ++copies[static_cast<std::size_t>(sub)];
+        put(sub, best_rank(sub));
+      }
+    }
+  };
+
+  // Max rank load of Replicated's own plan of `history` (scaled to integers) on `t`.
+  static count_t balance_of(std::span<const double> history, const Topology& t, Plan& plan) {
+    double total = 0;
+    for (const double x : history) total += x;
+    std::vector<count_t> loads(history.size(), 0);
+    if (total > 0)
+      for (std::size_t e = 0; e < loads.size(); ++e) loads[e] = std::llround(history[e] * (1e12 / total));
+    Replicated{}.plan(loads, t, plan);
+    const auto rl = plan.rank_loads();
+    return *std::max_element(rl.begin(), rl.end());
+  }
+
+  // Minimum-cost perfect assignment of rows to columns of an n x n matrix (Hungarian
+  // method with potentials, O(n^3)): col[i] for each row i.
+  static std::vector<int> assign(const std::vector<std::vector<long>>& cost) {
+    const int n = static_cast<int>(cost.size());
+    const long inf = std::numeric_limits<long>::max() / 4;
+    std::vector<long> u(static_cast<std::size_t>(n) + 1, 0), v(static_cast<std::size_t>(n) + 1, 0);
+    std::vector<int> p(static_cast<std::size_t>(n) + 1, 0), way(static_cast<std::size_t>(n) + 1, 0);
+    for (int i = 1; i <= n; ++i) {
+      p[0] = i;
+      int j0 = 0;
+      std::vector<long> minv(static_cast<std::size_t>(n) + 1, inf);
+      std::vector<char> used(static_cast<std::size_t>(n) + 1, 0);
+      do {
+        used[static_cast<std::size_t>(j0)] = 1;
+        const int i0 = p[static_cast<std::size_t>(j0)];
+        long delta = inf;
+        int j1 = 0;
+        for (int j = 1; j <= n; ++j) {
+          if (used[static_cast<std::size_t>(j)]) continue;
+          const long cur = cost[static_cast<std::size_t>(i0 - 1)][static_cast<std::size_t>(j - 1)] -
+                           u[static_cast<std::size_t>(i0)] - v[static_cast<std::size_t>(j)];
+          if (cur < minv[static_cast<std::size_t>(j)]) minv[static_cast<std::size_t>(j)] = cur, way[static_cast<std::size_t>(j)] = j0;
+          if (minv[static_cast<std::size_t>(j)] < delta) delta = minv[static_cast<std::size_t>(j)], j1 = j;
+        }
+        for (int j = 0; j <= n; ++j) {
+          if (used[static_cast<std::size_t>(j)]) {
+            u[static_cast<std::size_t>(p[static_cast<std::size_t>(j)])] += delta;
+            v[static_cast<std::size_t>(j)] -= delta;
+          } else {
+            minv[static_cast<std::size_t>(j)] -= delta;
+          }
+        }
+        j0 = j1;
+      } while (p[static_cast<std::size_t>(j0)] != 0);
+      do {
+        const int j1 = way[static_cast<std::size_t>(j0)];
+        p[static_cast<std::size_t>(j0)] = p[static_cast<std::size_t>(j1)];
+        j0 = j1;
+      } while (j0 != 0);
+    }
+    std::vector<int> col(static_cast<std::size_t>(n));
+    for (int j = 1; j <= n; ++j) col[static_cast<std::size_t>(p[static_cast<std::size_t>(j)] - 1)] = j - 1;
+    return col;
+  }
+
+  // Copies of `bin` that `t` already has on rank r.
+  static long overlap(const std::vector<int>& bin, const Topology& t, int r) {
+    long n = 0;
+    for (const int e : bin) n += t.holds(e, r) ? 1 : 0;
+    return n;
+  }
+
+  // Ranks relabelled so that as many copies as possible stay where `current` has them:
+  // bins (rank contents) of one node block go to one node, and the blocks to nodes, each
+  // level an assignment of most overlap. Rank loads only permute: balance is unchanged.
+  static std::vector<std::vector<int>> relabel(std::vector<std::vector<int>> bins, const Topology& current,
+                                               int block) {
+    const int P = current.ranks(), width = block, units = P / block;
+    // cost[b][n]: minus the most overlap of block b's bins with node n's ranks; match[b][n]
+    // the matching that reaches it.
+    std::vector<std::vector<long>> node_cost(static_cast<std::size_t>(units), std::vector<long>(static_cast<std::size_t>(units)));
+    std::vector<std::vector<std::vector<int>>> match(static_cast<std::size_t>(units), std::vector<std::vector<int>>(static_cast<std::size_t>(units)));
+    for (int b = 0; b < units; ++b)
+      for (int n = 0; n < units; ++n) {
+        std::vector<std::vector<long>> c(static_cast<std::size_t>(width), std::vector<long>(static_cast<std::size_t>(width)));
+        for (int i = 0; i < width; ++i)
+          for (int j = 0; j < width; ++j)
+            c[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)] = -overlap(bins[static_cast<std::size_t>(b * width + i)], current, n * width + j);
+        auto& m = match[static_cast<std::size_t>(b)][static_cast<std::size_t>(n)];
+        m = assign(c);
+        long sum = 0;
+        for (int i = 0; i < width; ++i) sum += c[static_cast<std::size_t>(i)][static_cast<std::size_t>(m[static_cast<std::size_t>(i)])];
+        node_cost[static_cast<std::size_t>(b)][static_cast<std::size_t>(n)] = sum;
+      }
+    const auto to_node = assign(node_cost);
+    std::vector<std::vector<int>> out(static_cast<std::size_t>(P));
+    for (int b = 0; b < units; ++b) {
+      const int n = to_node[static_cast<std::size_t>(b)];
+      for (int i = 0; i < width; ++i)
+        out[static_cast<std::size_t>(n * width + match[static_cast<std::size_t>(b)][static_cast<std::size_t>(n)][static_cast<std::size_t>(i)])] =
+            std::move(bins[static_cast<std::size_t>(b * width + i)]);
+    }
+    return out;
+  }
+
+  static Topology full(std::span<const double> history, const Topology* current, int P, int slots, int rpn_in,
+                       int groups) {
+    LLEP_EXPECTS(P > 0, "ranks P = ", P, " must be > 0");
+    const int N = static_cast<int>(history.size());
+    LLEP_EXPECTS(N > 0, "history loads hold 0 entries; N must be > 0");
+    check_history(history, N);
+    LLEP_EXPECTS(current == nullptr || (current->experts() == N && current->ranks() == P), "history loads hold ", N,
+                 " entries but the topology has N = ", current ? current->experts() : N, " experts");
+    const int rpn = rpn_in == 0 ? P : rpn_in;
+    LLEP_EXPECTS(rpn > 0 && P % rpn == 0, "ranks_per_node = ", rpn_in, " must divide ranks P = ", P);
+    const int nodes = P / rpn;
+    LLEP_EXPECTS(static_cast<long>(slots) * P >= N && slots <= N, "slots_per_rank = ", slots,
+                 " must be in [ceil(N / P), N] = [", (N + P - 1) / P, ", ", N, "]");
+    const int g = groups == 0 ? N : groups;
+    LLEP_EXPECTS(g > 0 && g <= N, "groups = ", groups, " must be in [0, N = ", N, "]");
+
+    struct Candidate {
+      std::vector<std::vector<int>> bins;
+      int block;  // ranks per relabelling block: rpn (hierarchical) or P (global)
+    };
+    std::vector<Candidate> cands;
+    {  // global: one pool of every rank and expert
+      Fill f(history, P);
+      std::vector<int> ranks(static_cast<std::size_t>(P)), experts(static_cast<std::size_t>(N));
+      for (int r = 0; r < P; ++r) ranks[static_cast<std::size_t>(r)] = r;
+      for (int e = 0; e < N; ++e) experts[static_cast<std::size_t>(e)] = e;
+      std::vector<int> room(static_cast<std::size_t>(P), slots);
+      f.fill(ranks, experts, room);
+      cands.push_back({std::move(f.lists), P});
+    }
+    // hierarchical (EPLB's): groups packed onto nodes, then a pool per node.
+    if (nodes > 1 && N % g == 0 && g % nodes == 0 && slots <= N / nodes) {
+      const int size = N / g, per_node = g / nodes;
+      std::vector<double> load(static_cast<std::size_t>(g), 0.0), node_load(static_cast<std::size_t>(nodes), 0.0);
+      for (int e = 0; e < N; ++e) load[static_cast<std::size_t>(e / size)] += history[static_cast<std::size_t>(e)];
+      std::vector<int> count(static_cast<std::size_t>(nodes), 0);
+      std::vector<std::vector<int>> node_experts(static_cast<std::size_t>(nodes));
+      for (const int grp : by_history(load)) {
+        const int n = lightest(nodes, node_load, [&](int q) { return count[static_cast<std::size_t>(q)] < per_node; });
+        node_load[static_cast<std::size_t>(n)] += load[static_cast<std::size_t>(grp)];
+        ++count[static_cast<std::size_t>(n)];
+        for (int e = grp * size; e < (grp + 1) * size; ++e) node_experts[static_cast<std::size_t>(n)].push_back(e);
+      }
+      Fill f(history, P);
+      std::vector<int> room(static_cast<std::size_t>(P), slots);
+      for (int n = 0; n < nodes; ++n) {
+        auto& ex = node_experts[static_cast<std::size_t>(n)];
+        std::sort(ex.begin(), ex.end());
+        std::vector<int> ranks;
+        for (int r = n * rpn; r < (n + 1) * rpn; ++r) ranks.push_back(r);
+        f.fill(ranks, ex, room);
+      }
+      cands.push_back({std::move(f.lists), rpn});
+    }
+
+    // Natives: the rank that was native, else one that held the expert, else the lowest holder.
+    auto natives_of = [&](const std::vector<std::vector<int>>& bins) {
+      std::vector<int> native(static_cast<std::size_t>(N), -1);
+      for (int r = P - 1; r >= 0; --r)
+        for (const int e : bins[static_cast<std::size_t>(r)]) {
+          auto pref = [&](int q) { return current == nullptr ? 2 : q == current->native_rank(e) ? 0 : current->holds(e, q) ? 1 : 2; };
+          auto& n = native[static_cast<std::size_t>(e)];
+          if (n < 0 || pref(r) <= pref(n)) n = r;
+        }
+      return native;
+    };
+    Plan plan;
+    std::optional<Topology> best;
+    count_t best_max = 0;
+    std::size_t best_moves = 0;
+    auto consider = [&](Topology t) {
+      const count_t m = balance_of(history, t, plan);
+      const std::size_t moves = current ? placement_moves(*current, t).size() : 0;
+      if (!best || m < best_max || (m == best_max && moves < best_moves)) {
+        best_max = m;
+        best_moves = moves;
+        best = std::move(t);
+      }
+    };
+    for (auto& c : cands) {
+      auto bins = current ? relabel(std::move(c.bins), *current, c.block) : std::move(c.bins);
+      auto native = natives_of(bins);
+      consider(Topology::from_held(P, N, std::move(bins), std::move(native), rpn));
+    }
+    // Natives-fixed, when `current`'s natives fit: fewest moves when it balances as well.
+    if (current != nullptr) {
+      std::vector<int> natives(static_cast<std::size_t>(P), 0);
+      for (int e = 0; e < N; ++e) ++natives[static_cast<std::size_t>(current->native_rank(e))];
+      if (*std::max_element(natives.begin(), natives.end()) <= slots) consider(place(history, *current, slots));
+    }
+    return std::move(*best);
+  }
+
+  static constexpr int kRefinePasses = 16;
+
+  // Spreads `l` tokens over `holders` (ascending ranks) by water-filling: see the top of
+  // this file. Writes each holder's amount to `amount` and adds it to s.assigned. Integer
+  // steps only, none of which can overflow: every increment stays below `l`.
+  static void water_fill(count_t l, std::span<const int> holders, PlanScratch& s, std::span<std::uint64_t> amount) {
     const std::size_t k = holders.size();
     auto load = [&](std::size_t i) { return s.assigned[static_cast<std::size_t>(holders[i])]; };
-    auto& idx = s.pending;     // holder positions, least loaded first
-    auto& amount = s.rank_tmp;  // per holder position; -1: not filled
+    auto& idx = s.pending;  // holder positions, least loaded first
     idx.resize(k);
-    amount.assign(k, -1);
     for (std::size_t i = 0; i < k; ++i) idx[i] = static_cast<count_t>(i);
     std::sort(idx.begin(), idx.end(), [&](count_t a, count_t b) {
       const count_t la = load(static_cast<std::size_t>(a)), lb = load(static_cast<std::size_t>(b));
@@ -259,19 +570,16 @@ struct Replicated {
     const count_t base = load(static_cast<std::size_t>(idx[j - 1]));
     const count_t each = (l - used) / static_cast<count_t>(j);
     count_t extra = (l - used) % static_cast<count_t>(j);
+    std::fill(amount.begin(), amount.end(), 0);
+    // Filled holders get base - load + each; the remainder one token each to the
+    // lowest-ranked of them (idx[0..j) sorted by position is by rank).
+    std::sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(j));
     for (std::size_t t = 0; t < j; ++t) {
       const auto i = static_cast<std::size_t>(idx[t]);
-      amount[i] = base - load(i) + each;
-    }
-    count_t begin = 0;
-    for (std::size_t i = 0; i < k; ++i) {  // ascending rank: one contiguous slice each
-      if (amount[i] < 0) continue;
-      const count_t a = amount[i] + (extra > 0 ? 1 : 0);
+      const count_t a = base - load(i) + each + (extra > 0 ? 1 : 0);
       if (extra > 0) --extra;
-      if (a == 0) continue;
-      out.add_segment(e, holders[i], begin, begin + a);
+      amount[i] = static_cast<std::uint64_t>(a);
       s.assigned[static_cast<std::size_t>(holders[i])] += a;
-      begin += a;
     }
   }
 };
@@ -297,19 +605,5 @@ struct ReplacementPolicy {
            (imbalance_threshold > 0 && observed_imbalance >= imbalance_threshold);
   }
 };
-
-/// The weight moves that take `from` to `to`: one (expert, src, dst) for every rank `to`
-/// makes hold an expert that it did not hold under `from`, from the expert's native rank
-/// under `from` (which has the weights). Copies `to` drops need no move. Sorted by
-/// (expert, dst).
-[[nodiscard]] inline std::vector<WeightTransfer> placement_moves(const Topology& from, const Topology& to) {
-  LLEP_EXPECTS(from.ranks() == to.ranks() && from.experts() == to.experts(), "placements differ in shape: P = ",
-               from.ranks(), ", N = ", from.experts(), " against P = ", to.ranks(), ", N = ", to.experts());
-  std::vector<WeightTransfer> moves;
-  for (int e = 0; e < to.experts(); ++e)
-    for (const int r : to.holders(e))
-      if (!from.holds(e, r)) moves.push_back(WeightTransfer{e, from.native_rank(e), r});
-  return moves;
-}
 
 }  // namespace llep
