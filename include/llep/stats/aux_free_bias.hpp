@@ -75,7 +75,8 @@ inline void adjust_biases(std::span<float> bias, std::span<const count_t> loads,
   }
 }
 
-class AuxFreeBias {
+// Extends ExactCounts: the same exchange and views, plus the biases.
+class AuxFreeBias : private ExactCounts {
  public:
   static constexpr std::string_view name = "aux-free-bias";
 
@@ -88,8 +89,8 @@ class AuxFreeBias {
   template <class Exec, class T>
   void update(Exec& exec, T& transport, const std::int32_t* ids, std::size_t pairs, StepShape shape,
               RouteFlags flags = {}) {
-    exact_.update(exec, transport, ids, pairs, shape, flags);
-    const auto l = exact_.loads();
+    ExactCounts::update(exec, transport, ids, pairs, shape, flags);
+    const auto l = loads();
     if (steps_ == 0) bias_.assign(l.size(), 0.0f);
     LLEP_EXPECTS(l.size() == bias_.size(), "AuxFreeBias holds biases of N = ", bias_.size(),
                  " experts but this step has N = ", l.size(), "; call reset_biases() first");
@@ -97,9 +98,9 @@ class AuxFreeBias {
     ++steps_;
   }
 
-  [[nodiscard]] CountsView counts() const { return exact_.counts(); }
-  [[nodiscard]] std::span<const count_t> loads() const { return exact_.loads(); }
-  [[nodiscard]] std::span<const count_t> local_counts() const { return exact_.local_counts(); }
+  using ExactCounts::counts;
+  using ExactCounts::loads;
+  using ExactCounts::local_counts;
 
   /// b_e for the router's next step (empty before the first step): pass to route_topk.
   [[nodiscard]] std::span<const float> biases() const noexcept { return bias_; }
@@ -112,7 +113,6 @@ class AuxFreeBias {
   }
 
  private:
-  ExactCounts exact_;
   AuxFreeBiasConfig config_;
   std::vector<float> bias_;
   std::uint64_t steps_ = 0;
