@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   doctest::Context ctx(argc, argv);
+  // mpirun hands the processes a terminal: no colour codes, so the summary line parses.
+  ctx.setOption("no-colors", true);
   if (rank != 0) ctx.setOption("minimal", true);
   int rc = ctx.run();
   if (ctx.shouldExit()) {
