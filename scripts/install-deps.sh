@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, through apt-get, only the build and test packages that are not there yet.
 set -euo pipefail
-want=(meson ninja-build pkg-config g++ doctest-dev libcli11-dev nlohmann-json3-dev python3)
+want=(meson ninja-build pkg-config g++ doctest-dev libcli11-dev nlohmann-json3-dev python3 libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
