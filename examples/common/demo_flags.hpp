@@ -3,6 +3,7 @@
 // can use the scenario without compiling CLI11.
 #include <CLI/CLI.hpp>
 
+#include "common/cli.hpp"
 #include "demo_scenario.hpp"
 
 namespace llep::examples {
@@ -31,6 +32,7 @@ inline void add_demo_flags(CLI::App& app, DemoOptions& o) {
       ->check(CLI::Range(1, 1000));
   app.add_option("--seed", o.seed, "Seed of weights, tokens and routing")->capture_default_str();
   app.add_flag("!--no-check", o.check, "Skip the comparison with the dense reference");
+  add_memory_flag(app, o.max_memory_gb);
 }
 
 }  // namespace llep::examples

@@ -25,6 +25,7 @@ struct DemoOptions {
   std::uint64_t seed = 1;
   bool check = true;
   int check_tokens = 1 << 30;  // tokens per rank compared with the dense reference
+  double max_memory_gb = 4;     // refuse a run estimated to need more (GB, 1e9 bytes)
 
   [[nodiscard]] sim::Skew skew() const { return {hot_experts, hot_share}; }
   [[nodiscard]] ExpertShape shape() const { return {hidden, intermediate, false}; }
@@ -36,6 +37,20 @@ struct DemoOptions {
     LLEP_EXPECTS(top_k <= experts, "--top-k K = ", top_k, " must be <= N = ", experts);
     skew().check(experts);
     planner().check();
+    LLEP_EXPECTS(std::isfinite(max_memory_gb) && max_memory_gb > 0, "--max-memory-gb = ", max_memory_gb,
+                 " must be > 0");
+    LLEP_EXPECTS(memory_bytes() <= max_memory_gb * 1e9, "this run needs about ", memory_bytes() / 1e9,
+                 " GB (N = ", experts, " experts of 3 x D x H = 3 x ", hidden, " x ", intermediate,
+                 " floats, held about 3 times, and P x B tokens), more than --max-memory-gb ", max_memory_gb,
+                 "; shrink it or raise the limit");
+  }
+  /// Estimated bytes of a run, in floating point (no overflow): every expert's weights held
+  /// by the scenario, the ranks' native copies and the foreign copies LLEP moves; each rank's
+  /// tokens, ids, gates, outputs and the layer's rows.
+  [[nodiscard]] double memory_bytes() const {
+    const double weights = 3.0 * experts * 3.0 * hidden * intermediate * sizeof(float);
+    const double rows = double(ranks) * tokens * (6.0 * hidden * sizeof(float) + top_k * 8.0 * (1.0 + hidden));
+    return weights + rows;
   }
 };
 

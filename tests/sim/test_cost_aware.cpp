@@ -18,6 +18,7 @@
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/cost_model.hpp"
+#include "llep/sim/gemm_csv.hpp"
 
 namespace {
 
@@ -152,7 +153,7 @@ TEST_CASE("undoing any one spill never lowers the native rank's modelled compute
   const char* csv = std::getenv("LLEP_GEMM_CSV");
   if (csv != nullptr) {
     auto m = std::make_shared<sim::CostModel>();
-    m->gemm = sim::GemmProfile::load_csv(csv);
+    m->gemm = sim::load_gemm_csv(csv);
     models.push_back(m);
   }
   int spills = 0;
@@ -184,7 +185,7 @@ TEST_CASE("paper scenarios: CostAware's predicted step time against EP and LLA")
   std::vector<std::shared_ptr<sim::CostModel>> models{std::make_shared<sim::CostModel>()};
   if (const char* csv = std::getenv("LLEP_GEMM_CSV")) {
     auto m = std::make_shared<sim::CostModel>();
-    m->gemm = sim::GemmProfile::load_csv(csv);
+    m->gemm = sim::load_gemm_csv(csv);
     models.push_back(m);
   }
   int total = 0, not_best = 0;

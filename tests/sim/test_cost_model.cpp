@@ -16,6 +16,7 @@
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/cost_model.hpp"
+#include "llep/sim/gemm_csv.hpp"
 #include "llep/sim/routing.hpp"
 
 namespace {
@@ -24,6 +25,8 @@ using llep::count_t;
 using llep::sim::CostModel;
 using llep::sim::FfnShape;
 using llep::sim::GemmProfile;
+using llep::sim::load_gemm_csv;
+using llep::sim::parse_gemm_csv;
 using llep::sim::Skew;
 
 const FfnShape kGptOss{"gpt-oss-120b", 2880, 2880};
@@ -54,7 +57,7 @@ const char* kCsv =
 }  // namespace
 
 TEST_CASE("compute time is monotone in rows, roofline and measured curves") {
-  const GemmProfile profiles[] = {GemmProfile::roofline(), GemmProfile::parse_csv(kCsv, "curve.csv")};
+  const GemmProfile profiles[] = {GemmProfile::roofline(), parse_gemm_csv(kCsv, "curve.csv")};
   for (const GemmProfile& g : profiles)
     for (const FfnShape& s : {kGptOss, kDeepSeek}) {
       if (g.calibrated() && s.name != kGptOss.name) continue;
@@ -67,12 +70,12 @@ TEST_CASE("compute time is monotone in rows, roofline and measured curves") {
       CHECK(g.ffn_seconds(0, s, 2) == 0);
     }
   // The measured points are reproduced; grouped rows stay out of a per_expert profile.
-  const auto g = GemmProfile::parse_csv(kCsv, "curve.csv");
+  const auto g = parse_gemm_csv(kCsv, "curve.csv");
   CHECK(g.ffn_seconds(1024, kGptOss, 2) == doctest::Approx(0.060e-3));
   CHECK(g.ffn_seconds(2048, kGptOss, 2) == doctest::Approx(0.060e-3));  // noise raised to its left neighbour
   CHECK(g.ffn_seconds(8, kGptOss, 2) == doctest::Approx(0.030e-3));
   CHECK(g.ffn_seconds(131072, kGptOss, 2) == doctest::Approx(3.8e-3));
-  CHECK(GemmProfile::parse_csv(kCsv, "curve.csv", "grouped").ffn_seconds(1024, kGptOss, 2) == doctest::Approx(0.5e-3));
+  CHECK(parse_gemm_csv(kCsv, "curve.csv", "grouped").ffn_seconds(1024, kGptOss, 2) == doctest::Approx(0.5e-3));
   CHECK(error_of([&] { (void)g.ffn_seconds(10, kDeepSeek, 2); }).find("deepseek-v3") != std::string::npos);
   // Roofline: large GEMMs approach flops / peak.
   const auto r = GemmProfile::roofline();
@@ -82,7 +85,7 @@ TEST_CASE("compute time is monotone in rows, roofline and measured curves") {
 }
 
 TEST_CASE("the CSV parser rejects malformed input, naming file and line") {
-  auto err = [](const std::string& text) { return error_of([&] { (void)GemmProfile::parse_csv(text, "bad.csv"); }); };
+  auto err = [](const std::string& text) { return error_of([&] { (void)parse_gemm_csv(text, "bad.csv"); }); };
   const std::string h = "shape,mode,rows,ms,tflops\n";
   CHECK(err("").find("bad.csv") != std::string::npos);
   CHECK(err("shape,mode,rows,ms\n").find("bad.csv:1") != std::string::npos);
@@ -98,10 +101,24 @@ TEST_CASE("the CSV parser rejects malformed input, naming file and line") {
   CHECK(err(h + ",per_expert,16,0.03,1\n").find("bad.csv:2: empty shape") != std::string::npos);
   CHECK(err(h + "a,per_expert,16,0.03,1\na,per_expert,16,0.04,1\n").find("bad.csv:3") != std::string::npos);
   CHECK(err(h + "a,grouped,16,0.03,1\n").find("no measurement of mode per_expert") != std::string::npos);
-  CHECK(error_of([] { (void)GemmProfile::load_csv("/nonexistent/curve.csv"); }).find("/nonexistent/curve.csv") !=
+  CHECK(error_of([] { (void)load_gemm_csv("/nonexistent/curve.csv"); }).find("/nonexistent/curve.csv") !=
         std::string::npos);
   // Spaces around fields and CRLF line ends are fine.
-  CHECK_NOTHROW((void)GemmProfile::parse_csv("shape, mode ,rows,ms,tflops\r\n a ,per_expert, 16 ,0.03,1\r\n", "ok.csv"));
+  CHECK_NOTHROW((void)parse_gemm_csv("shape, mode ,rows,ms,tflops\r\n a ,per_expert, 16 ,0.03,1\r\n", "ok.csv"));
+}
+
+TEST_CASE("the CSV parser reads 200k lines, every shape distinct, and finds a duplicate on the last") {
+  // Quadratic in lines before (a duplicate check and a curve lookup per line, 60k lines
+  // took minutes); this case then ran past Meson's timeout.
+  std::string text = "shape,mode,rows,ms,tflops\n";
+  constexpr int kLines = 200000;
+  for (int i = 0; i < kLines; ++i) text += "s" + std::to_string(i) + ",per_expert," + std::to_string(16 + i % 7) + ",0.03,1\n";
+  const auto g = parse_gemm_csv(text, "big.csv");
+  CHECK(g.ffn_seconds(1, FfnShape{"s12345", 2880, 2880}, 2) == doctest::Approx(0.03e-3));
+  const std::string dup = text + "s777,per_expert," + std::to_string(16 + 777 % 7) + ",0.04,1\n";
+  CHECK(error_of([&] { (void)parse_gemm_csv(dup, "big.csv"); }).find("big.csv:" + std::to_string(kLines + 2) +
+                                                                       ": (s777, per_expert, 16) was already given "
+                                                                       "on line 779") != std::string::npos);
 }
 
 TEST_CASE("token traffic agrees with llep::Layout's send and receive counts") {
@@ -220,7 +237,7 @@ TEST_CASE("the model's LLEP speedup over EP grows with the skew") {
 // can beat the ideal's compute (a few large GEMMs run faster than N balanced ones), so the
 // ideal is a reference there, not a bound (docs/cost-model.md).
 TEST_CASE("the force-balanced ideal is no slower than any plan") {
-  const CostModel models[] = {CostModel{}, CostModel{GemmProfile::parse_csv(kCsv, "curve.csv"), {}, 2}};
+  const CostModel models[] = {CostModel{}, CostModel{parse_gemm_csv(kCsv, "curve.csv"), {}, 2}};
   for (const CostModel& model : models)
     for (const int P : {2, 8, 32, 128}) {
       const int N = 128;

@@ -15,13 +15,19 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "../common/spawn.hpp"
 #include "llep/plan/adaptive.hpp"
+#include "llep/plan/cost_aware.hpp"
 #include "llep/plan/least_loaded.hpp"
+#include "llep/plan/memory_cap.hpp"
+#include "llep/plan/node_aware.hpp"
+#include "llep/plan/quota_search.hpp"
+#include "llep/plan/replicated.hpp"
 #include "llep/plan/standard_ep.hpp"
 
 namespace {
@@ -266,6 +272,59 @@ TEST_CASE("llep-plan: ep, llep and adaptive plans are consistent with the loads"
       }
     }
   }
+}
+
+TEST_CASE("llep-plan: offers every planner, each plan the library's for the same settings") {
+  const std::vector<count_t> loads = skewed(32, 5, 9000, 3);
+  const int P = 8, rpn = 4;
+  const count_t m = 64, cap = 5000;
+  const int slots = 2;
+  const llep::Topology topo(P, static_cast<int>(loads.size()), rpn);
+  const llep::LeastLoaded ll{1.0, m};
+  auto model = std::make_shared<const llep::sim::CostModel>();
+  const llep::sim::FfnShape shape{"gpt-oss-120b", 2880, 2880};  // --shape's default
+  struct Want {
+    std::string policy;
+    llep::Plan plan;
+  };
+  std::vector<Want> want(5);
+  want[0].policy = "node-aware";
+  llep::NodeAware{1.0, m}.plan(loads, topo, want[0].plan);
+  want[1].policy = "quota";
+  llep::QuotaSearch{m}.plan(loads, topo, want[1].plan);
+  want[2].policy = "cost_aware";
+  llep::CostAware{1.0, m, model, shape}.plan(loads, topo, want[2].plan);
+  want[3].policy = "replicated";  // placed from this step's loads (no history yet)
+  const std::vector<double> history(loads.begin(), loads.end());
+  llep::Replicated{}.plan(loads, llep::Replicated::place(history, topo, topo.experts_per_rank() + slots), want[3].plan);
+  want[4].policy = "capped";
+  llep::Capped<llep::LeastLoaded>{ll, llep::MemoryCap::rows(cap)}.plan(loads, topo, want[4].plan);
+  for (const Want& w : want) {
+    CAPTURE(w.policy);
+    const Run r = run_plan({"--loads", join(loads), "--ranks", std::to_string(P), "--ranks-per-node",
+                            std::to_string(rpn), "--policy", w.policy, "--min-gemm", std::to_string(m),
+                            "--replica-slots", std::to_string(slots), "--cap-rows", std::to_string(cap)});
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const json j = json::parse(r.out);
+    CHECK(j["policy"] == w.policy);
+    CHECK(j["chosen"] == std::string(w.plan.policy()));
+    CHECK(j["capacity"].get<count_t>() == w.plan.capacity());
+    std::vector<std::tuple<int, int, count_t, count_t>> got, expect;
+    for (const json& a : j["assignments"])
+      for (const json& sg : a["segments"])
+        got.emplace_back(a["expert"].get<int>(), sg["rank"].get<int>(), sg["begin"].get<count_t>(),
+                         sg["end"].get<count_t>());
+    for (const llep::Segment& sg : w.plan.segments()) expect.emplace_back(sg.expert, sg.rank, sg.begin, sg.end);
+    CHECK(got == expect);
+    CHECK(j["weight_transfers"].size() == w.plan.weight_transfers().size());
+  }
+  // capped needs its cap; the help lists every planner.
+  const Run no_cap = run_plan({"--loads", "1,2", "--ranks", "1", "--policy", "capped"});
+  CHECK(no_cap.code == 2);
+  CHECK(no_cap.err.find("--cap-rows") != std::string::npos);
+  const Run help = run_plan({"--help"});
+  for (const char* name : {"ep", "llep", "adaptive", "node-aware", "quota", "cost_aware", "replicated", "capped"})
+    CHECK_MESSAGE(help.out.find(name) != std::string::npos, "--help lacks ", name);
 }
 
 TEST_CASE("llep-plan: adaptive switches at lambda") {

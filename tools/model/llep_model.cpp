@@ -21,6 +21,7 @@
 #include "common/scenarios.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/cost_model.hpp"
+#include "llep/sim/gemm_csv.hpp"
 
 namespace {
 
@@ -112,7 +113,7 @@ int main(int argc, char** argv) {
     const int rpn = ranks < ranks_per_node ? ranks : ranks_per_node;
     LLEP_EXPECTS(ranks % rpn == 0, "--ranks-per-node ", ranks_per_node, " must divide --ranks ", ranks);
     sim::CostModel model;
-    if (!gemm_csv.empty()) model.gemm = sim::GemmProfile::load_csv(gemm_csv, gemm_mode);
+    if (!gemm_csv.empty()) model.gemm = sim::load_gemm_csv(gemm_csv, gemm_mode);
     model.link = sim::LinkModel{link_gbps * 1e9, inter_gbps * 1e9, intra_lat_us * 1e-6, inter_lat_us * 1e-6};
     model.link.check();
     const llep::LeastLoaded lla{alpha, min_gemm};

@@ -25,28 +25,10 @@
 
 #include "common/cli.hpp"
 #include "common/scenarios.hpp"
+#include "common/planners.hpp"
 #include "llep/core/counts.hpp"
-#include "llep/plan/adaptive.hpp"
-#include "llep/plan/least_loaded.hpp"
-#include "llep/plan/standard_ep.hpp"
-// The variants of issue 6, each replayed when its header is there.
-#if __has_include("llep/plan/node_aware.hpp")
-#include "llep/plan/node_aware.hpp"
-#define LLEP_REPLAY_NODE_AWARE 1
-#endif
-#if __has_include("llep/plan/quota_search.hpp")
-#include "llep/plan/quota_search.hpp"
-#define LLEP_REPLAY_QUOTA 1
-#endif
-#if __has_include("llep/plan/cost_aware.hpp")
-#include "llep/plan/cost_aware.hpp"
-#define LLEP_REPLAY_COST_AWARE 1
-#endif
-#if __has_include("llep/plan/replicated.hpp")
-#include "llep/plan/replicated.hpp"
-#define LLEP_REPLAY_REPLICATED 1
-#endif
 #include "llep/sim/cost_model.hpp"
+#include "llep/sim/gemm_csv.hpp"
 #include "llep/sim/npy.hpp"
 
 namespace {
@@ -67,8 +49,7 @@ struct Trace {
   std::vector<count_t> loads;   // l[e]
 };
 
-// What a planner sees beside the loads: planners that need the cost model (CostAware) or
-// history (Replicated, keyed by `step`) take them from here.
+// What the cost model needs of one trace beside its plan.
 struct Context {
   const Trace& trace;
   int step;  // index of the trace in processing order
@@ -78,91 +59,8 @@ struct Context {
   const llep::sim::CostModel& model;
 };
 
-// What a planner that places weights itself (Replicated) reports beside its plan.
-struct Placement {
-  std::shared_ptr<const llep::Topology> topo;  // the topology the plan was made on; null: Context::topo
-  std::size_t moves = 0;                       // weight copies the placement made before this step
-  int replica_slots = 0;                       // replicas resident on every rank
-};
-
-struct PlannerEntry {
-  std::string name;
-  std::function<Placement(const Context&, llep::Plan&)> plan;
-};
-
-// Wraps any stateless llep::Planner: one line per planner in planners() below.
-template <class P>
-PlannerEntry stateless(P planner) {
-  static_assert(llep::check_planner<P>());
-  return {std::string(P::name), [planner](const Context& c, llep::Plan& out) {
-            planner.plan(c.trace.loads, c.topo, out);
-            return Placement{};
-          }};
-}
-
-struct Settings {
-  double alpha = llep::bench::kPaperAlpha;
-  count_t min_gemm = llep::bench::kPaperMinTokensPerGemm;
-  double lambda = llep::bench::kPaperLambda;
-  int replica_slots = 1;    // Replicated: replicas per rank
-  double ema_decay = 0.5;   // Replicated: history h <- decay * l + (1 - decay) * h
-};
-
-#ifdef LLEP_REPLAY_REPLICATED
-// EPLB-style replication replayed over the files in order: before every file, replicas are
-// re-placed (natives stay at the default placement) from the EMA of the earlier files'
-// loads; the first file, having no history, is placed from its own loads (optimistic).
-// The copies a re-placement needs are reported as placement moves.
-PlannerEntry replicated(const Settings& s) {
-  struct State {
-    std::vector<double> history;
-    std::shared_ptr<const llep::Topology> placed;
-  };
-  auto st = std::make_shared<State>();
-  return {std::string(llep::Replicated::name), [st, s](const Context& c, llep::Plan& out) {
-            const auto N = static_cast<std::size_t>(c.topo.experts());
-            if (c.step == 0 || st->history.size() != N) st->history.assign(c.trace.loads.begin(), c.trace.loads.end());
-            auto next = std::make_shared<const llep::Topology>(
-                llep::Replicated::place(st->history, c.topo, c.topo.experts_per_rank() + s.replica_slots));
-            Placement pl{next, llep::placement_moves(st->placed ? *st->placed : c.topo, *next).size(), s.replica_slots};
-            st->placed = next;
-            llep::Replicated{}.plan(c.trace.loads, *next, out);
-            for (std::size_t e = 0; e < N; ++e)  // this file joins the history of the next
-              st->history[e] = s.ema_decay * static_cast<double>(c.trace.loads[e]) + (1 - s.ema_decay) * st->history[e];
-            return pl;
-          }};
-}
-#endif
-
-// Every planner the tool replays, in output order. Adding one is one line here (a planner
-// with history, such as Replicated, captures its state in a lambda and reads ctx.step).
-std::vector<PlannerEntry> planners(const Settings& s, const llep::sim::CostModel& model,
-                                   const llep::sim::FfnShape& shape) {
-  const llep::LeastLoaded ll{.alpha = s.alpha, .min_tokens_per_gemm = s.min_gemm};
-  std::vector<PlannerEntry> v;
-  v.push_back(stateless(llep::StandardEp{}));
-  v.push_back(stateless(ll));
-  v.push_back(stateless(llep::Adaptive<llep::LeastLoaded>{s.lambda, ll}));
-#ifdef LLEP_REPLAY_NODE_AWARE
-  v.push_back(stateless(llep::NodeAware{.alpha = s.alpha, .min_tokens_per_gemm = s.min_gemm}));
-#endif
-#ifdef LLEP_REPLAY_QUOTA
-  v.push_back(stateless(llep::QuotaSearch{.min_tokens_per_gemm = s.min_gemm}));
-#endif
-#ifdef LLEP_REPLAY_COST_AWARE
-  v.push_back(stateless(llep::CostAware{.alpha = s.alpha,
-                                        .min_tokens_per_gemm = s.min_gemm,
-                                        .model = std::make_shared<const llep::sim::CostModel>(model),
-                                        .shape = shape}));
-#endif
-#ifdef LLEP_REPLAY_REPLICATED
-  v.push_back(replicated(s));
-#endif
-  (void)model;
-  (void)shape;
-  return v;
-}
-
+using llep::examples::Placement;
+using llep::examples::PlannerEntry;
 using llep::examples::fail;
 using llep::examples::one_line;
 
@@ -209,7 +107,7 @@ struct Result {
 Result replay(const PlannerEntry& p, const Context& c) {
   Result r;
   r.planner = p.name;
-  r.placement = p.plan(c, r.plan);
+  r.placement = p.plan(c.trace.loads, c.step, c.topo, r.plan);
   const llep::Topology& topo = r.placement.topo ? *r.placement.topo : c.topo;
   const auto v = llep::validate(r.plan, c.trace.loads, topo);
   if (!v.ok) throw UsageError{"internal: planner " + p.name + " made an invalid plan for " + c.trace.file + ": " + v.message};
@@ -255,7 +153,11 @@ int main(int argc, char** argv) {
   int experts = 0, ranks = 0, ranks_per_node = 0, hidden = 0, intermediate = 0;
   std::string shape_name, gemm_csv, gemm_mode = "per_expert", only;
   double elem_bytes = 2;
-  Settings set;
+  llep::examples::PlannerSettings set;
+  set.alpha = llep::bench::kPaperAlpha;
+  set.min_gemm = llep::bench::kPaperMinTokensPerGemm;
+  set.lambda = llep::bench::kPaperLambda;
+  double max_memory_gb = llep::examples::kDefaultMaxMemoryGb;
   bool json_out = false;
   app.add_option("traces", paths,
                  "Trace files (.npy, [tokens, K], '<i4' or '<i8', C order) or directories of them; a directory's "
@@ -287,10 +189,14 @@ int main(int argc, char** argv) {
   app.add_option("--ema-decay", set.ema_decay,
                  "Replicated: history h <- decay * loads + (1 - decay) * h over the files in order, in (0, 1]")
       ->capture_default_str();
-  std::string names;  // the names do not depend on the settings
-  for (const PlannerEntry& p : planners(Settings{}, llep::sim::CostModel{}, llep::sim::FfnShape{"any", 1, 1}))
-    names += (names.empty() ? "" : ",") + p.name;
-  app.add_option("--planners", only, "Comma-separated planners to replay, in this order (default: all: " + names + ")");
+  app.add_option("--cap-rows", set.cap_rows, "Capped (around LeastLoaded): at most this many rows per rank; 0: "
+                                             "Capped is not replayed")
+      ->capture_default_str();
+  const std::string names = llep::examples::planner_names();
+  app.add_option("--planners", only,
+                 "Comma-separated planners to replay, in this order (default: all: " + names +
+                     "; capped only with --cap-rows)");
+  llep::examples::add_memory_flag(app, max_memory_gb);
   app.add_flag("--json", json_out, "Print JSON Lines: one object per (file, planner) instead of the table");
 
   if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
@@ -312,39 +218,53 @@ int main(int argc, char** argv) {
     }
     shape.check();
 
+    // Before anything of size N or P is allocated: the topology, the cost model's
+    // rank-to-rank traffic, one trace's counts C[P][N] (more per trace below).
+    LLEP_EXPECTS(ranks > 0 && experts > 0, "--ranks P = ", ranks, " and --experts N = ", experts, " must be > 0");
+    const double P = ranks, N = experts;
+    double need = 64 * N + 32 * P * P;
+    llep::examples::check_memory(need + 16 * P * N, max_memory_gb,
+                                 "P = " + std::to_string(ranks) + ", N = " + std::to_string(experts));
     const llep::Topology topo(ranks, experts, ranks_per_node);
     llep::sim::CostModel model;
     model.elem_bytes = elem_bytes;
     LLEP_EXPECTS(std::isfinite(elem_bytes) && elem_bytes > 0, "--elem-bytes = ", elem_bytes, " must be > 0");
-    if (!gemm_csv.empty()) model.gemm = llep::sim::GemmProfile::load_csv(gemm_csv, gemm_mode);
+    if (!gemm_csv.empty()) model.gemm = llep::sim::load_gemm_csv(gemm_csv, gemm_mode);
     else if (app.count("--gemm-mode") > 0) return fail("--gemm-mode needs --gemm-csv");
     (void)model.gemm.ffn_seconds(1, shape, elem_bytes);  // a curve without this shape fails before any output
 
     // Planners: a bad setting fails here, before any trace is read.
-    llep::LeastLoaded{set.alpha, set.min_gemm}.check();
-    LLEP_EXPECTS(std::isfinite(set.lambda) && set.lambda > 0, "--lambda = ", set.lambda, " must be a finite number > 0");
-    LLEP_EXPECTS(set.replica_slots >= 0, "--replica-slots = ", set.replica_slots, " must be >= 0");
-    LLEP_EXPECTS(set.ema_decay > 0 && set.ema_decay <= 1, "--ema-decay = ", set.ema_decay, " must be in (0, 1]");
-    std::vector<PlannerEntry> all = planners(set, model, shape);
+    set.model = std::make_shared<const llep::sim::CostModel>(model);
+    set.shape = shape;
+    std::vector<PlannerEntry> all = llep::examples::planners(set);
     if (!only.empty()) {
       std::vector<PlannerEntry> chosen;
       for (const std::string& want : split_commas(only)) {
         auto it = std::find_if(all.begin(), all.end(), [&](const PlannerEntry& p) { return p.name == want; });
+        if (it == all.end() && want == "capped") return fail("--planners capped needs --cap-rows > 0");
         if (it == all.end()) return fail("--planners: unknown planner '" + want + "' (available: " + names + ")");
         chosen.push_back(*it);
       }
       all = std::move(chosen);
     }
-#ifdef LLEP_REPLAY_REPLICATED
     // A --replica-slots the topology cannot hold fails here, before any output.
-    if (std::any_of(all.begin(), all.end(), [](const PlannerEntry& p) { return p.name == llep::Replicated::name; }))
+    const bool replicated =
+        std::any_of(all.begin(), all.end(), [](const PlannerEntry& p) { return p.name == llep::Replicated::name; });
+    set.check(topo, replicated);
+    if (replicated)
       (void)llep::Replicated::place(std::vector<double>(static_cast<std::size_t>(experts), 1.0), topo,
                                     topo.experts_per_rank() + set.replica_slots);
-#endif
 
     // Every trace is read and checked first, so a bad file prints nothing but the error.
     std::vector<Trace> traces;
     for (const std::string& f : trace_files(paths)) {
+      // Each trace holds its file, its ids, C[P][N] and what its plans and costs need.
+      std::error_code ec;
+      const auto file_bytes = fs::file_size(f, ec);
+      need += 16 * P * N + 64 * N + 3.0 * (ec ? 0.0 : static_cast<double>(file_bytes));
+      llep::examples::check_memory(need, max_memory_gb,
+                                   "replaying " + std::to_string(traces.size() + 1) + " traces with P = " +
+                                       std::to_string(ranks) + ", N = " + std::to_string(experts));
       const llep::sim::TopkIds ids = llep::sim::load_topk_ids(f);
       Trace t;
       t.file = f;

@@ -25,6 +25,7 @@
 #include "llep/plan/cost_aware.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/cost_model.hpp"
+#include "llep/sim/gemm_csv.hpp"
 
 namespace {
 
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
   count_t tokens = 0;
   double link_gbps = 370, inter_gbps = 50, intra_lat_us = 10, inter_lat_us = 25;
   bool json = false;
+  double max_memory_gb = llep::examples::kDefaultMaxMemoryGb;
   app.add_option("--shape", shape_name, "Paper layer shape: gpt-oss-120b, deepseek-v3 or kimi-k2 (sets N, D, H, K, tokens)");
   app.add_option("--experts", experts, "Experts N (overrides the shape's)");
   app.add_option("--hidden", hidden, "Hidden size D (overrides the shape's)");
@@ -107,6 +109,7 @@ int main(int argc, char** argv) {
                  "Comma-separated sample routings, 'balanced' or '<share>%-on-<hot>' (e.g. 95%-on-1); default: the "
                  "paper's 13 (balanced, 30/50/80/95% on 1/4/16 experts)");
   app.add_flag("--json", json, "Print JSON instead of the table");
+  llep::examples::add_memory_flag(app, max_memory_gb);
   if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
 
   try {
@@ -131,15 +134,11 @@ int main(int argc, char** argv) {
     LLEP_EXPECTS(ranks_per_node > 0, "--ranks-per-node ", ranks_per_node, " must be > 0");
     const int rpn = ranks < ranks_per_node ? ranks : ranks_per_node;
     LLEP_EXPECTS(ranks % rpn == 0, "--ranks-per-node ", ranks_per_node, " must divide --ranks ", ranks);
-    const llep::Topology topo(ranks, base.experts, rpn);
-    const sim::FfnShape ffn{curve.empty() ? std::string(base.name) : curve, base.hidden, base.intermediate};
-
-    auto model = std::make_shared<sim::CostModel>();
-    if (!gemm_csv.empty()) model->gemm = sim::GemmProfile::load_csv(gemm_csv, gemm_mode);
-    model->link = sim::LinkModel{link_gbps * 1e9, inter_gbps * 1e9, intra_lat_us * 1e-6, inter_lat_us * 1e-6};
-    model->link.check();
-    (void)model->gemm.ffn_seconds(1, ffn, model->elem_bytes);  // a missing curve fails now
-
+    // Every count the planners and the cost model add up stays exact in a double (and far
+    // from overflowing 64 bits): tokens x K x P <= 2^53, checked by division.
+    constexpr count_t kMaxPairs = count_t{1} << 53;
+    LLEP_EXPECTS(base.tokens_per_rank <= kMaxPairs / base.top_k / ranks, "--tokens ", base.tokens_per_rank,
+                 " x --top-k ", base.top_k, " x --ranks ", ranks, " token-expert pairs must be at most 2^53");
     std::vector<sim::Skew> skews;
     if (routings_text.empty()) {
       skews = bench::paper_routings();
@@ -153,6 +152,21 @@ int main(int argc, char** argv) {
         b = c + 1;
       }
     }
+    // Before anything of size N or P is allocated: the topology and plans, the cost model's
+    // rank-to-rank traffic, each routing's counts C[P][N] and loads.
+    const double P = ranks, N = base.experts, R = static_cast<double>(skews.size());
+    llep::examples::check_memory(128 * N + 32 * P * P + R * (8 * P * N + 16 * N), max_memory_gb,
+                                 std::to_string(skews.size()) + " routings with P = " + std::to_string(ranks) +
+                                     ", N = " + std::to_string(base.experts));
+    const llep::Topology topo(ranks, base.experts, rpn);
+    const sim::FfnShape ffn{curve.empty() ? std::string(base.name) : curve, base.hidden, base.intermediate};
+
+    auto model = std::make_shared<sim::CostModel>();
+    if (!gemm_csv.empty()) model->gemm = sim::load_gemm_csv(gemm_csv, gemm_mode);
+    model->link = sim::LinkModel{link_gbps * 1e9, inter_gbps * 1e9, intra_lat_us * 1e-6, inter_lat_us * 1e-6};
+    model->link.check();
+    (void)model->gemm.ffn_seconds(1, ffn, model->elem_bytes);  // a missing curve fails now
+
     std::vector<Routing> rs;
     for (const auto& s : skews) {
       Routing r{s, sim::skewed_counts(ranks, base.experts, base.pairs_per_rank(), s),

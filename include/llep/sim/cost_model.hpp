@@ -7,7 +7,8 @@
 //  - compute of a rank: the sum, over the plan's segments on it, of one expert's SwiGLU FFN
 //    on that many rows (gate-up GEMM rows x D x 2H, activation, down GEMM rows x H x D),
 //    timed by a GEMM profile: a measured curve (achieved FLOP/s vs rows, from the GPU
-//    benchmark's CSV) or, by default, a roofline with stated H100 SXM numbers;
+//    benchmark's CSV, read by llep/sim/gemm_csv.hpp) or, by default, a roofline with stated
+//    H100 SXM numbers;
 //  - communication of a rank: the counts all-gather, the weight transfers of the plan, the
 //    token dispatch and the combine, each a round of bytes / link bandwidth + a latency;
 //    NVLink inside a node and the network between nodes are separate links, so a round
@@ -17,13 +18,9 @@
 //  - peak bytes of a rank: expert input and output rows, the intermediate of its largest
 //    GEMM, foreign expert weights (what StepReport::peak_bytes counts).
 #include <algorithm>
-#include <cctype>
-#include <charconv>
 #include <cmath>
 #include <cstddef>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -117,96 +114,25 @@ class GemmProfile {
     return p;
   }
 
-  /// Measured curves from the GPU benchmark's CSV (`shape,mode,rows,ms,tflops`; see
-  /// parse_csv), the rows of `mode` ("per_expert" or "grouped").
-  [[nodiscard]] static GemmProfile load_csv(const std::string& path, std::string_view mode = "per_expert") {
-    std::ifstream in(path, std::ios::binary);
-    LLEP_EXPECTS(in.good(), path, ": cannot read the GEMM curve CSV");
-    std::ostringstream os;
-    os << in.rdbuf();
-    LLEP_EXPECTS(!in.bad(), path, ": cannot read the GEMM curve CSV");
-    return parse_csv(os.str(), path, mode);
-  }
-
-  /// Parses the GEMM curve CSV format: a header line `shape,mode,rows,ms,tflops`, then one
-  /// line per measurement: shape name, mode (per_expert | grouped), rows (integer > 0), ms
-  /// (time of one expert's whole SwiGLU FFN on those rows, > 0), tflops (> 0; informative:
-  /// the model derives FLOP/s from ms and its own FLOP count). Blank lines and lines that
-  /// start with '#' are skipped; fields may carry spaces around them. Anything else (a
-  /// wrong header, a field count other than 5, a non-number, a non-positive value, an
-  /// unknown mode, a (shape, mode, rows) given twice) throws llep::Error naming `source`
-  /// and the line. Keeps the lines of `mode`; at least one must exist.
-  [[nodiscard]] static GemmProfile parse_csv(std::string_view text, std::string_view source,
-                                             std::string_view mode = "per_expert") {
-    LLEP_EXPECTS(mode == "per_expert" || mode == "grouped", "GEMM curve mode '", mode,
-                 "' is neither per_expert nor grouped");
+  /// Measured curves, one per shape name (names distinct, points in any order); `source`
+  /// names where they come from in describe() and errors. The GEMM curve CSV reader
+  /// (llep/sim/gemm_csv.hpp) builds profiles this way.
+  [[nodiscard]] static GemmProfile measured(std::string source,
+                                            std::vector<std::pair<std::string, std::vector<GemmPoint>>> curves) {
     GemmProfile p;
-    p.source_ = std::string(source);
-    p.calibrated_ = true;
-    struct Row {
-      std::string shape, mode;
-      double rows;
-      std::size_t line;
-    };
-    std::vector<Row> seen;
-    bool header = false;
-    std::size_t line_no = 0;
-    for (std::size_t pos = 0; pos < text.size();) {
-      const std::size_t nl = std::min(text.find('\n', pos), text.size());
-      const std::string_view line = trim(text.substr(pos, nl - pos));
-      pos = nl + 1;
-      ++line_no;
-      auto bad = [&](auto&&... what) {
-        LLEP_FAIL(source, ":", line_no, ": ", what..., " (line: '", std::string(line), "')");
-      };
-      if (line.empty() || line.front() == '#') continue;
-      std::vector<std::string_view> f;
-      for (std::size_t b = 0;;) {
-        const std::size_t c = line.find(',', b);
-        f.push_back(trim(line.substr(b, c == std::string_view::npos ? std::string_view::npos : c - b)));
-        if (c == std::string_view::npos) break;
-        b = c + 1;
-      }
-      if (!header) {
-        if (!(f.size() == 5 && f[0] == "shape" && f[1] == "mode" && f[2] == "rows" && f[3] == "ms" &&
-              f[4] == "tflops"))
-          bad("the header must be 'shape,mode,rows,ms,tflops'");
-        header = true;
-        continue;
-      }
-      if (f.size() != 5) bad("expected 5 fields (shape,mode,rows,ms,tflops), found ", f.size());
-      if (f[0].empty()) bad("empty shape name");
-      for (char ch : f[0])
-        if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.'))
-          bad("shape name '", std::string(f[0]), "' may only hold letters, digits, '-', '_' and '.'");
-      if (f[1] != "per_expert" && f[1] != "grouped") bad("mode '", std::string(f[1]), "' is neither per_expert nor grouped");
-      long long rows = 0;
-      {
-        const auto [end, ec] = std::from_chars(f[2].data(), f[2].data() + f[2].size(), rows);
-        if (ec != std::errc() || end != f[2].data() + f[2].size() || rows <= 0)
-          bad("rows '", std::string(f[2]), "' is not an integer > 0");
-      }
-      const double ms = number(f[3], "ms", bad);
-      (void)number(f[4], "tflops", bad);
-      for (const Row& r : seen)
-        if (r.shape == f[0] && r.mode == f[1] && r.rows == static_cast<double>(rows))
-          bad("(", std::string(f[0]), ", ", std::string(f[1]), ", ", rows, ") was already given on line ", r.line);
-      seen.push_back(Row{std::string(f[0]), std::string(f[1]), static_cast<double>(rows), line_no});
-      if (f[1] == mode) p.curve(std::string(f[0])).push_back(GemmPoint{static_cast<double>(rows), ms * 1e-3});
+    p.source_ = std::move(source);
+    for (auto& [name, pts] : curves) {
+      check_points(name, pts);
+      normalise(pts);
     }
-    LLEP_EXPECTS(header, source, ": empty GEMM curve CSV (no 'shape,mode,rows,ms,tflops' header)");
-    LLEP_EXPECTS(!p.curves_.empty(), source, ": no measurement of mode ", mode);
-    for (auto& [name, pts] : p.curves_) normalise(pts);
+    p.curves_ = std::move(curves);
+    p.calibrated_ = true;
     return p;
   }
 
   /// Adds (or replaces) the measured curve of one shape; points in any order.
   void set_curve(const std::string& shape, std::vector<GemmPoint> points) {
-    LLEP_EXPECTS(!points.empty(), "GEMM curve of '", shape, "' has no points");
-    for (const GemmPoint& pt : points)
-      LLEP_EXPECTS(std::isfinite(pt.rows) && pt.rows > 0 && std::isfinite(pt.seconds) && pt.seconds > 0,
-                   "GEMM curve of '", shape, "': point (rows ", pt.rows, ", seconds ", pt.seconds,
-                   ") must have rows > 0 and seconds > 0");
+    check_points(shape, points);
     normalise(points);
     curve(shape) = std::move(points);
     calibrated_ = true;
@@ -242,18 +168,12 @@ class GemmProfile {
   }
 
  private:
-  static std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
-    return s;
-  }
-  template <class Bad>
-  static double number(std::string_view f, const char* what, Bad& bad) {
-    double v = 0;
-    const auto [end, ec] = std::from_chars(f.data(), f.data() + f.size(), v);
-    if (ec != std::errc() || end != f.data() + f.size() || !std::isfinite(v) || v <= 0)
-      bad(what, " '", std::string(f), "' is not a number > 0");
-    return v;
+  static void check_points(const std::string& shape, const std::vector<GemmPoint>& points) {
+    LLEP_EXPECTS(!points.empty(), "GEMM curve of '", shape, "' has no points");
+    for (const GemmPoint& pt : points)
+      LLEP_EXPECTS(std::isfinite(pt.rows) && pt.rows > 0 && std::isfinite(pt.seconds) && pt.seconds > 0,
+                   "GEMM curve of '", shape, "': point (rows ", pt.rows, ", seconds ", pt.seconds,
+                   ") must have rows > 0 and seconds > 0");
   }
   // Sorted by rows; a time below a smaller GEMM's is raised to it.
   static void normalise(std::vector<GemmPoint>& pts) {

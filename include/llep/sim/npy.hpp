@@ -16,9 +16,7 @@
 // with the source name (the path) and states the problem.
 #include <cstddef>
 #include <cstdint>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -26,6 +24,7 @@
 
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
+#include "llep/sim/file.hpp"
 
 namespace llep::sim {
 
@@ -239,14 +238,10 @@ struct TopkIds {
   return out;
 }
 
-/// Reads a .npy trace file (see parse_topk_ids); errors start with the path.
-[[nodiscard]] inline TopkIds load_topk_ids(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  LLEP_EXPECTS(in.good(), path, ": cannot open the file");
-  std::ostringstream os;
-  os << in.rdbuf();
-  LLEP_EXPECTS(!in.bad(), path, ": cannot read the file");
-  const std::string bytes = os.str();
+/// Reads a .npy trace file (see parse_topk_ids): a regular file of at most `max_bytes`;
+/// errors start with the path.
+[[nodiscard]] inline TopkIds load_topk_ids(const std::string& path, std::uint64_t max_bytes = kMaxTraceFileBytes) {
+  const std::string bytes = read_regular_file(path, max_bytes, ".npy trace");
   return parse_topk_ids(bytes, path);
 }
 

@@ -48,7 +48,9 @@ inline std::vector<double> expert_shares(int experts, const Skew& skew) {
 }
 
 /// Deterministic loads: `pairs` split by the skew's shares, remainders to the lowest ids.
+/// `pairs` must be in [0, 2^53], where a double holds every count exactly.
 inline std::vector<count_t> skewed_loads(int experts, count_t pairs, const Skew& skew) {
+  LLEP_EXPECTS(pairs >= 0 && pairs <= (count_t{1} << 53), "pairs = ", pairs, " must be in [0, 2^53]");
   const auto share = expert_shares(experts, skew);
   std::vector<count_t> loads(static_cast<std::size_t>(experts));
   count_t given = 0;
