@@ -1,10 +1,75 @@
 #!/usr/bin/env bash
 # README's test command: installs what is missing, builds, runs every suite, and ends with
-# a line "N skipped" and a last line "N passed, N failed" counting doctest test cases.
+# one line per build, a line "N skipped" and a last line "N passed, N failed" summed over
+# the builds (doctest test cases). The builds:
+#   build  the normal build (g++, CUDA and NCCL when found): every suite;
+#   asan   clang++ with AddressSanitizer + UndefinedBehaviorSanitizer, any report fatal: the
+#          host suites (not the packaging consumers), the tools and demos, and a few seconds
+#          of each libFuzzer target;
+#   tsan   g++ with ThreadSanitizer, any report fatal: the multi-rank suites (transport,
+#          layer, replicated).
+# LLEP_BUILDS="build" (or any subset, space-separated) runs only those builds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh || exit 1
-bash scripts/configure.sh || exit 1
-meson compile -C build || { echo "0 passed, 1 failed"; exit 1; }
-meson test -C build --print-errorlogs --num-processes "$(nproc)"
-python3 scripts/summarize_tests.py build/meson-logs/testlog.json
+builds="${LLEP_BUILDS:-build asan tsan}"
+jobs="$(nproc)"
+logs=()
+
+# Any sanitizer report ends the test with a failure (no recovery, no "continue").
+export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1"
+export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
+export TSAN_OPTIONS="halt_on_error=1:abort_on_error=1:second_deadlock_stack=1"
+
+# run LABEL DIR [SUITE | !SUITE]...: compiles what the named suites need (everything when
+# none is named), runs them (all but the !SUITEs), and records DIR's test log under LABEL
+# (a missing log, after a failed compile, counts as a failure).
+run() {
+  local label="$1" dir="$2"
+  shift 2
+  local log="$dir/meson-logs/testlog.json" suites=() wanted=() targets=()
+  rm -f "$log"
+  logs+=("$label=$log")
+  for s in "$@"; do
+    case "$s" in
+      !*) suites+=(--no-suite "${s#!}") ;;
+      *) suites+=(--suite "$s"); wanted+=("$s") ;;
+    esac
+  done
+  if [ ${#wanted[@]} -gt 0 ]; then
+    mapfile -t targets < <(python3 scripts/test_targets.py "$dir" "${wanted[@]}")
+  fi
+  echo "llep: [$label] compiling ${targets[*]:-everything}"
+  if ! meson compile -C "$dir" "${targets[@]}"; then
+    echo "llep: [$label] compile failed"
+    return
+  fi
+  meson test -C "$dir" --no-rebuild --print-errorlogs --num-processes "$jobs" "${suites[@]}"
+}
+
+# Sanitizer builds: host only, no MPI (Open MPI's own leaks would fail LeakSanitizer), no
+# benchmarks; -O1 compiles fast and keeps stacks readable.
+sanitize_args=(-Dcuda=disabled -Dnccl=disabled -Dmpi=disabled -Dbench=false -Doptimization=1 -Ddebug=false -Db_ndebug=false
+               -Dcpp_args=-fno-sanitize-recover=all)
+for b in $builds; do
+  case "$b" in
+    build)
+      bash scripts/configure.sh || { echo "0 passed, 1 failed"; exit 1; }
+      run build build
+      ;;
+    asan)
+      [ -f build-asan/build.ninja ] ||
+        CXX=clang++ meson setup build-asan "${sanitize_args[@]}" -Db_sanitize=address,undefined -Db_lundef=false ||
+        { logs+=("asan=build-asan/missing"); continue; }
+      run asan build-asan '!consumers'
+      ;;
+    tsan)
+      [ -f build-tsan/build.ninja ] ||
+        CXX=g++ meson setup build-tsan "${sanitize_args[@]}" -Dtools=false -Dexamples=false -Db_sanitize=thread ||
+        { logs+=("tsan=build-tsan/missing"); continue; }
+      run tsan build-tsan transport layer replicated
+      ;;
+    *) echo "llep: unknown build '$b' in LLEP_BUILDS"; logs+=("$b=unknown/testlog.json") ;;
+  esac
+done
+python3 scripts/summarize_tests.py "${logs[@]}"

@@ -114,7 +114,9 @@ void check_tasks(const dense::Moe& moe, const Act& act, const std::vector<std::p
 
   row = 0;
   double worst = 0;
-  for (const auto& [e, r] : spec) {
+  for (const auto& item : spec) {
+    const auto e = std::get<0>(item);  // not a structured binding: INFO captures it (clang 14)
+    const auto r = std::get<1>(item);
     for (count_t i = 0; i < r; ++i, ++row) {
       const std::vector<double> xr(x.begin() + static_cast<std::ptrdiff_t>(row * Dz),
                                    x.begin() + static_cast<std::ptrdiff_t>((row + 1) * Dz));

@@ -211,8 +211,10 @@ TEST_CASE("inter-node bytes are slower than intra-node bytes") {
 TEST_CASE("the model's LLEP speedup over EP grows with the skew") {
   const CostModel model;
   for (const int P : {8, 64}) {
-    for (const auto& [shape, N, pairs] : {std::tuple{kGptOss, 128, count_t{32768 * 4}},
-                                          std::tuple{kDeepSeek, 256, count_t{16384 * 8}}}) {
+    for (const auto& row : {std::tuple{kGptOss, 128, count_t{32768 * 4}}, std::tuple{kDeepSeek, 256, count_t{16384 * 8}}}) {
+      const FfnShape shape = std::get<0>(row);  // copies, not structured bindings: CHECK_MESSAGE and CAPTURE capture them (clang 14)
+      const int N = std::get<1>(row);
+      const count_t pairs = std::get<2>(row);
       const llep::Topology topo(P, N, 8);
       for (const int hot : {1, 4, 16}) {
         double prev = 0;

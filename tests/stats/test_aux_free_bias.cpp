@@ -175,7 +175,9 @@ TEST_CASE("AuxFreeBias balances a skewed router: max/mean expert load falls wind
   // Fixed seed, 4 ranks, the same router on every rank; each rank routes fresh tokens every
   // step with the biases of the previous step.
   const int P = 4, N = 16, K = 2, B = 512, steps = 200, window = 20;
-  for (const auto& [rule, rate] : {std::pair{llep::BiasRule::sign, 0.002}, std::pair{llep::BiasRule::proportional, 0.002}}) {
+  for (const auto& row : {std::pair{llep::BiasRule::sign, 0.002}, std::pair{llep::BiasRule::proportional, 0.002}}) {
+    const auto rule = row.first;  // copies, not structured bindings: CHECK_MESSAGE and CAPTURE capture them (clang 14)
+    const auto rate = row.second;
     CAPTURE(rule);
     llep::HostGroup group(P);
     std::vector<llep::AuxFreeBias> stats(P, llep::AuxFreeBias{{rate, rule}});
@@ -215,7 +217,9 @@ TEST_CASE("route_topk: the gates come from the unbiased scores, whatever the bia
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> big(-3.0f, 3.0f);
   for (const auto norm : {llep::GateNorm::sigmoid, llep::GateNorm::softmax})
-    for (const auto& [N, K] : {std::pair{8, 1}, std::pair{8, 2}, std::pair{16, 4}, std::pair{5, 5}}) {
+    for (const auto& row : {std::pair{8, 1}, std::pair{8, 2}, std::pair{16, 4}, std::pair{5, 5}}) {
+      const int N = row.first;  // copies, not structured bindings: CHECK_MESSAGE and CAPTURE capture them (clang 14)
+      const int K = row.second;
       CAPTURE(norm);
       CAPTURE(N);
       CAPTURE(K);

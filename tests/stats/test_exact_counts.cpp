@@ -150,7 +150,9 @@ TEST_CASE("ExactCounts: C, loads and the local row equal a brute-force count on 
   for (int P : {1, 2, 3, 4}) {
     llep::HostGroup group(P);
     std::vector<llep::ExactCounts> stats(static_cast<std::size_t>(P));
-    for (const auto& [N, K] : {std::pair{4, 1}, std::pair{16, 2}, std::pair{16, 4}, std::pair{5, 5}}) {
+    for (const auto& row : {std::pair{4, 1}, std::pair{16, 2}, std::pair{16, 4}, std::pair{5, 5}}) {
+      const int N = row.first;  // copies, not structured bindings: CHECK_MESSAGE and CAPTURE capture them (clang 14)
+      const int K = row.second;
       std::vector<llep::count_t> tokens;
       const auto ids = random_routing(rng, P, N, K, tokens);
       std::vector<llep::StepShape> shapes;

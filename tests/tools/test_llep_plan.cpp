@@ -108,7 +108,9 @@ void check_plan_json(const json& j, const std::vector<count_t>& loads, int P, co
     }
     std::sort(segs.begin(), segs.end());
     count_t next = 0;
-    for (const auto& [b, en, r] : segs) {
+    for (const auto& seg : segs) {
+      const count_t b = std::get<0>(seg), en = std::get<1>(seg);  // not bindings: captured (clang 14)
+      const int r = std::get<2>(seg);
       CHECK_MESSAGE(b == next, "expert ", e, ": a segment begins at ", b, ", expected ", next);
       CHECK_MESSAGE(en > b, "expert ", e, ": empty segment [", b, ", ", en, ")");
       REQUIRE(r >= 0);
