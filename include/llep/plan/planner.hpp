@@ -1,10 +1,13 @@
 #pragma once
 // The Planner concept: a deterministic host function of (loads, topology) into a Plan.
 #include <concepts>
+#include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string_view>
 
 #include "llep/core/plan.hpp"
+#include "llep/plan/alg.hpp"
 
 namespace llep {
 
@@ -20,6 +23,47 @@ namespace detail {
 template <class>
 inline constexpr bool dependent_false = false;
 }
+
+/// Bytes of scratch `planner` carves from Plan::workspace for `topo`: its
+/// scratch_bytes(topo) when it has one, else 0 (it keeps its own).
+template <class P>
+[[nodiscard]] std::size_t planner_scratch_bytes(const P& planner, const Topology& topo) noexcept {
+  if constexpr (requires { planner.scratch_bytes(topo); })
+    return planner.scratch_bytes(topo);
+  else
+    return 0;
+}
+
+/// The topology as the shared pieces see it; `native` (N entries) receives the natives
+/// unless the placement is the default one.
+[[nodiscard]] inline alg::TopoView topo_view(const Topology& topo, std::int32_t* native) noexcept {
+  alg::TopoView t{topo.ranks(), topo.experts(), topo.ranks_per_node(), nullptr};
+  if (!topo.default_placement()) {
+    for (int e = 0; e < topo.experts(); ++e) native[e] = topo.native_rank(e);
+    t.native = native;
+  }
+  return t;
+}
+
+/// Scratch of the planners built on Alg. 2 (LeastLoaded, NodeAware, CostAware, Adaptive):
+/// the natives, the visit order and the spill state.
+struct LlaScratch {
+  std::int32_t* native;
+  alg::OrderScratch order;
+  alg::SpillScratch spill;
+  LLEP_HOST_DEVICE static LlaScratch take(alg::Carve& c, int P, int N) noexcept {
+    LlaScratch s{};
+    s.native = c.take<std::int32_t>(static_cast<std::size_t>(N));
+    s.order = alg::OrderScratch::take(c, N);
+    s.spill = alg::SpillScratch::take(c, P);
+    return s;
+  }
+  [[nodiscard]] static std::size_t bytes(int P, int N) noexcept {
+    alg::Carve c;
+    (void)take(c, P, N);
+    return c.used;
+  }
+};
 
 /// Named in a static_assert so a type that is not a planner fails with an instruction.
 template <class P>
