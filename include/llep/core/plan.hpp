@@ -82,7 +82,6 @@ class Plan {
     rank_loads_.resize(static_cast<std::size_t>(topo.ranks()));
     repoint();
     v_.begin(topo.ranks(), topo.experts(), policy.data(), static_cast<int>(policy.size()));
-    for (int e = 0; e <= topo.experts(); ++e) v_.expert_offsets[e] = 0;
   }
 
   /// The plan as plain data, for planners to fill (after reset) with PlanView::push.
@@ -104,6 +103,7 @@ class Plan {
     LLEP_EXPECTS(rank >= 0 && rank < v_.ranks, "segment rank ", rank, " of expert ", expert, " is outside [0, ",
                  v_.ranks, ")");
     if (v_.num_segments == v_.max_segments) grow(segments_.size() * 2 + 8);
+    v_.reopen();
     v_.push(expert, rank, begin, end);
   }
 
@@ -115,14 +115,19 @@ class Plan {
   /// Sorts segments by (expert, begin), builds the per-expert index and derives the weight
   /// transfers: one per rank that computes a segment of an expert whose weights it does
   /// not hold (neither native nor replica), from the native rank; sorted by (expert, dst).
-  void finish(const Topology& topo) {
+  /// `natives` (N entries, optional) are the topology's native ranks, to save lookups.
+  void finish(const Topology& topo, const std::int32_t* natives = nullptr) {
     LLEP_EXPECTS(v_.dropped == 0, "a planner pushed ", v_.dropped, " segments past the bound of ", v_.max_segments,
                  " (policy ", policy(), "): a bug in its bound");
-    auto native = [&topo](int e) { return topo.native_rank(e); };
-    if (topo.has_replicas())
-      v_.finish(native, [&topo](int e, int r) { return topo.holds_replica(e, r); });
-    else
-      v_.finish(native, [](int, int) { return false; });
+    auto no_replica = [](int, int) { return false; };
+    auto replica = [&topo](int e, int r) { return topo.holds_replica(e, r); };
+    if (natives != nullptr) {
+      auto native = [natives](int e) { return natives[e]; };
+      topo.has_replicas() ? v_.finish(native, replica) : v_.finish(native, no_replica);
+    } else {
+      auto native = [&topo](int e) { return topo.native_rank(e); };
+      topo.has_replicas() ? v_.finish(native, replica) : v_.finish(native, no_replica);
+    }
     // finish() swaps segments and spare: keep the vectors in step with the view.
     if (v_.segments != segments_.data()) segments_.swap(spare_);
   }

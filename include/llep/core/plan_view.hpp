@@ -52,7 +52,7 @@ struct PlanView {
   Segment* segments = nullptr;
   Segment* spare = nullptr;  ///< finish()'s scatter target
   WeightTransfer* transfers = nullptr;
-  std::int32_t* expert_offsets = nullptr;  ///< [e], [e + 1]: e's segments after finish()
+  std::int32_t* expert_offsets = nullptr;  ///< [e], [e + 1]: e's segments after finish(); counts before
   count_t* rank_loads = nullptr;
   std::int32_t max_segments = 0;
   std::int32_t num_segments = 0;
@@ -60,6 +60,7 @@ struct PlanView {
   std::int32_t ranks = 0;
   std::int32_t experts = 0;
   std::int32_t dropped = 0;  ///< pushes past max_segments (a broken bound); finish() keeps them out
+  bool in_order = false;  ///< the pusher promises (expert, begin) order: finish() need not scatter
   count_t capacity = 0;
   bool finished = false;
   char policy[kPolicyChars] = {};  ///< NUL-terminated, truncated to kPolicyChars - 1
@@ -69,16 +70,27 @@ struct PlanView {
     ranks = P;
     experts = N;
     num_segments = num_transfers = dropped = 0;
+    in_order = false;
     capacity = 0;
     finished = false;
     set_policy(name, n);
     for (int r = 0; r < P; ++r) rank_loads[r] = 0;
+    for (int e = 0; e <= N; ++e) expert_offsets[e] = 0;
   }
 
   LLEP_HOST_DEVICE void set_policy(const char* name, int n) noexcept {
     if (n > kPolicyChars - 1) n = kPolicyChars - 1;
     for (int i = 0; i < n; ++i) policy[i] = name[i];
     policy[n] = '\0';
+  }
+
+  /// A finished plan back to one that takes pushes (offsets back to counts).
+  LLEP_HOST_DEVICE void reopen() noexcept {
+    if (!finished) return;
+    for (int e = experts; e > 0; --e) expert_offsets[e] -= expert_offsets[e - 1];
+    expert_offsets[0] = 0;
+    finished = false;
+    in_order = false;
   }
 
   /// Appends a segment, unchecked: planners pass valid ids and stay within the bound.
@@ -89,45 +101,52 @@ struct PlanView {
     }
     segments[num_segments++] = Segment{expert, rank, begin_row, end_row};
     rank_loads[rank] += end_row - begin_row;
+    ++expert_offsets[expert + 1];  // counts until finish() turns them into offsets
   }
 
-  /// Sorts segments by (expert, begin) (a counting scatter by expert; an expert's slices
+  /// Call after the last push (again for another topology's transfers). Sorts segments by (expert, begin) (a counting scatter by expert; an expert's slices
   /// that came out of order are insertion-sorted), indexes them, and derives the weight
   /// transfers: one per rank that computes a segment of e and does not hold it
   /// (native(e) != rank and !holds_replica(e, rank)), from the native rank, sorted by
   /// (expert, dst) without duplicates.
   template <class Native, class HoldsReplica>
   LLEP_HOST_DEVICE void finish(Native native, HoldsReplica holds_replica) noexcept {
-    for (int e = 0; e <= experts; ++e) expert_offsets[e] = 0;
-    for (int i = 0; i < num_segments; ++i) ++expert_offsets[segments[i].expert + 1];
-    for (int e = 0; e < experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
-    for (int i = 0; i < num_segments; ++i) spare[expert_offsets[segments[i].expert]++] = segments[i];
-    for (int e = experts; e > 0; --e) expert_offsets[e] = expert_offsets[e - 1];
-    expert_offsets[0] = 0;
-    Segment* t = segments;
-    segments = spare;
-    spare = t;
-    num_transfers = 0;
-    for (int e = 0; e < experts; ++e) {
-      const int b = expert_offsets[e], en = expert_offsets[e + 1];
-      for (int i = b + 1; i < en; ++i)  // a handful per expert, usually in order already
-        for (int j = i; j > b && segment_order(segments[j], segments[j - 1]); --j) {
-          const Segment s = segments[j];
-          segments[j] = segments[j - 1];
-          segments[j - 1] = s;
-        }
-      const int src = native(e), first = num_transfers;
-      for (int i = b; i < en; ++i) {
-        const int dst = segments[i].rank;
-        if (dst == src || holds_replica(e, dst)) continue;
-        int j = num_transfers;  // insert by dst, skipping a duplicate
-        bool dup = false;
-        for (int k = first; k < num_transfers; ++k) dup = dup || transfers[k].dst == dst;
-        if (dup) continue;
-        for (; j > first && transfers[j - 1].dst > dst; --j) transfers[j] = transfers[j - 1];
-        transfers[j] = WeightTransfer{e, src, dst};
-        ++num_transfers;
+    if (!finished) {  // a second finish (another topology's transfers) keeps the order
+      for (int e = 0; e < experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
+      if (!in_order) {
+        for (int i = 0; i < num_segments; ++i) spare[expert_offsets[segments[i].expert]++] = segments[i];
+        for (int e = experts; e > 0; --e) expert_offsets[e] = expert_offsets[e - 1];
+        expert_offsets[0] = 0;
+        Segment* t = segments;
+        segments = spare;
+        spare = t;
       }
+    }
+    // One pass over the expert-grouped segments: put each in begin order within its
+    // expert (insertion: usually in order already) and collect its transfer, kept in dst
+    // order within the expert without duplicates.
+    num_transfers = 0;
+    int cur = -1, first = 0, src = 0;
+    for (int i = 0; i < num_segments; ++i) {
+      const Segment sg = segments[i];
+      if (sg.expert != cur) {
+        cur = sg.expert;
+        first = num_transfers;
+        src = native(cur);
+      } else if (segment_order(sg, segments[i - 1])) {
+        int j = i;
+        for (; j > 0 && segments[j - 1].expert == cur && segment_order(sg, segments[j - 1]); --j)
+          segments[j] = segments[j - 1];
+        segments[j] = sg;
+      }
+      const int dst = sg.rank;
+      if (dst == src || holds_replica(cur, dst)) continue;
+      int j = num_transfers;
+      while (j > first && transfers[j - 1].dst > dst) --j;
+      if (j > first && transfers[j - 1].dst == dst) continue;  // already there
+      for (int k = num_transfers; k > j; --k) transfers[k] = transfers[k - 1];
+      transfers[j] = WeightTransfer{cur, src, dst};
+      ++num_transfers;
     }
     finished = true;
   }

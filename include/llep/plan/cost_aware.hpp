@@ -128,7 +128,7 @@ struct CostAware {
 
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
     check();
-    const int P = topo.ranks(), rpn = topo.ranks_per_node();
+    const int rpn = topo.ranks_per_node();
     const count_t m = min_tokens_per_gemm;
     // LeastLoaded's driver (alg::assign_then_spill); this hook keeps a slice only when it
     // pays off. effective[native] already holds the kept rows.
@@ -140,7 +140,7 @@ struct CostAware {
           if (sp.slices[j].rank == q) return true;
         return false;
       };
-      const int q = alg::least_loaded_rank(eff, 0, P, native);
+      const int q = sp.least;
       const count_t n = alg::lla_slice(r, sp.cap - eff[q], m, true);
       if (terms(topo, native, q, kept, n, has_weights(q)).pays()) return {q, n};
       // A remote candidate that does not pay: the native node's least-effective rank.

@@ -47,7 +47,7 @@ struct LeastLoaded {
   }
 
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
-    assign(loads, topo, out, name, alg::LeastLoadedSpill{min_tokens_per_gemm, topo.ranks()});
+    assign(loads, topo, out, name, alg::LeastLoadedSpill{min_tokens_per_gemm});
   }
 
   using Slice = alg::Slice;
@@ -77,7 +77,7 @@ struct LeastLoaded {
     v.capacity = cap;
     const int n = alg::visit_order(loads.data(), t.experts, s.order);
     alg::assign_then_spill(loads.data(), t, cap, s.order.order, n, s.spill, v, hook);
-    out.finish(topo);
+    out.finish(topo, s.native);
   }
 
   friend constexpr bool operator==(const LeastLoaded&, const LeastLoaded&) = default;

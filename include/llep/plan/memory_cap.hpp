@@ -226,7 +226,7 @@ struct Capped {
                 have_units, " (", P, " ranks x ", cap.budget,
                 "), a foreign expert's weights and its rows fitting in one rank's ", cap.budget);
     }
-    out.finish(topo);
+    out.finish(topo, t.native);
   }
 
  public:

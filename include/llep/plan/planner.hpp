@@ -34,15 +34,18 @@ template <class P>
     return 0;
 }
 
-/// The topology as the shared pieces see it; `native` (N entries) receives the natives
-/// unless the placement is the default one.
+/// The topology as the shared pieces see it, its natives written to `native` (N
+/// entries): a load instead of a division per lookup on the default placement.
 [[nodiscard]] inline alg::TopoView topo_view(const Topology& topo, std::int32_t* native) noexcept {
-  alg::TopoView t{topo.ranks(), topo.experts(), topo.ranks_per_node(), nullptr};
-  if (!topo.default_placement()) {
-    for (int e = 0; e < topo.experts(); ++e) native[e] = topo.native_rank(e);
-    t.native = native;
+  const int N = topo.experts(), P = topo.ranks();
+  if (topo.default_placement()) {
+    const int per = N / P;
+    for (int r = 0, e = 0; r < P; ++r)
+      for (int k = 0; k < per; ++k) native[e++] = r;
+  } else {
+    for (int e = 0; e < N; ++e) native[e] = topo.native_rank(e);
   }
-  return t;
+  return alg::TopoView{P, N, topo.ranks_per_node(), native};
 }
 
 /// Scratch of the planners built on Alg. 2 (LeastLoaded, NodeAware, CostAware, Adaptive):

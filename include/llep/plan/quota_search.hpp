@@ -57,7 +57,7 @@ struct QuotaSearch {
     const count_t T = search(loads, s);
     pass(loads, T, s, &out.view());
     out.set_capacity(T);
-    out.finish(topo);
+    out.finish(topo, s.native);
   }
 
   /// Whether the greedy pass succeeds at threshold T (a test and tooling helper; allocates).

@@ -24,7 +24,7 @@ struct StandardEp {
     // No budget is imposed: the capacity is what the busiest rank must hold.
     auto* native = reinterpret_cast<std::int32_t*>(out.workspace(scratch_bytes(topo)).data());
     alg::standard_ep(loads.data(), topo_view(topo, native), out.view());
-    out.finish(topo);
+    out.finish(topo, native);
   }
 
   friend constexpr bool operator==(const StandardEp&, const StandardEp&) = default;
