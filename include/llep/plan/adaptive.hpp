@@ -34,6 +34,16 @@ struct Adaptive {
 
  public:
 
+  /// The inner planner's bounds, or standard EP's when the native peak stays below
+  /// lambda x mean <= lambda x B (so at most floor(lambda x B) rows), whichever is larger.
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    const std::int64_t total = detail::total_pairs(topo, max_pairs_per_rank);
+    PlanBounds ep = StandardEp::bounds(topo, max_pairs_per_rank);
+    const double below = lambda * static_cast<double>(max_pairs_per_rank);
+    if (below < static_cast<double>(total)) ep.rows_per_rank = static_cast<std::int64_t>(below);
+    return detail::max_bounds(ep, plan_bounds(inner, topo, max_pairs_per_rank));
+  }
+
   /// Bytes of scratch plan() carves from Plan::workspace: the native rank loads and
   /// natives, or the inner planner's, whichever is larger.
   [[nodiscard]] std::size_t scratch_bytes(const Topology& topo) const noexcept {

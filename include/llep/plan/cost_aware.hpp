@@ -122,6 +122,16 @@ struct CostAware {
     return t;
   }
 
+  /// Rows: a spill that does not pay leaves its rows on the native rank, so standard EP's
+  /// P x B; foreign experts, segments and transfers: LeastLoaded's (its slices are
+  /// LeastLoaded's, or fewer).
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    PlanBounds b = rules().bounds(topo, max_pairs_per_rank);
+    b.rows_per_rank = detail::total_pairs(topo, max_pairs_per_rank);
+    b.foreign_experts_per_rank = topo.experts() - topo.experts_per_rank();
+    return b;
+  }
+
   [[nodiscard]] static std::size_t scratch_bytes(const Topology& topo) noexcept {
     return LeastLoaded::scratch_bytes(topo);
   }

@@ -9,6 +9,7 @@
 //  - the rest spills (Alg. 3): repeatedly the least-effective other rank (ties: lower rank)
 //    whose c = min(r, cap - effective) is > 0 and not a slice below min_tokens_per_gemm
 //    that leaves tokens behind; if none qualifies, all r go to the least-effective rank.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +40,36 @@ struct LeastLoaded {
     const count_t c = alg::capacity(alpha, total, ranks, &ok);
     LLEP_EXPECTS(ok, "capacity ceil(", alpha, " x ", total, " / ", ranks, ") overflows");
     return c;
+  }
+
+  /// Rows: a rank ends at most at the capacity cap (of P x B pairs), except through the
+  /// forced spill. A forced slice happens when every other rank has room below m (and
+  /// at most cap), and the rows left fit the rooms of all ranks (the loads total at most
+  /// P x cap when alpha >= 1): so its target ends at most at cap + (P - 2) x min(m - 1,
+  /// cap). With alpha < 1 the loads may exceed P x cap by (1 - alpha) x P x B more.
+  /// Segments: a native one and a last slice per expert, and at most one slice a rank that
+  /// fills it: 2N + P; transfers: the slices, N + P.
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    check();
+    const std::int64_t total = detail::total_pairs(topo, max_pairs_per_rank);
+    return lla_bounds(topo, capacity(total, topo.ranks()), total, alpha, min_tokens_per_gemm);
+  }
+
+  /// The bounds of the planners that share Alg. 2 (LeastLoaded, NodeAware), for a
+  /// capacity `cap` of `total` pairs.
+  [[nodiscard]] static PlanBounds lla_bounds(const Topology& topo, count_t cap, std::int64_t total, double alpha,
+                                             count_t m) {
+    const int P = topo.ranks(), N = topo.experts();
+    const count_t w = std::clamp<count_t>(m - 1, 0, cap);
+    const double over = alpha >= 1.0 ? 0.0 : std::ceil((1.0 - alpha) * static_cast<double>(total));
+    const double rows = static_cast<double>(cap) + static_cast<double>(std::max(P - 2, 0)) * static_cast<double>(w) + over;
+    PlanBounds b;
+    b.rows_per_rank = rows >= static_cast<double>(total) ? total : std::min<std::int64_t>(total, static_cast<count_t>(rows));
+    const auto foreign = std::min<std::int64_t>(N - topo.experts_per_rank(), b.rows_per_rank);
+    b.foreign_experts_per_rank = static_cast<int>(foreign);
+    b.segments = static_cast<int>(std::min<std::int64_t>(2 * std::int64_t{N} + P, max_plan_segments(P, N, topo.replicas_per_rank())));
+    b.transfers = static_cast<int>(std::min<std::int64_t>(std::int64_t{N} + P, std::int64_t{N} * (P - 1)));
+    return b;
   }
 
   /// Bytes of scratch plan() carves from Plan::workspace for this topology.

@@ -185,6 +185,23 @@ struct Capped {
   Inner inner{};
   MemoryCap cap{};
 
+  /// Within the cap or refused: rows at most budget / row_cost, foreign experts at most
+  /// budget / expert_cost (both as the inner planner's when smaller); segments: the
+  /// inner plan's, or the fill's 2N + P (a native part per expert, a last slice per
+  /// expert, at most one slice a rank that uses up its room).
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    cap.check();
+    PlanBounds b = plan_bounds(inner, topo, max_pairs_per_rank);
+    const int P = topo.ranks(), N = topo.experts();
+    b.rows_per_rank = std::min(b.rows_per_rank, alg::cap_rows(cap));
+    if (cap.expert_cost > 0)
+      b.foreign_experts_per_rank =
+          static_cast<int>(std::min<std::int64_t>(b.foreign_experts_per_rank, cap.budget / cap.expert_cost));
+    b.segments = std::max(b.segments, static_cast<int>(2 * std::int64_t{N} + P));
+    b.transfers = std::max(b.transfers, static_cast<int>(std::min<std::int64_t>(std::int64_t{N} + P, std::int64_t{N} * (P - 1))));
+    return b;
+  }
+
   /// Bytes of scratch plan() carves from Plan::workspace: the inner planner's or the
   /// fill's, whichever is larger (the fill runs after the inner plan is done).
   [[nodiscard]] std::size_t scratch_bytes(const Topology& topo) const noexcept {

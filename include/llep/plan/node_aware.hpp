@@ -29,6 +29,11 @@ struct NodeAware {
   void check() const { base().check(); }
   [[nodiscard]] LeastLoaded base() const noexcept { return LeastLoaded{alpha, min_tokens_per_gemm}; }
 
+  /// LeastLoaded's: a forced slice here too needs every other rank's room below m.
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    return base().bounds(topo, max_pairs_per_rank);
+  }
+
   [[nodiscard]] static std::size_t scratch_bytes(const Topology& topo) noexcept {
     return LeastLoaded::scratch_bytes(topo);
   }

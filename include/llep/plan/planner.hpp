@@ -1,5 +1,6 @@
 #pragma once
 // The Planner concept: a deterministic host function of (loads, topology) into a Plan.
+#include <algorithm>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -22,6 +23,51 @@ concept Planner = requires(const P& planner, std::span<const count_t> loads, con
 namespace detail {
 template <class>
 inline constexpr bool dependent_false = false;
+}
+
+/// Upper bounds on a plan, over every routing in which each rank has at most
+/// max_pairs_per_rank token-expert pairs (B_max x K; so the loads total at most P times
+/// that): the rows any one rank computes, the foreign experts (weights it does not hold)
+/// any rank computes, the plan's segments and its weight transfers. What an engine sizes
+/// a step's memory by before any batch (MoeLayer::workspace_bytes).
+struct PlanBounds {
+  std::int64_t rows_per_rank = 0;
+  int foreign_experts_per_rank = 0;
+  int segments = 0;
+  int transfers = 0;
+};
+
+namespace detail {
+/// P x pairs, saturated; the most rows any plan can put on one rank.
+[[nodiscard]] inline std::int64_t total_pairs(const Topology& topo, std::int64_t pairs) {
+  LLEP_EXPECTS(pairs >= 0, "max_pairs_per_rank = ", pairs, " must be >= 0");
+  const std::int64_t P = topo.ranks();
+  return pairs > alg::kCountMax / P ? alg::kCountMax : P * pairs;
+}
+/// Bounds any valid plan meets: every pair on one rank, every other expert foreign to it,
+/// the segment room of a Plan (max_plan_segments), a transfer per non-native segment.
+[[nodiscard]] inline PlanBounds any_plan_bounds(const Topology& topo, std::int64_t pairs) {
+  const int N = topo.experts(), P = topo.ranks();
+  const auto segments = static_cast<int>(max_plan_segments(P, N, topo.replicas_per_rank()));
+  return PlanBounds{total_pairs(topo, pairs), N - topo.experts_per_rank(), segments,
+                    static_cast<int>(std::min<std::int64_t>(segments, std::int64_t{N} * (P - 1)))};
+}
+/// Component-wise larger of two bounds (a planner that runs one of two plans).
+[[nodiscard]] inline PlanBounds max_bounds(const PlanBounds& a, const PlanBounds& b) noexcept {
+  return PlanBounds{std::max(a.rows_per_rank, b.rows_per_rank),
+                    std::max(a.foreign_experts_per_rank, b.foreign_experts_per_rank), std::max(a.segments, b.segments),
+                    std::max(a.transfers, b.transfers)};
+}
+}  // namespace detail
+
+/// The planner's bounds(topo, pairs) when it has one, else the bounds any valid plan
+/// meets (detail::any_plan_bounds).
+template <class P>
+[[nodiscard]] PlanBounds plan_bounds(const P& planner, const Topology& topo, std::int64_t max_pairs_per_rank) {
+  if constexpr (requires { planner.bounds(topo, max_pairs_per_rank); })
+    return planner.bounds(topo, max_pairs_per_rank);
+  else
+    return detail::any_plan_bounds(topo, max_pairs_per_rank);
 }
 
 /// Bytes of scratch `planner` carves from Plan::workspace for `topo`: its

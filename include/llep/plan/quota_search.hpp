@@ -43,6 +43,16 @@ struct QuotaSearch {
     LLEP_EXPECTS(min_tokens_per_gemm >= 0, "min_tokens_per_gemm = ", min_tokens_per_gemm, " must be >= 0");
   }
 
+  /// Rows: at most the threshold, at most the busiest native rank: P x B. Segments: a
+  /// native part or an emptying slice per expert, plus per rank one slice that fills it
+  /// and one that ends its shedding: N + 2P; transfers: the slices, N + 2P.
+  [[nodiscard]] static PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) {
+    const int P = topo.ranks(), N = topo.experts();
+    const int most = static_cast<int>(std::min<std::int64_t>(std::int64_t{N} + 2 * P, max_plan_segments(P, N)));
+    return PlanBounds{detail::total_pairs(topo, max_pairs_per_rank), N - topo.experts_per_rank(), most,
+                      static_cast<int>(std::min<std::int64_t>(most, std::int64_t{N} * (P - 1)))};
+  }
+
   [[nodiscard]] static std::size_t scratch_bytes(const Topology& topo) noexcept {
     alg::Carve c;
     (void)Scratch::take(c, topo.ranks(), topo.experts());

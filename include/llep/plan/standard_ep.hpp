@@ -14,6 +14,12 @@ namespace llep {
 struct StandardEp {
   static constexpr std::string_view name = "ep";
 
+  /// Every expert on its native rank: a rank computes at most all P x B pairs (every
+  /// one routed to its experts), none foreign; one segment per expert, no transfer.
+  [[nodiscard]] static PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) {
+    return PlanBounds{detail::total_pairs(topo, max_pairs_per_rank), 0, topo.experts(), 0};
+  }
+
   [[nodiscard]] static std::size_t scratch_bytes(const Topology& topo) noexcept {
     return static_cast<std::size_t>(topo.experts()) * sizeof(std::int32_t);
   }
