@@ -44,11 +44,12 @@ Result measure(const Planner& planner, const std::vector<count_t>& loads, const 
 
 int usage(std::FILE* to, int code) {
   std::fprintf(to,
-               "usage: llep-plan-bench [--json] [--reps N]\n"
+               "usage: llep-plan-bench [--json] [--reps N] [--experts N] [--ranks P]\n"
                "  Median host time of one plan (ep, llep, adaptive with the paper's settings) per\n"
                "  N in {32,128,256,384} x P in {8,16,32,64} x the paper's skews.\n"
                "  --json    one JSON object per line instead of the table\n"
-               "  --reps N  timed plans per row, after warm-up (default 2001)\n");
+               "  --reps N  timed plans per row, after warm-up (default 2001)\n"
+               "  --experts N, --ranks P  only that N (or P) of the grid\n");
   return code;
 }
 
@@ -56,7 +57,7 @@ int usage(std::FILE* to, int code) {
 
 int main(int argc, char** argv) {
   bool json = false;
-  int reps = 2001;
+  int reps = 2001, only_n = 0, only_p = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json")) {
       json = true;
@@ -68,6 +69,15 @@ int main(int argc, char** argv) {
         return 2;
       }
       reps = static_cast<int>(r);
+    } else if ((!std::strcmp(argv[i], "--experts") || !std::strcmp(argv[i], "--ranks")) && i + 1 < argc) {
+      const bool experts = !std::strcmp(argv[i], "--experts");
+      char* end = nullptr;
+      const long v = std::strtol(argv[++i], &end, 10);
+      if (*end != '\0' || v < 1 || v > 65536) {
+        std::fprintf(stderr, "error: %s '%s' is not an integer in [1, 65536]\n", argv[i - 1], argv[i]);
+        return 2;
+      }
+      (experts ? only_n : only_p) = static_cast<int>(v);
     } else if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
       return usage(stdout, 0);
     } else {
@@ -91,6 +101,7 @@ int main(int argc, char** argv) {
   }
   for (int N : {32, 128, 256, 384}) {
     for (int P : {8, 16, 32, 64}) {
+      if ((only_n != 0 && N != only_n) || (only_p != 0 && P != only_p)) continue;
       if (N % P != 0) {
         if (json)
           std::printf("{\"experts\": %d, \"ranks\": %d, \"skipped\": \"N %% P != 0\"}\n", N, P);

@@ -53,6 +53,12 @@ inline void loads_from_counts(CountsView counts, std::span<count_t> loads) {
 inline void check_loads(std::span<const count_t> loads, const Topology& topo) {
   LLEP_EXPECTS(loads.size() == static_cast<std::size_t>(topo.experts()), "loads has ", loads.size(),
                " entries but the topology has N = ", topo.experts(), " experts");
+  // Fast path: no load negative and each below 2^(62 - log2 N), so no sum can overflow.
+  count_t bits = 0;
+  for (const count_t l : loads) bits |= l;
+  int log_n = 0;
+  while ((std::size_t{1} << log_n) < loads.size()) ++log_n;
+  if (bits >= 0 && log_n < 62 && bits < (count_t{1} << (62 - log_n))) return;
   count_t total = 0;
   for (std::size_t e = 0; e < loads.size(); ++e) {
     LLEP_EXPECTS(loads[e] >= 0, "load ", loads[e], " of expert ", e, " is negative");

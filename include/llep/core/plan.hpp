@@ -2,10 +2,11 @@
 // The plan: for every expert with load, segments (rank, begin, end) tiling [0, l[e]); the
 // weight transfers they imply; each rank's load; the capacity it was made under.
 //
-// A Plan is reused from step to step: planners call reset() and refill it, so once its
-// vectors have grown to the largest plan seen, planning allocates nothing.
+// The plan as plain data is PlanView (plan_view.hpp); Plan owns host buffers for one, sized
+// for the topology's largest plan, so a warm Plan refilled each step allocates nothing.
 #include <algorithm>
 #include <cstddef>
+#include <utility>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -15,39 +16,13 @@
 #include "llep/core/config.hpp"
 #include "llep/core/counts.hpp"
 #include "llep/core/error.hpp"
+#include "llep/core/plan_view.hpp"
 #include "llep/core/topology.hpp"
 
 namespace llep {
 
-/// Rank `rank` computes pairs [begin, end) of `expert`; pairs of an expert are ordered by
-/// source rank, then by their order on the source.
-struct Segment {
-  std::int32_t expert = 0;
-  std::int32_t rank = 0;
-  count_t begin = 0;
-  count_t end = 0;
-  [[nodiscard]] constexpr count_t size() const noexcept { return end - begin; }
-  friend constexpr bool operator==(const Segment&, const Segment&) = default;
-};
-
-/// (expert, begin) order of a plan's segments; end breaks ties so that broken plans with
-/// equal begins (an empty segment) still sort the same way every time.
-[[nodiscard]] constexpr bool segment_order(const Segment& a, const Segment& b) noexcept {
-  if (a.expert != b.expert) return a.expert < b.expert;
-  return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-}
-
-/// The weights of `expert` travel from `src` (its native rank) to `dst`, a rank that does
-/// not hold them.
-struct WeightTransfer {
-  std::int32_t expert = 0;
-  std::int32_t src = 0;
-  std::int32_t dst = 0;
-  friend constexpr bool operator==(const WeightTransfer&, const WeightTransfer&) = default;
-};
-
-/// Scratch space planners may use; lives in the Plan so that planning does not allocate
-/// once the plan object is warm.
+/// Scratch space Replicated still borrows from the Plan (the other planners carve their
+/// own from Plan::workspace, sized by their scratch_bytes).
 struct PlanScratch {
   std::vector<std::int32_t> order;
   std::vector<std::uint64_t> keys;
@@ -56,65 +31,105 @@ struct PlanScratch {
   std::vector<count_t> rank_tmp;
 };
 
+/// A plan with its own host buffers: a PlanView over vectors sized, on reset(), for the
+/// largest plan of the topology (max_plan_segments), so that refilling a warm Plan
+/// allocates nothing. Planners fill view() with unchecked pushes and call finish();
+/// add_segment() is the checked append for plans built by hand.
 class Plan {
  public:
   Plan() = default;
-
-  /// Empties the plan for a topology; keeps capacity of every buffer.
-  void reset(const Topology& topo, std::string_view policy) {
-    ranks_ = topo.ranks();
-    experts_ = topo.experts();
-    policy_ = policy;
-    capacity_ = 0;
-    segments_.clear();
-    transfers_.clear();
-    expert_offsets_.assign(static_cast<std::size_t>(experts_) + 1, 0);
-    rank_loads_.assign(static_cast<std::size_t>(ranks_), 0);
-    finished_ = false;
-    // Room for the largest plan of this shape up front, so that a warm plan stays
-    // allocation-free when the routing shifts (more experts with load, more spills):
-    // a spill slice either fills a rank or ends its expert, so 2N + P segments suffice;
-    // a split over replica holders adds at most one segment per replica, P x S.
-    const auto N = static_cast<std::size_t>(experts_), P = static_cast<std::size_t>(ranks_);
-    const std::size_t most = 2 * N + P + P * static_cast<std::size_t>(topo.replicas_per_rank());
-    segments_.reserve(most);
-    spare_.reserve(most);
-    transfers_.reserve(most);
-    scratch_.order.reserve(N);
-    scratch_.keys.reserve(N);
+  Plan(const Plan& o) { *this = o; }
+  Plan(Plan&& o) noexcept { *this = std::move(o); }
+  Plan& operator=(const Plan& o) {
+    if (this != &o) {
+      segments_ = o.segments_;
+      spare_ = o.spare_;
+      transfers_ = o.transfers_;
+      expert_offsets_ = o.expert_offsets_;
+      rank_loads_ = o.rank_loads_;
+      scratch_ = o.scratch_;
+      v_ = o.v_;
+      // workspace_ is scratch: not copied.
+      repoint();
+    }
+    return *this;
+  }
+  Plan& operator=(Plan&& o) noexcept {
+    if (this != &o) {
+      segments_ = std::move(o.segments_);
+      spare_ = std::move(o.spare_);
+      transfers_ = std::move(o.transfers_);
+      expert_offsets_ = std::move(o.expert_offsets_);
+      rank_loads_ = std::move(o.rank_loads_);
+      scratch_ = std::move(o.scratch_);
+      workspace_ = std::move(o.workspace_);
+      v_ = o.v_;
+      o.v_ = PlanView{};
+      repoint();
+    }
+    return *this;
   }
 
-  /// Appends a segment; segments may come in any expert order, finish() sorts them.
+  /// Empties the plan for a topology; buffers grow to the topology's largest plan once.
+  void reset(const Topology& topo, std::string_view policy) {
+    const auto most = static_cast<std::size_t>(max_plan_segments(topo.ranks(), topo.experts(), topo.replicas_per_rank()));
+    if (segments_.size() < most) {
+      segments_.resize(most);
+      spare_.resize(most);
+      transfers_.resize(most);
+    }
+    expert_offsets_.resize(static_cast<std::size_t>(topo.experts()) + 1);
+    rank_loads_.resize(static_cast<std::size_t>(topo.ranks()));
+    repoint();
+    v_.begin(topo.ranks(), topo.experts(), policy.data(), static_cast<int>(policy.size()));
+  }
+
+  /// The plan as plain data, for planners to fill (after reset) with PlanView::push.
+  [[nodiscard]] PlanView& view() noexcept { return v_; }
+  [[nodiscard]] const PlanView& view() const noexcept { return v_; }
+
+  /// At least `bytes` of 16-byte-aligned scratch for a planner; grows, never shrinks.
+  [[nodiscard]] std::span<std::byte> workspace(std::size_t bytes) {
+    const std::size_t words = (bytes + 15) / 16;
+    if (workspace_.size() < words) workspace_.resize(words);
+    return std::as_writable_bytes(std::span<Word>(workspace_)).first(bytes);
+  }
+
+  /// Appends a segment, checking its ids; segments may come in any expert order, finish()
+  /// sorts them.
   void add_segment(int expert, int rank, count_t begin, count_t end) {
     // Out-of-range ids would index past the rank loads and the expert index.
-    LLEP_EXPECTS(expert >= 0 && expert < experts_, "segment expert ", expert, " is outside [0, ", experts_, ")");
-    LLEP_EXPECTS(rank >= 0 && rank < ranks_, "segment rank ", rank, " of expert ", expert, " is outside [0, ",
-                 ranks_, ")");
-    segments_.push_back(Segment{expert, rank, begin, end});
-    rank_loads_[static_cast<std::size_t>(rank)] += end - begin;
+    LLEP_EXPECTS(expert >= 0 && expert < v_.experts, "segment expert ", expert, " is outside [0, ", v_.experts, ")");
+    LLEP_EXPECTS(rank >= 0 && rank < v_.ranks, "segment rank ", rank, " of expert ", expert, " is outside [0, ",
+                 v_.ranks, ")");
+    if (v_.num_segments == v_.max_segments) grow(segments_.size() * 2 + 8);
+    v_.reopen();
+    v_.push(expert, rank, begin, end);
   }
 
-  void set_capacity(count_t cap) noexcept { capacity_ = cap; }
-  void set_policy(std::string_view policy) { policy_ = policy; }
+  void set_capacity(count_t cap) noexcept { v_.capacity = cap; }
+  void set_policy(std::string_view policy) noexcept {
+    v_.set_policy(policy.data(), static_cast<int>(policy.size()));
+  }
 
   /// Sorts segments by (expert, begin), builds the per-expert index and derives the weight
   /// transfers: one per rank that computes a segment of an expert whose weights it does
   /// not hold (neither native nor replica), from the native rank; sorted by (expert, dst).
-  void finish(const Topology& topo) {
-    sort_segments();
-    transfers_.clear();
-    for (int e = 0; e < experts_; ++e) {
-      const int native = topo.native_rank(e);
-      const std::size_t first = transfers_.size();
-      for (const Segment& s : segments(e))
-        if (s.rank != native && !topo.holds_replica(e, s.rank))
-          transfers_.push_back(WeightTransfer{e, native, s.rank});
-      // One expert's helpers: a handful, so this sort is an insertion sort.
-      const auto from = transfers_.begin() + static_cast<std::ptrdiff_t>(first);
-      std::sort(from, transfers_.end(), [](const WeightTransfer& a, const WeightTransfer& b) { return a.dst < b.dst; });
-      transfers_.erase(std::unique(from, transfers_.end()), transfers_.end());
+  /// `natives` (N entries, optional) are the topology's native ranks, to save lookups.
+  void finish(const Topology& topo, const std::int32_t* natives = nullptr) {
+    LLEP_EXPECTS(v_.dropped == 0, "a planner pushed ", v_.dropped, " segments past the bound of ", v_.max_segments,
+                 " (policy ", policy(), "): a bug in its bound");
+    auto no_replica = [](int, int) { return false; };
+    auto replica = [&topo](int e, int r) { return topo.holds_replica(e, r); };
+    if (natives != nullptr) {
+      auto native = [natives](int e) { return natives[e]; };
+      topo.has_replicas() ? v_.finish(native, replica) : v_.finish(native, no_replica);
+    } else {
+      auto native = [&topo](int e) { return topo.native_rank(e); };
+      topo.has_replicas() ? v_.finish(native, replica) : v_.finish(native, no_replica);
     }
-    finished_ = true;
+    // finish() swaps segments and spare: keep the vectors in step with the view.
+    if (v_.segments != segments_.data()) segments_.swap(spare_);
   }
 
   /// Takes a plan made elsewhere (read from a file, received from another process) as
@@ -124,81 +139,83 @@ class Plan {
               std::span<const Segment> segments, std::span<const WeightTransfer> transfers,
               std::span<const count_t> rank_loads) {
     reset(topo, policy);
-    LLEP_EXPECTS(rank_loads.size() == static_cast<std::size_t>(ranks_), "rank loads hold ", rank_loads.size(),
-                 " entries; P = ", ranks_);
+    LLEP_EXPECTS(rank_loads.size() == static_cast<std::size_t>(v_.ranks), "rank loads hold ", rank_loads.size(),
+                 " entries; P = ", v_.ranks);
     for (const Segment& s : segments)
-      LLEP_EXPECTS(s.expert >= 0 && s.expert < experts_, "segment expert ", s.expert, " is outside [0, ",
-                   experts_, ")");
-    capacity_ = capacity;
-    segments_.assign(segments.begin(), segments.end());
-    std::sort(segments_.begin(), segments_.end(), segment_order);
-    build_index();
-    transfers_.assign(transfers.begin(), transfers.end());
-    rank_loads_.assign(rank_loads.begin(), rank_loads.end());
-    finished_ = true;
+      LLEP_EXPECTS(s.expert >= 0 && s.expert < v_.experts, "segment expert ", s.expert, " is outside [0, ",
+                   v_.experts, ")");
+    grow(std::max(segments.size(), transfers.size()));
+    v_.capacity = capacity;
+    std::copy(segments.begin(), segments.end(), segments_.begin());
+    std::sort(segments_.begin(), segments_.begin() + static_cast<std::ptrdiff_t>(segments.size()), segment_order);
+    v_.num_segments = static_cast<std::int32_t>(segments.size());
+    for (int e = 0; e <= v_.experts; ++e) v_.expert_offsets[e] = 0;
+    for (const Segment& s : segments) ++v_.expert_offsets[s.expert + 1];
+    for (int e = 0; e < v_.experts; ++e) v_.expert_offsets[e + 1] += v_.expert_offsets[e];
+    std::copy(transfers.begin(), transfers.end(), transfers_.begin());
+    v_.num_transfers = static_cast<std::int32_t>(transfers.size());
+    std::copy(rank_loads.begin(), rank_loads.end(), rank_loads_.begin());
+    v_.finished = true;
   }
 
-  [[nodiscard]] int ranks() const noexcept { return ranks_; }
-  [[nodiscard]] int experts() const noexcept { return experts_; }
+  [[nodiscard]] int ranks() const noexcept { return v_.ranks; }
+  [[nodiscard]] int experts() const noexcept { return v_.experts; }
   /// Name of the policy that made the plan ("ep", "llep", ...).
-  [[nodiscard]] std::string_view policy() const noexcept { return policy_; }
-  [[nodiscard]] count_t capacity() const noexcept { return capacity_; }
-  [[nodiscard]] bool finished() const noexcept { return finished_; }
+  [[nodiscard]] std::string_view policy() const noexcept { return std::string_view(v_.policy); }
+  [[nodiscard]] count_t capacity() const noexcept { return v_.capacity; }
+  [[nodiscard]] bool finished() const noexcept { return v_.finished; }
 
   /// All segments, sorted by (expert, begin).
-  [[nodiscard]] std::span<const Segment> segments() const noexcept { return segments_; }
+  [[nodiscard]] std::span<const Segment> segments() const noexcept {
+    return {v_.segments, static_cast<std::size_t>(v_.num_segments)};
+  }
   /// Segments of one expert, sorted by begin; empty when the expert has no load.
   [[nodiscard]] std::span<const Segment> segments(int expert) const noexcept {
     const auto e = static_cast<std::size_t>(expert);
-    return std::span<const Segment>(segments_).subspan(expert_offsets_[e],
-                                                       expert_offsets_[e + 1] - expert_offsets_[e]);
+    const auto b = static_cast<std::size_t>(v_.expert_offsets[e]);
+    return {v_.segments + b, static_cast<std::size_t>(v_.expert_offsets[e + 1]) - b};
   }
-  [[nodiscard]] std::span<const WeightTransfer> weight_transfers() const noexcept { return transfers_; }
-  [[nodiscard]] std::span<const count_t> rank_loads() const noexcept { return rank_loads_; }
+  [[nodiscard]] std::span<const WeightTransfer> weight_transfers() const noexcept {
+    return {v_.transfers, static_cast<std::size_t>(v_.num_transfers)};
+  }
+  [[nodiscard]] std::span<const count_t> rank_loads() const noexcept {
+    return {v_.rank_loads, static_cast<std::size_t>(v_.ranks)};
+  }
 
+  /// Replicated's scratch (see PlanScratch).
   [[nodiscard]] PlanScratch& scratch() noexcept { return scratch_; }
 
  private:
-  // Planners append one expert's slices at a time, in begin order, so a counting scatter
-  // by expert (O(segments + N)) replaces a comparison sort; an expert whose slices came out
-  // of order is sorted on its own.
-  void sort_segments() {
-    if (std::is_sorted(segments_.begin(), segments_.end(), segment_order)) {
-      build_index();
-      return;
-    }
-    build_index();
-    spare_.resize(segments_.size());
-    for (const Segment& s : segments_) spare_[expert_offsets_[static_cast<std::size_t>(s.expert)]++] = s;
-    for (std::size_t e = static_cast<std::size_t>(experts_); e > 0; --e) expert_offsets_[e] = expert_offsets_[e - 1];
-    expert_offsets_[0] = 0;
-    segments_.swap(spare_);
-    for (std::size_t e = 0; e < static_cast<std::size_t>(experts_); ++e) {
-      const auto b = segments_.begin() + static_cast<std::ptrdiff_t>(expert_offsets_[e]);
-      const auto en = segments_.begin() + static_cast<std::ptrdiff_t>(expert_offsets_[e + 1]);
-      if (!std::is_sorted(b, en, segment_order)) std::sort(b, en, segment_order);
-    }
+  struct alignas(16) Word {
+    std::byte b[16];
+  };
+
+  void repoint() {
+    v_.segments = segments_.data();
+    v_.spare = spare_.data();
+    v_.transfers = transfers_.data();
+    v_.expert_offsets = expert_offsets_.data();
+    v_.rank_loads = rank_loads_.data();
+    v_.max_segments = static_cast<std::int32_t>(segments_.size());
   }
 
-  // expert_offsets_[e] .. [e + 1] index the (expert, begin)-sorted segments of e.
-  void build_index() {
-    std::fill(expert_offsets_.begin(), expert_offsets_.end(), std::size_t{0});
-    for (const Segment& s : segments_) ++expert_offsets_[static_cast<std::size_t>(s.expert) + 1];
-    for (std::size_t e = 0; e < static_cast<std::size_t>(experts_); ++e)
-      expert_offsets_[e + 1] += expert_offsets_[e];
+  // Room for at least n segments (and transfers), keeping what is there.
+  void grow(std::size_t n) {
+    if (segments_.size() >= n) return;
+    segments_.resize(n);
+    spare_.resize(n);
+    transfers_.resize(n);
+    repoint();
   }
 
-  int ranks_ = 0;
-  int experts_ = 0;
-  std::string policy_;  // short names fit the small-string buffer: no allocation
-  count_t capacity_ = 0;
-  bool finished_ = false;
-  std::vector<Segment> segments_;
-  std::vector<Segment> spare_;  // scatter target of sort_segments, swapped with segments_
-  std::vector<std::size_t> expert_offsets_;
+  std::vector<Segment> segments_;  // v_.segments points here (finish keeps it so)
+  std::vector<Segment> spare_;
   std::vector<WeightTransfer> transfers_;
+  std::vector<std::int32_t> expert_offsets_;
   std::vector<count_t> rank_loads_;
+  std::vector<Word> workspace_;
   PlanScratch scratch_;
+  PlanView v_;
 };
 
 /// Outcome of validate(): ok, or the first invariant that broke, in words.

@@ -45,6 +45,7 @@
 #include <utility>
 
 #include "llep/core/plan.hpp"
+#include "llep/plan/alg.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/planner.hpp"
 #include "llep/sim/cost_model.hpp"
@@ -121,111 +122,49 @@ struct CostAware {
     return t;
   }
 
-  void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
-    check();
-    check_loads(loads, topo);
-    out.reset(topo, name);
-    const LeastLoaded ll = rules();
-    const int P = topo.ranks();
-    const int N = topo.experts();
-    count_t total = 0, peak = 0;
-    for (count_t l : loads) {
-      total += l;
-      peak = std::max(peak, l);
-    }
-    const count_t cap = ll.capacity(total, P);
-    out.set_capacity(cap);
-
-    PlanScratch& s = out.scratch();
-    s.rank_tmp.resize(static_cast<std::size_t>(P));
-    const std::span<count_t> effective(s.rank_tmp);
-    native_rank_loads(loads, topo, effective);
-    LeastLoaded::order_experts(loads, N, peak, s);
-    // One expert's accepted slices wait here (helper in `assigned`, size in `pending`) until
-    // the native's single segment is known; at most one slice per rank, so P is enough.
-    s.assigned.clear();
-    s.pending.clear();
-    s.assigned.reserve(static_cast<std::size_t>(P));
-    s.pending.reserve(static_cast<std::size_t>(P));
-    auto eff = [&](int r) -> count_t& { return effective[static_cast<std::size_t>(r)]; };
-    auto has_weights = [&](int q) {
-      return std::find(s.assigned.begin(), s.assigned.end(), static_cast<count_t>(q)) != s.assigned.end();
-    };
-    // LeastLoaded's slice for candidate q with r rows left; `force` allows its "give all r
-    // to the least-effective rank" fallback. 0: q does not qualify.
-    auto slice = [&](int q, count_t r, bool force) -> count_t {
-      const count_t c = std::min(r, cap - eff(q));
-      if (c > 0 && !(c < min_tokens_per_gemm && r > c)) return c;
-      return force ? r : 0;
-    };
-
-    for (const std::int32_t e : s.order) {
-      const count_t l = loads[static_cast<std::size_t>(e)];
-      const int native = topo.native_rank(e);
-      eff(native) -= l;
-      const count_t avail = cap - eff(native);
-      if (P == 1 || avail >= l) {
-        out.add_segment(e, native, 0, l);
-        eff(native) += l;
-        continue;
-      }
-      const count_t kept = std::max<count_t>(avail, 0);
-      s.assigned.clear();
-      s.pending.clear();
-      auto accept = [&](int q, count_t n) {
-        s.assigned.push_back(q);
-        s.pending.push_back(n);
-        eff(q) += n;
-      };
-      count_t r = l - kept;
-      while (r > 0) {
-        const int q = LeastLoaded::least_effective_other(effective, native);
-        const count_t n = slice(q, r, true);
-        if (terms(topo, native, q, kept, n, has_weights(q)).pays()) {
-          accept(q, n);
-          r -= n;
-          continue;
-        }
-        // A remote candidate that does not pay: the native node's least-effective rank.
-        if (topo.node_of(q) != topo.node_of(native)) {
-          const int q2 = least_effective_in_node(effective, topo, native);
-          const count_t n2 = q2 < 0 ? 0 : slice(q2, r, false);
-          if (n2 > 0 && terms(topo, native, q2, kept, n2, has_weights(q2)).pays()) {
-            accept(q2, n2);
-            r -= n2;
-            continue;
-          }
-        }
-        // Last resort, LeastLoaded's own fallback: all r rows to the least-effective rank,
-        // when it ends lighter than the native would and the whole remainder pays off.
-        if (n < r && eff(q) < eff(native) + kept && terms(topo, native, q, kept, r, has_weights(q)).pays()) {
-          accept(q, r);
-          r = 0;
-          continue;
-        }
-        break;  // the rest stays native
-      }
-      const count_t native_rows = kept + r;
-      if (native_rows > 0) out.add_segment(e, native, 0, native_rows);
-      eff(native) += native_rows;
-      count_t t = native_rows;
-      for (std::size_t i = 0; i < s.assigned.size(); ++i) {
-        out.add_segment(e, static_cast<int>(s.assigned[i]), t, t + s.pending[i]);
-        t += s.pending[i];
-      }
-    }
-    out.finish(topo);
+  /// Rows: a spill that does not pay leaves its rows on the native rank, so standard EP's
+  /// P x B; foreign experts, segments and transfers: LeastLoaded's (its slices are
+  /// LeastLoaded's, or fewer).
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    PlanBounds b = rules().bounds(topo, max_pairs_per_rank);
+    b.rows_per_rank = detail::total_pairs(topo, max_pairs_per_rank);
+    b.foreign_experts_per_rank = topo.experts() - topo.experts_per_rank();
+    return b;
   }
 
-  /// The rank of `native`'s node, other than `native`, with the least effective load
-  /// (lower rank on ties); -1 when the node has no other rank.
-  static int least_effective_in_node(std::span<const count_t> effective, const Topology& topo, int native) noexcept {
-    const int first = topo.node_of(native) * topo.ranks_per_node();
-    int best = -1;
-    for (int q = first; q < first + topo.ranks_per_node(); ++q)
-      if (q != native && (best < 0 || effective[static_cast<std::size_t>(q)] < effective[static_cast<std::size_t>(best)]))
-        best = q;
-    return best;
+  [[nodiscard]] static std::size_t scratch_bytes(const Topology& topo) noexcept {
+    return LeastLoaded::scratch_bytes(topo);
+  }
+
+  void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
+    check();
+    const int rpn = topo.ranks_per_node();
+    const count_t m = min_tokens_per_gemm;
+    // LeastLoaded's driver (alg::assign_then_spill); this hook keeps a slice only when it
+    // pays off. effective[native] already holds the kept rows.
+    rules().assign(loads, topo, out, name, [&](const count_t* eff, const alg::Spill& sp) -> alg::Slice {
+      const int native = sp.native;
+      const count_t r = sp.rows_left, kept = sp.kept;
+      auto has_weights = [&](int q) {
+        for (int j = 0; j < sp.num_slices; ++j)
+          if (sp.slices[j].rank == q) return true;
+        return false;
+      };
+      const int q = sp.least;
+      const count_t n = alg::lla_slice(r, sp.cap - eff[q], m, true);
+      if (terms(topo, native, q, kept, n, has_weights(q)).pays()) return {q, n};
+      // A remote candidate that does not pay: the native node's least-effective rank.
+      if (topo.node_of(q) != topo.node_of(native)) {
+        const int first = topo.node_of(native) * rpn;
+        const int q2 = alg::least_loaded_rank(eff, first, first + rpn, native);
+        const count_t n2 = q2 < 0 ? 0 : alg::lla_slice(r, sp.cap - eff[q2], m, false);
+        if (n2 > 0 && terms(topo, native, q2, kept, n2, has_weights(q2)).pays()) return {q2, n2};
+      }
+      // Last resort, LeastLoaded's own fallback: all r rows to the least-effective rank,
+      // when it ends lighter than the native would and the whole remainder pays off.
+      if (n < r && eff[q] < eff[native] && terms(topo, native, q, kept, r, has_weights(q)).pays()) return {q, r};
+      return {native, 0};  // the rest stays native
+    });
   }
 
   friend std::ostream& operator<<(std::ostream& os, const CostAware& c) {

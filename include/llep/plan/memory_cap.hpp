@@ -26,6 +26,7 @@
 #include <string_view>
 
 #include "llep/core/plan.hpp"
+#include "llep/plan/alg.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/planner.hpp"
 
@@ -59,8 +60,8 @@ struct MemoryCap {
   }
   [[nodiscard]] std::string_view unit() const noexcept { return in_bytes ? "bytes" : "rows"; }
   /// Units a rank uses; saturates instead of overflowing.
-  [[nodiscard]] count_t usage(count_t rows, count_t foreign) const noexcept {
-    constexpr count_t top = std::numeric_limits<count_t>::max();
+  [[nodiscard]] LLEP_HOST_DEVICE count_t usage(count_t rows, count_t foreign) const noexcept {
+    constexpr count_t top = alg::kCountMax;
     if (rows > top / row_cost) return top;
     const count_t a = rows * row_cost;
     if (expert_cost > 0 && foreign > (top - a) / expert_cost) return top;
@@ -70,13 +71,111 @@ struct MemoryCap {
   friend constexpr bool operator==(const MemoryCap&, const MemoryCap&) = default;
 };
 
+namespace alg {
+
+/// Per-rank usage of a finished plan under a cap, into usage[P].
+LLEP_HOST_DEVICE inline void rank_usage(const PlanView& plan, const MemoryCap& cap, count_t* usage) noexcept {
+  for (int q = 0; q < plan.ranks; ++q) usage[q] = 0;
+  for (int i = 0; i < plan.num_transfers; ++i) ++usage[plan.transfers[i].dst];
+  for (int q = 0; q < plan.ranks; ++q) usage[q] = cap.usage(plan.rank_loads[q], usage[q]);
+}
+
+/// Whether every rank of a finished plan fits the cap; usage[P] is scratch.
+[[nodiscard]] LLEP_HOST_DEVICE inline bool fits(const PlanView& plan, const MemoryCap& cap, count_t* usage) noexcept {
+  rank_usage(plan, cap, usage);
+  for (int q = 0; q < plan.ranks; ++q)
+    if (usage[q] > cap.budget) return false;
+  return true;
+}
+
+/// Rows alone a rank holds under the cap: budget / row_cost (whole rows).
+[[nodiscard]] LLEP_HOST_DEVICE constexpr count_t cap_rows(const MemoryCap& cap) noexcept {
+  return cap.budget / cap.row_cost;
+}
+
+/// Whether P ranks hold `total` rows at all; `have` gets P x cap_rows, saturated.
+[[nodiscard]] LLEP_HOST_DEVICE inline bool cap_holds(const MemoryCap& cap, count_t total, int P, count_t* have) noexcept {
+  const count_t per_rank = cap_rows(cap);
+  *have = P > kCountMax / (per_rank > 1 ? per_rank : 1) ? kCountMax : P * per_rank;
+  return total <= *have;
+}
+
+/// Where the capped fill got stuck: expert -1 when it did not.
+struct CappedStuck {
+  int expert = -1;
+  count_t rows_left = 0;
+  count_t copies = 0;  ///< foreign experts placed before
+};
+
+/// Scratch of capped_fill.
+struct CappedScratch {
+  OrderScratch order;
+  count_t* rows;     // P
+  count_t* foreign;  // P
+  count_t* kept;     // N
+  LLEP_HOST_DEVICE static CappedScratch take(Carve& c, int P, int N) noexcept {
+    CappedScratch s{};
+    s.order = OrderScratch::take(c, N);
+    s.rows = c.take<count_t>(static_cast<std::size_t>(P));
+    s.foreign = c.take<count_t>(static_cast<std::size_t>(P));
+    s.kept = c.take<count_t>(static_cast<std::size_t>(N));
+    return s;
+  }
+};
+
+/// The capped fill (see the top of memory_cap.hpp) into `out` (begun by the caller; not
+/// finished). Returns where it got stuck, if it did; the plan is then incomplete.
+LLEP_HOST_DEVICE inline CappedStuck capped_fill(const count_t* loads, TopoView t, const MemoryCap& cap,
+                                               CappedScratch s, PlanView& out) noexcept {
+  const int P = t.ranks;
+  const int n = visit_order(loads, t.experts, s.order);
+  for (int q = 0; q < P; ++q) s.rows[q] = s.foreign[q] = 0;
+  const count_t native_rows = cap_rows(cap);
+  for (int i = 0; i < n; ++i) {
+    const int e = s.order.order[i];
+    const int q = t.native_rank(e);
+    const count_t room = native_rows - s.rows[q];
+    const count_t k = room < 0 ? 0 : (room < loads[e] ? room : loads[e]);
+    s.rows[q] += k;
+    s.kept[e] = k;
+    if (k > 0) out.push(e, q, 0, k);
+  }
+  // Rows a rank can still take of an expert it does not hold yet.
+  auto room = [&](int q) -> count_t {
+    const count_t f = s.foreign[q] + 1;
+    if (cap.expert_cost > 0 && f > cap.budget / cap.expert_cost) return -1;
+    return (cap.budget - f * cap.expert_cost) / cap.row_cost - s.rows[q];
+  };
+  count_t copies = 0;
+  for (int i = 0; i < n; ++i) {
+    const int e = s.order.order[i];
+    const int native = t.native_rank(e);
+    count_t b = s.kept[e];
+    for (count_t r = loads[e] - b; r > 0;) {
+      // The most room (least -room), lower rank on ties.
+      const int best = least_rank_by(0, P, native, -1, -1, [&](int q) { return -room(q); });
+      const count_t rm = best < 0 ? 0 : room(best);
+      const count_t c = r < rm ? r : rm;
+      if (c <= 0) return CappedStuck{e, r, copies};
+      out.push(e, best, b, b + c);
+      s.rows[best] += c;
+      ++s.foreign[best];
+      ++copies;
+      b += c;
+      r -= c;
+    }
+  }
+  out.capacity = native_rows;
+  return {};
+}
+
+}  // namespace alg
+
 /// Per-rank usage of a plan under a cap, into `out` (P entries).
 inline void rank_usage(const Plan& plan, const MemoryCap& cap, std::span<count_t> out) {
   LLEP_EXPECTS(out.size() == static_cast<std::size_t>(plan.ranks()), "usage holds ", out.size(), " entries; P = ",
                plan.ranks());
-  std::fill(out.begin(), out.end(), count_t{0});
-  for (const WeightTransfer& w : plan.weight_transfers()) ++out[static_cast<std::size_t>(w.dst)];
-  for (std::size_t q = 0; q < out.size(); ++q) out[q] = cap.usage(plan.rank_loads()[q], out[q]);
+  alg::rank_usage(plan.view(), cap, out.data());
 }
 
 template <Planner Inner = LeastLoaded>
@@ -86,90 +185,65 @@ struct Capped {
   Inner inner{};
   MemoryCap cap{};
 
+  /// Within the cap or refused: rows at most budget / row_cost, foreign experts at most
+  /// budget / expert_cost (both as the inner planner's when smaller); segments: the
+  /// inner plan's, or the fill's 2N + P (a native part per expert, a last slice per
+  /// expert, at most one slice a rank that uses up its room).
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    cap.check();
+    PlanBounds b = plan_bounds(inner, topo, max_pairs_per_rank);
+    const int P = topo.ranks(), N = topo.experts();
+    b.rows_per_rank = std::min(b.rows_per_rank, alg::cap_rows(cap));
+    if (cap.expert_cost > 0)
+      b.foreign_experts_per_rank =
+          static_cast<int>(std::min<std::int64_t>(b.foreign_experts_per_rank, cap.budget / cap.expert_cost));
+    b.segments = std::max(b.segments, static_cast<int>(2 * std::int64_t{N} + P));
+    b.transfers = std::max(b.transfers, static_cast<int>(std::min<std::int64_t>(std::int64_t{N} + P, std::int64_t{N} * (P - 1))));
+    return b;
+  }
+
+  /// Bytes of scratch plan() carves from Plan::workspace: the inner planner's or the
+  /// fill's, whichever is larger (the fill runs after the inner plan is done).
+  [[nodiscard]] std::size_t scratch_bytes(const Topology& topo) const noexcept {
+    alg::Carve c;
+    (void)c.take<count_t>(static_cast<std::size_t>(topo.ranks()));  // usage
+    (void)alg::CappedScratch::take(c, topo.ranks(), topo.experts());
+    (void)c.take<std::int32_t>(static_cast<std::size_t>(topo.experts()));  // natives
+    return std::max(c.used, planner_scratch_bytes(inner, topo));
+  }
+
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
     cap.check();
     if constexpr (requires { inner.check(); }) inner.check();
     check_loads(loads, topo);
-    const count_t P = topo.ranks();
+    const int P = topo.ranks();
     count_t total = 0;
     for (count_t l : loads) total += l;
-    // Rows alone: a rank holds at most budget / row_cost of them (whole rows only).
-    const count_t per_rank = cap.budget / cap.row_cost;
-    const count_t have = P > std::numeric_limits<count_t>::max() / std::max<count_t>(per_rank, 1)
-                             ? std::numeric_limits<count_t>::max()
-                             : P * per_rank;
-    LLEP_EXPECTS(total <= have, "memory cap: the loads need ", total, " rows = ", cap.usage(total, 0), " ",
-                 cap.unit(), " but the ranks hold at most ", have, " rows = ", cap.usage(have, 0), " ", cap.unit(),
-                 " (", P, " ranks x ", cap.budget, " ", cap.unit(), ", ", cap.row_cost, " a row)");
+    count_t have = 0;
+    LLEP_EXPECTS(alg::cap_holds(cap, total, P, &have), "memory cap: the loads need ", total,
+                 " rows = ", cap.usage(total, 0), " ", cap.unit(), " but the ranks hold at most ", have,
+                 " rows = ", cap.usage(have, 0), " ", cap.unit(), " (", P, " ranks x ", cap.budget, " ", cap.unit(),
+                 ", ", cap.row_cost, " a row)");
 
     inner.plan(loads, topo, out);
-    if (fits(out)) return;
-    fill(loads, topo, out, total);
-  }
-
- private:
-  bool fits(Plan& out) const {
-    PlanScratch& s = out.scratch();
-    s.assigned.resize(static_cast<std::size_t>(out.ranks()));
-    rank_usage(out, cap, s.assigned);
-    for (const count_t u : s.assigned)
-      if (u > cap.budget) return false;
-    return true;
-  }
-
-  void fill(std::span<const count_t> loads, const Topology& topo, Plan& out, count_t total) const {
+    alg::Carve c{out.workspace(scratch_bytes(topo)).data()};
+    count_t* usage = c.take<count_t>(static_cast<std::size_t>(P));
+    if (alg::fits(out.view(), cap, usage)) return;
+    const alg::CappedScratch s = alg::CappedScratch::take(c, P, topo.experts());
+    const alg::TopoView t = topo_view(topo, c.take<std::int32_t>(static_cast<std::size_t>(topo.experts())));
     out.reset(topo, name);
-    const int P = topo.ranks();
-    PlanScratch& s = out.scratch();
-    count_t peak = 0;
-    for (count_t l : loads) peak = std::max(peak, l);
-    LeastLoaded::order_experts(loads, topo.experts(), peak, s);
-    s.rank_tmp.assign(static_cast<std::size_t>(P), 0);  // rows
-    s.assigned.assign(static_cast<std::size_t>(P), 0);  // foreign experts
-    s.pending.assign(static_cast<std::size_t>(topo.experts()), 0);  // rows kept by the native
-    const std::span<count_t> rows(s.rank_tmp), foreign(s.assigned), kept(s.pending);
-    const count_t native_rows = cap.budget / cap.row_cost;
-
-    for (const std::int32_t e : s.order) {
-      const auto q = static_cast<std::size_t>(topo.native_rank(e));
-      const count_t k = std::clamp<count_t>(native_rows - rows[q], 0, loads[static_cast<std::size_t>(e)]);
-      rows[q] += k;
-      kept[static_cast<std::size_t>(e)] = k;
-      if (k > 0) out.add_segment(e, static_cast<int>(q), 0, k);
+    const alg::CappedStuck stuck = alg::capped_fill(loads.data(), t, cap, s, out.view());
+    if (stuck.expert >= 0) {
+      const count_t have_units =
+          cap.budget > alg::kCountMax / P ? alg::kCountMax : P * cap.budget;
+      LLEP_FAIL("memory cap: no plan fits: ", stuck.rows_left, " rows of expert ", stuck.expert,
+                " find no rank with room; the loads need at least ",
+                cap.usage(total, 0) + (stuck.copies + 1) * cap.expert_cost, " ", cap.unit(), " (", total, " rows x ",
+                cap.row_cost, " + ", stuck.copies + 1, " foreign experts x ", cap.expert_cost, ") and the ranks hold ",
+                have_units, " (", P, " ranks x ", cap.budget,
+                "), a foreign expert's weights and its rows fitting in one rank's ", cap.budget);
     }
-    // Rows a rank can still take of an expert it does not hold yet.
-    auto room = [&](int q) {
-      const count_t f = foreign[static_cast<std::size_t>(q)] + 1;
-      if (cap.expert_cost > 0 && f > cap.budget / cap.expert_cost) return count_t{-1};
-      return (cap.budget - f * cap.expert_cost) / cap.row_cost - rows[static_cast<std::size_t>(q)];
-    };
-    const count_t have_units =
-        cap.budget > std::numeric_limits<count_t>::max() / P ? std::numeric_limits<count_t>::max() : P * cap.budget;
-    count_t copies = 0;
-    for (const std::int32_t e : s.order) {
-      const int native = topo.native_rank(e);
-      count_t t = kept[static_cast<std::size_t>(e)];
-      for (count_t r = loads[static_cast<std::size_t>(e)] - t; r > 0;) {
-        int best = -1;
-        for (int q = 0; q < P; ++q)
-          if (q != native && (best < 0 || room(q) > room(best))) best = q;
-        const count_t c = best < 0 ? 0 : std::min(r, room(best));
-        LLEP_EXPECTS(c > 0, "memory cap: no plan fits: ", r, " rows of expert ", e,
-                     " find no rank with room; the loads need at least ",
-                     cap.usage(total, 0) + (copies + 1) * cap.expert_cost, " ", cap.unit(), " (", total, " rows x ",
-                     cap.row_cost, " + ", copies + 1, " foreign experts x ", cap.expert_cost, ") and the ranks hold ",
-                     have_units, " (", P, " ranks x ", cap.budget,
-                     "), a foreign expert's weights and its rows fitting in one rank's ", cap.budget);
-        out.add_segment(e, best, t, t + c);
-        rows[static_cast<std::size_t>(best)] += c;
-        ++foreign[static_cast<std::size_t>(best)];
-        ++copies;
-        t += c;
-        r -= c;
-      }
-    }
-    out.set_capacity(native_rows);
-    out.finish(topo);
+    out.finish(topo, t.native);
   }
 
  public:

@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "llep/core/plan.hpp"
+#include "llep/plan/alg.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/planner.hpp"
 
@@ -28,36 +29,33 @@ struct NodeAware {
   void check() const { base().check(); }
   [[nodiscard]] LeastLoaded base() const noexcept { return LeastLoaded{alpha, min_tokens_per_gemm}; }
 
+  /// LeastLoaded's: a forced slice here too needs every other rank's room below m.
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    return base().bounds(topo, max_pairs_per_rank);
+  }
+
+  [[nodiscard]] static std::size_t scratch_bytes(const Topology& topo) noexcept {
+    return LeastLoaded::scratch_bytes(topo);
+  }
+
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
     const LeastLoaded lla = base();
     const int P = topo.ranks(), per_node = topo.ranks_per_node();
+    const count_t m = min_tokens_per_gemm;
     // As in LeastLoaded, only the least-effective rank of a group can qualify (it has the
     // most room), so one candidate per group: the native node's ranks, then the others.
-    lla.assign(loads, topo, out, name,
-               [&](std::span<const count_t> effective, int native, count_t r, count_t cap) -> LeastLoaded::Slice {
-                 const int first = topo.node_of(native) * per_node;
-                 const int in_node = least_effective(effective, first, first + per_node, native, -1, -1);
-                 const int off_node = least_effective(effective, 0, P, native, first, first + per_node);
-                 for (const int q : {in_node, off_node}) {
-                   if (q < 0) continue;
-                   const count_t c = std::min(r, cap - effective[static_cast<std::size_t>(q)]);
-                   if (lla.qualifies(c, r)) return {q, c};
-                 }
-                 // Nobody qualifies: force the rest, inside the node when it has another rank.
-                 return {in_node >= 0 ? in_node : off_node, r};
-               });
-  }
-
-  /// The rank in [begin, end), other than `skip` and outside [hole_begin, hole_end), with the
-  /// least effective load, lower rank on ties; -1 when there is none.
-  static int least_effective(std::span<const count_t> effective, int begin, int end, int skip, int hole_begin,
-                             int hole_end) noexcept {
-    int best = -1;
-    for (int q = begin; q < end; ++q) {
-      if (q == skip || (q >= hole_begin && q < hole_end)) continue;
-      if (best < 0 || effective[static_cast<std::size_t>(q)] < effective[static_cast<std::size_t>(best)]) best = q;
-    }
-    return best;
+    lla.assign(loads, topo, out, name, [&](const count_t* effective, const alg::Spill& s) -> alg::Slice {
+      const int first = s.native / per_node * per_node;
+      const int in_node = alg::least_loaded_rank(effective, first, first + per_node, s.native);
+      const int off_node = alg::least_loaded_rank(effective, 0, P, s.native, first, first + per_node);
+      for (const int q : {in_node, off_node}) {
+        if (q < 0) continue;
+        const count_t c = alg::lla_slice(s.rows_left, s.cap - effective[q], m, false);
+        if (c > 0) return {q, c};
+      }
+      // Nobody qualifies: force the rest, inside the node when it has another rank.
+      return {in_node >= 0 ? in_node : off_node, s.rows_left};
+    });
   }
 
   friend constexpr bool operator==(const NodeAware&, const NodeAware&) = default;

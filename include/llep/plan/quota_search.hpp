@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "llep/core/plan.hpp"
+#include "llep/plan/alg.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/planner.hpp"
 
@@ -42,54 +43,85 @@ struct QuotaSearch {
     LLEP_EXPECTS(min_tokens_per_gemm >= 0, "min_tokens_per_gemm = ", min_tokens_per_gemm, " must be >= 0");
   }
 
+  /// Rows: at most the threshold, at most the busiest native rank: P x B. Segments: a
+  /// native part or an emptying slice per expert, plus per rank one slice that fills it
+  /// and one that ends its shedding: N + 2P; transfers: the slices, N + 2P.
+  [[nodiscard]] static PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) {
+    const int P = topo.ranks(), N = topo.experts();
+    const int most = static_cast<int>(std::min<std::int64_t>(std::int64_t{N} + 2 * P, max_plan_segments(P, N)));
+    return PlanBounds{detail::total_pairs(topo, max_pairs_per_rank), N - topo.experts_per_rank(), most,
+                      static_cast<int>(std::min<std::int64_t>(most, std::int64_t{N} * (P - 1)))};
+  }
+
+  [[nodiscard]] static std::size_t scratch_bytes(const Topology& topo) noexcept {
+    alg::Carve c;
+    (void)Scratch::take(c, topo.ranks(), topo.experts());
+    return c.used;
+  }
+
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
     check();
     check_loads(loads, topo);
     out.reset(topo, name);
-    PlanScratch& s = out.scratch();
-    const count_t T = search(loads, topo, s);
-    pass(loads, topo, T, s, &out);
+    const Scratch s = prepare(loads, topo, out.workspace(scratch_bytes(topo)).data());
+    const count_t T = search(loads, s);
+    pass(loads, T, s, &out.view());
     out.set_capacity(T);
-    out.finish(topo);
+    out.finish(topo, s.native);
   }
 
   /// Whether the greedy pass succeeds at threshold T (a test and tooling helper; allocates).
   [[nodiscard]] bool feasible(std::span<const count_t> loads, const Topology& topo, count_t T) const {
     check();
     check_loads(loads, topo);
-    PlanScratch s;
-    prepare(loads, topo, s);
-    return pass(loads, topo, T, s, nullptr);
+    std::vector<std::byte> buf(scratch_bytes(topo));
+    return pass(loads, T, prepare(loads, topo, buf.data()), nullptr);
   }
 
   /// The threshold plan() uses: the T found by the binary search.
   [[nodiscard]] count_t threshold(std::span<const count_t> loads, const Topology& topo) const {
     check();
     check_loads(loads, topo);
-    PlanScratch s;
-    return search(loads, topo, s);
+    std::vector<std::byte> buf(scratch_bytes(topo));
+    return search(loads, prepare(loads, topo, buf.data()));
   }
 
  private:
-  // s.order: experts by decreasing load; s.pending: native rank loads (the pass's start).
-  static void prepare(std::span<const count_t> loads, const Topology& topo, PlanScratch& s) {
-    count_t peak = 0;
-    for (count_t l : loads) peak = std::max(peak, l);
-    LeastLoaded::order_experts(loads, topo.experts(), peak, s);
-    s.pending.resize(static_cast<std::size_t>(topo.ranks()));
-    native_rank_loads(loads, topo, s.pending);
+  struct Scratch {
+    alg::TopoView t;
+    std::int32_t* native;
+    alg::OrderScratch order;
+    int n;           // experts with load, in order.order
+    count_t* start;  // native rank loads (the pass's start)
+    count_t* load;   // the loads as a pass moves tokens
+    static Scratch take(alg::Carve& c, int P, int N) noexcept {
+      Scratch s{};
+      s.native = c.take<std::int32_t>(static_cast<std::size_t>(N));
+      s.order = alg::OrderScratch::take(c, N);
+      s.start = c.take<count_t>(static_cast<std::size_t>(P));
+      s.load = c.take<count_t>(static_cast<std::size_t>(P));
+      return s;
+    }
+  };
+
+  static Scratch prepare(std::span<const count_t> loads, const Topology& topo, std::byte* memory) noexcept {
+    alg::Carve c{memory};
+    Scratch s = Scratch::take(c, topo.ranks(), topo.experts());
+    s.t = topo_view(topo, s.native);
+    s.n = alg::visit_order(loads.data(), topo.experts(), s.order);
+    alg::native_loads(loads.data(), s.t, s.start);
+    return s;
   }
 
-  count_t search(std::span<const count_t> loads, const Topology& topo, PlanScratch& s) const {
-    prepare(loads, topo, s);
+  count_t search(std::span<const count_t> loads, const Scratch& s) const {
     count_t total = 0, hi = 0;
     for (count_t l : loads) total += l;
-    for (count_t l : s.pending) hi = std::max(hi, l);
-    const count_t P = topo.ranks();
+    for (int r = 0; r < s.t.ranks; ++r) hi = std::max(hi, s.start[r]);
+    const count_t P = s.t.ranks;
     count_t lo = total / P + (total % P != 0);  // ceil(mean); lo - 1 fails: P * (lo - 1) < total
     while (lo < hi) {                           // invariant: hi succeeds, lo - 1 fails
       const count_t mid = lo + (hi - lo) / 2;
-      if (pass(loads, topo, mid, s, nullptr))
+      if (pass(loads, mid, s, nullptr))
         hi = mid;
       else
         lo = mid + 1;
@@ -97,21 +129,21 @@ struct QuotaSearch {
     return hi;
   }
 
-  // One greedy pass; with `out` it also records the segments. s.order and s.pending must
-  // come from prepare(); s.rank_tmp holds the loads as the pass moves tokens.
-  bool pass(std::span<const count_t> loads, const Topology& topo, count_t T, PlanScratch& s, Plan* out) const {
-    const int P = topo.ranks();
-    s.rank_tmp.assign(s.pending.begin(), s.pending.end());
-    const std::span<count_t> load(s.rank_tmp);
+  // One greedy pass; with `out` it also records the segments.
+  bool pass(std::span<const count_t> loads, count_t T, const Scratch& s, PlanView* out) const {
+    const int P = s.t.ranks;
+    count_t* load = s.load;
+    for (int r = 0; r < P; ++r) load[r] = s.start[r];
     const count_t m = min_tokens_per_gemm;
-    for (const std::int32_t e : s.order) {
-      const int q = topo.native_rank(e);
-      count_t& lq = load[static_cast<std::size_t>(q)];
+    for (int i = 0; i < s.n; ++i) {
+      const int e = s.order.order[i];
+      const int q = s.t.native_rank(e);
+      count_t& lq = load[q];
       count_t k = loads[static_cast<std::size_t>(e)];
       while (P > 1 && lq > T && k > 0) {
         const count_t x = std::min(lq - T, k);
-        const int t = most_room(load, q);
-        const count_t room = T - load[static_cast<std::size_t>(t)];
+        const int t = alg::least_loaded_rank(load, 0, P, q);  // the most room
+        const count_t room = T - load[t];
         if (room <= 0) return false;
         count_t c = std::min(x, room);
         if (c < m) {
@@ -123,25 +155,16 @@ struct QuotaSearch {
           else
             break;  // e cannot shed without a slice below m: try q's next expert
         }
-        if (out) out->add_segment(e, t, k - c, k);
-        load[static_cast<std::size_t>(t)] += c;
+        if (out) out->push(e, t, k - c, k);
+        load[t] += c;
         lq -= c;
         k -= c;
       }
-      if (out && k > 0) out->add_segment(e, q, 0, k);
+      if (out && k > 0) out->push(e, q, 0, k);
     }
-    for (const count_t l : load)
-      if (l > T) return false;
+    for (int r = 0; r < P; ++r)
+      if (load[r] > T) return false;
     return true;
-  }
-
-  // The rank other than `skip` with the most room (least load), lower rank on ties.
-  static int most_room(std::span<const count_t> load, int skip) noexcept {
-    const int P = static_cast<int>(load.size());
-    int best = skip == 0 ? 1 : 0;
-    for (int r = best + 1; r < P; ++r)
-      if (r != skip && load[static_cast<std::size_t>(r)] < load[static_cast<std::size_t>(best)]) best = r;
-    return best;
   }
 
  public:

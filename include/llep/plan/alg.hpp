@@ -1,0 +1,409 @@
+#pragma once
+// The shared pieces of LLEP's Alg. 2 and 3, written once for the host and the device
+// (LLEP_HOST_DEVICE; g++ alone compiles them): the least-loaded rank, the min-slice rule,
+// the visit order, the capacity and the assign-then-spill driver. Every planner in this
+// folder is built from them; device_planner.cuh runs the same code in a kernel.
+//
+// Only plain data here: raw pointers into caller memory, no allocation, no exception.
+#include <cstddef>
+#include <cstdint>
+
+#include "llep/core/config.hpp"
+#include "llep/core/plan_view.hpp"
+
+namespace llep::alg {
+
+/// The largest count_t (std::numeric_limits is not callable on the device without
+/// --expt-relaxed-constexpr).
+inline constexpr count_t kCountMax = 0x7fffffffffffffff;
+
+/// What the planners need of a topology, as plain data. native == nullptr: the default
+/// placement, expert e on rank e / (N / P).
+struct TopoView {
+  int ranks = 0;
+  int experts = 0;
+  int ranks_per_node = 0;
+  const std::int32_t* native = nullptr;
+  [[nodiscard]] LLEP_HOST_DEVICE int native_rank(int e) const noexcept {
+    return native != nullptr ? native[e] : e / (experts / ranks);
+  }
+  [[nodiscard]] LLEP_HOST_DEVICE int node_of(int rank) const noexcept { return rank / ranks_per_node; }
+};
+
+/// Carves typed arrays out of one scratch buffer, each 16-byte aligned. Sizing and
+/// carving use the same calls, so scratch_bytes() cannot drift from what plan() takes:
+/// with base == nullptr it only counts.
+struct Carve {
+  std::byte* base = nullptr;
+  std::size_t used = 0;
+  template <class T>
+  LLEP_HOST_DEVICE T* take(std::size_t n) noexcept {
+    T* p = base != nullptr ? reinterpret_cast<T*>(base + used) : nullptr;
+    used += (n * sizeof(T) + 15) / 16 * 16;
+    return p;
+  }
+};
+
+/// The rank in [begin, end), other than `skip` and outside [hole_begin, hole_end), with the
+/// least key(rank), lower rank on ties; -1 when there is none.
+template <class Key>
+[[nodiscard]] LLEP_HOST_DEVICE int least_rank_by(int begin, int end, int skip, int hole_begin, int hole_end,
+                                                 Key key) noexcept {
+  int best = -1;
+  decltype(key(0)) best_key{};
+  for (int q = begin; q < end; ++q) {
+    if (q == skip || (q >= hole_begin && q < hole_end)) continue;
+    const auto k = key(q);
+    if (best < 0 || k < best_key) {
+      best = q;
+      best_key = k;
+    }
+  }
+  return best;
+}
+
+namespace detail {
+/// Folds the least load over ranks [a, b) into (best, best_load); earlier ranks win ties.
+/// Four independent lanes without branches: the scan runs once per spilled slice.
+LLEP_HOST_DEVICE inline void least_in_run(const count_t* load, int a, int b, int& best, count_t& best_load) noexcept {
+  count_t v[4] = {kCountMax, kCountMax, kCountMax, kCountMax};
+  int at[4] = {-1, -1, -1, -1};
+  int i = a;
+  for (; i + 4 <= b; i += 4)
+    for (int k = 0; k < 4; ++k) {
+      const count_t x = load[i + k];
+      const bool lt = x < v[k] || at[k] < 0;
+      v[k] = lt ? x : v[k];
+      at[k] = lt ? i + k : at[k];
+    }
+  for (; i < b; ++i) {
+    const bool lt = load[i] < v[0] || at[0] < 0 || (load[i] == v[0] && i < at[0]);
+    v[0] = lt ? load[i] : v[0];
+    at[0] = lt ? i : at[0];
+  }
+  for (int k = 0; k < 4; ++k)
+    if (at[k] >= 0 && (best < 0 || v[k] < best_load || (v[k] == best_load && at[k] < best))) {
+      best = at[k];
+      best_load = v[k];
+    }
+}
+}  // namespace detail
+
+/// The least-loaded rank: least load[rank] over [begin, end) less `skip` and the hole
+/// [hole_begin, hole_end), lower rank on ties; -1 when there is none.
+[[nodiscard]] LLEP_HOST_DEVICE inline int least_loaded_rank(const count_t* load, int begin, int end, int skip,
+                                                            int hole_begin = -1, int hole_end = -1) noexcept {
+  int best = -1;
+  count_t best_load = 0;
+  // The candidates as runs of consecutive ranks: cut at the hole, then at `skip`.
+  auto run = [&](int a, int b) {
+    if (skip >= a && skip < b) {
+      detail::least_in_run(load, a, skip, best, best_load);
+      detail::least_in_run(load, skip + 1, b, best, best_load);
+    } else {
+      detail::least_in_run(load, a, b, best, best_load);
+    }
+  };
+  if (hole_begin < hole_end && hole_begin < end && hole_end > begin) {
+    run(begin, hole_begin > begin ? hole_begin : begin);
+    run(hole_end < end ? hole_end : end, end);
+  } else {
+    run(begin, end);
+  }
+  return best;
+}
+
+/// The min-slice rule (Alg. 3): a slice of c rows with r rows of the expert left is worth
+/// a GEMM of its own when it reaches m, or ends the expert.
+[[nodiscard]] LLEP_HOST_DEVICE constexpr bool slice_qualifies(count_t c, count_t r, count_t m) noexcept {
+  return c > 0 && !(c < m && r > c);
+}
+
+/// LeastLoaded's slice for a candidate with `room` = cap - effective and r rows left:
+/// min(r, room) when that qualifies, else r when `force` (Alg. 3's fallback), else 0.
+[[nodiscard]] LLEP_HOST_DEVICE constexpr count_t lla_slice(count_t r, count_t room, count_t m, bool force) noexcept {
+  const count_t c = r < room ? r : room;
+  return slice_qualifies(c, r, m) ? c : (force ? r : 0);
+}
+
+/// Per-rank capacity max(1, ceil(alpha * total / P)); `ok` false when it overflows.
+[[nodiscard]] LLEP_HOST_DEVICE inline count_t capacity(double alpha, count_t total, int ranks, bool* ok) noexcept {
+  const double c = alpha * static_cast<double>(total) / static_cast<double>(ranks);
+  *ok = c < 9.0e18;
+  if (!*ok) return 0;
+  count_t k = static_cast<count_t>(c);
+  if (static_cast<double>(k) < c) ++k;  // ceil, without <cmath> on the device
+  *ok = static_cast<double>(k) < 9.0e18;
+  return k < 1 ? 1 : k;
+}
+
+/// Per-rank load under native placement, into load[P].
+LLEP_HOST_DEVICE inline void native_loads(const count_t* loads, TopoView t, count_t* load) noexcept {
+  for (int r = 0; r < t.ranks; ++r) load[r] = 0;
+  for (int e = 0; e < t.experts; ++e) load[t.native_rank(e)] += loads[e];
+}
+
+/// max / mean of P loads, 1 when all are zero (llep::imbalance, same arithmetic).
+[[nodiscard]] LLEP_HOST_DEVICE inline double imbalance(const count_t* load, int P) noexcept {
+  count_t total = 0, peak = 0;
+  for (int r = 0; r < P; ++r) {
+    total += load[r];
+    peak = load[r] > peak ? load[r] : peak;
+  }
+  if (P == 0 || total == 0) return 1.0;
+  return static_cast<double>(peak) * static_cast<double>(P) / static_cast<double>(total);
+}
+
+/// Scratch of visit_order for N experts.
+struct OrderScratch {
+  std::int32_t* order;
+  std::int32_t* tmp;
+  std::uint8_t* digit;
+  std::uint32_t* hist;  // 256
+  LLEP_HOST_DEVICE static OrderScratch take(Carve& c, int N) noexcept {
+    OrderScratch s{};
+    s.order = c.take<std::int32_t>(static_cast<std::size_t>(N));
+    s.tmp = c.take<std::int32_t>(static_cast<std::size_t>(N));
+    s.digit = c.take<std::uint8_t>(static_cast<std::size_t>(N));
+    s.hist = c.take<std::uint32_t>(256);
+    return s;
+  }
+};
+
+namespace detail {
+/// Highest set bit of x > 0.
+[[nodiscard]] LLEP_HOST_DEVICE inline int top_bit(std::uint64_t x) noexcept {
+  int b = 0;
+  for (int s = 32; s > 0; s >>= 1)
+    if (x >> s) {
+      x >>= s;
+      b += s;
+    }
+  return b;
+}
+
+/// Stable counting scatter of ids src[0, n) into dst by decreasing byte (load >> shift)
+/// & 255 (bucket 255 - byte: larger bytes first); digit[n] and hist[256] are scratch.
+LLEP_HOST_DEVICE inline void scatter_by_byte(const count_t* loads, const std::int32_t* src, std::int32_t* dst, int n,
+                                             int shift, std::uint8_t* digit, std::uint32_t* hist) noexcept {
+  for (int b = 0; b < 256; ++b) hist[b] = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto d = static_cast<std::uint8_t>(255 - ((static_cast<std::uint64_t>(loads[src[i]]) >> shift) & 255));
+    digit[i] = d;
+    ++hist[d];
+  }
+  std::uint32_t sum = 0;
+  for (int b = 0; b < 256; ++b) {
+    const std::uint32_t c = hist[b];
+    hist[b] = sum;
+    sum += c;
+  }
+  for (int i = 0; i < n; ++i) dst[hist[digit[i]]++] = src[i];
+}
+
+/// Sorts ids v[0, n) by decreasing load, stably, where the loads differ only in the bits
+/// of `differ`: LSD radix, one byte a pass, bytes without a difference skipped.
+LLEP_HOST_DEVICE inline void radix_by_load(const count_t* loads, std::int32_t* v, std::int32_t* tmp, int n,
+                                           std::uint64_t differ, std::uint8_t* digit, std::uint32_t* hist) noexcept {
+  std::int32_t* src = v;
+  std::int32_t* dst = tmp;
+  for (int shift = 0; shift < 64 && (differ >> shift) != 0; shift += 8) {
+    if (((differ >> shift) & 255) == 0) continue;
+    scatter_by_byte(loads, src, dst, n, shift, digit, hist);
+    std::int32_t* t = src;
+    src = dst;
+    dst = t;
+  }
+  if (src != v)
+    for (int i = 0; i < n; ++i) v[i] = src[i];
+}
+}  // namespace detail
+
+/// The visit order: experts with load, by decreasing load, ties by lower id, into
+/// s.order; returns how many. No comparison sort: one counting pass on the top byte in
+/// which the loads differ, then each bucket by insertion (small) or LSD radix (large).
+LLEP_HOST_DEVICE inline int visit_order(const count_t* loads, int N, OrderScratch s) noexcept {
+  int n = 0;
+  std::uint64_t first = 0, differ = 0;
+  for (int e = 0; e < N; ++e)
+    if (loads[e] > 0) {
+      const auto l = static_cast<std::uint64_t>(loads[e]);
+      first = n == 0 ? l : first;
+      differ |= l ^ first;
+      s.order[n++] = e;
+    }
+  if (differ == 0) return n;  // all equal: id order
+  const int top = detail::top_bit(differ);
+  const int shift = top >= 8 ? top - 7 : 0;
+  detail::scatter_by_byte(loads, s.order, s.tmp, n, shift, s.digit, s.hist);
+  const std::uint64_t low = (std::uint64_t{1} << shift) - 1;  // the bits left to sort by
+  // Bucket by bucket from tmp back into order, each found by its shared high bits.
+  int b = 0;
+  while (b < n) {
+    const auto key = static_cast<std::uint64_t>(loads[s.tmp[b]]) >> shift;
+    int e = b + 1;
+    std::uint64_t d = 0;
+    const auto l0 = static_cast<std::uint64_t>(loads[s.tmp[b]]) & low;
+    while (e < n && (static_cast<std::uint64_t>(loads[s.tmp[e]]) >> shift) == key) {
+      d |= (static_cast<std::uint64_t>(loads[s.tmp[e]]) & low) ^ l0;
+      ++e;
+    }
+    if (d != 0 && e - b > 24) {
+      detail::radix_by_load(loads, s.tmp + b, s.order + b, e - b, d, s.digit, s.hist);
+    } else if (d != 0) {
+      for (int i = b + 1; i < e; ++i)  // insertion: stable, larger loads first
+        for (int j = i; j > b && loads[s.tmp[j]] > loads[s.tmp[j - 1]]; --j) {
+          const std::int32_t t = s.tmp[j];
+          s.tmp[j] = s.tmp[j - 1];
+          s.tmp[j - 1] = t;
+        }
+    }
+    for (int i = b; i < e; ++i) s.order[i] = s.tmp[i];
+    b = e;
+  }
+  return n;
+}
+
+/// Where the next slice of a spilling expert goes, and how many of its rows; rows <= 0
+/// stops the spill (the rest stays on the native rank).
+struct Slice {
+  int rank;
+  count_t rows;
+};
+
+/// The least-loaded rank kept up to date under point updates: a tournament tree over
+/// `size` (a power of two >= P) leaves, node i holding the leaf with the least key
+/// (lower rank on ties). O(log P) an update, O(1) the query; excluded ranks and the
+/// padding carry kCountMax.
+struct LeastTree {
+  count_t* key;       // size
+  std::int32_t* win;  // 2 x size; win[1] is the root
+  int size;
+  LLEP_HOST_DEVICE static int size_for(int P) noexcept {
+    int n = 1;
+    while (n < P) n *= 2;
+    return n;
+  }
+  LLEP_HOST_DEVICE static LeastTree take(Carve& c, int P) noexcept {
+    const int n = size_for(P);
+    return {c.take<count_t>(static_cast<std::size_t>(n)), c.take<std::int32_t>(2 * static_cast<std::size_t>(n)), n};
+  }
+  [[nodiscard]] LLEP_HOST_DEVICE int better(int a, int b) const noexcept {
+    return key[b] < key[a] ? b : a;  // a < b: a wins ties
+  }
+  LLEP_HOST_DEVICE void build(const count_t* load, int P) noexcept {
+    for (int q = 0; q < size; ++q) {
+      key[q] = q < P ? load[q] : kCountMax;
+      win[size + q] = q;
+    }
+    for (int i = size - 1; i > 0; --i) win[i] = better(win[2 * i], win[2 * i + 1]);
+  }
+  LLEP_HOST_DEVICE void set(int q, count_t k) noexcept {
+    key[q] = k;
+    for (int i = (size + q) / 2; i > 0; i /= 2) win[i] = better(win[2 * i], win[2 * i + 1]);
+  }
+  [[nodiscard]] LLEP_HOST_DEVICE int least() const noexcept { return win[1]; }
+  /// The least leaf other than q: the best of the siblings' winners on q's path.
+  [[nodiscard]] LLEP_HOST_DEVICE int least_other(int q) const noexcept {
+    int best = -1;
+    for (int i = size + q; i > 1; i /= 2) {
+      const int w = win[i ^ 1];
+      best = best < 0 || key[w] < key[best] || (key[w] == key[best] && w < best) ? w : best;
+    }
+    return best;
+  }
+};
+
+/// What a spill hook sees of the expert being spilled.
+struct Spill {
+  int expert;
+  int native;
+  count_t rows_left;  ///< r
+  count_t kept;       ///< rows the native keeps within capacity
+  count_t cap;
+  const Slice* slices;  ///< accepted so far, in order
+  int num_slices;
+  int least;  ///< the least-effective rank other than native, lower rank on ties
+};
+
+/// Scratch of assign_then_spill on P ranks.
+struct SpillScratch {
+  count_t* effective;  // P
+  Slice* slices;       // P
+  LeastTree tree;
+  LLEP_HOST_DEVICE static SpillScratch take(Carve& c, int P) noexcept {
+    SpillScratch s{};
+    s.effective = c.take<count_t>(static_cast<std::size_t>(P));
+    s.slices = c.take<Slice>(static_cast<std::size_t>(P));
+    s.tree = LeastTree::take(c, P);
+    return s;
+  }
+};
+
+/// Alg. 2 with the spill of Alg. 3 left to `hook`: experts visited in `order`; effective[q]
+/// = rows assigned to q plus its native load still to be visited; the native rank keeps
+/// min(l, cap - effective) when positive; then hook(effective, spill) names each next
+/// slice of the rest, or stops. The native's rows come out as one segment [0, kept + rest)
+/// and the slices follow it in order. Pushes into `out` (begun by the caller).
+template <class Hook>
+LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_t cap, const std::int32_t* order,
+                                        int n, SpillScratch s, PlanView& out, Hook&& hook) {
+  native_loads(loads, t, s.effective);
+  count_t* eff = s.effective;
+  s.tree.build(eff, t.ranks);
+  for (int i = 0; i < n; ++i) {
+    const int e = order[i];
+    const count_t l = loads[e];
+    const int native = t.native_rank(e);
+    const count_t avail = cap - (eff[native] - l);
+    if (t.ranks == 1 || avail >= l) {  // all stays native: its effective load is unchanged
+      out.push(e, native, 0, l);
+      continue;
+    }
+    const count_t kept = avail > 0 ? avail : 0;
+    eff[native] += kept - l;  // the tree learns it when the spill is done
+    int k = 0;
+    count_t r = l - kept;
+    while (r > 0 && k < t.ranks) {
+      const Slice next =
+          hook(static_cast<const count_t*>(eff), Spill{e, native, r, kept, cap, s.slices, k, s.tree.least_other(native)});
+      if (next.rows <= 0) break;
+      s.slices[k++] = next;
+      eff[next.rank] += next.rows;
+      s.tree.set(next.rank, eff[next.rank]);
+      r -= next.rows;
+    }
+    eff[native] += r;
+    s.tree.set(native, eff[native]);
+    if (kept + r > 0) out.push(e, native, 0, kept + r);
+    count_t b = kept + r;
+    for (int j = 0; j < k; ++j) {
+      out.push(e, s.slices[j].rank, b, b + s.slices[j].rows);
+      b += s.slices[j].rows;
+    }
+  }
+}
+
+/// LeastLoaded's hook (Alg. 3): the first qualifying rank in (effective, rank) order, else
+/// all r forced onto the first rank of that order. Whether a rank qualifies only grows
+/// with its room, and the first rank has the most: if it does not qualify nobody does, so
+/// the target is always the least-effective other rank.
+struct LeastLoadedSpill {
+  count_t min_tokens_per_gemm;
+  [[nodiscard]] LLEP_HOST_DEVICE Slice operator()(const count_t* eff, const Spill& s) const noexcept {
+    return {s.least, lla_slice(s.rows_left, s.cap - eff[s.least], min_tokens_per_gemm, true)};
+  }
+};
+
+/// Standard EP: every expert with load on its native rank, capacity the busiest rank's
+/// load (at least 1). Pushes into `out` (begun by the caller).
+LLEP_HOST_DEVICE inline void standard_ep(const count_t* loads, TopoView t, PlanView& out) noexcept {
+  out.in_order = out.num_segments == 0;  // one segment per expert, by expert
+  for (int e = 0; e < t.experts; ++e)
+    if (loads[e] > 0) out.push(e, t.native_rank(e), 0, loads[e]);
+  count_t peak = 1;
+  for (int r = 0; r < t.ranks; ++r) peak = out.rank_loads[r] > peak ? out.rank_loads[r] : peak;
+  out.capacity = peak;
+}
+
+}  // namespace llep::alg
