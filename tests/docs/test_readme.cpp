@@ -1,4 +1,4 @@
-// README.md shows the compiled example examples/plan/choose_planner.cpp verbatim, and the
+// README.md shows the compiled example examples/01-plan/choose_planner.cpp verbatim, and the
 // output the built program prints. Paths come from Meson in the environment.
 #include <doctest/doctest.h>
 
@@ -55,14 +55,14 @@ bool contains(const std::vector<std::string>& blocks, const std::string& s) {
 
 }  // namespace
 
-TEST_CASE("README shows examples/plan/choose_planner.cpp verbatim in a ```cpp block") {
+TEST_CASE("README shows examples/01-plan/choose_planner.cpp verbatim in a ```cpp block") {
   const std::string readme = read_file(env_path("LLEP_README"));
   const std::string source = read_file(env_path("LLEP_CHOOSE_PLANNER_SRC"));
   REQUIRE(!source.empty());
   const auto blocks = fenced_blocks(readme, "cpp");
   REQUIRE_MESSAGE(!blocks.empty(), "README.md has no ```cpp block");
   CHECK_MESSAGE(contains(blocks, source),
-                "no ```cpp block of README.md equals examples/plan/choose_planner.cpp; copy the file into README");
+                "no ```cpp block of README.md equals examples/01-plan/choose_planner.cpp; copy the file into README");
 }
 
 TEST_CASE("README shows what choose-planner prints") {
