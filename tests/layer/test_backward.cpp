@@ -316,6 +316,7 @@ TEST_CASE("a helper with two segments of one expert returns one gradient, no dea
 
 TEST_CASE("replicas: every holder ends with the same summed gradient") {
   const int K = 2, D = 10, H = 7;
+  std::size_t ll_helper_grads = 0;
   for (const int P : {2, 3, 4})
     for (const int extra : {1, 2})
       for (llep::GradMode mode : {llep::GradMode::overwrite, llep::GradMode::accumulate}) {
@@ -333,10 +334,15 @@ TEST_CASE("replicas: every holder ends with the same summed gradient") {
         const auto rep = run_backward<float>(moe, topo, K, in, llep::Replicated{}, llep::SiluGlu{}, mode, old, &plan);
         CHECK(plan.segments(0).size() > 1);  // the hot expert is split over its holders
         check_grads(moe, topo, K, in, rep, mode, old);
+        std::size_t shared = 0;  // holders exchanged their partial gradients
+        for (const auto& g : rep) shared += g.report.grad_bytes_received;
+        CHECK(shared > 0);
         // Replicas and helpers together: LeastLoaded on the replicated placement.
-        const auto ll = run_backward<float>(moe, topo, K, in, llep::LeastLoaded{1.0, 0}, llep::SiluGlu{}, mode, old);
+        const auto ll = run_backward<float>(moe, topo, K, in, kSmallGemm, llep::SiluGlu{}, mode, old);
         check_grads(moe, topo, K, in, ll, mode, old);
+        for (const auto& g : ll) ll_helper_grads += g.report.grad_bytes_sent;
       }
+  CHECK(ll_helper_grads > 0);
 }
 
 TEST_CASE("weight gradients in double for float weights") {

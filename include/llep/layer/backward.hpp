@@ -107,26 +107,6 @@ const StepReport& forward_recorded(Layer& layer, ForwardRecord& rec, std::span<c
 
 namespace detail::backward {
 
-/// out[t][d] = sum over k, in order, of rows[pair_row[t*K + k]][d] (rows already carry
-/// the gate): a fixed order, no atomics.
-template <class T>
-struct SumOverK {
-  T* out;
-  const T* rows;
-  const std::int32_t* pair_row;
-  std::int32_t top_k;
-  std::size_t hidden;
-  LLEP_HOST_DEVICE void operator()(std::size_t i) const {
-    using A = accumulate_t<T>;
-    const std::size_t t = i / hidden, d = i % hidden;
-    A acc = A(0);
-    for (std::int32_t k = 0; k < top_k; ++k)
-      acc += static_cast<A>(rows[static_cast<std::size_t>(pair_row[t * static_cast<std::size_t>(top_k) +
-                                                                   static_cast<std::size_t>(k)]) * hidden + d]);
-    out[i] = static_cast<T>(acc);
-  }
-};
-
 /// Per compute row r: s[r] = <g[r], y[r]> (the gate's gradient), then g[r] *= gate[r] (the
 /// expert's upstream gradient).
 template <class T, class G>
@@ -158,16 +138,6 @@ struct AddGradient {
   LLEP_HOST_DEVICE void operator()(std::size_t i) const {
     using A = accumulate_t<GW>;
     dst[i] = add ? static_cast<GW>(static_cast<A>(dst[i]) + static_cast<A>(src[i])) : src[i];
-  }
-};
-
-/// 256-aligned offsets into one allocation.
-struct Regions {
-  std::size_t size = 0;
-  std::size_t take(std::size_t bytes) {
-    const std::size_t at = (size + 255) / 256 * 256;
-    size = at + bytes;
-    return at;
   }
 };
 
@@ -244,15 +214,6 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
   LLEP_EXPECTS(static_cast<std::size_t>(rec.layout.pairs()) == pairs && rec.layout.rank() == rank, "rank ", rank,
                ": the record's layout is for another batch or rank");
   LLEP_EXPECTS(layer.native_weights() != nullptr, "rank ", rank, " has no weights: call set_native_weights");
-  {
-    std::uint64_t mine = agreement(rec, a.mode, sizeof(G), sizeof(GW));
-    std::vector<std::uint64_t> all(static_cast<std::size_t>(P));
-    tr.all_gather(&mine, sizeof(mine), all.data());
-    for (int q = 0; q < P; ++q)
-      LLEP_EXPECTS(all[static_cast<std::size_t>(q)] == all[0], "backward: rank ", q,
-                   " disagrees with rank 0 on the plan, the gradient mode or the gradient types");
-  }
-
   // Host bookkeeping: foreign weights (one slot per transfer received, as forward), and the
   // experts whose gradient lives in a temporary: foreign ones and those with replicas.
   const Plan& plan = rec.plan;
@@ -310,17 +271,23 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
   const std::size_t scratch_bytes =
       std::max(experts.scratch_bytes(max_task, static_cast<count_t>(rows)),
                experts.backward_scratch_bytes(max_task, static_cast<count_t>(rows)));
-  Regions c;
-  const std::size_t o_order = c.take(pairs * 4), o_pair_row = c.take(pairs * 4), o_row_pair = c.take(pairs * 4),
-                    o_crow = c.take(rows * 4), o_blocks = c.take(layout.send_blocks().size_bytes()),
-                    o_chunks = c.take(layout.recv_chunks().size_bytes()), o_send = c.take(pairs * row_bytes),
-                    o_recv = c.take(rows * row_bytes), o_cin = c.take(rows * row_bytes), o_cg = c.take(rows * row_bytes),
-                    o_cy = c.take(rows * row_bytes), o_gsend = c.take(pairs * sizeof(G)),
-                    o_grecv = c.take(rows * sizeof(G)), o_cgate = c.take(rows * sizeof(G)),
-                    o_cs = c.take(rows * sizeof(G)), o_foreign = c.take(rec.incoming.size() * W * sizeof(T)),
-                    o_temp = c.take(rec.temp_experts.size() * W * sizeof(GW)),
-                    o_grecvw = c.take(n_recv * W * sizeof(GW)), o_scratch = c.take(scratch_bytes);
-  std::byte* ws = exec.workspace(c.size);
+  std::size_t ws_bytes = 0;
+  auto take = [&ws_bytes](std::size_t bytes) {  // 256-aligned regions of one allocation
+    const std::size_t at = (ws_bytes + 255) & ~std::size_t{255};
+    ws_bytes = at + bytes;
+    return at;
+  };
+  const std::size_t o_order = take(pairs * 4), o_pair_row = take(pairs * 4), o_row_pair = take(pairs * 4),
+                    o_crow = take(rows * 4), o_blocks = take(layout.send_blocks().size_bytes()),
+                    o_chunks = take(layout.recv_chunks().size_bytes()), o_send = take(pairs * row_bytes),
+                    o_recv = take(rows * row_bytes), o_cin = take(rows * row_bytes), o_cg = take(rows * row_bytes),
+                    o_cy = take(rows * row_bytes), o_gsend = take(pairs * sizeof(G)),
+                    o_grecv = take(rows * sizeof(G)), o_cgate = take(rows * sizeof(G)),
+                    o_cs = take(rows * sizeof(G)), o_foreign = take(rec.incoming.size() * W * sizeof(T)),
+                    o_temp = take(rec.temp_experts.size() * W * sizeof(GW)),
+                    o_grecvw = take(n_recv * W * sizeof(GW)), o_scratch = take(scratch_bytes),
+                    o_agree = take((static_cast<std::size_t>(P) + 1) * sizeof(std::uint64_t));
+  std::byte* ws = exec.workspace(ws_bytes);
   auto at = [&](std::size_t off) { return ws + off; };
   auto* order = reinterpret_cast<std::int32_t*>(at(o_order));
   auto* pair_row = reinterpret_cast<std::int32_t*>(at(o_pair_row));
@@ -341,6 +308,21 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
   GW* temp = reinterpret_cast<GW*>(at(o_temp));
   GW* grecvw = reinterpret_cast<GW*>(at(o_grecvw));
   void* scratch = at(o_scratch);
+
+  // Agreement before any other collective: every rank sees every rank's fingerprint (in
+  // the transport's memory, so through the execution space).
+  {
+    auto* agree = reinterpret_cast<std::uint64_t*>(at(o_agree));
+    const std::uint64_t mine = agreement(rec, a.mode, sizeof(G), sizeof(GW));
+    exec.from_host(agree, &mine, sizeof(mine));
+    tr.all_gather(agree, sizeof(mine), agree + 1);
+    std::vector<std::uint64_t> all(static_cast<std::size_t>(P));
+    exec.to_host(all.data(), agree + 1, all.size() * sizeof(mine));
+    exec.synchronize();
+    for (int q = 0; q < P; ++q)
+      LLEP_EXPECTS(all[static_cast<std::size_t>(q)] == all[0], "backward: rank ", q,
+                   " disagrees with rank 0 on the plan, the gradient mode or the gradient types");
+  }
 
   // 1. Permutations, as forward made them (the same layout, the same ids).
   exec.from_host(blocks, layout.send_blocks().data(), layout.send_blocks().size_bytes());
@@ -419,7 +401,8 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
   // 5. Combine: input gradients and gate gradients back to the tokens' ranks.
   copy_rows(exec, true, recv, cy, crow, rows, row_bytes);
   tr.all_to_all_v(recv, rb, ro, send, sb, so);
-  exec.for_each_n(B * D, SumOverK<T>{a.grad_hidden.data(), send, pair_row, top_k, D});
+  // The rows carry their gate already: a combine with unit weights.
+  exec.for_each_n(B * D, CombineTopK<T, G>{a.grad_hidden.data(), send, pair_row, nullptr, top_k, D});
   copy_rows(exec, true, grecv, cs, crow, rows, sizeof(G));
   tr.all_to_all_v(grecv, srb, sro, gsend, ssb, sso);
   copy_rows(exec, true, a.grad_topk_weights.data(), gsend, pair_row, pairs, sizeof(G));
@@ -469,7 +452,7 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
     i = j;
   }
 
-  report.workspace_bytes = c.size;
+  report.workspace_bytes = ws_bytes;
   report.rows = static_cast<count_t>(rows);
   report.temp_grad_bytes = rec.temp_experts.size() * W * sizeof(GW);
   for (int q = 0; q < P; ++q) {
