@@ -78,6 +78,10 @@ class MoeLayer {
   [[nodiscard]] Stats& stats() noexcept { return stats_; }
   [[nodiscard]] Exec& exec() noexcept { return exec_; }
   [[nodiscard]] const Experts& experts() const noexcept { return experts_; }
+  [[nodiscard]] int top_k() const noexcept { return top_k_; }
+  [[nodiscard]] Tr& transport() noexcept { return *transport_; }
+  /// What set_native_weights / set_placement gave (null before).
+  [[nodiscard]] const T* native_weights() const noexcept { return native_weights_; }
 
   /// hidden [B x D], topk_ids [B x K], topk_weights [B x K] -> out [B x D], all in the
   /// execution space's memory. Collective: every rank calls it, with its own B (may be 0).

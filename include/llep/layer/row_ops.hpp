@@ -93,7 +93,8 @@ struct CopyRows {
 };
 
 /// out[t][d] = sum over k, in order, of weight[t][k] * rows[pair_row[t*K + k]][d]:
-/// a fixed order and no atomics, so the same input gives the same bits.
+/// a fixed order and no atomics, so the same input gives the same bits. Null weights
+/// count as 1 (backward's input gradients carry their gate already).
 template <class T, class G>
 struct CombineTopK {
   T* out;
@@ -108,7 +109,8 @@ struct CombineTopK {
     A acc = A(0);
     for (std::int32_t k = 0; k < top_k; ++k) {
       const std::size_t p = t * static_cast<std::size_t>(top_k) + static_cast<std::size_t>(k);
-      acc += static_cast<A>(weights[p]) * static_cast<A>(rows[static_cast<std::size_t>(pair_row[p]) * hidden + d]);
+      const A row = static_cast<A>(rows[static_cast<std::size_t>(pair_row[p]) * hidden + d]);
+      acc += weights ? static_cast<A>(weights[p]) * row : row;
     }
     out[i] = static_cast<T>(acc);
   }
