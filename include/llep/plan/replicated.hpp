@@ -5,27 +5,33 @@
 // never need weights to travel, unlike LeastLoaded; the price is memory (S more expert
 // slots per rank) and lag: the placement follows history, not the batch.
 //
-//   placement (rarely):  Replicated::place(history, ...)   -> Topology with replicas
+//   placement (rarely):  Replicated::place(history, ...)        natives fixed -> Topology
+//                        Replicated::place_full(history, ...)   every slot free -> Topology
 //   per batch:           Replicated{}.plan(loads, topo, out)
 //   re-placement:        ReplacementPolicy::due(...), placement_moves(old, new)
 //
 // The algorithms, exactly (docs/planners.md has worked examples):
 //
-// place(history, base, slots_per_rank): natives stay where `base` puts them; every node
-// gets ranks_per_node * S extra slots (S = slots_per_rank - N / P), filled with copies of
-// the node's own experts (an expert's copies never leave its native node, so its tokens
-// cross no more nodes than under standard EP).
-//   1. Replicate (EPLB's replicate_experts): repeat for every extra slot: add a copy of the
-//      node expert with the highest history load per copy h[e] / c[e], ties by lower id,
-//      among experts with fewer copies than the node has ranks.
-//   2. Pack: a rank's estimated load starts as the sum of h[e] / c[e] over its natives.
-//      Replicas, by share h[e] / c[e] descending (ties by lower id), go each to the rank of
-//      the node with the lowest estimated load (ties by lower rank) that has a free slot
-//      and does not hold the expert yet. Natives are fixed, so this can get stuck: when
-//      every rank with a free slot already holds the expert, that copy is dropped and the
-//      slot goes instead to the expert with the highest h / c that some free rank lacks
-//      (ties by lower id), on the least-loaded such rank. Every rank ends with exactly S
-//      replicas and never two copies of one expert.
+// Fill (EPLB's replicate-then-pack) over a pool of ranks and experts, some copies possibly
+// already in place (pinned), every rank r with room[r] free slots:
+//   1. Replicate (EPLB's replicate_experts): an expert of the pool without a copy gets one;
+//      then repeat for every remaining free slot: add a copy of the pool expert with the
+//      highest history load per copy h[e] / c[e], ties by lower id, among experts with
+//      fewer copies than the pool has ranks (a rank never holds two copies of one expert).
+//   2. Pack: a rank's estimated load starts as the sum of h[e] / c[e] over its pinned
+//      copies. The other copies, by share h[e] / c[e] descending (ties by lower id), go
+//      each to the pool rank with the lowest estimated load (ties by lower rank) that has
+//      a free slot and does not hold the expert yet. This can get stuck: when every rank
+//      with a free slot already holds the expert, that copy is dropped and the slot goes
+//      instead to the expert with the highest h / c that some free rank lacks (ties by
+//      lower id), on the least-loaded such rank. Every rank ends full, never with two
+//      copies of one expert.
+//
+// place(history, base, slots_per_rank), natives fixed: natives stay where `base` puts them
+// (pinned), and each rank gets slots_per_rank minus its natives free slots. While every
+// node has at least slots_per_rank experts, each node is its own pool (an expert's copies
+// never leave its native node, so its tokens cross no more nodes than under standard EP);
+// otherwise one pool of every rank and expert.
 // place(history, ranks, slots_per_rank, ranks_per_node): one node: natives at the default
 // e / (N / P), then as above. Several nodes: replicas cannot carry load across nodes, so
 // the natives are packed first (EPLB's hierarchical step, with groups of one expert):
@@ -34,12 +40,33 @@
 // each node the same way onto ranks (N / P each). Against the default placement these
 // native moves are weight moves too: placement_moves reports them.
 //
+// place_full(history, current or P, slots_per_rank, ..., groups), every slot free (as EPLB;
+// P need not divide N, any ceil(N / P) <= slots_per_rank <= N): candidates
+//   hierarchical:  (several nodes, groups dividing N, nodes dividing groups, slots_per_rank
+//                  <= N / nodes, as EPLB) groups (consecutive ids, N / groups each; 0: one
+//                  expert each) by history descending, each to the lightest node with room
+//                  (groups / nodes each); then each node its own pool, nothing pinned;
+//   global:        one pool of every rank and expert, nothing pinned (copies of an expert
+//                  may span nodes);
+//   natives fixed: place(history, current, slots_per_rank), when current's natives fit.
+// The global and hierarchical results have their ranks relabelled (a whole rank's contents
+// to another rank; node blocks as wholes, for hierarchical) to keep as many copies where
+// `current` has them as possible (two levels of optimal assignment), which leaves rank
+// loads permuted. The candidate whose plan() of the history has the lowest busiest rank
+// wins; ties go to fewer placement_moves from `current`, then to the order above. Natives:
+// the expert's native under `current` if it still holds it, else a holder that held it,
+// else its lowest holder.
+//
 // plan(loads, topo): experts with one holder put all their tokens there. Experts with
 // several holders, by load descending (ties by lower id), water-fill their holders: the
 // least-loaded holders are raised to a common level until the expert's tokens are used
 // up; the remainder of the integer division goes one token each to the lowest-ranked of
-// the filled holders. Segments follow the holders in ascending rank, so each holder gets
-// one contiguous slice. A plan never needs a weight transfer: only holders compute.
+// the filled holders. Then up to 16 refining passes, until one changes nothing: each
+// replicated expert in the same order takes its tokens back and water-fills again given
+// all the others (one pass alone leaves chains of replicas unbalanced: up to 1.4 x the
+// refined max on EPLB-style placements). Segments follow the holders in ascending rank,
+// so each holder gets one contiguous slice. A plan never needs a weight transfer: only
+// holders compute.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -156,23 +183,16 @@ struct Replicated {
     if (flat.nodes() == 1) return place(history, flat, slots_per_rank);
 
     const int nodes = flat.nodes(), rpn = flat.ranks_per_node(), M = flat.experts_per_rank();
-    const auto order = by_history(history);
-    std::vector<double> node_load(static_cast<std::size_t>(nodes), 0.0), rank_load(static_cast<std::size_t>(ranks), 0.0);
-    std::vector<int> node_count(static_cast<std::size_t>(nodes), 0), rank_count(static_cast<std::size_t>(ranks), 0);
-    std::vector<int> node_of(static_cast<std::size_t>(N)), native(static_cast<std::size_t>(N));
-    for (const int e : order) {
-      const int n = lightest(nodes, node_load, [&](int q) { return node_count[static_cast<std::size_t>(q)] < N / nodes; });
-      node_of[static_cast<std::size_t>(e)] = n;
-      node_load[static_cast<std::size_t>(n)] += history[static_cast<std::size_t>(e)];
-      ++node_count[static_cast<std::size_t>(n)];
-    }
-    for (const int e : order) {  // still by history descending: LPT inside the node
-      const int first = node_of[static_cast<std::size_t>(e)] * rpn;
-      const std::span<double> loads(rank_load.data() + first, static_cast<std::size_t>(rpn));
-      const int r = first + lightest(rpn, loads, [&](int q) { return rank_count[static_cast<std::size_t>(first + q)] < M; });
-      native[static_cast<std::size_t>(e)] = r;
-      rank_load[static_cast<std::size_t>(r)] += history[static_cast<std::size_t>(e)];
-      ++rank_count[static_cast<std::size_t>(r)];
+    const auto node_of = pack(history, nodes, N / nodes);
+    std::vector<int> native(static_cast<std::size_t>(N));
+    for (int n = 0; n < nodes; ++n) {  // LPT inside the node
+      std::vector<int> experts;
+      std::vector<double> h;
+      for (int e = 0; e < N; ++e)
+        if (node_of[static_cast<std::size_t>(e)] == n) experts.push_back(e), h.push_back(history[static_cast<std::size_t>(e)]);
+      const auto rank_of = pack(h, rpn, M);
+      for (std::size_t i = 0; i < experts.size(); ++i)
+        native[static_cast<std::size_t>(experts[i])] = n * rpn + rank_of[i];
     }
     return place(history, Topology(ranks, std::move(native), rpn), slots_per_rank);
   }
@@ -259,6 +279,21 @@ struct Replicated {
     for (int q = 0; q < n; ++q)
       if (ok(q) && (best < 0 || load[static_cast<std::size_t>(q)] < load[static_cast<std::size_t>(best)])) best = q;
     return best;
+  }
+
+  // EPLB's balanced packing: items by weight descending (ties by lower index), each to
+  // the lightest of `bins` bins with fewer than `cap` items (ties by lower bin); the bin
+  // of each item.
+  static std::vector<int> pack(std::span<const double> weight, int bins, int cap) {
+    std::vector<double> load(static_cast<std::size_t>(bins), 0.0);
+    std::vector<int> count(static_cast<std::size_t>(bins), 0), bin(weight.size(), -1);
+    for (const int i : by_history(weight)) {
+      const int b = lightest(bins, load, [&](int q) { return count[static_cast<std::size_t>(q)] < cap; });
+      bin[static_cast<std::size_t>(i)] = b;
+      load[static_cast<std::size_t>(b)] += weight[static_cast<std::size_t>(i)];
+      ++count[static_cast<std::size_t>(b)];
+    }
+    return bin;
   }
 
   // EPLB's replicate-then-pack over a pool of ranks and experts, with copies already in
@@ -472,6 +507,25 @@ struct Replicated {
       int block;  // ranks per relabelling block: rpn (hierarchical) or P (global)
     };
     std::vector<Candidate> cands;
+    // hierarchical (EPLB's): groups packed onto nodes, then a pool per node.
+    if (nodes > 1 && N % g == 0 && g % nodes == 0 && slots <= N / nodes) {
+      const int size = N / g, per_node = g / nodes;
+      std::vector<double> load(static_cast<std::size_t>(g), 0.0);
+      for (int e = 0; e < N; ++e) load[static_cast<std::size_t>(e / size)] += history[static_cast<std::size_t>(e)];
+      const auto node_of = pack(load, nodes, per_node);
+      std::vector<std::vector<int>> node_experts(static_cast<std::size_t>(nodes));
+      for (int e = 0; e < N; ++e) node_experts[static_cast<std::size_t>(node_of[static_cast<std::size_t>(e / size)])].push_back(e);
+      Fill f(history, P);
+      std::vector<int> room(static_cast<std::size_t>(P), slots);
+      for (int n = 0; n < nodes; ++n) {
+        const auto& ex = node_experts[static_cast<std::size_t>(n)];
+        std::vector<int> ranks;
+        for (int r = n * rpn; r < (n + 1) * rpn; ++r) ranks.push_back(r);
+        f.fill(ranks, ex, room);
+      }
+      cands.push_back({std::move(f.lists), rpn});
+    }
+
     {  // global: one pool of every rank and expert
       Fill f(history, P);
       std::vector<int> ranks(static_cast<std::size_t>(P)), experts(static_cast<std::size_t>(N));
@@ -481,31 +535,6 @@ struct Replicated {
       f.fill(ranks, experts, room);
       cands.push_back({std::move(f.lists), P});
     }
-    // hierarchical (EPLB's): groups packed onto nodes, then a pool per node.
-    if (nodes > 1 && N % g == 0 && g % nodes == 0 && slots <= N / nodes) {
-      const int size = N / g, per_node = g / nodes;
-      std::vector<double> load(static_cast<std::size_t>(g), 0.0), node_load(static_cast<std::size_t>(nodes), 0.0);
-      for (int e = 0; e < N; ++e) load[static_cast<std::size_t>(e / size)] += history[static_cast<std::size_t>(e)];
-      std::vector<int> count(static_cast<std::size_t>(nodes), 0);
-      std::vector<std::vector<int>> node_experts(static_cast<std::size_t>(nodes));
-      for (const int grp : by_history(load)) {
-        const int n = lightest(nodes, node_load, [&](int q) { return count[static_cast<std::size_t>(q)] < per_node; });
-        node_load[static_cast<std::size_t>(n)] += load[static_cast<std::size_t>(grp)];
-        ++count[static_cast<std::size_t>(n)];
-        for (int e = grp * size; e < (grp + 1) * size; ++e) node_experts[static_cast<std::size_t>(n)].push_back(e);
-      }
-      Fill f(history, P);
-      std::vector<int> room(static_cast<std::size_t>(P), slots);
-      for (int n = 0; n < nodes; ++n) {
-        auto& ex = node_experts[static_cast<std::size_t>(n)];
-        std::sort(ex.begin(), ex.end());
-        std::vector<int> ranks;
-        for (int r = n * rpn; r < (n + 1) * rpn; ++r) ranks.push_back(r);
-        f.fill(ranks, ex, room);
-      }
-      cands.push_back({std::move(f.lists), rpn});
-    }
-
     // Natives: the rank that was native, else one that held the expert, else the lowest holder.
     auto natives_of = [&](const std::vector<std::vector<int>>& bins) {
       std::vector<int> native(static_cast<std::size_t>(N), -1);
