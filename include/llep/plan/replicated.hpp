@@ -48,14 +48,18 @@
 //                  (groups / nodes each); then each node its own pool, nothing pinned;
 //   global:        one pool of every rank and expert, nothing pinned (copies of an expert
 //                  may span nodes);
+//   sticky (with `current`): hierarchical and global again, but a copy goes first to the
+//                  least-loaded rank that holds it under `current`, has room and stays at or
+//                  under the mean estimate (and 1.05 x the mean, a second variant);
 //   natives fixed: place(history, current, slots_per_rank), when current's natives fit.
-// The global and hierarchical results have their ranks relabelled (a whole rank's contents
-// to another rank; node blocks as wholes, for hierarchical) to keep as many copies where
-// `current` has them as possible (two levels of optimal assignment), which leaves rank
-// loads permuted. The candidate whose plan() of the history has the lowest busiest rank
-// wins; ties go to fewer placement_moves from `current`, then to the order above. Natives:
-// the expert's native under `current` if it still holds it, else a holder that held it,
-// else its lowest holder.
+// The plain global and hierarchical results have their ranks relabelled (a whole rank's
+// contents to another rank; node blocks as wholes, for hierarchical) to keep as many copies
+// where `current` has them as possible (two levels of optimal assignment), which leaves
+// rank loads permuted. Each candidate is scored by the busiest rank of plan() on the
+// history; among those within `tolerance` (default 0) of the best, the fewest
+// placement_moves from `current` win, ties to the better balance, then to the earlier
+// candidate. Natives: the expert's native under `current` if it still holds it, else a
+// holder that held it, else its lowest holder.
 //
 // plan(loads, topo): experts with one holder put all their tokens there. Experts with
 // several holders, by load descending (ties by lower id), water-fill their holders: the
@@ -237,19 +241,20 @@ struct Replicated {
 
   /// Full re-placement mode (every slot free, as EPLB): `slots_per_rank` slots on each of
   /// `current`'s ranks, any expert on any rank, from history loads; `groups` expert groups
-  /// (EPLB's num_groups, 0: one expert each) for the hierarchical candidate. The best
-  /// balance among the candidates (see the top of this file) and, for that balance, the
-  /// fewest weight moves from `current` (placement_moves).
+  /// (EPLB's num_groups, 0: one expert each) for the hierarchical candidate. Among the
+  /// candidates (see the top of this file) whose busiest rank is within `tolerance` (a
+  /// fraction, 0: none) of the best, the fewest weight moves from `current`
+  /// (placement_moves).
   [[nodiscard]] static Topology place_full(std::span<const double> history, const Topology& current, int slots_per_rank,
-                                           int groups = 0) {
-    return full(history, &current, current.ranks(), slots_per_rank, current.ranks_per_node(), groups);
+                                           int groups = 0, double tolerance = 0) {
+    return full(history, &current, current.ranks(), slots_per_rank, current.ranks_per_node(), groups, tolerance);
   }
 
   /// Full re-placement from nothing: P = `ranks` (P need not divide N), natives at each
   /// expert's lowest holder.
   [[nodiscard]] static Topology place_full(std::span<const double> history, int ranks, int slots_per_rank,
                                            int ranks_per_node = 0, int groups = 0) {
-    return full(history, nullptr, ranks, slots_per_rank, ranks_per_node, groups);
+    return full(history, nullptr, ranks, slots_per_rank, ranks_per_node, groups, 0);
   }
 
  private:
@@ -305,6 +310,10 @@ struct Replicated {
     std::vector<double> est;              // estimated rank loads
     std::vector<std::vector<int>> lists;  // per rank: the experts it holds
     std::vector<char> held;               // P x N
+    // Sticky packing: a copy goes to a rank that `sticky` has holding it, if one has room
+    // and stays at or under `level` (estimated load), before the least-loaded rank.
+    const Topology* sticky = nullptr;
+    double level = 0;
 
     Fill(std::span<const double> history, int P)
         : h(history),
@@ -359,10 +368,18 @@ struct Replicated {
       std::vector<double> pool_est(ranks.size());
       auto best_rank = [&](int e) {
         for (int q = 0; q < R; ++q) pool_est[static_cast<std::size_t>(q)] = est[static_cast<std::size_t>(ranks[static_cast<std::size_t>(q)])];
-        const int q = lightest(R, pool_est, [&](int c) {
+        auto free_for = [&](int c) {
           const int r = ranks[static_cast<std::size_t>(c)];
           return room[static_cast<std::size_t>(r)] > 0 && !holds(r, e);
-        });
+        };
+        if (sticky != nullptr) {  // a rank that holds e already, while it stays under the level
+          const int q = lightest(R, pool_est, [&](int c) {
+            return free_for(c) && sticky->holds(e, ranks[static_cast<std::size_t>(c)]) &&
+                   pool_est[static_cast<std::size_t>(c)] + share(e) <= level;
+          });
+          if (q >= 0) return ranks[static_cast<std::size_t>(q)];
+        }
+        const int q = lightest(R, pool_est, free_for);
         return q < 0 ? -1 : ranks[static_cast<std::size_t>(q)];
       };
       auto put = [&](int e, int r) {
@@ -487,7 +504,9 @@ struct Replicated {
   }
 
   static Topology full(std::span<const double> history, const Topology* current, int P, int slots, int rpn_in,
-                       int groups) {
+                       int groups, double tolerance) {
+    LLEP_EXPECTS(std::isfinite(tolerance) && tolerance >= 0, "tolerance = ", tolerance,
+                 " must be a finite fraction >= 0");
     LLEP_EXPECTS(P > 0, "ranks P = ", P, " must be > 0");
     const int N = static_cast<int>(history.size());
     LLEP_EXPECTS(N > 0, "history loads hold 0 entries; N must be > 0");
@@ -504,9 +523,14 @@ struct Replicated {
 
     struct Candidate {
       std::vector<std::vector<int>> bins;
-      int block;  // ranks per relabelling block: rpn (hierarchical) or P (global)
+      int block;  // ranks per relabelling block: rpn (hierarchical) or P (global); 0: none (sticky)
     };
     std::vector<Candidate> cands;
+    double total = 0;
+    for (const double x : history) total += x;
+    // Sticky variants (with `current`): copies stay where they are while their rank's
+    // estimate stays within kStickySlack of the mean.
+    const std::vector<double> slacks = current ? std::vector<double>{0.0, kStickySlack} : std::vector<double>{};
     // hierarchical (EPLB's): groups packed onto nodes, then a pool per node.
     if (nodes > 1 && N % g == 0 && g % nodes == 0 && slots <= N / nodes) {
       const int size = N / g, per_node = g / nodes;
@@ -515,25 +539,29 @@ struct Replicated {
       const auto node_of = pack(load, nodes, per_node);
       std::vector<std::vector<int>> node_experts(static_cast<std::size_t>(nodes));
       for (int e = 0; e < N; ++e) node_experts[static_cast<std::size_t>(node_of[static_cast<std::size_t>(e / size)])].push_back(e);
-      Fill f(history, P);
-      std::vector<int> room(static_cast<std::size_t>(P), slots);
-      for (int n = 0; n < nodes; ++n) {
-        const auto& ex = node_experts[static_cast<std::size_t>(n)];
-        std::vector<int> ranks;
-        for (int r = n * rpn; r < (n + 1) * rpn; ++r) ranks.push_back(r);
-        f.fill(ranks, ex, room);
+      for (int v = -1; v < static_cast<int>(slacks.size()); ++v) {
+        Fill f(history, P);
+        if (v >= 0) f.sticky = current, f.level = total / P * (1 + slacks[static_cast<std::size_t>(v)]);
+        std::vector<int> room(static_cast<std::size_t>(P), slots);
+        for (int n = 0; n < nodes; ++n) {
+          const auto& ex = node_experts[static_cast<std::size_t>(n)];
+          std::vector<int> ranks;
+          for (int r = n * rpn; r < (n + 1) * rpn; ++r) ranks.push_back(r);
+          f.fill(ranks, ex, room);
+        }
+        cands.push_back({std::move(f.lists), v < 0 ? rpn : 0});
       }
-      cands.push_back({std::move(f.lists), rpn});
     }
 
-    {  // global: one pool of every rank and expert
+    for (int v = -1; v < static_cast<int>(slacks.size()); ++v) {  // global: one pool of every rank and expert
       Fill f(history, P);
+      if (v >= 0) f.sticky = current, f.level = total / P * (1 + slacks[static_cast<std::size_t>(v)]);
       std::vector<int> ranks(static_cast<std::size_t>(P)), experts(static_cast<std::size_t>(N));
       for (int r = 0; r < P; ++r) ranks[static_cast<std::size_t>(r)] = r;
       for (int e = 0; e < N; ++e) experts[static_cast<std::size_t>(e)] = e;
       std::vector<int> room(static_cast<std::size_t>(P), slots);
       f.fill(ranks, experts, room);
-      cands.push_back({std::move(f.lists), P});
+      cands.push_back({std::move(f.lists), v < 0 ? P : 0});
     }
     // Natives: the rank that was native, else one that held the expert, else the lowest holder.
     auto natives_of = [&](const std::vector<std::vector<int>>& bins) {
@@ -546,21 +574,20 @@ struct Replicated {
         }
       return native;
     };
+    struct Scored {
+      Topology t;
+      count_t busiest;
+      std::size_t moves;
+    };
+    std::vector<Scored> scored;
     Plan plan;
-    std::optional<Topology> best;
-    count_t best_max = 0;
-    std::size_t best_moves = 0;
     auto consider = [&](Topology t) {
       const count_t m = balance_of(history, t, plan);
       const std::size_t moves = current ? placement_moves(*current, t).size() : 0;
-      if (!best || m < best_max || (m == best_max && moves < best_moves)) {
-        best_max = m;
-        best_moves = moves;
-        best = std::move(t);
-      }
+      scored.push_back({std::move(t), m, moves});
     };
     for (auto& c : cands) {
-      auto bins = current ? relabel(std::move(c.bins), *current, c.block) : std::move(c.bins);
+      auto bins = current && c.block > 0 ? relabel(std::move(c.bins), *current, c.block) : std::move(c.bins);
       auto native = natives_of(bins);
       consider(Topology::from_held(P, N, std::move(bins), std::move(native), rpn));
     }
@@ -570,10 +597,24 @@ struct Replicated {
       for (int e = 0; e < N; ++e) ++natives[static_cast<std::size_t>(current->native_rank(e))];
       if (*std::max_element(natives.begin(), natives.end()) <= slots) consider(place(history, *current, slots));
     }
-    return std::move(*best);
+    // The fewest moves among the candidates within `tolerance` of the best balance (ties:
+    // the better balance, then the earlier candidate).
+    count_t low = scored[0].busiest;
+    for (const auto& c : scored) low = std::min(low, c.busiest);
+    const auto within = static_cast<count_t>(static_cast<double>(low) * (1 + tolerance));
+    std::size_t pick = scored.size();
+    for (std::size_t i = 0; i < scored.size(); ++i) {
+      const auto& c = scored[i];
+      if (c.busiest > within) continue;
+      if (pick == scored.size() || c.moves < scored[pick].moves ||
+          (c.moves == scored[pick].moves && c.busiest < scored[pick].busiest))
+        pick = i;
+    }
+    return std::move(scored[pick].t);
   }
 
   static constexpr int kRefinePasses = 16;
+  static constexpr double kStickySlack = 0.05;
 
   // Spreads `l` tokens over `holders` (ascending ranks) by water-filling: see the top of
   // this file. Writes each holder's amount to `amount` and adds it to s.assigned. Integer
