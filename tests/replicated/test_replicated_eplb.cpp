@@ -137,6 +137,11 @@ TEST_CASE("Full re-placement, hand-worked: P not dividing N, one node") {
   CHECK_THROWS_WITH_AS((void)llep::Replicated::place_full(h, 2, 1), doctest::Contains("[2, 3]"), llep::Error);
   CHECK_THROWS_WITH_AS((void)llep::Replicated::place_full(h, 2, 4), doctest::Contains("slots_per_rank = 4"),
                        llep::Error);
+  CHECK_THROWS_WITH_AS((void)llep::Replicated::place_full(h, t, 2, 0, -0.5), doctest::Contains("tolerance = -0.5"),
+                       llep::Error);
+  CHECK_THROWS_WITH_AS((void)llep::Replicated::place_full(h, t, 2, 4), doctest::Contains("groups = 4"), llep::Error);
+  CHECK_THROWS_WITH_AS((void)llep::Replicated::place_full(std::vector<double>{1, 2}, t, 2),
+                       doctest::Contains("history loads hold 2 entries"), llep::Error);
 }
 
 TEST_CASE("Full re-placement, hand-worked: an expert's copies across nodes beat EPLB's node-bound copies") {
@@ -265,6 +270,11 @@ TEST_CASE("Full re-placement against the EPLB yardstick on hundreds of generated
     // Moves never exceed those of placing from nothing at no worse balance.
     const auto n_after = llep::placement_moves(before, after).size(), n_scratch = llep::placement_moves(before, ours).size();
     if (plan_max(loads, after) <= plan_max(loads, ours)) CHECK(n_after <= n_scratch);
+    // A balance tolerance trades balance for moves, never more than it says.
+    const auto loose = llep::Replicated::place_full(h, before, slots, groups, 0.01);
+    check_general(loose, slots);
+    CHECK(llep::placement_moves(before, loose).size() <= n_after);
+    CHECK(static_cast<double>(plan_max(loads, loose)) <= static_cast<double>(plan_max(loads, after)) * 1.01 + 2);
     moves_ours += n_after;
     moves_scratch += n_scratch;
     copies += static_cast<std::size_t>(P * slots);

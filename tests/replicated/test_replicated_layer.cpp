@@ -190,3 +190,27 @@ TEST_CASE("MoeLayer re-placement: set_placement with the new weights keeps the l
                          llep::Error);
   });
 }
+
+TEST_CASE("MoeLayer with a full re-placement: P not dividing N, uneven natives, LeastLoaded too") {
+  const int P = 4, N = 10, K = 2, D = 12, H = 8;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 23);
+  const auto in = make_inputs(P, N, K, D, llep::sim::Skew{1, 0.9}, 5);
+  // 4 slots per rank: 16 copies of 10 experts, natives uneven (from_held's lowest holder).
+  const auto topo = llep::Replicated::place_full(history_of(in, N), P, 4, 2);
+  REQUIRE(topo.slots_per_rank() == 4);
+  std::vector<int> natives(static_cast<std::size_t>(P), 0);
+  for (int e = 0; e < N; ++e) ++natives[static_cast<std::size_t>(topo.native_rank(e))];
+  INFO("natives per rank ", natives[0], " ", natives[1], " ", natives[2], " ", natives[3]);
+  const auto got = run_layer(moe, topo, K, in, llep::Replicated{});
+  CHECK(relative_error(moe, in, got.out, K) <= 1e-4);
+  for (const auto& rep : got.reports) CHECK(rep.weight_transfers == 0);
+  const auto ll = run_layer(moe, topo, K, in, llep::LeastLoaded{1.0, 0});
+  CHECK(relative_error(moe, in, ll.out, K) <= 1e-4);
+  // A re-placement for a drifted history, switched to between two steps.
+  std::vector<double> drift = history_of(in, N);
+  std::reverse(drift.begin(), drift.end());
+  const auto next = llep::Replicated::place_full(drift, topo, 4);
+  REQUIRE_FALSE(llep::placement_moves(topo, next).empty());
+  const auto two = run_layer(moe, topo, K, in, llep::Replicated{}, &next);
+  CHECK(relative_error(moe, in, two.out, K) <= 1e-4);
+}

@@ -237,6 +237,7 @@ int main(int argc, char** argv) {
     set.model = std::make_shared<const llep::sim::CostModel>(model);
     set.shape = shape;
     std::vector<PlannerEntry> all = llep::examples::planners(set);
+    const std::vector<PlannerEntry> regime_ref(all.begin(), all.begin() + 2);  // ep, llep: the table's regime line
     if (!only.empty()) {
       std::vector<PlannerEntry> chosen;
       for (const std::string& want : split_commas(only)) {
@@ -300,10 +301,21 @@ int main(int argc, char** argv) {
                     "imb.aft", "transfers", "token MB", "weight MB", "moved MB", "x-node MB", "peak GB", "step ms",
                     "rank loads");
       }
+      // The regime of this batch: standard EP's and LeastLoaded's predicted steps.
+      Result ep_ref, ll_ref;
+      if (!json_out) ep_ref = replay(regime_ref[0], ctx), ll_ref = replay(regime_ref[1], ctx);
+      std::string cost_aware_note;
       for (const PlannerEntry& p : all) {
         const Result r = replay(p, ctx);
         const std::vector<count_t> rank_loads(r.plan.rank_loads().begin(), r.plan.rank_loads().end());
         const double before = llep::imbalance(native), after = llep::imbalance(rank_loads);
+        if (!json_out && r.chosen == "cost_aware") {
+          const bool ep_plan = r.plan.weight_transfers().empty() &&
+                               std::ranges::equal(r.plan.rank_loads(), ep_ref.plan.rank_loads());
+          cost_aware_note = "; cost_aware " + (ep_plan ? std::string("kept EP's plan")
+                                                       : "spilled (" + std::to_string(r.plan.weight_transfers().size()) +
+                                                             " weight transfers)");
+        }
         if (!json_out) {
           std::printf("  %-12s %-12s %8.3f %8.3f %9zu %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f  %s\n",
                       r.planner.c_str(), r.chosen.c_str(), before, after,
@@ -355,6 +367,11 @@ int main(int argc, char** argv) {
         j["placement_moves"] = r.placement.moves;
         std::cout << j.dump() << '\n';
       }
+      if (!json_out)
+        std::printf("  regime: predicted EP %.3f ms, LLEP %.3f ms: %s%s\n", ep_ref.cost.step_s * 1e3,
+                    ll_ref.cost.step_s * 1e3,
+                    ll_ref.cost.step_s < ep_ref.cost.step_s ? "spilling pays" : "spilling does not pay (EP regime)",
+                    cost_aware_note.c_str());
     }
     std::cout.flush();
     return 0;

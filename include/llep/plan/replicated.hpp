@@ -5,27 +5,33 @@
 // never need weights to travel, unlike LeastLoaded; the price is memory (S more expert
 // slots per rank) and lag: the placement follows history, not the batch.
 //
-//   placement (rarely):  Replicated::place(history, ...)   -> Topology with replicas
+//   placement (rarely):  Replicated::place(history, ...)        natives fixed -> Topology
+//                        Replicated::place_full(history, ...)   every slot free -> Topology
 //   per batch:           Replicated{}.plan(loads, topo, out)
 //   re-placement:        ReplacementPolicy::due(...), placement_moves(old, new)
 //
 // The algorithms, exactly (docs/planners.md has worked examples):
 //
-// place(history, base, slots_per_rank): natives stay where `base` puts them; every node
-// gets ranks_per_node * S extra slots (S = slots_per_rank - N / P), filled with copies of
-// the node's own experts (an expert's copies never leave its native node, so its tokens
-// cross no more nodes than under standard EP).
-//   1. Replicate (EPLB's replicate_experts): repeat for every extra slot: add a copy of the
-//      node expert with the highest history load per copy h[e] / c[e], ties by lower id,
-//      among experts with fewer copies than the node has ranks.
-//   2. Pack: a rank's estimated load starts as the sum of h[e] / c[e] over its natives.
-//      Replicas, by share h[e] / c[e] descending (ties by lower id), go each to the rank of
-//      the node with the lowest estimated load (ties by lower rank) that has a free slot
-//      and does not hold the expert yet. Natives are fixed, so this can get stuck: when
-//      every rank with a free slot already holds the expert, that copy is dropped and the
-//      slot goes instead to the expert with the highest h / c that some free rank lacks
-//      (ties by lower id), on the least-loaded such rank. Every rank ends with exactly S
-//      replicas and never two copies of one expert.
+// Fill (EPLB's replicate-then-pack) over a pool of ranks and experts, some copies possibly
+// already in place (pinned), every rank r with room[r] free slots:
+//   1. Replicate (EPLB's replicate_experts): an expert of the pool without a copy gets one;
+//      then repeat for every remaining free slot: add a copy of the pool expert with the
+//      highest history load per copy h[e] / c[e], ties by lower id, among experts with
+//      fewer copies than the pool has ranks (a rank never holds two copies of one expert).
+//   2. Pack: a rank's estimated load starts as the sum of h[e] / c[e] over its pinned
+//      copies. The other copies, by share h[e] / c[e] descending (ties by lower id), go
+//      each to the pool rank with the lowest estimated load (ties by lower rank) that has
+//      a free slot and does not hold the expert yet. This can get stuck: when every rank
+//      with a free slot already holds the expert, that copy is dropped and the slot goes
+//      instead to the expert with the highest h / c that some free rank lacks (ties by
+//      lower id), on the least-loaded such rank. Every rank ends full, never with two
+//      copies of one expert.
+//
+// place(history, base, slots_per_rank), natives fixed: natives stay where `base` puts them
+// (pinned), and each rank gets slots_per_rank minus its natives free slots. While every
+// node has at least slots_per_rank experts, each node is its own pool (an expert's copies
+// never leave its native node, so its tokens cross no more nodes than under standard EP);
+// otherwise one pool of every rank and expert.
 // place(history, ranks, slots_per_rank, ranks_per_node): one node: natives at the default
 // e / (N / P), then as above. Several nodes: replicas cannot carry load across nodes, so
 // the natives are packed first (EPLB's hierarchical step, with groups of one expert):
@@ -34,12 +40,37 @@
 // each node the same way onto ranks (N / P each). Against the default placement these
 // native moves are weight moves too: placement_moves reports them.
 //
+// place_full(history, current or P, slots_per_rank, ..., groups), every slot free (as EPLB;
+// P need not divide N, any ceil(N / P) <= slots_per_rank <= N): candidates
+//   hierarchical:  (several nodes, groups dividing N, nodes dividing groups, slots_per_rank
+//                  <= N / nodes, as EPLB) groups (consecutive ids, N / groups each; 0: one
+//                  expert each) by history descending, each to the lightest node with room
+//                  (groups / nodes each); then each node its own pool, nothing pinned;
+//   global:        one pool of every rank and expert, nothing pinned (copies of an expert
+//                  may span nodes);
+//   sticky (with `current`): hierarchical and global again, but a copy goes first to the
+//                  least-loaded rank that holds it under `current`, has room and stays at or
+//                  under the mean estimate (and 1.05 x the mean, a second variant);
+//   natives fixed: place(history, current, slots_per_rank), when current's natives fit.
+// The plain global and hierarchical results have their ranks relabelled (a whole rank's
+// contents to another rank; node blocks as wholes, for hierarchical) to keep as many copies
+// where `current` has them as possible (two levels of optimal assignment), which leaves
+// rank loads permuted. Each candidate is scored by the busiest rank of plan() on the
+// history; among those within `tolerance` (default 0) of the best, the fewest
+// placement_moves from `current` win, ties to the better balance, then to the earlier
+// candidate. Natives: the expert's native under `current` if it still holds it, else a
+// holder that held it, else its lowest holder.
+//
 // plan(loads, topo): experts with one holder put all their tokens there. Experts with
 // several holders, by load descending (ties by lower id), water-fill their holders: the
 // least-loaded holders are raised to a common level until the expert's tokens are used
 // up; the remainder of the integer division goes one token each to the lowest-ranked of
-// the filled holders. Segments follow the holders in ascending rank, so each holder gets
-// one contiguous slice. A plan never needs a weight transfer: only holders compute.
+// the filled holders. Then up to 16 refining passes, until one changes nothing: each
+// replicated expert in the same order takes its tokens back and water-fills again given
+// all the others (one pass alone leaves chains of replicas unbalanced: up to 1.4 x the
+// refined max on EPLB-style placements). Segments follow the holders in ascending rank,
+// so each holder gets one contiguous slice. A plan never needs a weight transfer: only
+// holders compute.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -156,23 +187,16 @@ struct Replicated {
     if (flat.nodes() == 1) return place(history, flat, slots_per_rank);
 
     const int nodes = flat.nodes(), rpn = flat.ranks_per_node(), M = flat.experts_per_rank();
-    const auto order = by_history(history);
-    std::vector<double> node_load(static_cast<std::size_t>(nodes), 0.0), rank_load(static_cast<std::size_t>(ranks), 0.0);
-    std::vector<int> node_count(static_cast<std::size_t>(nodes), 0), rank_count(static_cast<std::size_t>(ranks), 0);
-    std::vector<int> node_of(static_cast<std::size_t>(N)), native(static_cast<std::size_t>(N));
-    for (const int e : order) {
-      const int n = lightest(nodes, node_load, [&](int q) { return node_count[static_cast<std::size_t>(q)] < N / nodes; });
-      node_of[static_cast<std::size_t>(e)] = n;
-      node_load[static_cast<std::size_t>(n)] += history[static_cast<std::size_t>(e)];
-      ++node_count[static_cast<std::size_t>(n)];
-    }
-    for (const int e : order) {  // still by history descending: LPT inside the node
-      const int first = node_of[static_cast<std::size_t>(e)] * rpn;
-      const std::span<double> loads(rank_load.data() + first, static_cast<std::size_t>(rpn));
-      const int r = first + lightest(rpn, loads, [&](int q) { return rank_count[static_cast<std::size_t>(first + q)] < M; });
-      native[static_cast<std::size_t>(e)] = r;
-      rank_load[static_cast<std::size_t>(r)] += history[static_cast<std::size_t>(e)];
-      ++rank_count[static_cast<std::size_t>(r)];
+    const auto node_of = pack(history, nodes, N / nodes);
+    std::vector<int> native(static_cast<std::size_t>(N));
+    for (int n = 0; n < nodes; ++n) {  // LPT inside the node
+      std::vector<int> experts;
+      std::vector<double> h;
+      for (int e = 0; e < N; ++e)
+        if (node_of[static_cast<std::size_t>(e)] == n) experts.push_back(e), h.push_back(history[static_cast<std::size_t>(e)]);
+      const auto rank_of = pack(h, rpn, M);
+      for (std::size_t i = 0; i < experts.size(); ++i)
+        native[static_cast<std::size_t>(experts[i])] = n * rpn + rank_of[i];
     }
     return place(history, Topology(ranks, std::move(native), rpn), slots_per_rank);
   }
@@ -217,19 +241,20 @@ struct Replicated {
 
   /// Full re-placement mode (every slot free, as EPLB): `slots_per_rank` slots on each of
   /// `current`'s ranks, any expert on any rank, from history loads; `groups` expert groups
-  /// (EPLB's num_groups, 0: one expert each) for the hierarchical candidate. The best
-  /// balance among the candidates (see the top of this file) and, for that balance, the
-  /// fewest weight moves from `current` (placement_moves).
+  /// (EPLB's num_groups, 0: one expert each) for the hierarchical candidate. Among the
+  /// candidates (see the top of this file) whose busiest rank is within `tolerance` (a
+  /// fraction, 0: none) of the best, the fewest weight moves from `current`
+  /// (placement_moves).
   [[nodiscard]] static Topology place_full(std::span<const double> history, const Topology& current, int slots_per_rank,
-                                           int groups = 0) {
-    return full(history, &current, current.ranks(), slots_per_rank, current.ranks_per_node(), groups);
+                                           int groups = 0, double tolerance = 0) {
+    return full(history, &current, current.ranks(), slots_per_rank, current.ranks_per_node(), groups, tolerance);
   }
 
   /// Full re-placement from nothing: P = `ranks` (P need not divide N), natives at each
   /// expert's lowest holder.
   [[nodiscard]] static Topology place_full(std::span<const double> history, int ranks, int slots_per_rank,
                                            int ranks_per_node = 0, int groups = 0) {
-    return full(history, nullptr, ranks, slots_per_rank, ranks_per_node, groups);
+    return full(history, nullptr, ranks, slots_per_rank, ranks_per_node, groups, 0);
   }
 
  private:
@@ -261,6 +286,21 @@ struct Replicated {
     return best;
   }
 
+  // EPLB's balanced packing: items by weight descending (ties by lower index), each to
+  // the lightest of `bins` bins with fewer than `cap` items (ties by lower bin); the bin
+  // of each item.
+  static std::vector<int> pack(std::span<const double> weight, int bins, int cap) {
+    std::vector<double> load(static_cast<std::size_t>(bins), 0.0);
+    std::vector<int> count(static_cast<std::size_t>(bins), 0), bin(weight.size(), -1);
+    for (const int i : by_history(weight)) {
+      const int b = lightest(bins, load, [&](int q) { return count[static_cast<std::size_t>(q)] < cap; });
+      bin[static_cast<std::size_t>(i)] = b;
+      load[static_cast<std::size_t>(b)] += weight[static_cast<std::size_t>(i)];
+      ++count[static_cast<std::size_t>(b)];
+    }
+    return bin;
+  }
+
   // EPLB's replicate-then-pack over a pool of ranks and experts, with copies already in
   // place (pinned) counted: see the top of this file.
   struct Fill {
@@ -270,6 +310,10 @@ struct Replicated {
     std::vector<double> est;              // estimated rank loads
     std::vector<std::vector<int>> lists;  // per rank: the experts it holds
     std::vector<char> held;               // P x N
+    // Sticky packing: a copy goes to a rank that `sticky` has holding it, if one has room
+    // and stays at or under `level` (estimated load), before the least-loaded rank.
+    const Topology* sticky = nullptr;
+    double level = 0;
 
     Fill(std::span<const double> history, int P)
         : h(history),
@@ -324,10 +368,18 @@ struct Replicated {
       std::vector<double> pool_est(ranks.size());
       auto best_rank = [&](int e) {
         for (int q = 0; q < R; ++q) pool_est[static_cast<std::size_t>(q)] = est[static_cast<std::size_t>(ranks[static_cast<std::size_t>(q)])];
-        const int q = lightest(R, pool_est, [&](int c) {
+        auto free_for = [&](int c) {
           const int r = ranks[static_cast<std::size_t>(c)];
           return room[static_cast<std::size_t>(r)] > 0 && !holds(r, e);
-        });
+        };
+        if (sticky != nullptr) {  // a rank that holds e already, while it stays under the level
+          const int q = lightest(R, pool_est, [&](int c) {
+            return free_for(c) && sticky->holds(e, ranks[static_cast<std::size_t>(c)]) &&
+                   pool_est[static_cast<std::size_t>(c)] + share(e) <= level;
+          });
+          if (q >= 0) return ranks[static_cast<std::size_t>(q)];
+        }
+        const int q = lightest(R, pool_est, free_for);
         return q < 0 ? -1 : ranks[static_cast<std::size_t>(q)];
       };
       auto put = [&](int e, int r) {
@@ -452,7 +504,9 @@ struct Replicated {
   }
 
   static Topology full(std::span<const double> history, const Topology* current, int P, int slots, int rpn_in,
-                       int groups) {
+                       int groups, double tolerance) {
+    LLEP_EXPECTS(std::isfinite(tolerance) && tolerance >= 0, "tolerance = ", tolerance,
+                 " must be a finite fraction >= 0");
     LLEP_EXPECTS(P > 0, "ranks P = ", P, " must be > 0");
     const int N = static_cast<int>(history.size());
     LLEP_EXPECTS(N > 0, "history loads hold 0 entries; N must be > 0");
@@ -469,43 +523,46 @@ struct Replicated {
 
     struct Candidate {
       std::vector<std::vector<int>> bins;
-      int block;  // ranks per relabelling block: rpn (hierarchical) or P (global)
+      int block;  // ranks per relabelling block: rpn (hierarchical) or P (global); 0: none (sticky)
     };
     std::vector<Candidate> cands;
-    {  // global: one pool of every rank and expert
+    double total = 0;
+    for (const double x : history) total += x;
+    // Sticky variants (with `current`): copies stay where they are while their rank's
+    // estimate stays within kStickySlack of the mean.
+    const std::vector<double> slacks = current ? std::vector<double>{0.0, kStickySlack} : std::vector<double>{};
+    // hierarchical (EPLB's): groups packed onto nodes, then a pool per node.
+    if (nodes > 1 && N % g == 0 && g % nodes == 0 && slots <= N / nodes) {
+      const int size = N / g, per_node = g / nodes;
+      std::vector<double> load(static_cast<std::size_t>(g), 0.0);
+      for (int e = 0; e < N; ++e) load[static_cast<std::size_t>(e / size)] += history[static_cast<std::size_t>(e)];
+      const auto node_of = pack(load, nodes, per_node);
+      std::vector<std::vector<int>> node_experts(static_cast<std::size_t>(nodes));
+      for (int e = 0; e < N; ++e) node_experts[static_cast<std::size_t>(node_of[static_cast<std::size_t>(e / size)])].push_back(e);
+      for (int v = -1; v < static_cast<int>(slacks.size()); ++v) {
+        Fill f(history, P);
+        if (v >= 0) f.sticky = current, f.level = total / P * (1 + slacks[static_cast<std::size_t>(v)]);
+        std::vector<int> room(static_cast<std::size_t>(P), slots);
+        for (int n = 0; n < nodes; ++n) {
+          const auto& ex = node_experts[static_cast<std::size_t>(n)];
+          std::vector<int> ranks;
+          for (int r = n * rpn; r < (n + 1) * rpn; ++r) ranks.push_back(r);
+          f.fill(ranks, ex, room);
+        }
+        cands.push_back({std::move(f.lists), v < 0 ? rpn : 0});
+      }
+    }
+
+    for (int v = -1; v < static_cast<int>(slacks.size()); ++v) {  // global: one pool of every rank and expert
       Fill f(history, P);
+      if (v >= 0) f.sticky = current, f.level = total / P * (1 + slacks[static_cast<std::size_t>(v)]);
       std::vector<int> ranks(static_cast<std::size_t>(P)), experts(static_cast<std::size_t>(N));
       for (int r = 0; r < P; ++r) ranks[static_cast<std::size_t>(r)] = r;
       for (int e = 0; e < N; ++e) experts[static_cast<std::size_t>(e)] = e;
       std::vector<int> room(static_cast<std::size_t>(P), slots);
       f.fill(ranks, experts, room);
-      cands.push_back({std::move(f.lists), P});
+      cands.push_back({std::move(f.lists), v < 0 ? P : 0});
     }
-    // hierarchical (EPLB's): groups packed onto nodes, then a pool per node.
-    if (nodes > 1 && N % g == 0 && g % nodes == 0 && slots <= N / nodes) {
-      const int size = N / g, per_node = g / nodes;
-      std::vector<double> load(static_cast<std::size_t>(g), 0.0), node_load(static_cast<std::size_t>(nodes), 0.0);
-      for (int e = 0; e < N; ++e) load[static_cast<std::size_t>(e / size)] += history[static_cast<std::size_t>(e)];
-      std::vector<int> count(static_cast<std::size_t>(nodes), 0);
-      std::vector<std::vector<int>> node_experts(static_cast<std::size_t>(nodes));
-      for (const int grp : by_history(load)) {
-        const int n = lightest(nodes, node_load, [&](int q) { return count[static_cast<std::size_t>(q)] < per_node; });
-        node_load[static_cast<std::size_t>(n)] += load[static_cast<std::size_t>(grp)];
-        ++count[static_cast<std::size_t>(n)];
-        for (int e = grp * size; e < (grp + 1) * size; ++e) node_experts[static_cast<std::size_t>(n)].push_back(e);
-      }
-      Fill f(history, P);
-      std::vector<int> room(static_cast<std::size_t>(P), slots);
-      for (int n = 0; n < nodes; ++n) {
-        auto& ex = node_experts[static_cast<std::size_t>(n)];
-        std::sort(ex.begin(), ex.end());
-        std::vector<int> ranks;
-        for (int r = n * rpn; r < (n + 1) * rpn; ++r) ranks.push_back(r);
-        f.fill(ranks, ex, room);
-      }
-      cands.push_back({std::move(f.lists), rpn});
-    }
-
     // Natives: the rank that was native, else one that held the expert, else the lowest holder.
     auto natives_of = [&](const std::vector<std::vector<int>>& bins) {
       std::vector<int> native(static_cast<std::size_t>(N), -1);
@@ -517,21 +574,20 @@ struct Replicated {
         }
       return native;
     };
+    struct Scored {
+      Topology t;
+      count_t busiest;
+      std::size_t moves;
+    };
+    std::vector<Scored> scored;
     Plan plan;
-    std::optional<Topology> best;
-    count_t best_max = 0;
-    std::size_t best_moves = 0;
     auto consider = [&](Topology t) {
       const count_t m = balance_of(history, t, plan);
       const std::size_t moves = current ? placement_moves(*current, t).size() : 0;
-      if (!best || m < best_max || (m == best_max && moves < best_moves)) {
-        best_max = m;
-        best_moves = moves;
-        best = std::move(t);
-      }
+      scored.push_back({std::move(t), m, moves});
     };
     for (auto& c : cands) {
-      auto bins = current ? relabel(std::move(c.bins), *current, c.block) : std::move(c.bins);
+      auto bins = current && c.block > 0 ? relabel(std::move(c.bins), *current, c.block) : std::move(c.bins);
       auto native = natives_of(bins);
       consider(Topology::from_held(P, N, std::move(bins), std::move(native), rpn));
     }
@@ -541,10 +597,24 @@ struct Replicated {
       for (int e = 0; e < N; ++e) ++natives[static_cast<std::size_t>(current->native_rank(e))];
       if (*std::max_element(natives.begin(), natives.end()) <= slots) consider(place(history, *current, slots));
     }
-    return std::move(*best);
+    // The fewest moves among the candidates within `tolerance` of the best balance (ties:
+    // the better balance, then the earlier candidate).
+    count_t low = scored[0].busiest;
+    for (const auto& c : scored) low = std::min(low, c.busiest);
+    const auto within = static_cast<count_t>(static_cast<double>(low) * (1 + tolerance));
+    std::size_t pick = scored.size();
+    for (std::size_t i = 0; i < scored.size(); ++i) {
+      const auto& c = scored[i];
+      if (c.busiest > within) continue;
+      if (pick == scored.size() || c.moves < scored[pick].moves ||
+          (c.moves == scored[pick].moves && c.busiest < scored[pick].busiest))
+        pick = i;
+    }
+    return std::move(scored[pick].t);
   }
 
   static constexpr int kRefinePasses = 16;
+  static constexpr double kStickySlack = 0.05;
 
   // Spreads `l` tokens over `holders` (ascending ranks) by water-filling: see the top of
   // this file. Writes each holder's amount to `amount` and adds it to s.assigned. Integer
