@@ -12,7 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "../common/dense_moe.hpp"
 #include "llep/exec/host.hpp"
+#include "llep/experts/host_swiglu.hpp"
+#include "llep/layer/moe_layer.hpp"
+#include "llep/plan/least_loaded.hpp"
 #include "llep/stats/aux_free_bias.hpp"
 #include "llep/stats/route_topk.hpp"
 #include "llep/transport/host_threads.hpp"
@@ -303,4 +307,47 @@ TEST_CASE("route_topk refuses bad shapes and non-finite inputs") {
   inf_bias[2] = std::numeric_limits<float>::infinity();
   CHECK_THROWS_WITH_AS(llep::route_topk(x, inf_bias, 4, 2, llep::GateNorm::softmax, ids, g),
                        "llep: route_topk: bias[2] = inf is not finite", llep::Error);
+}
+
+TEST_CASE("AuxFreeBias as the layer's Stats: the engine routes with layer.stats().biases(), the layer stays exact") {
+  const int P = 2, N = 4, K = 2, D = 12, H = 8, B = 40, steps = 12;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 4);
+  const llep::ExpertShape shape{D, H, false};
+  llep::HostGroup group(P);
+  std::vector<std::vector<float>> biases(P);
+  std::vector<double> err(P, 0.0), scale(P, 0.0);
+  std::vector<int> moved(P, 0);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const auto p = static_cast<std::size_t>(t.rank());
+    const auto weights = moe.packed_rank<float>(t.rank(), P);
+    llep::MoeLayer<llep::AuxFreeBias, llep::LeastLoaded, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec>
+        layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 1}, llep::HostSwiGlu<float>(shape), t, llep::HostExec{},
+              llep::AuxFreeBias({0.05, llep::BiasRule::sign}));
+    layer.set_native_weights(weights.data());
+    std::mt19937 rng(50 + static_cast<unsigned>(p));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> x(B * D), out(B * D), gates(B * K);
+    Ids ids(B * K);
+    for (int s = 0; s < steps; ++s) {
+      for (float& v : x) v = normal(rng);
+      const auto logits = skewed_logits(rng, B, N, 2.0f);
+      llep::route_topk(logits, layer.stats().biases(), N, K, llep::GateNorm::sigmoid, ids, gates);
+      layer.forward(std::span<const float>(x), std::span<const std::int32_t>(ids), std::span<const float>(gates),
+                    std::span<float>(out));
+      const auto ref = moe.forward(std::vector<double>(x.begin(), x.end()), ids,
+                                   std::vector<double>(gates.begin(), gates.end()), K);
+      for (std::size_t i = 0; i < ref.size(); ++i) {
+        scale[p] = std::max(scale[p], std::fabs(ref[i]));
+        err[p] = std::max(err[p], std::fabs(static_cast<double>(out[i]) - ref[i]));
+      }
+      moved[p] += static_cast<int>(layer.plan().weight_transfers().size());
+    }
+    biases[p].assign(layer.stats().biases().begin(), layer.stats().biases().end());
+  });
+  REQUIRE(biases[0].size() == N);
+  CHECK(std::memcmp(biases[0].data(), biases[1].data(), N * sizeof(float)) == 0);
+  CHECK(biases[0][0] < 0.0f);  // the hottest expert was pushed down
+  CHECK(biases[0][N - 1] > 0.0f);  // the coldest up
+  CHECK(moved[0] > 0);             // LLEP did spill on the skewed early steps
+  for (std::size_t p = 0; p < P; ++p) CHECK(err[p] <= 1e-4 * std::max(scale[p], 1e-3));
 }
