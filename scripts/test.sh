@@ -8,7 +8,8 @@
 #          of each libFuzzer target;
 #   tsan   g++ with ThreadSanitizer, any report fatal: the multi-rank suites (transport,
 #          layer, replicated).
-# LLEP_BUILDS="build" (or any subset, space-separated) runs only those builds.
+# LLEP_BUILDS="build" (or any subset, space-separated) runs only those builds; LLEP_JOBS=N
+# limits parallel compile jobs (default: Ninja's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh || exit 1
@@ -40,7 +41,7 @@ run() {
     mapfile -t targets < <(python3 scripts/test_targets.py "$dir" "${wanted[@]}")
   fi
   echo "llep: [$label] compiling ${targets[*]:-everything}"
-  if ! meson compile -C "$dir" "${targets[@]}"; then
+  if ! meson compile -C "$dir" ${LLEP_JOBS:+-j "$LLEP_JOBS"} "${targets[@]}"; then
     echo "llep: [$label] compile failed"
     return
   fi
