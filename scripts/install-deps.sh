@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs, through apt-get, only the build and test packages that are not there yet.
 set -euo pipefail
-# clang and libclang-rt-14-dev: the sanitizer build and the libFuzzer targets (scripts/test.sh).
-want=(meson ninja-build pkg-config g++ doctest-dev libcli11-dev nlohmann-json3-dev python3 libopenmpi-dev openmpi-bin clang
+# cmake: the CMake consumer test; clang and libclang-rt-14-dev: the sanitizer build and the
+# libFuzzer targets (scripts/test.sh).
+want=(meson ninja-build pkg-config g++ doctest-dev libcli11-dev nlohmann-json3-dev python3 libopenmpi-dev openmpi-bin cmake clang
       libclang-rt-14-dev)
 missing=()
 for p in "${want[@]}"; do
