@@ -121,6 +121,32 @@ TEST_CASE("the CSV parser reads 200k lines, every shape distinct, and finds a du
                                                                        "on line 779") != std::string::npos);
 }
 
+TEST_CASE("weight_wire_ratio scales the weight round's bytes; weights_prefetched leaves it out of comm_s") {
+  const llep::Topology topo(4, 8);
+  const std::vector<count_t> loads{40000, 10, 10, 10, 10, 10, 10, 10};
+  const auto plan = plan_of(llep::LeastLoaded{1.0, 0}, loads, topo);
+  REQUIRE(!plan.weight_transfers().empty());
+  const CostModel base;
+  CostModel half = base, pre = base;
+  half.weight_wire_ratio = 0.5;
+  pre.weights_prefetched = true;
+  const auto a = base.step(plan, loads, topo, kGptOss), b = half.step(plan, loads, topo, kGptOss),
+             c = pre.step(plan, loads, topo, kGptOss);
+  for (std::size_t p = 0; p < a.ranks.size(); ++p) {
+    CAPTURE(p);
+    CHECK(b.ranks[p].weights.intra_sent == doctest::Approx(0.5 * a.ranks[p].weights.intra_sent));
+    CHECK(b.ranks[p].weights.intra_received == doctest::Approx(0.5 * a.ranks[p].weights.intra_received));
+    CHECK(b.ranks[p].peak_bytes == a.ranks[p].peak_bytes);  // held decoded
+    CHECK(c.ranks[p].weight_comm_s == a.ranks[p].weight_comm_s);
+    CHECK(c.ranks[p].comm_s == doctest::Approx(a.ranks[p].comm_s - a.ranks[p].weight_comm_s));
+  }
+  CHECK(b.step_s < a.step_s);
+  CHECK(c.step_s < a.step_s);
+  CostModel bad = base;
+  bad.weight_wire_ratio = 0;
+  CHECK(error_of([&] { (void)bad.step(plan, loads, topo, kGptOss); }).find("weight_wire_ratio") != std::string::npos);
+}
+
 TEST_CASE("token traffic agrees with llep::Layout's send and receive counts") {
   std::mt19937 rng(7);
   for (int trial = 0; trial < 40; ++trial) {

@@ -323,6 +323,13 @@ struct CostModel {
   GemmProfile gemm{};
   LinkModel link{};
   double elem_bytes = 2;
+  /// Bytes a weight transfer puts on the wire per byte of decoded weights (a weight codec:
+  /// its encoded size / (elements x elem_bytes)); the receiver holds them decoded, so the
+  /// peak still counts decoded bytes.
+  double weight_wire_ratio = 1;
+  /// The weight round overlaps the previous step (plan-ahead): it is left out of comm_s
+  /// and the step time; RankCost::weight_comm_s still says what it costs.
+  bool weights_prefetched = false;
 
   /// Seconds of one round that moves `b` on a rank: the slower link class, each lasting
   /// max(sent, received) / bandwidth (directions are concurrent), plus the round latency
@@ -359,8 +366,8 @@ struct CostModel {
       const bool intra = topo.node_of(w.src) == topo.node_of(w.dst);
       RoundBytes& s = out.ranks[static_cast<std::size_t>(w.src)].weights;
       RoundBytes& d = out.ranks[static_cast<std::size_t>(w.dst)].weights;
-      (intra ? s.intra_sent : s.inter_sent) += wbytes;
-      (intra ? d.intra_received : d.inter_received) += wbytes;
+      (intra ? s.intra_sent : s.inter_sent) += wbytes * weight_wire_ratio;
+      (intra ? d.intra_received : d.inter_received) += wbytes * weight_wire_ratio;
       ++out.ranks[static_cast<std::size_t>(w.dst)].foreign_experts;
     }
     // Counts all-gather: every rank sends its row of N 64-bit counts to every other rank.
@@ -382,7 +389,8 @@ struct CostModel {
                                   : round_seconds(b, topo);
       };
       r.weight_comm_s = round_seconds(r.weights, topo);
-      r.comm_s = collective(r.counts) + r.weight_comm_s + collective(r.dispatch) + collective(r.combine);
+      r.comm_s = collective(r.counts) + (weights_prefetched ? 0 : r.weight_comm_s) + collective(r.dispatch) +
+                 collective(r.combine);
       if (P == 1) r.comm_s = 0;
       r.peak_bytes = static_cast<double>(r.rows) * 2 * row_bytes + max_seg[p] * 3 * shape.intermediate * elem_bytes +
                      r.foreign_experts * wbytes;
@@ -425,6 +433,8 @@ struct CostModel {
     shape.check();
     link.check();
     LLEP_EXPECTS(std::isfinite(elem_bytes) && elem_bytes > 0, "elem_bytes = ", elem_bytes, " must be > 0");
+    LLEP_EXPECTS(std::isfinite(weight_wire_ratio) && weight_wire_ratio > 0, "weight_wire_ratio = ", weight_wire_ratio,
+                 " must be > 0");
   }
   static void finish(StepCost& out) {
     out.step_s = 0;
