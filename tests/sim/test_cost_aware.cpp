@@ -185,7 +185,7 @@ TEST_CASE("plan() keeps the fastest of the rule's, EP's and LLA's plans, as the 
                                                       model_with(40e9, 2e9, 50e-6, 200e-6)};
   if (const char* csv = std::getenv("LLEP_GEMM_CSV")) {
     auto m = std::make_shared<sim::CostModel>();
-    m->gemm = sim::GemmProfile::load_csv(csv);
+    m->gemm = sim::load_gemm_csv(csv);
     models.push_back(m);
   }
   int guarded = 0, cases_run = 0;
