@@ -122,6 +122,8 @@ TEST_CASE("CostAware plans are valid on random and adversarial loads, and determ
   }
 }
 
+// The slice rule alone (spill_plan): plan() then keeps whichever of it, EP's and LLA's plan
+// the model predicts fastest (tested below).
 TEST_CASE("free links give LeastLoaded's plan, hopeless links give StandardEp's") {
   const double inf = std::numeric_limits<double>::infinity();
   const auto free_links = model_with(inf, inf, 0, 0);
@@ -133,11 +135,11 @@ TEST_CASE("free links give LeastLoaded's plan, hopeless links give StandardEp's"
           const llep::Topology topo(c.P, c.N, c.rpn);
           llep::Plan want, got;
           llep::LeastLoaded{alpha, mt}.plan(c.loads, topo, want);
-          llep::CostAware{alpha, mt, free_links, shape}.plan(c.loads, topo, got);
+          llep::CostAware{alpha, mt, free_links, shape}.spill_plan(c.loads, topo, got);
           check_same_plan(got, want);
           CHECK(got.capacity() == want.capacity());
           llep::StandardEp{}.plan(c.loads, topo, want);
-          llep::CostAware{alpha, mt, slow_links, shape}.plan(c.loads, topo, got);
+          llep::CostAware{alpha, mt, slow_links, shape}.spill_plan(c.loads, topo, got);
           check_same_plan(got, want);
           CHECK(got.weight_transfers().empty());
         }
@@ -163,7 +165,7 @@ TEST_CASE("undoing any one spill never lowers the native rank's modelled compute
       const llep::Topology topo(c.P, c.N, c.rpn);
       const llep::CostAware ca{1.0, 256, m, kDeepSeek};
       llep::Plan plan;
-      ca.plan(c.loads, topo, plan);
+      ca.spill_plan(c.loads, topo, plan);  // the rule's plan, before the guard
       const auto base = m->step(plan, c.loads, topo, kDeepSeek);
       for (const llep::WeightTransfer& w : plan.weight_transfers()) {
         const auto undone = m->step(undo(plan, topo, w.expert, w.dst), c.loads, topo, kDeepSeek);
@@ -176,11 +178,48 @@ TEST_CASE("undoing any one spill never lowers the native rank's modelled compute
   CHECK(spills > 100);  // the property was exercised
 }
 
+// The guard: plan() predicts, through predicted_step_seconds, exactly what CostModel::step
+// predicts in the loads-only view, and keeps the fastest of the rule's, EP's and LLA's plans.
+TEST_CASE("plan() keeps the fastest of the rule's, EP's and LLA's plans, as the model predicts them") {
+  std::vector<std::shared_ptr<sim::CostModel>> models{std::make_shared<sim::CostModel>(), model_with(370e9, 5e9),
+                                                      model_with(40e9, 2e9, 50e-6, 200e-6)};
+  if (const char* csv = std::getenv("LLEP_GEMM_CSV")) {
+    auto m = std::make_shared<sim::CostModel>();
+    m->gemm = sim::load_gemm_csv(csv);
+    models.push_back(m);
+  }
+  int guarded = 0, cases_run = 0;
+  for (const auto& m : models)
+    for (const Case& c : cases(31, 25)) {
+      const llep::Topology topo(c.P, c.N, c.rpn);
+      const llep::CostAware ca{1.0, 256, m, kDeepSeek};
+      llep::Plan own, ep, lla, got;
+      ca.spill_plan(c.loads, topo, own);
+      llep::StandardEp{}.plan(c.loads, topo, ep);
+      ca.rules().plan(c.loads, topo, lla);
+      ca.plan(c.loads, topo, got);
+      REQUIRE(llep::validate(got, c.loads, topo).ok);
+      CHECK(got.policy() == "cost_aware");
+      const double t_own = m->step(own, c.loads, topo, kDeepSeek).step_s;
+      const double t_ep = m->step(ep, c.loads, topo, kDeepSeek).step_s;
+      const double t_lla = m->step(lla, c.loads, topo, kDeepSeek).step_s;
+      const double t = m->step(got, c.loads, topo, kDeepSeek).step_s;
+      CHECK(ca.predicted_step_seconds(own, c.loads, topo) == t_own);  // the same arithmetic
+      CHECK(ca.predicted_step_seconds(lla, c.loads, topo) == t_lla);
+      CHECK(t == std::min({t_own, t_ep, t_lla}));
+      ++cases_run;
+      if (t < t_own) ++guarded;
+    }
+  MESSAGE("the guard replaced the rule's plan in ", guarded, " of ", cases_run, " cases");
+  CHECK(guarded > 0);  // the guard was exercised
+}
+
 // Over the paper's 3 shapes x 13 routings, P = 8 (one node) and P = 64 (8 nodes of 8), the
-// roofline and (when Meson passes it) the measured H100 curve. What holds: CostAware is
-// never worse than the worse of EP and LLA, and in all but a few cases no worse than the
-// better one; the exceptions stay within 6% of LLA (the rule is local: it judges a slice
-// by the native's gain, not by what the slice does to the step's critical rank).
+// roofline and (when Meson passes it) the measured H100 curve: every rank routes the same
+// counts, so the loads-only view the guard uses is the counts' view, and CostAware is never
+// slower than the better of EP and LLA (issue 13 item 2; before the guard 2 of the 156
+// were: deepseek-v3 50%-on-16 at P = 8 roofline, +0.5%; gpt-oss-120b 80%-on-16 at P = 64
+// with the curve, +5.7%).
 TEST_CASE("paper scenarios: CostAware's predicted step time against EP and LLA") {
   std::vector<std::shared_ptr<sim::CostModel>> models{std::make_shared<sim::CostModel>()};
   if (const char* csv = std::getenv("LLEP_GEMM_CSV")) {
@@ -208,15 +247,14 @@ TEST_CASE("paper scenarios: CostAware's predicted step time against EP and LLA")
           const double t_ep = m->step(ep, cv, topo, ffn).step_s, t_lla = m->step(lla, cv, topo, ffn).step_s;
           const double t = m->step(mine, cv, topo, ffn).step_s;
           INFO(shape.name, " P = ", P, " ", skew.name(), ": ep ", t_ep, " lla ", t_lla, " cost_aware ", t);
-          CHECK(t <= std::max(t_ep, t_lla) * (1 + 1e-12));
-          CHECK(t <= std::min(t_ep, t_lla) * 1.06);
-          if (skew.hot_experts == 0) CHECK(t <= t_ep * (1 + 1e-12));  // balanced: never worse than EP
+          CHECK(t <= std::min(t_ep, t_lla));
           ++total;
-          if (t > std::min(t_ep, t_lla) * (1 + 1e-12)) ++not_best;
+          if (t > std::min(t_ep, t_lla)) ++not_best;
         }
       }
   MESSAGE("cost_aware above min(EP, LLA) in ", not_best, " of ", total, " scenarios");
-  CHECK(not_best * 20 <= total);
+  CHECK(total == (models.size() == 2 ? 156 : 78));
+  CHECK(not_best == 0);
 }
 
 TEST_CASE("CostAware composes with Adaptive and rejects bad configuration") {
@@ -246,4 +284,39 @@ TEST_CASE("CostAware composes with Adaptive and rejects bad configuration") {
   auto curve = std::make_shared<sim::CostModel>();
   curve->gemm.set_curve("other", {{16, 1e-5}, {1024, 1e-4}});
   throws_with(llep::CostAware{1.0, 0, curve, kSmall}, "no measured GEMM curve for shape 'small'");
+}
+
+// Issue 13's regime (docs/planners.md, "When Adaptive loses"): a DeepSeek-V3 layer at P = 16
+// over 2 nodes of 8 with 1024 tokens per rank (decode-sized batches). Spilling moves 88 MB
+// expert weights across nodes for batches too small to repay them: Adaptive, which looks at
+// imbalance alone, is predicted slower than standard EP on skewed routings, and CostAware
+// is not. The MESSAGE lines are the numbers docs/planners.md quotes.
+TEST_CASE("where Adaptive loses: DeepSeek-V3, P = 16 over 2 nodes, 1024 tokens per rank") {
+  const auto m = std::make_shared<sim::CostModel>();  // roofline, 370 / 50 GB/s, 10 / 25 us
+  const int P = 16;
+  const auto& shape = llep::bench::kDeepSeekV3;
+  const llep::Topology topo(P, shape.experts, 8);
+  const sim::FfnShape ffn{std::string(shape.name), shape.hidden, shape.intermediate};
+  const llep::CostAware ca{1.0, 1024, m, ffn};
+  const count_t pairs = 1024 * shape.top_k;
+  int adaptive_loses = 0;
+  for (const sim::Skew& skew : llep::bench::paper_routings()) {
+    const auto counts = sim::skewed_counts(P, shape.experts, pairs, skew);
+    const llep::CountsView cv(counts, P, shape.experts);
+    std::vector<count_t> loads(static_cast<std::size_t>(shape.experts));
+    llep::loads_from_counts(cv, loads);
+    llep::Plan ep, adaptive, lla, mine;
+    llep::StandardEp{}.plan(loads, topo, ep);
+    llep::bench::paper_llep().plan(loads, topo, adaptive);
+    llep::bench::paper_lla().plan(loads, topo, lla);
+    ca.plan(loads, topo, mine);
+    const double t_ep = m->step(ep, cv, topo, ffn).step_s, t_ad = m->step(adaptive, cv, topo, ffn).step_s;
+    const double t_lla = m->step(lla, cv, topo, ffn).step_s, t_ca = m->step(mine, cv, topo, ffn).step_s;
+    MESSAGE(skew.name(), ": ep ", t_ep * 1e3, " ms, adaptive (", adaptive.policy(), ") ", t_ad * 1e3,
+            " ms, cost_aware ", t_ca * 1e3, " ms");
+    CHECK(t_ca <= std::min(t_ep, t_lla));
+    if (t_ad > t_ep) ++adaptive_loses;
+  }
+  MESSAGE("adaptive slower than standard EP on ", adaptive_loses, " of 13 routings");
+  CHECK(adaptive_loses > 0);
 }

@@ -37,11 +37,12 @@ struct WeightTransfer {
 };
 
 /// Segments a plan of N experts on P ranks with S replicas per rank can hold: a spill
-/// slice either fills a rank or ends its expert, so 2N + P; a split over replica holders
+/// slice either fills a rank or ends its expert, so 2N + P (LeastLoaded), N + 2P
+/// (QuotaSearch: a slice may also end a rank's shedding); a split over replica holders
 /// adds at most one segment per replica, P x S. Every planner's bounds() stays within it.
 [[nodiscard]] LLEP_HOST_DEVICE constexpr std::int64_t max_plan_segments(int ranks, int experts,
                                                                         int replicas_per_rank = 0) noexcept {
-  return 2 * std::int64_t{experts} + ranks + std::int64_t{ranks} * replicas_per_rank;
+  return 2 * std::int64_t{experts} + 2 * std::int64_t{ranks} + std::int64_t{ranks} * replicas_per_rank;
 }
 
 /// The plan as plain data. Buffers: segments, spare and transfers hold max_segments

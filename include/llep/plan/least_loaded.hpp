@@ -65,7 +65,7 @@ struct LeastLoaded {
     const double rows = static_cast<double>(cap) + static_cast<double>(std::max(P - 2, 0)) * static_cast<double>(w) + over;
     PlanBounds b;
     b.rows_per_rank = rows >= static_cast<double>(total) ? total : std::min<std::int64_t>(total, static_cast<count_t>(rows));
-    const auto foreign = std::min<std::int64_t>(N - topo.experts_per_rank(), b.rows_per_rank);
+    const auto foreign = std::min<std::int64_t>(detail::most_foreign(topo), b.rows_per_rank);
     b.foreign_experts_per_rank = static_cast<int>(foreign);
     b.segments = static_cast<int>(std::min<std::int64_t>(2 * std::int64_t{N} + P, max_plan_segments(P, N, topo.replicas_per_rank())));
     b.transfers = static_cast<int>(std::min<std::int64_t>(std::int64_t{N} + P, std::int64_t{N} * (P - 1)));

@@ -44,12 +44,23 @@ namespace detail {
   const std::int64_t P = topo.ranks();
   return pairs > alg::kCountMax / P ? alg::kCountMax : P * pairs;
 }
+/// The most experts a rank can compute without holding them: N less the fewest any rank
+/// holds (natives and replicas; placements may be uneven).
+[[nodiscard]] inline int most_foreign(const Topology& topo) {
+  int fewest = topo.experts();
+  for (int r = 0; r < topo.ranks(); ++r) {
+    int held = 0;
+    for (int e = 0; e < topo.experts(); ++e) held += topo.holds(e, r) ? 1 : 0;
+    fewest = std::min(fewest, held);
+  }
+  return topo.experts() - fewest;
+}
 /// Bounds any valid plan meets: every pair on one rank, every other expert foreign to it,
 /// the segment room of a Plan (max_plan_segments), a transfer per non-native segment.
 [[nodiscard]] inline PlanBounds any_plan_bounds(const Topology& topo, std::int64_t pairs) {
   const int N = topo.experts(), P = topo.ranks();
   const auto segments = static_cast<int>(max_plan_segments(P, N, topo.replicas_per_rank()));
-  return PlanBounds{total_pairs(topo, pairs), N - topo.experts_per_rank(), segments,
+  return PlanBounds{total_pairs(topo, pairs), most_foreign(topo), segments,
                     static_cast<int>(std::min<std::int64_t>(segments, std::int64_t{N} * (P - 1)))};
 }
 /// Component-wise larger of two bounds (a planner that runs one of two plans).

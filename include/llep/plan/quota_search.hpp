@@ -49,7 +49,7 @@ struct QuotaSearch {
   [[nodiscard]] static PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) {
     const int P = topo.ranks(), N = topo.experts();
     const int most = static_cast<int>(std::min<std::int64_t>(std::int64_t{N} + 2 * P, max_plan_segments(P, N)));
-    return PlanBounds{detail::total_pairs(topo, max_pairs_per_rank), N - topo.experts_per_rank(), most,
+    return PlanBounds{detail::total_pairs(topo, max_pairs_per_rank), detail::most_foreign(topo), most,
                       static_cast<int>(std::min<std::int64_t>(most, std::int64_t{N} * (P - 1)))};
   }
 
