@@ -1,7 +1,8 @@
 // 03: your own planner. SplitHot cuts every expert with more than `threshold` pairs into
 // P near-equal slices, one per rank, and leaves the others native. The program checks its
-// plans with validate() on many random batches, composes it with Adaptive, and runs it in
-// a host layer, whose output must equal standard EP's (a plan moves work, not math).
+// plans with validate() and its bounds() on many random batches, composes it with
+// Adaptive, and runs it in a host layer, whose output must equal standard EP's (a plan
+// moves work, not math).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -40,6 +41,20 @@ struct SplitHot {
     for (const llep::count_t r : out.rank_loads()) most = std::max(most, r);
     out.set_capacity(most);
     out.finish(topo);  // sorts the segments, derives the weight transfers
+  }
+
+  // Optional: upper bounds over every batch in which no rank routes more than `pairs`
+  // token-expert pairs. A layer sizes its workspace by them before any batch (example
+  // 04); without bounds() it assumes the worst any plan can do (every pair on one rank).
+  [[nodiscard]] llep::PlanBounds bounds(const llep::Topology& topo, std::int64_t pairs) const {
+    const std::int64_t P = topo.ranks(), N = topo.experts(), total = P * pairs;
+    // A rank's unsplit natives hold at most `threshold` pairs each; a split expert gives
+    // it at most one slice of ceil(load / P) <= load / P + 1 pairs.
+    const std::int64_t rows = std::min(total, topo.experts_per_rank() * threshold + total / P + N);
+    return llep::PlanBounds{.rows_per_rank = rows,
+                            .foreign_experts_per_rank = static_cast<int>(N - topo.experts_per_rank()),
+                            .segments = static_cast<int>(N * P),
+                            .transfers = static_cast<int>(N * (P - 1))};
   }
 };
 // Next to the definition: a type that does not fit fails here with an llep: message.
@@ -107,15 +122,21 @@ int main() {
 
   // 3. validate() on many random batches, as a planner's test should.
   std::mt19937 rng(3);
-  int invalid = 0;
+  int invalid = 0, over_bound = 0;
   for (int i = 0; i < 2000; ++i) {
     std::uniform_int_distribution<llep::count_t> load(0, i % 2 == 0 ? 600 : 50);
     for (llep::count_t& l : loads) l = load(rng);
     split.plan(loads, topo, plan);
     invalid += llep::validate(plan, loads, topo) ? 0 : 1;
+    // The bounds for the busiest possible rank of this batch must hold too.
+    llep::count_t total = 0, most = 0;
+    for (const llep::count_t l : loads) total += l;
+    for (const llep::count_t l : plan.rank_loads()) most = std::max(most, l);
+    const llep::PlanBounds b = split.bounds(topo, (total + P - 1) / P);
+    over_bound += most > b.rows_per_rank || plan.weight_transfers().size() > static_cast<std::size_t>(b.transfers);
   }
-  std::printf("2000 random batches: %d invalid plans\n", invalid);
-  ok = ok && invalid == 0;
+  std::printf("2000 random batches: %d invalid plans, %d beyond bounds()\n", invalid, over_bound);
+  ok = ok && invalid == 0 && over_bound == 0;
 
   // 4. In a layer: the same output as standard EP.
   const llep::HostSwiGlu<float> experts(llep::ExpertShape{.hidden = 32, .intermediate = 64});
