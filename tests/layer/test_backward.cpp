@@ -227,8 +227,9 @@ void check_case(int P, int N, int K, Routing routing, Plnr planner, Act act, std
 
 const llep::LeastLoaded kSmallGemm{1.0, 2};
 
-// A plan in which one helper computes two segments of one expert: expert 0's pairs in
-// thirds on ranks (h, native, h), h = native + 1. Everything else on its native rank.
+// A plan in which one helper computes two segments of one expert, and so does its native
+// rank: expert 0's pairs in quarters on ranks (h, native, h, native), h = native + 1.
+// Everything else on its native rank.
 struct TwoSegmentsOnOneHelper {
   static constexpr const char* name = "two-segments";
   void plan(std::span<const count_t> loads, const llep::Topology& topo, llep::Plan& out) const {
@@ -236,11 +237,9 @@ struct TwoSegmentsOnOneHelper {
     for (int e = 0; e < topo.experts(); ++e) {
       const count_t l = loads[static_cast<std::size_t>(e)];
       const int native = topo.native_rank(e);
-      if (e == 0 && l >= 3 && topo.ranks() > 1) {
+      if (e == 0 && l >= 4 && topo.ranks() > 1) {
         const int h = (native + 1) % topo.ranks();
-        out.add_segment(e, h, 0, l / 3);
-        out.add_segment(e, native, l / 3, 2 * l / 3);
-        out.add_segment(e, h, 2 * l / 3, l);
+        for (int q = 0; q < 4; ++q) out.add_segment(e, q % 2 == 0 ? h : native, q * l / 4, (q + 1) * l / 4);
       } else if (l > 0) {
         out.add_segment(e, native, 0, l);
       }
@@ -304,8 +303,9 @@ TEST_CASE("a helper with two segments of one expert returns one gradient, no dea
     const auto got = run_backward<float>(moe, topo, K, in, TwoSegmentsOnOneHelper{}, llep::SiluGlu{},
                                          llep::GradMode::overwrite, -3.0f, &plan);
     INFO("P = ", P);
-    REQUIRE(plan.segments(0).size() == 3);
+    REQUIRE(plan.segments(0).size() == 4);
     CHECK(plan.segments(0)[0].rank == plan.segments(0)[2].rank);
+    CHECK(plan.segments(0)[1].rank == plan.segments(0)[3].rank);
     check_grads(moe, topo, K, in, got, llep::GradMode::overwrite, -3.0f);
     // The helper sent exactly one expert gradient.
     const int helper = plan.segments(0)[0].rank;

@@ -56,7 +56,8 @@ struct ForwardRecord {
   bool filled = false;  ///< the last forward with this record succeeded
   bool used = false;    ///< a backward ran on it
   // Host bookkeeping of backward, kept so that a warm record does not allocate.
-  std::vector<int> incoming, temp_experts, recv_of;
+  std::vector<int> incoming, temp_experts, recv_of, helpers;
+  std::vector<std::uint64_t> fingerprints;
   std::vector<P2pOp> ops;
   std::vector<std::size_t> sizes[4], scalar_sizes[4];
 };
@@ -246,7 +247,7 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
   };
   // Gradients this rank receives: for each held expert, from each other contributor
   // (helpers, and the other holders when replicated), ascending expert then rank.
-  std::vector<int> helpers;
+  std::vector<int>& helpers = rec.helpers;
   rec.recv_of.clear();  // flattened (expert, rank) pairs
   for (int e = 0; e < N; ++e) {
     if (!topo.holds(e, rank)) continue;
@@ -316,7 +317,8 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
     const std::uint64_t mine = agreement(rec, a.mode, sizeof(G), sizeof(GW));
     exec.from_host(agree, &mine, sizeof(mine));
     tr.all_gather(agree, sizeof(mine), agree + 1);
-    std::vector<std::uint64_t> all(static_cast<std::size_t>(P));
+    std::vector<std::uint64_t>& all = rec.fingerprints;
+    all.resize(static_cast<std::size_t>(P));
     exec.to_host(all.data(), agree + 1, all.size() * sizeof(mine));
     exec.synchronize();
     for (int q = 0; q < P; ++q)
@@ -372,7 +374,12 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
   auto weights_of = [&](const ComputeTask& t) {
     return t.native ? native + slot_of(t.expert) * W : foreign + foreign_index(t.expert) * W;
   };
-  std::vector<ExpertTask<T>> fwd;
+  // Task lists per thread and instantiation: no allocation once warm.
+  thread_local std::vector<ExpertTask<T>> fwd;
+  thread_local std::vector<ExpertGradTask<T, GW>> direct, temps;
+  fwd.clear();
+  direct.clear();
+  temps.clear();
   for (const ComputeTask& t : tasks) {
     const auto off = static_cast<std::size_t>(t.row) * D;
     fwd.push_back(ExpertTask<T>{t.expert, weights_of(t), cin + off, cy + off, t.rows});
@@ -380,7 +387,6 @@ BackwardReport run(Layer& layer, ForwardRecord& rec, const BackwardArgs<typename
   experts.compute(exec, std::span<const ExpertTask<T>>(fwd), scratch);
   exec.for_each_n(rows, GateGradients<T, G>{cg, cy, cgate, cs, D});
 
-  std::vector<ExpertGradTask<T, GW>> direct, temps;
   for (int e = 0; e < N; ++e) {
     const std::size_t ti = temp_index(e);
     const bool held = topo.holds(e, rank);
