@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cctype>
+#include <cstdint>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +17,7 @@
 
 #include <unistd.h>
 
+#include "llep/transport/nccl.hpp"
 #include "llep/transport/nccl_bootstrap.hpp"
 
 namespace {
@@ -205,4 +207,13 @@ TEST_CASE("launch_from_env: torchrun, Open MPI, none, and bad values") {
     EnvVar r("RANK", "1");
     CHECK_THROWS_AS((void)llep::launch_from_env(), llep::Error);
   }
+}
+
+TEST_CASE("Nccl::adopt refuses a null communicator and the same communicator twice, before touching a device") {
+  CHECK_THROWS_WITH_AS((void)llep::Nccl::adopt(nullptr, nullptr), doctest::Contains("communicator is null"),
+                       llep::Error);
+  // A non-null handle that is never dereferenced: the check comes first.
+  auto* fake = reinterpret_cast<ncclComm_t>(std::uintptr_t{0x1000});
+  CHECK_THROWS_WITH_AS((void)llep::Nccl::adopt(fake, nullptr, {}, fake), doctest::Contains("second communicator"),
+                       llep::Error);
 }

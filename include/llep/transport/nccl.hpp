@@ -16,6 +16,11 @@
 // all-to-all (one communicator serialises its kernels). join_weights() makes stream() wait
 // for them.
 //
+// Adopt: Nccl::adopt takes the engine's communicator and stream as they are; it creates no
+// communicator and destroys none (abort() still aborts it: that is what releases the
+// peers). docs/multiprocess.md shows the three ways in: adopt, bootstrap by MPI
+// (nccl_bootstrap_mpi.hpp), bootstrap by file or environment (nccl_bootstrap.hpp).
+//
 // Argument checks are local: the checks HostThreads makes on each rank's own arguments.
 // That sizes agree across ranks is the caller's contract (the layer derives them from the
 // same all-gathered counts on every rank); a mismatch is caught as a timeout at the next
@@ -98,18 +103,8 @@ class Nccl {
     else
       n.device_ = options.device;
     LLEP_CUDA_CHECK(cudaSetDevice(n.device_));
-#if CUDART_VERSION >= 12080
-    if (stream != nullptr) {
-      int sd = -1;
-      LLEP_CUDA_CHECK(cudaStreamGetDevice(stream, &sd));
-      LLEP_EXPECTS(sd == n.device_, "Nccl::init: rank ", rank, " runs on device ", n.device_,
-                   " but its stream belongs to device ", sd);
-    }
-#endif
-    LLEP_CUDA_CHECK(cudaMalloc(&n.scratch_, sizeof(int)));
-    LLEP_CUDA_CHECK(cudaMemset(n.scratch_, 0, sizeof(int)));
-    LLEP_CUDA_CHECK(cudaEventCreateWithFlags(&n.weights_ready_, cudaEventDisableTiming));
-    LLEP_CUDA_CHECK(cudaEventCreateWithFlags(&n.weights_done_, cudaEventDisableTiming));
+    n.check_stream_device("Nccl::init");
+    n.make_resources();
 
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
@@ -132,6 +127,56 @@ class Nccl {
     n.last_call_ = "init";
     return n;
   }
+
+  /// Uses the engine's communicator `comm` and its `stream` (which must belong to the
+  /// communicator's device) without creating a communicator: rank, size and device come
+  /// from `comm`. Weights overlap tokens only if the engine also passes `weights_comm` (a
+  /// second communicator over the same ranks, e.g. its ncclCommSplit); Nccl then orders
+  /// them on a stream of its own. NcclOptions::overlap_weights and ::device are ignored.
+  /// Neither communicator is finalised or destroyed by Nccl; after abort() (or a failure,
+  /// which aborts) both are aborted and the engine must not use them again. Local: no
+  /// NCCL collective runs.
+  [[nodiscard]] static Nccl adopt(ncclComm_t comm, cudaStream_t stream, NcclOptions options = {},
+                                  ncclComm_t weights_comm = nullptr) {
+    LLEP_EXPECTS(comm != nullptr, "Nccl::adopt: the communicator is null");
+    LLEP_EXPECTS(weights_comm != comm, "Nccl::adopt: weights_comm must be a second communicator, not comm itself");
+    LLEP_EXPECTS(options.timeout.count() > 0, "NcclOptions::timeout = ", options.timeout.count(), " ms must be > 0");
+    Nccl n;
+    n.options_ = options;
+    n.owns_comms_ = false;
+    n.last_call_ = "adopt";
+    LLEP_NCCL_CHECK(ncclCommUserRank(comm, &n.rank_));
+    LLEP_NCCL_CHECK(ncclCommCount(comm, &n.size_));
+    LLEP_NCCL_CHECK(ncclCommCuDevice(comm, &n.device_));
+    n.options_.device = n.device_;
+    n.options_.overlap_weights = weights_comm != nullptr;
+    if (weights_comm != nullptr) {
+      int wr = -1, ws = -1, wd = -1;
+      LLEP_NCCL_CHECK(ncclCommUserRank(weights_comm, &wr));
+      LLEP_NCCL_CHECK(ncclCommCount(weights_comm, &ws));
+      LLEP_NCCL_CHECK(ncclCommCuDevice(weights_comm, &wd));
+      LLEP_EXPECTS(wr == n.rank_ && ws == n.size_ && wd == n.device_, "Nccl::adopt: weights_comm is rank ", wr, " of ",
+                   ws, " on device ", wd, " but comm is rank ", n.rank_, " of ", n.size_, " on device ", n.device_);
+    }
+    LLEP_CUDA_CHECK(cudaSetDevice(n.device_));
+    n.stream_ = stream;
+    n.check_stream_device("Nccl::adopt");
+    n.comm_ = comm;
+    n.make_resources();
+    if (weights_comm != nullptr) {
+      LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&n.weights_stream_, cudaStreamNonBlocking));
+      n.owns_weights_stream_ = true;
+      n.weights_comm_ = weights_comm;
+    } else {
+      n.weights_stream_ = stream;
+      n.weights_comm_ = comm;
+    }
+    n.last_call_ = "init";
+    return n;
+  }
+
+  /// Whether the communicators are Nccl's (init) or the engine's (adopt).
+  [[nodiscard]] bool owns_comms() const noexcept { return owns_comms_; }
 
   Nccl(Nccl&& o) noexcept { swap(o); }
   Nccl& operator=(Nccl&& o) noexcept {
@@ -264,7 +309,27 @@ class Nccl {
  private:
   Nccl() = default;
 
+  void check_stream_device([[maybe_unused]] const char* who) const {
+#if CUDART_VERSION >= 12080
+    if (stream_ != nullptr) {
+      int sd = -1;
+      LLEP_CUDA_CHECK(cudaStreamGetDevice(stream_, &sd));
+      LLEP_EXPECTS(sd == device_, who, ": rank ", rank_, " runs on device ", device_,
+                   " but its stream belongs to device ", sd);
+    }
+#endif
+  }
+
+  // What Nccl owns whichever way it got its communicator: the barrier's int, two events.
+  void make_resources() {
+    LLEP_CUDA_CHECK(cudaMalloc(&scratch_, sizeof(int)));
+    LLEP_CUDA_CHECK(cudaMemset(scratch_, 0, sizeof(int)));
+    LLEP_CUDA_CHECK(cudaEventCreateWithFlags(&weights_ready_, cudaEventDisableTiming));
+    LLEP_CUDA_CHECK(cudaEventCreateWithFlags(&weights_done_, cudaEventDisableTiming));
+  }
+
   void swap(Nccl& o) noexcept {
+    std::swap(owns_comms_, o.owns_comms_);
     std::swap(rank_, o.rank_);
     std::swap(size_, o.size_);
     std::swap(device_, o.device_);
@@ -405,7 +470,9 @@ class Nccl {
 
   void release() noexcept {
     if (device_ >= 0) (void)cudaSetDevice(device_);
-    if (!aborted_) {
+    if (!owns_comms_) {
+      // The engine's communicators: left as they are (abort_comms already aborted them).
+    } else if (!aborted_) {
       if (weights_comm_ != nullptr && weights_comm_ != comm_) close(weights_comm_);
       if (comm_ != nullptr) close(comm_);
     } else {
@@ -422,6 +489,7 @@ class Nccl {
     scratch_ = nullptr;
   }
 
+  bool owns_comms_ = true;  // false: adopted from the engine, never finalised or destroyed
   int rank_ = 0;
   int size_ = 0;
   int device_ = -1;
