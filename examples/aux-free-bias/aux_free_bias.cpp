@@ -3,6 +3,8 @@
 // skewed logits: once unbiased (what standard EP and LLEP compute), once with the biases
 // AuxFreeBias learned from the previous steps. Printed: the rows of the busiest rank, the
 // weight transfers of LLEP's plan, and max/mean expert load under the biased router.
+// Exits 1 if, after 100 steps or more, the biased router's busiest rank is not within 20%
+// of a balanced step (the example checks itself; it runs as a test).
 //   llep-aux-free-bias [steps] [rate]
 #include <algorithm>
 #include <cstdint>
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
   const llep::StandardEp standard_ep;
   const llep::LeastLoaded llep_planner{.alpha = 1.0, .min_tokens_per_gemm = 256};
   llep::HostGroup group(P);
+  bool balanced = false;  // written by rank 0
   std::printf("P = %d ranks, N = %d experts, K = %d, B = %d tokens per rank, rate u = %g (sign rule)\n", P, N, K, B,
               rate);
   std::printf("rows of the busiest rank (a balanced step has %d)\n", B * K);
@@ -70,13 +73,14 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> ids(static_cast<std::size_t>(B) * K);
     llep::Plan plan;
     for (int s = 0; s < steps; ++s) {
+      const bool last = s + 1 == steps;
       skewed_logits(rng, x);
       llep::route_topk(x, {}, N, K, llep::GateNorm::sigmoid, ids, gates);
       plain.update(exec, t, ids.data(), ids.size(), {N, K, B});
       // The biases of the steps so far choose the experts; the gates stay unbiased.
       llep::route_topk(x, biased.biases(), N, K, llep::GateNorm::sigmoid, ids, gates);
       biased.update(exec, t, ids.data(), ids.size(), {N, K, B});
-      if (t.rank() != 0 || !(s < 10 || (s + 1) % 25 == 0)) continue;
+      if (t.rank() != 0 || !(s < 10 || (s + 1) % 25 == 0 || last)) continue;
       standard_ep.plan(plain.loads(), topo, plan);
       const auto ep = busiest(plan);
       llep_planner.plan(plain.loads(), topo, plan);
@@ -89,7 +93,12 @@ int main(int argc, char** argv) {
       std::printf("%6d %12lld %10lld (%3zu) %14lld %16lld (%3zu) %13.2f\n", s + 1, static_cast<long long>(ep),
                   static_cast<long long>(ll), ll_moves, static_cast<long long>(af), static_cast<long long>(both),
                   plan.weight_transfers().size(), expert_max_over_mean(biased.loads()));
+      if (last) balanced = 5 * af <= 6 * static_cast<llep::count_t>(B) * K;
     }
   });
+  if (steps >= 100 && !balanced) {
+    std::fprintf(stderr, "the aux-free bias did not balance the router within %d steps\n", steps);
+    return 1;
+  }
   return 0;
 }
