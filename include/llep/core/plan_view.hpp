@@ -110,6 +110,7 @@ struct PlanView {
   /// transfers: one per rank that computes a segment of e and does not hold it
   /// (native(e) != rank and !holds_replica(e, rank)), from the native rank, sorted by
   /// (expert, dst) without duplicates.
+  LLEP_EXEC_CHECK_DISABLE
   template <class Native, class HoldsReplica>
   LLEP_HOST_DEVICE void finish(Native native, HoldsReplica holds_replica) noexcept {
     if (!finished) {  // a second finish (another topology's transfers) keeps the order

@@ -46,6 +46,7 @@ struct Carve {
 
 /// The rank in [begin, end), other than `skip` and outside [hole_begin, hole_end), with the
 /// least key(rank), lower rank on ties; -1 when there is none.
+LLEP_EXEC_CHECK_DISABLE
 template <class Key>
 [[nodiscard]] LLEP_HOST_DEVICE int least_rank_by(int begin, int end, int skip, int hole_begin, int hole_end,
                                                  Key key) noexcept {
@@ -345,6 +346,7 @@ struct SpillScratch {
 /// min(l, cap - effective) when positive; then hook(effective, spill) names each next
 /// slice of the rest, or stops. The native's rows come out as one segment [0, kept + rest)
 /// and the slices follow it in order. Pushes into `out` (begun by the caller).
+LLEP_EXEC_CHECK_DISABLE
 template <class Hook>
 LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_t cap, const std::int32_t* order,
                                         int n, SpillScratch s, PlanView& out, Hook&& hook) {
