@@ -334,6 +334,14 @@ TEST_CASE("Replicated plans are valid, transfer-free, and equal a token-by-token
     for (const auto& s : plan.segments()) CHECK(topo.holds(s.expert, s.rank));
     const auto want = reference_split(loads, topo);
     CHECK(std::vector<llep::Segment>(plan.segments().begin(), plan.segments().end()) == want);
+    // Within bounds(): one segment per holder at most, no foreign expert, no transfer.
+    count_t total = 0;
+    for (const count_t l : loads) total += l;
+    const auto b = llep::plan_bounds(llep::Replicated{}, topo, (total + P - 1) / P);
+    CHECK(static_cast<int>(plan.segments().size()) <= b.segments);
+    CHECK(max_load(plan.rank_loads()) <= b.rows_per_rank);
+    CHECK(b.foreign_experts_per_rank == 0);
+    CHECK(b.transfers == 0);
     // Refining never makes the busiest rank busier than the single water-fill pass.
     const count_t refined = max_load(plan.rank_loads());
     llep::Replicated{.refine_passes = 0}.plan(loads, topo, other);

@@ -190,6 +190,15 @@ struct Replicated {
     out.finish(topo);
   }
 
+  /// Bounds over every routing with at most `max_pairs_per_rank` pairs per rank: every
+  /// pair can land on one rank (an expert with one holder), no rank ever computes an
+  /// expert it lacks, an expert has at most one segment per holder.
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    std::int64_t segments = 0;
+    for (int e = 0; e < topo.experts(); ++e) segments += static_cast<std::int64_t>(topo.holders(e).size());
+    return PlanBounds{detail::total_pairs(topo, max_pairs_per_rank), 0, static_cast<int>(segments), 0};
+  }
+
   /// A placement with `slots_per_rank` expert slots per rank (N / P natives + replicas)
   /// from history loads (EmaCounts::history_loads()); natives at the default placement
   /// with one node, packed by load onto nodes and ranks with several (see the top of
