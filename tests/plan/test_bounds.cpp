@@ -188,7 +188,7 @@ TEST_CASE("CostAware and Replicated bounds hold; CostAware reaches P x B when no
   model->link = llep::sim::LinkModel{1e3, 1e3, 1.0, 1.0};  // nothing pays: standard EP's plan
   const llep::sim::FfnShape shape{"small", 1024, 512};
   check_bounds(llep::CostAware{1.0, 0, model, shape}, topo, 1000, rng, {}, "cost_aware, slow links");
-  // Replicated has no bounds() of its own: plan_bounds' default (P x B rows) applies.
+  // Replicated's bounds(): P x B rows (an expert with one holder), no foreign experts.
   check_bounds(llep::Replicated{}, topo, 1000, rng, {}, "replicated, default bound");
   CHECK(g_reached["cost_aware, slow links"]);
   CHECK(g_reached["replicated, default bound"]);

@@ -54,6 +54,8 @@ void check_placement(const llep::Topology& t, int slots) {
   }
 }
 
+count_t max_load(std::span<const count_t> rl) { return *std::max_element(rl.begin(), rl.end()); }
+
 // Independent reference of the per-batch split: single-holder experts stay; replicated
 // experts, by load descending (ties by lower id), hand out their tokens one at a time, each
 // to the least-loaded holder (ties by lower rank), then refine (below); slices in
@@ -78,7 +80,8 @@ std::vector<llep::Segment> reference_split(const std::vector<count_t>& loads, co
   });
   // got[e][r]: tokens of replicated expert e on rank r. Token by token, each to the
   // least-loaded holder; then up to 16 passes in which each expert takes its tokens back
-  // and hands them out again the same way, until a pass changes nothing.
+  // and hands them out again the same way, until the busiest rank is at its floor or a
+  // pass no longer lowers the sum of squared rank loads.
   std::vector<std::vector<count_t>> got(static_cast<std::size_t>(N), std::vector<count_t>(static_cast<std::size_t>(t.ranks()), 0));
   auto hand_out = [&](int e) {
     auto& g = got[static_cast<std::size_t>(e)];
@@ -90,18 +93,26 @@ std::vector<llep::Segment> reference_split(const std::vector<count_t>& loads, co
       ++g[static_cast<std::size_t>(best)];
     }
   };
+  auto squares = [&] {
+    long double sq = 0;
+    for (const count_t x : rank) sq += static_cast<long double>(x) * static_cast<long double>(x);
+    return sq;
+  };
+  // The busiest rank cannot go below the mean (rounded up) or a single-holder load.
+  count_t total = 0;
+  for (const count_t l : loads) total += l;
+  const count_t floor_load = std::max(max_load(rank), (total + t.ranks() - 1) / t.ranks());
   for (const int e : order) hand_out(e);
-  for (int pass = 0; pass < 16 && order.size() > 1; ++pass) {
-    bool changed = false;
+  long double last = squares();
+  for (int pass = 0; pass < 16 && order.size() > 1 && max_load(rank) > floor_load; ++pass) {
     for (const int e : order) {
       auto& g = got[static_cast<std::size_t>(e)];
-      const auto before = g;
       for (int r = 0; r < t.ranks(); ++r) rank[static_cast<std::size_t>(r)] -= g[static_cast<std::size_t>(r)];
       std::fill(g.begin(), g.end(), 0);
       hand_out(e);
-      changed = changed || g != before;
     }
-    if (!changed) break;
+    if (!(squares() < last)) break;
+    last = squares();
   }
   for (const int e : order) {
     count_t b = 0;
@@ -115,7 +126,6 @@ std::vector<llep::Segment> reference_split(const std::vector<count_t>& loads, co
   return segs;
 }
 
-count_t max_load(std::span<const count_t> rl) { return *std::max_element(rl.begin(), rl.end()); }
 
 }  // namespace
 
@@ -324,6 +334,19 @@ TEST_CASE("Replicated plans are valid, transfer-free, and equal a token-by-token
     for (const auto& s : plan.segments()) CHECK(topo.holds(s.expert, s.rank));
     const auto want = reference_split(loads, topo);
     CHECK(std::vector<llep::Segment>(plan.segments().begin(), plan.segments().end()) == want);
+    // Within bounds(): one segment per holder at most, no foreign expert, no transfer.
+    count_t total = 0;
+    for (const count_t l : loads) total += l;
+    const auto b = llep::plan_bounds(llep::Replicated{}, topo, (total + P - 1) / P);
+    CHECK(static_cast<int>(plan.segments().size()) <= b.segments);
+    CHECK(max_load(plan.rank_loads()) <= b.rows_per_rank);
+    CHECK(b.foreign_experts_per_rank == 0);
+    CHECK(b.transfers == 0);
+    // Refining never makes the busiest rank busier than the single water-fill pass.
+    const count_t refined = max_load(plan.rank_loads());
+    llep::Replicated{.refine_passes = 0}.plan(loads, topo, other);
+    REQUIRE(llep::validate(other, loads, topo));
+    CHECK(refined <= max_load(other.rank_loads()));
     // Without replicas it is standard EP.
     llep::Replicated{}.plan(loads, base, plan);
     llep::StandardEp{}.plan(loads, base, other);
@@ -362,6 +385,12 @@ TEST_CASE("validate with replicas: a segment on a replica holder needs no transf
   fresh.finish(llep::Topology(2, 4));
   CHECK(std::vector<llep::WeightTransfer>(fresh.weight_transfers().begin(), fresh.weight_transfers().end()) ==
         std::vector<llep::WeightTransfer>{{0, 0, 1}, {2, 1, 0}});
+}
+
+TEST_CASE("Replicated: a negative refine_passes is llep::Error") {
+  llep::Plan plan;
+  CHECK_THROWS_WITH_AS(llep::Replicated{.refine_passes = -1}.plan(std::vector<count_t>{1, 1}, llep::Topology(1, 2), plan),
+                       doctest::Contains("refine_passes = -1"), llep::Error);
 }
 
 TEST_CASE("ReplacementPolicy: every R steps, or when the imbalance reaches the threshold") {

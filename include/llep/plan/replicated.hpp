@@ -65,12 +65,13 @@
 // several holders, by load descending (ties by lower id), water-fill their holders: the
 // least-loaded holders are raised to a common level until the expert's tokens are used
 // up; the remainder of the integer division goes one token each to the lowest-ranked of
-// the filled holders. Then up to 16 refining passes, until one changes nothing: each
-// replicated expert in the same order takes its tokens back and water-fills again given
-// all the others (one pass alone leaves chains of replicas unbalanced: up to 1.4 x the
-// refined max on EPLB-style placements). Segments follow the holders in ascending rank,
-// so each holder gets one contiguous slice. A plan never needs a weight transfer: only
-// holders compute.
+// the filled holders. Then up to refine_passes (16) refining passes: each replicated
+// expert in the same order takes its tokens back and water-fills again given all the
+// others; they stop once the busiest rank is at its floor (the mean rounded up, or a
+// rank's single-holder load) or a pass no longer lowers the sum of squared rank loads.
+// (One pass alone leaves chains of replicas unbalanced: up to 1.4 x the refined max on
+// EPLB-style placements.) Segments follow the holders in ascending rank, so each holder
+// gets one contiguous slice. A plan never needs a weight transfer: only holders compute.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -106,8 +107,13 @@ namespace llep {
 struct Replicated {
   static constexpr std::string_view name = "replicated";
 
+  /// Refining passes of the per-batch split at most (see the top of this file): more
+  /// balance for more time; 0 is a single water-fill.
+  int refine_passes = 16;
+
   void plan(std::span<const count_t> loads, const Topology& topo, Plan& out) const {
     check_loads(loads, topo);
+    LLEP_EXPECTS(refine_passes >= 0, "refine_passes = ", refine_passes, " must be >= 0");
     out.reset(topo, name);
     const auto P = static_cast<std::size_t>(topo.ranks());
     PlanScratch& s = out.scratch();
@@ -130,32 +136,42 @@ struct Replicated {
       const count_t la = loads[static_cast<std::size_t>(a)], lb = loads[static_cast<std::size_t>(b)];
       return la != lb ? la > lb : a < b;
     });
-    // Each replicated expert's amounts per holder, back to back in s.keys (counts >= 0).
-    std::size_t total = 0;
-    for (const std::int32_t e : s.order) total += topo.holders(e).size();
-    s.keys.assign(total, 0);
-    auto amounts = [&](std::size_t off, std::size_t k) { return std::span<std::uint64_t>(s.keys).subspan(off, k); };
-    for (std::size_t off = 0; const std::int32_t e : s.order) {
+    // No plan's busiest rank is below the mean (rounded up) or a rank's single-holder load.
+    count_t total_load = 0;
+    for (const count_t l : loads) total_load += l;
+    const count_t floor_load = std::max(*std::max_element(assigned.begin(), assigned.end()),
+                                        (total_load + static_cast<count_t>(P) - 1) / static_cast<count_t>(P));
+    // Each replicated expert's amounts per holder, back to back in s.keys (counts >= 0);
+    // expert i of s.order's from offset s.rank_tmp[i].
+    auto& offset = s.rank_tmp;
+    offset.assign(s.order.size() + 1, 0);
+    for (std::size_t i = 0; i < s.order.size(); ++i)
+      offset[i + 1] = offset[i] + static_cast<count_t>(topo.holders(s.order[i]).size());
+    s.keys.assign(static_cast<std::size_t>(offset.back()), 0);
+    auto refill = [&](std::size_t i, bool first) {
+      const int e = s.order[i];
       const auto h = topo.holders(e);
-      water_fill(loads[static_cast<std::size_t>(e)], h, s, amounts(off, h.size()));
-      off += h.size();
-    }
+      const auto a = std::span<std::uint64_t>(s.keys).subspan(static_cast<std::size_t>(offset[i]), h.size());
+      if (!first)
+        for (std::size_t j = 0; j < h.size(); ++j) s.assigned[static_cast<std::size_t>(h[j])] -= static_cast<count_t>(a[j]);
+      water_fill(loads[static_cast<std::size_t>(e)], h, s, a);
+    };
+    for (std::size_t i = 0; i < s.order.size(); ++i) refill(i, true);
     // Refine: each expert in turn, its tokens taken back and water-filled again given all
-    // the others. A refill never raises the busiest of its holders, so the busiest rank
-    // never gets busier; stop when a pass changes nothing.
-    for (int pass = 0; pass < kRefinePasses && s.order.size() > 1; ++pass) {
-      bool changed = false;
-      for (std::size_t off = 0; const std::int32_t e : s.order) {
-        const auto h = topo.holders(e);
-        const auto a = amounts(off, h.size());
-        for (std::size_t i = 0; i < h.size(); ++i) s.assigned[static_cast<std::size_t>(h[i])] -= static_cast<count_t>(a[i]);
-        auto& before = s.rank_tmp;
-        before.assign(a.begin(), a.end());
-        water_fill(loads[static_cast<std::size_t>(e)], h, s, a);
-        changed = changed || !std::equal(a.begin(), a.end(), before.begin());
-        off += h.size();
-      }
-      if (!changed) break;
+    // the others. A refill never raises the busiest of its holders, so the busiest rank never gets busier; stop when it cannot get lower
+    // (floor_load) or a pass no longer lowers the sum of squared rank loads.
+    auto spread = [&] {
+      long double sq = 0;
+      for (const count_t a : s.assigned) sq += static_cast<long double>(a) * static_cast<long double>(a);
+      return sq;
+    };
+    long double last = spread();
+    for (int pass = 0; pass < refine_passes && s.order.size() > 1; ++pass) {
+      if (*std::max_element(s.assigned.begin(), s.assigned.end()) <= floor_load) break;
+      for (std::size_t i = 0; i < s.order.size(); ++i) refill(i, false);
+      const long double now = spread();
+      if (!(now < last)) break;
+      last = now;
     }
     for (std::size_t off = 0; const std::int32_t e : s.order) {  // ascending rank: one contiguous slice each
       const auto h = topo.holders(e);
@@ -172,6 +188,15 @@ struct Replicated {
     const auto rl = out.rank_loads();
     out.set_capacity(std::max<count_t>(1, *std::max_element(rl.begin(), rl.end())));
     out.finish(topo);
+  }
+
+  /// Bounds over every routing with at most `max_pairs_per_rank` pairs per rank: every
+  /// pair can land on one rank (an expert with one holder), no rank ever computes an
+  /// expert it lacks, an expert has at most one segment per holder.
+  [[nodiscard]] PlanBounds bounds(const Topology& topo, std::int64_t max_pairs_per_rank) const {
+    std::int64_t segments = 0;
+    for (int e = 0; e < topo.experts(); ++e) segments += static_cast<std::int64_t>(topo.holders(e).size());
+    return PlanBounds{detail::total_pairs(topo, max_pairs_per_rank), 0, static_cast<int>(segments), 0};
   }
 
   /// A placement with `slots_per_rank` expert slots per rank (N / P natives + replicas)
@@ -613,7 +638,6 @@ struct Replicated {
     return std::move(scored[pick].t);
   }
 
-  static constexpr int kRefinePasses = 16;
   static constexpr double kStickySlack = 0.05;
 
   // Spreads `l` tokens over `holders` (ascending ranks) by water-filling: see the top of
