@@ -4,8 +4,9 @@
 // K 8, bf16) on P = 8 ranks of one node.
 //  1. Spilling's break-even batch: standard EP against LLEP (Least-Loaded Assignment,
 //     alpha 1, m 1) with its weights on the wire as bf16 (Identity), as FP8 E4M3 with
-//     128-element block scales (Fp8Blocks' encoded_bytes), and prepared ahead (the weight
-//     round hidden behind the previous step, as plan-ahead would).
+//     128-element block scales (CostModel::weight_wire_ratio from Fp8Blocks'
+//     encoded_bytes), and prepared ahead (CostModel::weights_prefetched: the weight round
+//     hidden behind the previous step, as plan-ahead would).
 //  2. A skewed router balanced by AuxFreeBias (sign rule), standard EP and LLEP on its
 //     loads before and after.
 //   llep-balancers-model
@@ -33,21 +34,9 @@ namespace sim = llep::sim;
 constexpr int P = 8;
 constexpr auto kShape = llep::bench::kDeepSeekV3;
 
-// The step with the plan's weight round scaled by `wire` (bytes on the wire / bf16 bytes);
-// wire = 0 hides the round entirely. Everything else as the model has it.
 double step_ms(const sim::CostModel& model, const llep::Plan& plan, std::span<const count_t> loads,
-               const llep::Topology& topo, const sim::FfnShape& ffn, double wire) {
-  const sim::StepCost c = model.step(plan, loads, topo, ffn);
-  double step = 0;
-  for (const sim::RankCost& r : c.ranks) {
-    sim::RoundBytes w = r.weights;
-    w.intra_sent *= wire;
-    w.intra_received *= wire;
-    w.inter_sent *= wire;
-    w.inter_received *= wire;
-    step = std::max(step, r.compute_s + r.comm_s - r.weight_comm_s + model.round_seconds(w, topo));
-  }
-  return step * 1e3;
+               const llep::Topology& topo, const sim::FfnShape& ffn) {
+  return model.step(plan, loads, topo, ffn).step_s * 1e3;
 }
 
 llep::Plan plan_of(const auto& planner, std::span<const count_t> loads, const llep::Topology& topo) {
@@ -92,6 +81,9 @@ int main() {
   const auto elems = static_cast<std::size_t>(ffn.weight_elems());
   const double fp8_wire = static_cast<double>(llep::Fp8Blocks<float>(128).encoded_bytes(elems)) /
                           model.expert_bytes(ffn);
+  sim::CostModel fp8 = model, prepared = model;  // weights as FP8 on the wire; weight round hidden
+  fp8.weight_wire_ratio = fp8_wire;
+  prepared.weights_prefetched = true;
   std::printf("cost model (predictions): %s, P = %d on one node, %s\n", model.gemm.describe().c_str(), P,
               std::string(kShape.name).c_str());
   std::printf("one expert: %.1f MB as bf16, %.1f MB as fp8-e4m3-blocks (wire ratio %.3f)\n\n",
@@ -105,10 +97,9 @@ int main() {
     for (count_t B = 64; B <= 32768; B *= 2) {
       const auto loads = sim::skewed_loads(kShape.experts, B * kShape.top_k * P, skew);
       const auto ep_plan = plan_of(ep, loads, topo), ll_plan = plan_of(lla, loads, topo);
-      const double t_ep = step_ms(model, ep_plan, loads, topo, ffn, 1.0);
-      const double t[3] = {step_ms(model, ll_plan, loads, topo, ffn, 1.0),
-                           step_ms(model, ll_plan, loads, topo, ffn, fp8_wire),
-                           step_ms(model, ll_plan, loads, topo, ffn, 0.0)};
+      const double t_ep = step_ms(model, ep_plan, loads, topo, ffn);
+      const double t[3] = {step_ms(model, ll_plan, loads, topo, ffn), step_ms(fp8, ll_plan, loads, topo, ffn),
+                           step_ms(prepared, ll_plan, loads, topo, ffn)};
       for (int v = 0; v < 3; ++v)
         if (even[v] == 0 && t[v] < t_ep) even[v] = B;
       std::printf("%7lld %9.3f %10.3f %10.3f %14.3f %10zu\n", static_cast<long long>(B), t_ep, t[0], t[1], t[2],
@@ -131,8 +122,8 @@ int main() {
   for (const auto& [name, loads] : {std::pair{"unbiased", plain}, std::pair{"aux-free bias", biased}}) {
     const auto ll_plan = plan_of(lla, loads, topo);
     std::printf("%-22s %16.2f %9.3f %10.3f %10zu\n", name, max_over_mean(loads),
-                step_ms(model, plan_of(ep, loads, topo), loads, topo, ffn, 1.0),
-                step_ms(model, ll_plan, loads, topo, ffn, 1.0), ll_plan.weight_transfers().size());
+                step_ms(model, plan_of(ep, loads, topo), loads, topo, ffn), step_ms(model, ll_plan, loads, topo, ffn),
+                ll_plan.weight_transfers().size());
   }
   std::printf("ideal (balanced, no communication): %.3f ms\n", model.ideal_step(plain, topo, ffn).step_s * 1e3);
   return 0;

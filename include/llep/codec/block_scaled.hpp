@@ -8,7 +8,7 @@
 //   Int8Rows<T>:  int8 codes, Q = 127:  |x - decode(encode(x))| <= (1/2 + 2^-15) s
 // Int8Rows' group is a row: with llep's expert layout (experts/weight_layout.hpp),
 // Int8Rows<T>::for_expert(shape) picks gcd(2H, D), the longest group that never straddles
-// two matrix rows. Encoding refuses NaN and Inf with llep::Error: one of them would
+// two matrix rows (both codecs default to groups of 128 elements). Encoding refuses NaN and Inf with llep::Error: one of them would
 // poison its group's scale.
 #include <cmath>
 #include <cstddef>
@@ -35,7 +35,7 @@ struct Fp8Tag {
 struct Int8Tag {
   using Format = Int8;
   static constexpr std::string_view name = "int8-rows";
-  static constexpr std::size_t default_group = 0;  // a row: no sensible default
+  static constexpr std::size_t default_group = 128;  // for_expert(shape) gives whole matrix rows
 };
 }  // namespace detail
 
