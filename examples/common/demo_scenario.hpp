@@ -2,6 +2,7 @@
 // What the host and GPU demos share (flags: demo_flags.hpp): the layer's weights, tokens and skewed routing,
 // a dense reference, and the side-by-side report of standard EP against LLEP.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -125,6 +126,22 @@ struct DemoRun {
   std::vector<double> step_ms;
   std::vector<std::vector<float>> out;
 };
+
+/// One warm-up step (buffers grow once), then `steps` steps, each timed between two
+/// barriers of `transport` (a step ends when the slowest rank is done): their ms. Collective.
+template <class Transport, class Step>
+std::vector<double> timed_steps(Transport& transport, int steps, Step&& step) {
+  step();
+  std::vector<double> ms;
+  for (int s = 0; s < steps; ++s) {
+    transport.barrier();
+    const auto start = std::chrono::steady_clock::now();
+    step();
+    transport.barrier();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  return ms;
+}
 
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

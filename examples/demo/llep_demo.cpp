@@ -38,15 +38,8 @@ DemoRun run(const DemoOptions& o, const Plnr& planner, const DemoScenario& sc) {
       r.reports[p] = layer.forward(std::span<const float>(sc.x[p]), std::span<const std::int32_t>(sc.ids[p]),
                                    std::span<const float>(sc.gates[p]), std::span<float>(out));
     };
-    step();  // warm-up: buffers grow once
-    for (int s = 0; s < o.steps; ++s) {
-      t.barrier();
-      const auto start = std::chrono::steady_clock::now();
-      step();
-      t.barrier();  // the step ends when the slowest rank is done
-      if (p == 0)
-        r.step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-    }
+    auto ms = llep::examples::timed_steps(t, o.steps, step);
+    if (p == 0) r.step_ms = std::move(ms);
     r.out[p] = out;
   });
   return r;

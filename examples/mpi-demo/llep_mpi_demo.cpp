@@ -8,7 +8,6 @@
 // of standard EP against LLEP, and the check against the dense reference.
 #include <mpi.h>
 
-#include <chrono>
 #include <cstdio>
 #include <span>
 #include <string>
@@ -45,14 +44,7 @@ DemoRun run(const DemoOptions& o, const Plnr& planner, const DemoScenario& sc, l
     r.reports[0] = layer.forward(std::span<const float>(sc.x[p]), std::span<const std::int32_t>(sc.ids[p]),
                                  std::span<const float>(sc.gates[p]), std::span<float>(out));
   };
-  step();  // warm-up: buffers grow once
-  for (int s = 0; s < o.steps; ++s) {
-    t.barrier();
-    const auto start = std::chrono::steady_clock::now();
-    step();
-    t.barrier();  // the step ends when the slowest rank is done
-    r.step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-  }
+  r.step_ms = llep::examples::timed_steps(t, o.steps, step);
   // Every rank has the same number of tokens: one all_gather brings all outputs to all.
   std::vector<float> all(out.size() * static_cast<std::size_t>(o.ranks));
   t.all_gather(out.data(), out.size() * sizeof(float), all.data());

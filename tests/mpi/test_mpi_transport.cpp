@@ -160,6 +160,7 @@ TEST_CASE("Mpi: abort on one rank releases the others from their call with llep:
 
 TEST_CASE("Mpi: a rank that never arrives makes the others time out with llep::Error and release everyone") {
   const int P = mpitest::world_size(), me = mpitest::world_rank();
+  if (P == 1) return;  // nobody to wait for
   llep::Mpi t(MPI_COMM_WORLD, {.timeout = std::chrono::milliseconds(500)});
   std::string error;
   const auto start = std::chrono::steady_clock::now();
