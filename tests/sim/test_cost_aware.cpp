@@ -178,7 +178,7 @@ TEST_CASE("undoing any one spill never lowers the native rank's modelled compute
   CHECK(spills > 100);  // the property was exercised
 }
 
-// The guard: plan() predicts, through predicted_step_seconds, exactly what CostModel::step
+// The guard: plan() predicts, through CostModel::step_seconds, exactly what CostModel::step
 // predicts in the loads-only view, and keeps the fastest of the rule's, EP's and LLA's plans.
 TEST_CASE("plan() keeps the fastest of the rule's, EP's and LLA's plans, as the model predicts them") {
   std::vector<std::shared_ptr<sim::CostModel>> models{std::make_shared<sim::CostModel>(), model_with(370e9, 5e9),

@@ -164,72 +164,11 @@ struct CostAware {
   }
 
   /// The model's step time of a plan in the loads-only view (every rank routes l[e] / P
-  /// pairs of each expert, remainders to the lowest ranks): CostModel::step(plan, loads,
-  /// topo, shape).step_s, the same arithmetic in the same order, without allocating (its
-  /// per-rank sums live in the plan's workspace). tests/sim/test_cost_aware.cpp checks the
-  /// two agree exactly.
+  /// pairs of each expert): CostModel::step_seconds, which allocates nothing; its scratch
+  /// is the plan's workspace.
   [[nodiscard]] double predicted_step_seconds(Plan& plan, std::span<const count_t> loads, const Topology& topo) const {
-    const int P = topo.ranks(), N = topo.experts();
-    const auto sP = static_cast<std::size_t>(P);
-    alg::Carve c{plan.workspace(sP * (sizeof(double) * 5 + sizeof(count_t) * 4) + 16 * 9).data()};
-    double* compute = c.take<double>(sP);
-    double* w[4] = {c.take<double>(sP), c.take<double>(sP), c.take<double>(sP), c.take<double>(sP)};
-    count_t* t[4] = {c.take<count_t>(sP), c.take<count_t>(sP), c.take<count_t>(sP), c.take<count_t>(sP)};
-    for (std::size_t q = 0; q < sP; ++q) {
-      compute[q] = 0;
-      for (int k = 0; k < 4; ++k) w[k][q] = 0, t[k][q] = 0;
-    }
-    const sim::CostModel& m = *model;
-    for (const Segment& g : plan.segments())
-      compute[static_cast<std::size_t>(g.rank)] += m.gemm.ffn_seconds(static_cast<double>(g.size()), shape, m.elem_bytes);
-    const double wbytes = m.expert_bytes(shape);
-    // w: intra_sent, intra_received, inter_sent, inter_received (RoundBytes' order).
-    for (const WeightTransfer& x : plan.weight_transfers()) {
-      const bool intra = topo.node_of(x.src) == topo.node_of(x.dst);
-      w[intra ? 0 : 2][static_cast<std::size_t>(x.src)] += wbytes;
-      w[intra ? 1 : 3][static_cast<std::size_t>(x.dst)] += wbytes;
-    }
-    // Token rows: source s holds [lo, lo + l / P + (s < l % P)) of each expert.
-    for (int e = 0; e < N; ++e) {
-      const auto segs = plan.segments(e);
-      const count_t l = loads[static_cast<std::size_t>(e)];
-      std::size_t j = 0;
-      count_t lo = 0;
-      for (int s = 0; s < P; ++s) {
-        const count_t hi = lo + l / P + (s < l % P ? 1 : 0);
-        while (j < segs.size() && segs[j].end <= lo) ++j;
-        for (std::size_t k = j; k < segs.size() && segs[k].begin < hi; ++k) {
-          const count_t n = std::min(hi, segs[k].end) - std::max(lo, segs[k].begin);
-          const int d = segs[k].rank;
-          if (n <= 0 || d == s) continue;
-          const bool intra = topo.node_of(s) == topo.node_of(d);
-          t[intra ? 0 : 2][static_cast<std::size_t>(s)] += n;
-          t[intra ? 1 : 3][static_cast<std::size_t>(d)] += n;
-        }
-        lo = hi;
-      }
-    }
-    const double row_bytes = static_cast<double>(shape.hidden) * m.elem_bytes;
-    const double row_counts = static_cast<double>(N) * sizeof(count_t);
-    const double same_node = topo.ranks_per_node() - 1, other_nodes = P - topo.ranks_per_node();
-    const double latency = topo.nodes() > 1 ? m.link.inter_latency_s : m.link.intra_latency_s;
-    auto collective = [&](const sim::RoundBytes& b) {
-      return b.empty() && P > 1 ? latency : m.round_seconds(b, topo);
-    };
-    double step = 0;
-    for (std::size_t q = 0; q < sP; ++q) {
-      const sim::RoundBytes counts{row_counts * same_node, row_counts * same_node, row_counts * other_nodes,
-                                   row_counts * other_nodes};
-      const sim::RoundBytes weights{w[0][q], w[1][q], w[2][q], w[3][q]};
-      const sim::RoundBytes dispatch{static_cast<double>(t[0][q]) * row_bytes, static_cast<double>(t[1][q]) * row_bytes,
-                                     static_cast<double>(t[2][q]) * row_bytes, static_cast<double>(t[3][q]) * row_bytes};
-      const sim::RoundBytes combine{dispatch.intra_received, dispatch.intra_sent, dispatch.inter_received,
-                                    dispatch.inter_sent};
-      double comm = collective(counts) + m.round_seconds(weights, topo) + collective(dispatch) + collective(combine);
-      if (P == 1) comm = 0;
-      step = std::max(step, compute[q] + comm);
-    }
-    return step;
+    return model->step_seconds(plan, loads, topo, shape,
+                               plan.workspace(sim::CostModel::step_seconds_scratch(topo.ranks())));
   }
 
   /// The plan the slice rule makes, without the guard (what plan() starts from).

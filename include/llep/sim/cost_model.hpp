@@ -283,38 +283,46 @@ struct TokenTraffic {
   std::vector<count_t> intra_sent, intra_received, inter_sent, inter_received;
 };
 
-[[nodiscard]] inline TokenTraffic token_traffic(CountsView counts, const Plan& plan, const Topology& topo) {
+/// Calls flow(s, d, n) for the n > 0 rows of each expert that source s sends to rank d != s,
+/// where count(s, e) is how many of e's pairs s holds (the traffic token_traffic sums).
+template <class Count, class Flow>
+void for_each_token_flow(const Plan& plan, const Topology& topo, Count count, Flow flow) {
   const int P = topo.ranks(), N = topo.experts();
-  LLEP_EXPECTS(counts.ranks() == P && counts.experts() == N, "counts are ", counts.ranks(), " x ", counts.experts(),
-               " but the topology is P = ", P, ", N = ", N);
   LLEP_EXPECTS(plan.finished() && plan.ranks() == P && plan.experts() == N, "plan does not match the topology (P = ",
                P, ", N = ", N, ") or is unfinished");
-  TokenTraffic t;
-  for (auto* v : {&t.intra_sent, &t.intra_received, &t.inter_sent, &t.inter_received})
-    v->assign(static_cast<std::size_t>(P), 0);
   for (int e = 0; e < N; ++e) {
     const auto segs = plan.segments(e);
     count_t load = 0;
-    for (int s = 0; s < P; ++s) load += counts(s, e);
+    for (int s = 0; s < P; ++s) load += count(s, e);
     count_t planned = 0;
     for (const Segment& g : segs) planned = std::max(planned, g.end);
     LLEP_EXPECTS(planned == load, "expert ", e, ": the plan covers ", planned, " pairs but the counts hold ", load);
     std::size_t j = 0;
     count_t lo = 0;
     for (int s = 0; s < P; ++s) {
-      const count_t hi = lo + counts(s, e);
+      const count_t hi = lo + count(s, e);
       while (j < segs.size() && segs[j].end <= lo) ++j;
       for (std::size_t k = j; k < segs.size() && segs[k].begin < hi; ++k) {
         const count_t n = std::min(hi, segs[k].end) - std::max(lo, segs[k].begin);
-        const int d = segs[k].rank;
-        if (n <= 0 || d == s) continue;
-        const bool intra = topo.node_of(s) == topo.node_of(d);
-        (intra ? t.intra_sent : t.inter_sent)[static_cast<std::size_t>(s)] += n;
-        (intra ? t.intra_received : t.inter_received)[static_cast<std::size_t>(d)] += n;
+        if (n > 0 && segs[k].rank != s) flow(s, segs[k].rank, n);
       }
       lo = hi;
     }
   }
+}
+
+[[nodiscard]] inline TokenTraffic token_traffic(CountsView counts, const Plan& plan, const Topology& topo) {
+  const int P = topo.ranks(), N = topo.experts();
+  LLEP_EXPECTS(counts.ranks() == P && counts.experts() == N, "counts are ", counts.ranks(), " x ", counts.experts(),
+               " but the topology is P = ", P, ", N = ", N);
+  TokenTraffic t;
+  for (auto* v : {&t.intra_sent, &t.intra_received, &t.inter_sent, &t.inter_received})
+    v->assign(static_cast<std::size_t>(P), 0);
+  for_each_token_flow(plan, topo, [&](int s, int e) { return counts(s, e); }, [&](int s, int d, count_t n) {
+    const bool intra = topo.node_of(s) == topo.node_of(d);
+    (intra ? t.intra_sent : t.inter_sent)[static_cast<std::size_t>(s)] += n;
+    (intra ? t.intra_received : t.inter_received)[static_cast<std::size_t>(d)] += n;
+  });
   return t;
 }
 
@@ -370,33 +378,75 @@ struct CostModel {
       (intra ? d.intra_received : d.inter_received) += wbytes * weight_wire_ratio;
       ++out.ranks[static_cast<std::size_t>(w.dst)].foreign_experts;
     }
-    // Counts all-gather: every rank sends its row of N 64-bit counts to every other rank.
-    const double row_counts = static_cast<double>(topo.experts()) * sizeof(count_t);
-    const double same_node = topo.ranks_per_node() - 1, other_nodes = P - topo.ranks_per_node();
     for (std::size_t p = 0; p < sP; ++p) {
       RankCost& r = out.ranks[p];
-      r.counts = RoundBytes{row_counts * same_node, row_counts * same_node, row_counts * other_nodes,
-                            row_counts * other_nodes};
-      r.dispatch = RoundBytes{static_cast<double>(tt.intra_sent[p]) * row_bytes,
-                              static_cast<double>(tt.intra_received[p]) * row_bytes,
-                              static_cast<double>(tt.inter_sent[p]) * row_bytes,
-                              static_cast<double>(tt.inter_received[p]) * row_bytes};
+      r.counts = counts_round(topo);
+      r.dispatch = token_round(tt.intra_sent[p], tt.intra_received[p], tt.inter_sent[p], tt.inter_received[p], row_bytes);
       r.combine = RoundBytes{r.dispatch.intra_received, r.dispatch.intra_sent, r.dispatch.inter_received,
                              r.dispatch.inter_sent};
-      // The collectives are rounds every rank joins, even with nothing to move.
-      auto collective = [&](const RoundBytes& b) {
-        return b.empty() && P > 1 ? (topo.nodes() > 1 ? link.inter_latency_s : link.intra_latency_s)
-                                  : round_seconds(b, topo);
-      };
       r.weight_comm_s = round_seconds(r.weights, topo);
-      r.comm_s = collective(r.counts) + (weights_prefetched ? 0 : r.weight_comm_s) + collective(r.dispatch) +
-                 collective(r.combine);
-      if (P == 1) r.comm_s = 0;
+      r.comm_s = comm_seconds(r, topo);
       r.peak_bytes = static_cast<double>(r.rows) * 2 * row_bytes + max_seg[p] * 3 * shape.intermediate * elem_bytes +
                      r.foreign_experts * wbytes;
     }
     finish(out);
     return out;
+  }
+
+  /// Scratch step_seconds needs for P ranks, in bytes.
+  [[nodiscard]] static std::size_t step_seconds_scratch(int ranks) noexcept {
+    return static_cast<std::size_t>(ranks) * (5 * sizeof(double) + 4 * sizeof(count_t));
+  }
+
+  /// step(plan, loads, topo, shape).step_s, the same arithmetic, without allocating: the
+  /// per-rank sums live in `scratch` (step_seconds_scratch(P) bytes, 8-byte aligned). Unlike
+  /// step() it takes +infinite link bandwidths (free links, CostAware's what-if planning);
+  /// the caller checks the links otherwise.
+  [[nodiscard]] double step_seconds(const Plan& plan, std::span<const count_t> loads, const Topology& topo,
+                                    const FfnShape& shape, std::span<std::byte> scratch) const {
+    shape.check();
+    check_loads(loads, topo);
+    const int P = topo.ranks();
+    const auto sP = static_cast<std::size_t>(P);
+    LLEP_EXPECTS(scratch.size() >= step_seconds_scratch(P), "step_seconds scratch holds ", scratch.size(),
+                 " bytes; it needs ", step_seconds_scratch(P));
+    auto* compute = reinterpret_cast<double*>(scratch.data());
+    RankCost r;  // the weight round bytes of one rank at a time, as step() keeps them
+    auto* w = compute + sP;                            // weights: 4 x P (RoundBytes' order)
+    auto* t = reinterpret_cast<count_t*>(w + 4 * sP);  // tokens: 4 x P
+    std::fill(compute, compute + 5 * sP, 0.0);
+    std::fill(t, t + 4 * sP, count_t{0});
+    for (const Segment& g : plan.segments())
+      compute[static_cast<std::size_t>(g.rank)] += gemm.ffn_seconds(static_cast<double>(g.size()), shape, elem_bytes);
+    const double wire = expert_bytes(shape) * weight_wire_ratio;
+    for (const WeightTransfer& x : plan.weight_transfers()) {
+      const bool intra = topo.node_of(x.src) == topo.node_of(x.dst);
+      w[(intra ? 0 : 2) * sP + static_cast<std::size_t>(x.src)] += wire;
+      w[(intra ? 1 : 3) * sP + static_cast<std::size_t>(x.dst)] += wire;
+    }
+    for_each_token_flow(
+        plan, topo,
+        [&](int s, int e) {
+          const count_t l = loads[static_cast<std::size_t>(e)];
+          return l / P + (s < l % P ? 1 : 0);  // even_counts
+        },
+        [&](int s, int d, count_t n) {
+          const bool intra = topo.node_of(s) == topo.node_of(d);
+          t[(intra ? 0 : 2) * sP + static_cast<std::size_t>(s)] += n;
+          t[(intra ? 1 : 3) * sP + static_cast<std::size_t>(d)] += n;
+        });
+    const double row_bytes = static_cast<double>(shape.hidden) * elem_bytes;
+    double step = 0;
+    for (std::size_t q = 0; q < sP; ++q) {
+      r.counts = counts_round(topo);
+      r.weights = RoundBytes{w[q], w[sP + q], w[2 * sP + q], w[3 * sP + q]};
+      r.dispatch = token_round(t[q], t[sP + q], t[2 * sP + q], t[3 * sP + q], row_bytes);
+      r.combine = RoundBytes{r.dispatch.intra_received, r.dispatch.intra_sent, r.dispatch.inter_received,
+                             r.dispatch.inter_sent};
+      r.weight_comm_s = round_seconds(r.weights, topo);
+      step = std::max(step, compute[q] + comm_seconds(r, topo));
+    }
+    return step;
   }
 
   /// Cost of `plan` for loads alone: every rank routes l[e] / P pairs of each expert.
@@ -435,6 +485,27 @@ struct CostModel {
     LLEP_EXPECTS(std::isfinite(elem_bytes) && elem_bytes > 0, "elem_bytes = ", elem_bytes, " must be > 0");
     LLEP_EXPECTS(std::isfinite(weight_wire_ratio) && weight_wire_ratio > 0, "weight_wire_ratio = ", weight_wire_ratio,
                  " must be > 0");
+  }
+  // Counts all-gather: every rank sends its row of N 64-bit counts to every other rank.
+  [[nodiscard]] static RoundBytes counts_round(const Topology& topo) noexcept {
+    const double row_counts = static_cast<double>(topo.experts()) * sizeof(count_t);
+    const double same_node = topo.ranks_per_node() - 1, other_nodes = topo.ranks() - topo.ranks_per_node();
+    return RoundBytes{row_counts * same_node, row_counts * same_node, row_counts * other_nodes,
+                      row_counts * other_nodes};
+  }
+  [[nodiscard]] static RoundBytes token_round(count_t is, count_t ir, count_t es, count_t er, double row_bytes) noexcept {
+    return RoundBytes{static_cast<double>(is) * row_bytes, static_cast<double>(ir) * row_bytes,
+                      static_cast<double>(es) * row_bytes, static_cast<double>(er) * row_bytes};
+  }
+  // A rank's comm_s from its rounds and weight_comm_s.
+  [[nodiscard]] double comm_seconds(const RankCost& r, const Topology& topo) const {
+    if (topo.ranks() == 1) return 0;
+    // The collectives are rounds every rank joins, even with nothing to move.
+    auto collective = [&](const RoundBytes& b) {
+      return b.empty() ? (topo.nodes() > 1 ? link.inter_latency_s : link.intra_latency_s) : round_seconds(b, topo);
+    };
+    return collective(r.counts) + (weights_prefetched ? 0 : r.weight_comm_s) + collective(r.dispatch) +
+           collective(r.combine);
   }
   static void finish(StepCost& out) {
     out.step_s = 0;
