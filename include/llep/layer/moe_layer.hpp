@@ -18,10 +18,13 @@
 
 #include "llep/core/concepts.hpp"
 #include "llep/core/plan.hpp"
+#include "llep/layer/check_plan.hpp"
+#include "llep/layer/fingerprint.hpp"
 #include "llep/layer/layout.hpp"
 #include "llep/layer/report.hpp"
 #include "llep/layer/row_ops.hpp"
 #include "llep/stats/routing_stats.hpp"
+#include "llep/transport/transport.hpp"
 
 namespace llep {
 
@@ -55,19 +58,24 @@ class MoeLayer {
   /// Every expert this rank holds (Topology::holds: its natives and, with replication, its
   /// replicas), serialised (experts/weight_layout.hpp) back to back in ascending expert id,
   /// in the execution space's memory: Topology::slots_per_rank() experts. Without replicas
-  /// these are the native experts. Not copied: must stay valid.
-  void set_native_weights(const T* weights) { native_weights_ = weights; }
+  /// these are the native experts. Not copied: must stay valid. Its size must be exactly
+  /// slots_per_rank() x weight_elems().
+  void set_native_weights(std::span<const T> weights) {
+    check_weights(topo_, weights);
+    native_weights_ = weights.data();
+  }
 
   /// A new placement (from Replicated::place, say) and this rank's weights under it, laid
   /// out as set_native_weights says. Same P and N; every rank must switch before the same
   /// step, after the weights moved (placement_moves lists them).
-  void set_placement(const Topology& topo, const T* weights) {
+  void set_placement(const Topology& topo, std::span<const T> weights) {
     LLEP_EXPECTS(topo.ranks() == topo_.ranks() && topo.experts() == topo_.experts(), "new placement is for P = ",
                  topo.ranks(), ", N = ", topo.experts(), " but the layer has P = ", topo_.ranks(), ", N = ",
                  topo_.experts());
+    check_weights(topo, weights);
     topo_ = topo;
     build_slots();
-    native_weights_ = weights;
+    native_weights_ = weights.data();
   }
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
@@ -85,7 +93,12 @@ class MoeLayer {
 
   /// hidden [B x D], topk_ids [B x K], topk_weights [B x K] -> out [B x D], all in the
   /// execution space's memory. Collective: every rank calls it, with its own B (may be 0).
-  /// A local error aborts the transport so that no other rank waits for this one.
+  ///
+  /// Errors: a local error aborts the transport so that no other rank waits for this one;
+  /// every rank's forward then throws llep::Error. With a RecoverableTransport (HostThreads,
+  /// PeerCopy) each rank then waits, before it rethrows, until every rank has left the
+  /// failed step and clears the abort, so the next step works on the same group. Other
+  /// transports (Nccl) stay aborted: rebuild the communicator.
   template <class G>
   const StepReport& forward(std::span<const T> hidden, std::span<const std::int32_t> topk_ids,
                             std::span<const G> topk_weights, std::span<T> out) {
@@ -93,10 +106,14 @@ class MoeLayer {
       step(hidden, topk_ids, topk_weights, out);
     } catch (const std::exception& e) {
       transport_->abort(e.what());
+      if constexpr (RecoverableTransport<Tr>) (void)transport_->recover();
       throw;
     }
     return report_;
   }
+
+  /// The configuration fingerprint this rank sends with its counts (layer/fingerprint.hpp).
+  [[nodiscard]] std::uint64_t config_fingerprint() const noexcept { return config_; }
 
  private:
   template <class G>
@@ -114,8 +131,9 @@ class MoeLayer {
     LLEP_EXPECTS(B * K <= static_cast<std::size_t>(INT32_MAX), "B x K = ", B * K, " pairs exceed 2^31 on rank ", rank_);
 
     // 1-2. Count and gather C (one device-to-host copy), then plan: same plan on every rank.
-    stats_.update(exec_, *transport_, ids.data(), B * K, StepShape{N, top_k_, static_cast<count_t>(B)});
+    stats_.update(exec_, *transport_, ids.data(), B * K, StepShape{N, top_k_, static_cast<count_t>(B), config_});
     planner_.plan(stats_.loads(), topo_, plan_);
+    check_plan(plan_, stats_.loads(), topo_, Plnr::name, check_);
     layout_.build(stats_.counts(), plan_, topo_, rank_);
 
     // 3. Step memory, carved from the execution space's workspace.
@@ -172,10 +190,7 @@ class MoeLayer {
     }
     // A transport with a separate weights path (Nccl) moves them while the tokens move and
     // the native experts compute; the others move them first.
-    constexpr bool overlap = requires(Tr& tr, std::span<const P2pOp> o) {
-      tr.exchange_weights(o);
-      tr.join_weights();
-    };
+    constexpr bool overlap = WeightsPathTransport<Tr>;
     if constexpr (overlap) transport_->exchange_weights(weight_ops_);
     else transport_->exchange(weight_ops_);
     to_bytes(layout_.send_counts(), layout_.send_offsets(), row_bytes, send_bytes_, send_offs_);
@@ -260,8 +275,20 @@ class MoeLayer {
     }
   };
 
-  // Slot of each expert this rank holds in its weights, -1 for the others.
+  void check_weights(const Topology& topo, std::span<const T> weights) const {
+    const std::size_t want = static_cast<std::size_t>(topo.slots_per_rank()) * experts_.weight_elems();
+    LLEP_EXPECTS(weights.size() == want && (weights.data() != nullptr || want == 0), "rank ", rank_,
+                 "'s weights hold ", weights.size(), " elements but it holds ", topo.slots_per_rank(),
+                 " experts (natives and replicas) of ", experts_.weight_elems(), " elements each = ", want);
+  }
+
+  // Slot of each expert this rank holds in its weights, -1 for the others; and the
+  // configuration fingerprint, which depends on the placement.
   void build_slots() {
+    config_ = llep::config_fingerprint(topo_, top_k_, planner_,
+                                       {experts_.hidden(), experts_.intermediate(),
+                                        static_cast<std::int64_t>(experts_.weight_elems()),
+                                        static_cast<std::int64_t>(sizeof(T))});
     native_slot_.assign(static_cast<std::size_t>(topo_.experts()), -1);
     int slot = 0;
     for (int e = 0; e < topo_.experts(); ++e)
@@ -292,7 +319,9 @@ class MoeLayer {
   int rank_ = 0;
   const T* native_weights_ = nullptr;
   std::vector<int> native_slot_;
+  std::uint64_t config_ = 0;
   Plan plan_;
+  PlanCheckScratch check_;
   Layout layout_;
   StepReport report_;
   std::vector<int> incoming_;

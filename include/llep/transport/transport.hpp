@@ -23,6 +23,25 @@ constexpr bool check_transport() {
   return true;
 }
 
+/// A Transport with a second path for expert weights (Nccl): `exchange_weights` starts a
+/// grouped exchange that overlaps later collectives, `join_weights` orders the rank's
+/// stream after it. Without it, the layer moves weights with `exchange` before the tokens.
+template <class T>
+concept WeightsPathTransport = Transport<T> && requires(T& t, std::span<const P2pOp> ops) {
+  { t.exchange_weights(ops) } -> std::same_as<void>;
+  { t.join_weights() } -> std::same_as<void>;
+};
+
+/// A Transport whose group can work again after a failed step without being rebuilt:
+/// every rank calls `recover()` once it has left the failed step; it returns true once
+/// all have, false (group still aborted) if a rank never does within the transport's
+/// timeout. Never throws. HostThreads and PeerCopy model it; Nccl does not (an aborted
+/// communicator is gone).
+template <class T>
+concept RecoverableTransport = Transport<T> && requires(T& t) {
+  { t.recover() } -> std::same_as<bool>;
+};
+
 namespace detail {
 /// The least a Transport offers, in memory space `M`. For concept checks only.
 template <MemorySpace M>
