@@ -9,12 +9,10 @@
 
 #include "llep/core/config.hpp"
 #include "llep/core/counts.hpp"
+#include "llep/core/memory_space.hpp"
 #include "llep/plan/planner.hpp"
 
 namespace llep {
-
-/// Where buffers handed to a transport or an expert functor live.
-enum class MemorySpace { host, device };
 
 /// One point-to-point operation of a grouped exchange (expert weights).
 struct P2pOp {

@@ -117,6 +117,13 @@ class ExactCounts {
     experts_ = N;
   }
 
+  /// Bytes of the exec's workspace an update may stage there (device execs), for P ranks
+  /// and N experts; a layer's workspace_bytes includes it.
+  [[nodiscard]] static constexpr std::size_t workspace_bytes(int ranks, int experts) noexcept {
+    const auto record = (static_cast<std::size_t>(experts) + 2) * sizeof(count_t);
+    return (static_cast<std::size_t>(ranks) + 1) * (record > sizeof(Header) ? record : sizeof(Header));
+  }
+
   /// The full C[P][N] of the last successful update (empty before).
   [[nodiscard]] CountsView counts() const {
     return {
