@@ -8,9 +8,10 @@
 #include <span>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
+#include "llep/core/memory_space.hpp"
+#include "llep/exec/execution_space.hpp"
 
 namespace llep {
 
@@ -82,5 +83,7 @@ class HostExec {
   std::span<std::byte> fixed_;
   bool has_fixed_ = false;
 };
+
+static_assert(check_execution_space<HostExec>());
 
 }  // namespace llep

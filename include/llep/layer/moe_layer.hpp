@@ -23,7 +23,9 @@
 #include <span>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
+#include "llep/exec/execution_space.hpp"
+#include "llep/experts/expert_compute.hpp"
+#include "llep/plan/planner.hpp"
 #include "llep/core/plan.hpp"
 #include "llep/layer/check_plan.hpp"
 #include "llep/layer/fingerprint.hpp"
@@ -38,8 +40,10 @@
 
 namespace llep {
 
-template <class Stats, Planner Plnr, Transport Tr, class Experts, class Exec>
-  requires ExpertCompute<Experts, Exec>
+/// One rank's MoE layer. All five policies are constrained: Planner<Plnr>, Transport<Tr>,
+/// ExecutionSpace<Exec>, ExpertCompute<Experts, Exec> and RoutingStats<Stats, Exec, Tr>.
+template <class Stats, Planner Plnr, Transport Tr, class Experts, ExecutionSpace Exec>
+  requires ExpertCompute<Experts, Exec> && RoutingStats<Stats, Exec, Tr>
 class MoeLayer {
  public:
   using value_type = typename Experts::value_type;

@@ -10,7 +10,7 @@
 #include <span>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
+#include "llep/experts/expert_compute.hpp"
 #include "llep/core/plan.hpp"
 #include "llep/core/topology.hpp"
 #include "llep/layer/check_plan.hpp"

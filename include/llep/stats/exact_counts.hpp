@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
+#include "llep/core/memory_space.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/counts.hpp"
 #include "llep/core/error.hpp"

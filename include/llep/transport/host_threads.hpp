@@ -30,7 +30,6 @@
 #include <utility>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/error.hpp"
 #include "llep/transport/transport.hpp"
 

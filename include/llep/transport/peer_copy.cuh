@@ -25,7 +25,6 @@
 #include <utility>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
 #include "llep/transport/host_threads.hpp"

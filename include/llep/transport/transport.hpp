@@ -1,14 +1,43 @@
 #pragma once
-// Helpers shared by the transports: the instructive concept check, and an archetype that
-// other policy families use to check their own concepts without depending on a real
-// transport (declared only; never called).
+// The Transport concept (DESIGN.md, "Transports"): the minimum the layer calls, the named
+// refinements for optional powers, the instructive concept check, and an archetype that
+// other families use to check their own concepts without a real transport (declared only;
+// never called).
+#include <concepts>
 #include <cstddef>
 #include <span>
 #include <string_view>
 
-#include "llep/core/concepts.hpp"
+#include "llep/core/memory_space.hpp"
 
 namespace llep {
+
+/// One point-to-point operation of a grouped exchange (expert weights).
+struct P2pOp {
+  enum class Kind { send, recv };
+  Kind kind = Kind::send;
+  int peer = 0;
+  void* buffer = nullptr;  // read for send, written for recv
+  std::size_t bytes = 0;
+};
+
+/// Moves bytes between the P ranks of a group. Counts and offsets are host arrays of P
+/// entries in bytes; buffers live in `T::memory`. Device transports order their work on
+/// the rank's stream. Every call is collective: all ranks make it, in the same order.
+/// `abort` releases every rank waiting in a collective with llep::Error.
+template <class T>
+concept Transport = requires(T& t, const void* src, void* dst, std::size_t bytes,
+                             std::span<const std::size_t> sizes, std::span<const std::size_t> offsets,
+                             std::span<const P2pOp> ops, std::string_view why) {
+  { T::memory } -> std::convertible_to<MemorySpace>;
+  { t.rank() } -> std::convertible_to<int>;
+  { t.size() } -> std::convertible_to<int>;
+  { t.all_gather(src, bytes, dst) } -> std::same_as<void>;  // dst: size() * bytes
+  { t.all_to_all_v(src, sizes, offsets, dst, sizes, offsets) } -> std::same_as<void>;
+  { t.exchange(ops) } -> std::same_as<void>;
+  { t.barrier() } -> std::same_as<void>;
+  { t.abort(why) } -> std::same_as<void>;
+};
 
 /// Named in a static_assert so a type that is not a transport fails with an instruction.
 template <class T>
