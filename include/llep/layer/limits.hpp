@@ -17,40 +17,9 @@
 #include "llep/core/error.hpp"
 #include "llep/core/topology.hpp"
 #include "llep/layer/layout.hpp"
+#include "llep/plan/planner.hpp"
 
 namespace llep {
-
-/// Upper bounds of a planner over every routing in which each rank has at most
-/// `max_pairs_per_rank` (B_max x K) token-expert pairs: rows any one rank computes, foreign
-/// experts any one rank receives, segments and transfers of the plan. The fields are those
-/// of the planners' PlanBounds (plan/planner.hpp), which plan_bounds() reads when a planner
-/// offers bounds().
-struct StepBounds {
-  std::int64_t rows_per_rank = 0;
-  int foreign_experts_per_rank = 0;
-  std::int64_t segments = 0;
-  std::int64_t transfers = 0;
-
-  friend bool operator==(const StepBounds&, const StepBounds&) = default;
-};
-
-/// The planner's bounds when it states them (`planner.bounds(topo, max_pairs)`), else the
-/// bounds every plan obeys: a rank computes at most every pair (P x B_max x K), receives
-/// at most every expert it does not hold (N - slots), and every segment and transfer is
-/// non-empty work, so there are no more of them than pairs.
-template <class Plnr>
-[[nodiscard]] StepBounds plan_bounds(const Plnr& planner, const Topology& topo, std::int64_t max_pairs_per_rank) {
-  LLEP_EXPECTS(max_pairs_per_rank >= 0, "max pairs per rank = ", max_pairs_per_rank, " must be >= 0");
-  if constexpr (requires { planner.bounds(topo, max_pairs_per_rank); }) {
-    const auto b = planner.bounds(topo, max_pairs_per_rank);
-    return StepBounds{static_cast<std::int64_t>(b.rows_per_rank), static_cast<int>(b.foreign_experts_per_rank),
-                      static_cast<std::int64_t>(b.segments), static_cast<std::int64_t>(b.transfers)};
-  } else {
-    const std::int64_t total = max_pairs_per_rank * topo.ranks();
-    const int foreign = topo.experts() - topo.slots_per_rank();
-    return StepBounds{total, static_cast<int>(std::min<std::int64_t>(foreign, total)), total, total};
-  }
-}
 
 /// What an engine knows before any batch. Build it with MoeLayer::limits(max_tokens), or
 /// fill it by hand; MoeLayer::reserve checks that it describes the layer.
@@ -65,10 +34,17 @@ struct LayerLimits {
   std::size_t weight_bytes = 0;     ///< one expert's serialised weights
   std::size_t scratch_bytes = 0;    ///< the expert functor's scratch at the bounds
   std::size_t stats_bytes = 0;      ///< what the routing statistics stage in the workspace
-  StepBounds plan;                  ///< the planner's bounds under its configuration
+  PlanBounds plan;                  ///< the planner's bounds (plan_bounds, plan/planner.hpp)
 
   [[nodiscard]] count_t max_pairs_per_rank() const noexcept { return max_tokens_per_rank * top_k; }
-  friend bool operator==(const LayerLimits&, const LayerLimits&) = default;
+  friend bool operator==(const LayerLimits& a, const LayerLimits& b) noexcept {
+    return a.max_tokens_per_rank == b.max_tokens_per_rank && a.top_k == b.top_k && a.hidden == b.hidden &&
+           a.intermediate == b.intermediate && a.ranks == b.ranks && a.experts == b.experts &&
+           a.row_bytes == b.row_bytes && a.weight_bytes == b.weight_bytes && a.scratch_bytes == b.scratch_bytes &&
+           a.stats_bytes == b.stats_bytes && a.plan.rows_per_rank == b.plan.rows_per_rank &&
+           a.plan.foreign_experts_per_rank == b.plan.foreign_experts_per_rank &&
+           a.plan.segments == b.plan.segments && a.plan.transfers == b.plan.transfers;
+  }
   friend std::ostream& operator<<(std::ostream& os, const LayerLimits& l) {
     return os << "LayerLimits{B_max = " << l.max_tokens_per_rank << ", K = " << l.top_k << ", D = " << l.hidden
               << ", H = " << l.intermediate << ", P = " << l.ranks << ", N = " << l.experts
@@ -173,9 +149,10 @@ class WorkspaceLayout {
   const std::int64_t rows = l.plan.rows_per_rank;
   // A send block is a non-empty run of this rank's pairs inside one segment; a receive
   // chunk a non-empty run of received rows inside one (task, source).
-  const std::int64_t blocks = std::min(pairs, l.plan.segments);
+  const std::int64_t segments = l.plan.segments;
+  const std::int64_t blocks = std::min(pairs, segments);
   const std::int64_t chunks =
-      std::min(rows, l.plan.segments + static_cast<std::int64_t>(l.experts) * std::max(l.ranks - 1, 0));
+      std::min(rows, segments + static_cast<std::int64_t>(l.experts) * std::max(l.ranks - 1, 0));
   return StepSizes{pairs, rows, l.plan.foreign_experts_per_rank, blocks, chunks};
 }
 

@@ -123,7 +123,7 @@ class MoeLayer {
     l.experts = topo.experts();
     l.row_bytes = static_cast<std::size_t>(experts.hidden()) * sizeof(T);
     l.weight_bytes = expert_bytes(experts);
-    l.plan = plan_bounds(planner, topo, max_tokens_per_rank * top_k);
+    l.plan = llep::plan_bounds(planner, topo, max_tokens_per_rank * top_k);
     l.plan.rows_per_rank = std::min<std::int64_t>(l.plan.rows_per_rank, INT32_MAX);
     l.scratch_bytes = experts.scratch_bytes(l.plan.rows_per_rank, l.plan.rows_per_rank);
     if constexpr (requires { Stats::workspace_bytes(topo.ranks(), topo.experts()); })
@@ -150,7 +150,7 @@ class MoeLayer {
     LLEP_EXPECTS(limits == this->limits(limits.max_tokens_per_rank), "rank ", rank_, ": ", limits,
                  " does not describe this layer; build the limits with MoeLayer::limits(max_tokens_per_rank)");
     const auto P = static_cast<std::size_t>(topo_.ranks());
-    const auto segs = static_cast<std::size_t>(std::min(limits.plan.segments, limits.plan.rows_per_rank));
+    const auto segs = static_cast<std::size_t>(std::min<std::int64_t>(limits.plan.segments, limits.plan.rows_per_rank));
     const auto foreign = static_cast<std::size_t>(limits.plan.foreign_experts_per_rank);
     incoming_.reserve(foreign);
     weight_ops_.reserve(foreign + std::min<std::size_t>(static_cast<std::size_t>(limits.plan.transfers),
