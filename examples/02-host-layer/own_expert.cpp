@@ -106,7 +106,7 @@ int main() {
     Layer layer(topo, K, planner, expert, t);
     // This rank's experts, back to back in ascending id (not copied: keep them alive).
     const std::size_t per_rank = static_cast<std::size_t>(N / P) * expert.weight_elems();
-    layer.set_native_weights(weights.data() + static_cast<std::size_t>(p) * per_rank);
+    layer.set_native_weights(std::span<const float>(weights).subspan(static_cast<std::size_t>(p) * per_rank, per_rank));
     reports[p] = layer.forward(std::span<const float>(x[p]), std::span<const std::int32_t>(ids[p]),
                                std::span<const float>(gates[p]), std::span<float>(out[p]));
   });

@@ -81,8 +81,8 @@ std::vector<std::vector<float>> run_layer(const Plnr& planner, const llep::Topol
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const auto p = static_cast<std::size_t>(t.rank());
     llep::HostMoeLayer<Plnr> layer(topo, K, planner, experts, t);
-    layer.set_native_weights(weights.data() + p * static_cast<std::size_t>(topo.experts_per_rank()) *
-                                                  experts.weight_elems());
+    const std::size_t per_rank = static_cast<std::size_t>(topo.experts_per_rank()) * experts.weight_elems();
+    layer.set_native_weights(std::span<const float>(weights).subspan(p * per_rank, per_rank));
     out[p].resize(x[p].size());
     layer.forward(std::span<const float>(x[p]), std::span<const std::int32_t>(ids[p]),
                   std::span<const float>(gates[p]), std::span<float>(out[p]));

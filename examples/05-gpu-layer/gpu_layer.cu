@@ -94,7 +94,7 @@ int run() {
       // non-blocking stream does not wait for it: finish the uploads first.
       LLEP_CUDA_CHECK(cudaDeviceSynchronize());
       GpuLayer layer(topo, K, planner, Experts(shape), t, llep::CudaExec(where[p].stream));
-      layer.set_native_weights(w.ptr);
+      layer.set_native_weights(std::span<const float>(w.ptr, w.n));
       const llep::StepReport& r = layer.forward(std::span<const float>(dx.span()), std::span<const std::int32_t>(dids.span()),
                                                 std::span<const float>(dgates.span()), dout.span());
       // forward returns before the work is done: wait for the rank's stream, then read.
@@ -110,7 +110,7 @@ int run() {
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     llep::HostMoeLayer<llep::LeastLoaded> layer(topo, K, planner, llep::HostSwiGlu<float>(shape), t);
-    layer.set_native_weights(weights.data() + p * per_rank);
+    layer.set_native_weights(std::span<const float>(weights).subspan(p * per_rank, per_rank));
     layer.forward(std::span<const float>(x[p]), std::span<const std::int32_t>(ids[p]),
                   std::span<const float>(gates[p]), std::span<float>(host_out[p]));
   });

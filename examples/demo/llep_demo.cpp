@@ -32,7 +32,7 @@ DemoRun run(const DemoOptions& o, const Plnr& planner, const DemoScenario& sc) {
     const auto p = static_cast<std::size_t>(t.rank());
     const std::vector<float> weights = sc.native_weights(t.rank(), o.ranks);
     llep::HostMoeLayer<Plnr> layer(topo, o.top_k, planner, llep::HostSwiGlu<float>(o.shape()), t);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     std::vector<float> out(sc.x[p].size());
     auto step = [&] {
       r.reports[p] = layer.forward(std::span<const float>(sc.x[p]), std::span<const std::int32_t>(sc.ids[p]),

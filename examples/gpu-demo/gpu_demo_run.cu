@@ -73,7 +73,7 @@ DemoRun run(const DemoOptions& o, const DemoScenario& sc, const Plnr& planner) {
       LLEP_CUDA_CHECK(cudaDeviceSynchronize());
       MoeLayer<ExactCounts, Plnr, PeerCopy, Experts, CudaExec> layer(topo, o.top_k, planner, Experts(o.shape()), t,
                                                                      CudaExec(streams[p]));
-      layer.set_native_weights(w.ptr);
+      layer.set_native_weights(std::span<const T>(w.ptr, w.n));
       auto step = [&] {
         r.reports[p] = layer.forward(std::span<const T>(x.ptr, x.n), std::span<const std::int32_t>(ids.ptr, ids.n),
                                      std::span<const float>(gates.ptr, gates.n), std::span<T>(out.ptr, out.n));

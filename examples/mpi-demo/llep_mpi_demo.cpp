@@ -36,7 +36,7 @@ DemoRun run(const DemoOptions& o, const Plnr& planner, const DemoScenario& sc, l
   const std::vector<float> weights = sc.native_weights(me, o.ranks);
   llep::MoeLayer<llep::ExactCounts, Plnr, llep::Mpi, llep::HostSwiGlu<float>, llep::HostExec> layer(
       llep::Topology(o.ranks, o.experts), o.top_k, planner, llep::HostSwiGlu<float>(o.shape()), t);
-  layer.set_native_weights(weights.data());
+  layer.set_native_weights(weights);
   std::vector<float> out(sc.x[p].size());
   DemoRun r;
   r.reports.resize(1);  // the figures print_comparison reads are plan-wide: any rank's will do

@@ -95,8 +95,8 @@ Curve train(Plnr planner, int steps) {
     Layer layer(topo, K, planner, llep::HostSwiGlu<float>(shape), t);
     llep::HostMoeLayer<llep::StandardEp> teacher_layer(topo, K, llep::StandardEp{}, llep::HostSwiGlu<float>(shape), t);
     float* w = student.data() + static_cast<std::size_t>(p) * per_rank;  // this rank's experts
-    layer.set_native_weights(w);
-    teacher_layer.set_native_weights(teacher.data() + static_cast<std::size_t>(p) * per_rank);
+    layer.set_native_weights(std::span<const float>(w, per_rank));
+    teacher_layer.set_native_weights(std::span<const float>(teacher).subspan(static_cast<std::size_t>(p) * per_rank, per_rank));
     llep::ForwardRecord rec;
     std::vector<float> out(B * D), target(B * D), grad_out(B * D), grad_x(B * D), grad_gates(B * K), grad_w(per_rank);
     for (int s = 0; s < steps; ++s) {

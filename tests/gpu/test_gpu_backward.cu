@@ -120,7 +120,7 @@ void check(int P, int K, Plnr planner, std::uint64_t seed) {
     DeviceArray<float> gates(r.gates), gg(r.gates.size()), gw(w.size());
     DeviceArray<std::int32_t> ids(r.ids);
     Layer layer(topo, K, planner, Experts(llep::ExpertShape{D, H, false}), t, llep::CudaExec(streams[p]));
-    layer.set_native_weights(w.get());
+    layer.set_native_weights(std::span<const T>(w.get(), w.size()));
     llep::ForwardRecord rec;
     std::vector<float> first;
     for (int s = 0; s < 2; ++s) {

@@ -83,6 +83,8 @@ struct RankOnDevice {
         gates(in.gates),
         ids(in.ids) {}
 
+  [[nodiscard]] std::span<const T> weights() const { return {w.get(), w.size()}; }
+
   template <class Layer>
   const llep::StepReport& forward(Layer& layer) {
     return layer.forward(std::span<const T>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
@@ -167,7 +169,7 @@ Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std:
     const auto p = static_cast<std::size_t>(t.rank());
     RankOnDevice<T> d(moe, t.rank(), P, in[p]);
     Layer layer(topo, K, planner, Experts(shape), t, llep::CudaExec(streams.s[p]));
-    layer.set_native_weights(d.w.get());
+    layer.set_native_weights(d.weights());
     std::vector<T> first;
     for (int s = 0; s < 2; ++s) {
       res.reports[p] = d.forward(layer);
@@ -269,7 +271,7 @@ TEST_CASE("GPU MoeLayer: a bad expert id on one rank is llep::Error on every ran
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
         llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
         llep::CudaExec(streams.s[p]));
-    layer.set_native_weights(d.w.get());
+    layer.set_native_weights(d.weights());
     try {
       d.forward(layer);
     } catch (const llep::Error& e) {
@@ -303,7 +305,7 @@ TEST_CASE("GPU MoeLayer: an engine-supplied workspace too small for the plan fai
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec> layer(
         llep::Topology(P, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), t,
         llep::CudaExec(streams.s[p], std::move(ws)));
-    layer.set_native_weights(d.w.get());
+    layer.set_native_weights(d.weights());
     try {
       d.forward(layer);
     } catch (const llep::Error& e) {
@@ -335,7 +337,7 @@ TEST_CASE("GPU MoeLayer over the Nccl transport, one rank, equals the dense MoE"
   RankOnDevice<__nv_bfloat16> d(moe, 0, 1, in[0]);
   llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::Nccl, Experts, llep::CudaExec> layer(
       llep::Topology(1, N), K, kSmallGemm, Experts(llep::ExpertShape{D, H, false}), nccl, llep::CudaExec(streams.s[0]));
-  layer.set_native_weights(d.w.get());
+  layer.set_native_weights(d.weights());
   for (int s = 0; s < 2; ++s) d.forward(layer);
   nccl.synchronize();
   const auto got = d.out.download();

@@ -85,7 +85,7 @@ TEST_CASE("Nccl::adopt runs the layer on the engine's communicator and stream, a
       llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::Nccl, Experts, llep::CudaExec> layer(
           llep::Topology(1, N), K, llep::LeastLoaded{1.0, 8}, Experts(llep::ExpertShape{D, H, false}), t,
           llep::CudaExec(engine.stream));
-      layer.set_native_weights(w.get());
+      layer.set_native_weights(std::span<const float>(w.get(), w.size()));
       for (int s = 0; s < 2; ++s)
         layer.forward(std::span<const float>(dx.get(), dx.size()), std::span<const std::int32_t>(di.get(), di.size()),
                       std::span<const float>(dg.get(), dg.size()), std::span<float>(out.get(), out.size()));

@@ -98,7 +98,7 @@ std::vector<RankGrads<T>> run_backward(const dense::Moe& moe, const llep::Topolo
     const auto weights = held_weights<T>(moe, topo, t.rank());
     llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<T, Act>, llep::HostExec> layer(
         topo, K, planner, llep::HostSwiGlu<T, Act>(shape, act), t);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     const auto& r = in[p];
     llep::ForwardRecord rec;
     for (int s = 0; s < repeats; ++s) {
@@ -356,7 +356,7 @@ TEST_CASE("weight gradients in double for float weights") {
     const auto p = static_cast<std::size_t>(t.rank());
     const auto w = held_weights<float>(moe, topo, t.rank());
     llep::HostMoeLayer<llep::LeastLoaded> layer(topo, K, kSmallGemm, llep::HostSwiGlu<float>({D, H, false}), t);
-    layer.set_native_weights(w.data());
+    layer.set_native_weights(w);
     const auto& r = in[p];
     std::vector<float> out(r.x.size()), gh(r.x.size()), gg(r.gates.size());
     grads[p].assign(w.size(), 1.0);
@@ -388,7 +388,7 @@ std::vector<std::string> backward_errors(int P, Damage damage) {
     const int p = t.rank();
     const auto w = held_weights<float>(moe, topo, p);
     llep::HostMoeLayer<llep::LeastLoaded> layer(topo, K, kSmallGemm, llep::HostSwiGlu<float>({D, H, false}), t);
-    layer.set_native_weights(w.data());
+    layer.set_native_weights(w);
     const auto& r = in[static_cast<std::size_t>(p)];
     std::vector<float> out(r.x.size()), gh(r.x.size()), gg(r.gates.size()), gw(w.size());
     std::vector<float> grad_out = r.grad_out;

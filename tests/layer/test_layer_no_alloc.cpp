@@ -26,7 +26,7 @@ TEST_CASE("a warm MoeLayer step allocates nothing, while plans change from step 
     const auto weights = moe.packed_rank<float>(p, P);
     llep::HostMoeLayer<llep::LeastLoaded> layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 4},
                                                 llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}), t);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     std::vector<float> x(B * D, 0.5f), out(B * D), gates(B * K);
     std::vector<std::int32_t> ids(B * K);
     // Eight routings whose hot expert moves (so plans, spills and foreign experts differ

@@ -104,7 +104,7 @@ Outcome<T, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std::vecto
     const auto weights = moe.packed_rank<T>(t.rank(), P);
     llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<T, Act>, llep::HostExec> layer(
         topo, K, planner, llep::HostSwiGlu<T, Act>(shape, act), t);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     std::vector<T> out(in[p].x.size()), first;
     for (int s = 0; s < steps; ++s) {
       std::fill(out.begin(), out.end(), T(-7));
@@ -269,10 +269,11 @@ std::vector<std::string> errors_of_bad_step(int P, int N_rank0_override, Corrupt
   auto body = [&](llep::HostThreads& t) {
     const int p = t.rank();
     const int n = (p == 0 && N_rank0_override > 0) ? N_rank0_override : N;
-    const auto weights = moe.packed_rank<float>(p, P);
+    auto weights = moe.packed_rank<float>(p, P);
+    weights.resize(static_cast<std::size_t>(n / P) * shape.elems());  // a wrong N holds more experts
     llep::HostMoeLayer<llep::LeastLoaded> layer(llep::Topology(P, n), K, kSmallGemm,
                                                 llep::HostSwiGlu<float>(shape), t);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     auto x = in[static_cast<std::size_t>(p)].x;
     auto ids = in[static_cast<std::size_t>(p)].ids;
     auto gates = in[static_cast<std::size_t>(p)].gates;
@@ -295,7 +296,7 @@ std::vector<std::string> errors_of_bad_step(int P, int N_rank0_override, Corrupt
     const auto weights = moe.packed_rank<float>(p, P);
     llep::HostMoeLayer<llep::LeastLoaded> layer(llep::Topology(P, N), K, kSmallGemm, llep::HostSwiGlu<float>(shape),
                                                 t);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     const auto& r = in[static_cast<std::size_t>(p)];
     std::vector<float> out(r.x.size());
     layer.forward(std::span<const float>(r.x), std::span<const std::int32_t>(r.ids), std::span<const float>(r.gates),

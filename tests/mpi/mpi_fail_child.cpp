@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
     experts.armed = &armed;
     llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::Mpi, Faulty, llep::HostExec> layer(
         llep::Topology(P, N), K, llep::LeastLoaded{1.0, 4}, experts, transport);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     for (int step = 0; step < 5 && rc == 0; ++step) {
       armed = me == failing && step == 2;
       const auto start = std::chrono::steady_clock::now();

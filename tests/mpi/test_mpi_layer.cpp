@@ -29,7 +29,7 @@ struct HostMpi {
         const std::vector<float>& weights)
         : layer(topo, K, planner, llep::HostSwiGlu<float>(llep::ExpertShape{moe.hidden, moe.intermediate, false}),
                 b.transport) {
-      layer.set_native_weights(weights.data());
+      layer.set_native_weights(weights);
     }
     std::vector<float> forward(const mpitest::RankInput& in, llep::StepReport& report) {
       std::vector<float> out(in.x.size(), -7.0f);

@@ -57,7 +57,7 @@ struct DeviceNccl {
           w(weights),
           layer(topo, K, planner, Experts(llep::ExpertShape{moe.hidden, moe.intermediate, false}), backend.transport,
                 llep::CudaExec(backend.stream.s)) {
-      layer.set_native_weights(w.get());
+      layer.set_native_weights(std::span<const float>(w.get(), w.size()));
     }
     std::vector<float> forward(const mpitest::RankInput& in, llep::StepReport& report) {
       DeviceArray<float> x(in.x), gates(in.gates), out(in.x.size());

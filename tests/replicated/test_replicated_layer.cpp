@@ -95,7 +95,7 @@ Run<Plnr> run_layer(const dense::Moe& moe, const llep::Topology& topo, int K, co
     auto weights = held_weights(moe, topo, t.rank());
     llep::HostMoeLayer<Plnr> layer(topo, K, planner,
                                    llep::HostSwiGlu<float>(llep::ExpertShape{moe.hidden, moe.intermediate, false}), t);
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     std::vector<float> out(in[p].x.size());
     auto step = [&] {
       std::fill(out.begin(), out.end(), -7.0f);
@@ -105,7 +105,7 @@ Run<Plnr> run_layer(const dense::Moe& moe, const llep::Topology& topo, int K, co
     step();
     if (next != nullptr) {
       weights = held_weights(moe, *next, t.rank());  // what the moves of placement_moves deliver
-      layer.set_placement(*next, weights.data());
+      layer.set_placement(*next, weights);
       step();
     }
     res.plans[p] = layer.plan();
@@ -186,7 +186,7 @@ TEST_CASE("MoeLayer re-placement: set_placement with the new weights keeps the l
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     llep::HostMoeLayer<llep::Replicated> layer(llep::Topology(1, 2), K, llep::Replicated{},
                                                llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}), t);
-    CHECK_THROWS_WITH_AS(layer.set_placement(llep::Topology(1, 4), nullptr), doctest::Contains("N = 4"),
+    CHECK_THROWS_WITH_AS(layer.set_placement(llep::Topology(1, 4), std::span<const float>{}), doctest::Contains("N = 4"),
                          llep::Error);
   });
 }

@@ -323,7 +323,7 @@ TEST_CASE("AuxFreeBias as the layer's Stats: the engine routes with layer.stats(
     llep::MoeLayer<llep::AuxFreeBias, llep::LeastLoaded, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec>
         layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 1}, llep::HostSwiGlu<float>(shape), t, llep::HostExec{},
               llep::AuxFreeBias({0.05, llep::BiasRule::sign}));
-    layer.set_native_weights(weights.data());
+    layer.set_native_weights(weights);
     std::mt19937 rng(50 + static_cast<unsigned>(p));
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<float> x(B * D), out(B * D), gates(B * K);

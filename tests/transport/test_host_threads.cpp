@@ -451,3 +451,54 @@ TEST_CASE("HostGroup and run_ranks reject bad arguments") {
       llep::run_ranks(one, [&](llep::HostThreads&) { llep::run_ranks(one, [](llep::HostThreads&) {}); }),
       "llep: run_ranks: this HostGroup is already running ranks", llep::Error);
 }
+
+TEST_CASE("recover: after an abort, once every rank calls it, the same threads go on collectively") {
+  const int P = 4;
+  llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(3'000)});
+  std::vector<int> recovered(P, -1), after(P, -1);
+  std::vector<std::string> failed(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const int p = t.rank();
+    try {
+      if (p == 2) throw llep::Error("rank 2's own failure");
+      t.barrier();  // released by rank 2's abort
+    } catch (const llep::Error& e) {
+      failed[static_cast<std::size_t>(p)] = e.what();
+      t.abort(e.what());
+    }
+    recovered[static_cast<std::size_t>(p)] = t.recover() ? 1 : 0;
+    int mine = p + 1, sum = 0;
+    std::vector<int> all(P);
+    t.all_gather(&mine, sizeof mine, all.data());
+    for (int v : all) sum += v;
+    after[static_cast<std::size_t>(p)] = sum;
+  });
+  CHECK_FALSE(group.aborted());
+  for (int p = 0; p < P; ++p) {
+    INFO("rank ", p);
+    CHECK(!failed[static_cast<std::size_t>(p)].empty());
+    CHECK(recovered[static_cast<std::size_t>(p)] == 1);
+    CHECK(after[static_cast<std::size_t>(p)] == P * (P + 1) / 2);
+  }
+}
+
+TEST_CASE("recover gives up, leaving the group aborted, when a rank never calls it") {
+  const int P = 3;
+  llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(300)});
+  std::vector<int> recovered(P, -1);
+  const auto start = Clock::now();
+  CHECK_THROWS_AS(llep::run_ranks(group,
+                                  [&](llep::HostThreads& t) {
+                                    if (t.rank() == 0) {
+                                      t.abort("rank 0 gives up");
+                                      std::this_thread::sleep_for(std::chrono::milliseconds(600));
+                                      throw llep::Error("rank 0 never recovers");
+                                    }
+                                    recovered[static_cast<std::size_t>(t.rank())] = t.recover() ? 1 : 0;
+                                  }),
+                  llep::Error);
+  CHECK(seconds_since(start) < 2.0);
+  CHECK(recovered[1] == 0);
+  CHECK(recovered[2] == 0);
+  CHECK(group.aborted());
+}

@@ -34,10 +34,11 @@
 #include <type_traits>
 #include <utility>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
+#include "llep/core/memory_space.hpp"
+#include "llep/exec/execution_space.hpp"
 
 /// Kernels defined in llep headers: hidden visibility, so two shared objects of an engine
 /// that both include a header never bind to each other's copy (as CUB does).
@@ -362,5 +363,7 @@ class CudaExec {
   CudaWorkspace source_;
   Buffer workspace_, scratch_;
 };
+
+static_assert(check_execution_space<CudaExec>());
 
 }  // namespace llep

@@ -8,9 +8,10 @@
 #include <span>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
+#include "llep/core/memory_space.hpp"
+#include "llep/exec/execution_space.hpp"
 
 namespace llep {
 
@@ -18,6 +19,15 @@ class HostExec {
  public:
   static constexpr MemorySpace memory = MemorySpace::host;
   static constexpr std::string_view name = "host";
+
+  /// Step memory grows on demand (the default).
+  HostExec() = default;
+  /// Step memory is the engine's `buffer`, which must outlive the exec: a larger request
+  /// throws llep::Error naming both sizes, and nothing is allocated for it.
+  explicit HostExec(std::span<std::byte> buffer) : fixed_(buffer), has_fixed_(true) {
+    LLEP_EXPECTS(buffer.data() != nullptr || buffer.empty(), "a fixed workspace of ", buffer.size(),
+                 " bytes needs a non-null pointer");
+  }
 
   /// Runs f(i) for i in [0, n).
   template <class F>
@@ -52,16 +62,28 @@ class HostExec {
   void synchronize() const noexcept {}
 
   /// Step memory: grows to the largest request and is then reused, so a warm layer
-  /// allocates nothing per step.
+  /// allocates nothing per step; with a fixed buffer, a larger request throws.
   std::byte* workspace(std::size_t bytes) {
+    if (has_fixed_) {
+      LLEP_EXPECTS(bytes <= fixed_.size(), "the step needs ", bytes,
+                   " bytes of workspace but the engine-supplied buffer holds ", fixed_.size(),
+                   " bytes; supply a larger buffer or fewer tokens");
+      return fixed_.data();
+    }
     if (workspace_.size() < bytes) workspace_.resize(bytes);
     return workspace_.data();
   }
-  [[nodiscard]] std::size_t workspace_capacity() const noexcept { return workspace_.size(); }
+  [[nodiscard]] std::size_t workspace_capacity() const noexcept {
+    return has_fixed_ ? fixed_.size() : workspace_.size();
+  }
 
  private:
   std::vector<std::size_t> offsets_;
   std::vector<std::byte> workspace_;
+  std::span<std::byte> fixed_;
+  bool has_fixed_ = false;
 };
+
+static_assert(check_execution_space<HostExec>());
 
 }  // namespace llep

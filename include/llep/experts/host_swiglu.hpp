@@ -19,15 +19,15 @@
 #include <span>
 #include <type_traits>
 
-#include "llep/core/concepts.hpp"
+#include "llep/core/accumulate.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
 #include "llep/exec/host.hpp"
 #include "llep/experts/activation.hpp"
 #include "llep/experts/expert_backward.hpp"
+#include "llep/experts/expert_compute.hpp"
 #include "llep/experts/swiglu_base.hpp"
 #include "llep/experts/weight_layout.hpp"
-#include "llep/layer/row_ops.hpp"
 
 namespace llep {
 

@@ -53,7 +53,8 @@ struct ComputeTask {
 
 class Layout {
  public:
-  /// Builds the tables of `rank`. Reuses its vectors: no allocation once warm.
+  /// Builds the tables of `rank`. Reuses its vectors: no allocation once warm. `plan`
+  /// must have passed check_plan (layer/check_plan.hpp): its ranks index the tables.
   void build(CountsView counts, const Plan& plan, const Topology& topo, int rank) {
     const int P = topo.ranks(), N = topo.experts();
     LLEP_EXPECTS(counts.ranks() == P && counts.experts() == N, "counts are ", counts.ranks(), " x ",
@@ -104,7 +105,13 @@ class Layout {
       c += blk.rows;
     }
 
-    // Compute tasks of this rank, then where each source's rows land in them.
+    // Compute tasks of this rank, then where each source's rows land in them. Row indices
+    // of the receive and compute buffers are 32-bit, like the send side's B x K.
+    count_t received = 0;
+    for (const Segment& seg : plan.segments())
+      if (seg.rank == rank) received += seg.size();
+    LLEP_EXPECTS(received <= INT32_MAX, "rank ", rank, " would receive ", received,
+                 " rows; the rows one rank computes must stay below 2^31");
     tasks_.clear();
     count_t row = 0;
     for (int e = 0; e < N; ++e)

@@ -1,32 +1,49 @@
 #pragma once
 // MoeLayer: one rank's forward step, wiring the five policies (DESIGN.md, "Data flow of one
-// forward step"). Read top to bottom: count, plan, layout, dispatch, compute, combine.
+// forward step"). step() reads top to bottom: count, plan, layout, carve, dispatch,
+// compute, combine; each stage is a function of layer/stages.hpp.
 //
 // Host synchronisation: the plan needs the counts on the host, so each step copies the
 // gathered counts matrix to the host once; everything after that is stream-ordered. A
 // device transport must order its work on the same stream as the execution space.
 //
-// Overlap: with a transport that has exchange_weights/join_weights (Nccl), expert weights
-// travel on their own stream while the tokens move and the native experts compute; the
-// foreign experts wait for them. Other transports move the weights before the tokens.
+// Overlap: with a WeightsPathTransport (Nccl), expert weights travel on their own stream
+// while the tokens move and the native experts compute; the foreign experts wait for them.
+// Other transports move the weights before the tokens.
+//
+// Memory: each step carves one workspace (layer/limits.hpp) from the execution space.
+// By default it grows to the largest step seen; after reserve(limits) it is sized for the
+// worst case up front (or checked, when the engine gave the exec a fixed buffer) and no
+// step within the limits allocates.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <span>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
+#include "llep/exec/execution_space.hpp"
+#include "llep/experts/expert_compute.hpp"
+#include "llep/plan/planner.hpp"
 #include "llep/core/plan.hpp"
+#include "llep/layer/check_plan.hpp"
+#include "llep/layer/fingerprint.hpp"
+#include "llep/layer/handle.hpp"
 #include "llep/layer/layout.hpp"
+#include "llep/layer/limits.hpp"
 #include "llep/layer/report.hpp"
 #include "llep/layer/row_ops.hpp"
+#include "llep/layer/stages.hpp"
 #include "llep/stats/routing_stats.hpp"
+#include "llep/transport/transport.hpp"
 
 namespace llep {
 
-template <class Stats, Planner Plnr, Transport Tr, class Experts, class Exec>
-  requires ExpertCompute<Experts, Exec>
+/// One rank's MoE layer. All five policies are constrained: Planner<Plnr>, Transport<Tr>,
+/// ExecutionSpace<Exec>, ExpertCompute<Experts, Exec> and RoutingStats<Stats, Exec, Tr>.
+template <class Stats, Planner Plnr, Transport Tr, class Experts, ExecutionSpace Exec>
+  requires ExpertCompute<Experts, Exec> && RoutingStats<Stats, Exec, Tr>
 class MoeLayer {
  public:
   using value_type = typename Experts::value_type;
@@ -55,19 +72,25 @@ class MoeLayer {
   /// Every expert this rank holds (Topology::holds: its natives and, with replication, its
   /// replicas), serialised (experts/weight_layout.hpp) back to back in ascending expert id,
   /// in the execution space's memory: Topology::slots_per_rank() experts. Without replicas
-  /// these are the native experts. Not copied: must stay valid.
-  void set_native_weights(const T* weights) { native_weights_ = weights; }
+  /// these are the native experts. Not copied: must stay valid. Its size must be exactly
+  /// slots_per_rank() x weight_elems().
+  void set_native_weights(std::span<const T> weights) {
+    check_weights(topo_, weights);
+    native_weights_ = weights.data();
+  }
 
   /// A new placement (from Replicated::place, say) and this rank's weights under it, laid
   /// out as set_native_weights says. Same P and N; every rank must switch before the same
   /// step, after the weights moved (placement_moves lists them).
-  void set_placement(const Topology& topo, const T* weights) {
+  void set_placement(const Topology& topo, std::span<const T> weights) {
     LLEP_EXPECTS(topo.ranks() == topo_.ranks() && topo.experts() == topo_.experts(), "new placement is for P = ",
                  topo.ranks(), ", N = ", topo.experts(), " but the layer has P = ", topo_.ranks(), ", N = ",
                  topo_.experts());
+    check_weights(topo, weights);
     topo_ = topo;
     build_slots();
-    native_weights_ = weights;
+    native_weights_ = weights.data();
+    if (limits_) reserve(limits(limits_->max_tokens_per_rank));  // replicas change the bounds
   }
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
@@ -83,24 +106,111 @@ class MoeLayer {
   /// What set_native_weights / set_placement gave (null before).
   [[nodiscard]] const T* native_weights() const noexcept { return native_weights_; }
 
+  // ---- Limits and memory -------------------------------------------------------------
+
+  /// The limits of a layer of this configuration when no rank has more than
+  /// `max_tokens_per_rank` tokens in a step.
+  [[nodiscard]] static LayerLimits make_limits(const Topology& topo, int top_k, const Plnr& planner,
+                                               const Experts& experts, count_t max_tokens_per_rank) {
+    LLEP_EXPECTS(max_tokens_per_rank >= 0 && max_tokens_per_rank <= INT32_MAX / std::max(top_k, 1),
+                 "max tokens per rank = ", max_tokens_per_rank, " must be in [0, 2^31 / K] (K = ", top_k, ")");
+    LayerLimits l;
+    l.max_tokens_per_rank = max_tokens_per_rank;
+    l.top_k = top_k;
+    l.hidden = experts.hidden();
+    l.intermediate = experts.intermediate();
+    l.ranks = topo.ranks();
+    l.experts = topo.experts();
+    l.row_bytes = static_cast<std::size_t>(experts.hidden()) * sizeof(T);
+    l.weight_bytes = expert_bytes(experts);
+    l.plan = llep::plan_bounds(planner, topo, max_tokens_per_rank * top_k);
+    l.plan.rows_per_rank = std::min<std::int64_t>(l.plan.rows_per_rank, INT32_MAX);
+    l.scratch_bytes = experts.scratch_bytes(l.plan.rows_per_rank, l.plan.rows_per_rank);
+    if constexpr (requires { Stats::workspace_bytes(topo.ranks(), topo.experts()); })
+      l.stats_bytes = Stats::workspace_bytes(topo.ranks(), topo.experts());
+    return l;
+  }
+  /// make_limits for this layer.
+  [[nodiscard]] LayerLimits limits(count_t max_tokens_per_rank) const {
+    return make_limits(topo_, top_k_, planner_, experts_, max_tokens_per_rank);
+  }
+  /// Bytes of step memory no step within `limits` exceeds (for the exec's workspace).
+  [[nodiscard]] static std::size_t workspace_bytes(const LayerLimits& limits) { return llep::workspace_bytes(limits); }
+  /// Bytes of ForwardHandle::memory no step within `limits` exceeds.
+  [[nodiscard]] static std::size_t handle_bytes(const LayerLimits& limits, bool save_inputs) {
+    return llep::handle_bytes(limits, save_inputs);
+  }
+
+  /// Sizes everything a step uses for the worst case of `limits` (built by limits(B)):
+  /// the exec's workspace grows to workspace_bytes(limits) now, or, when the engine gave
+  /// the exec a fixed buffer, is checked to hold it. Afterwards a step with more than
+  /// B_max tokens on a rank fails with llep::Error before any byte moves, and no step
+  /// within the limits allocates (after the first, which sizes the count tables).
+  void reserve(const LayerLimits& limits) {
+    LLEP_EXPECTS(limits == this->limits(limits.max_tokens_per_rank), "rank ", rank_, ": ", limits,
+                 " does not describe this layer; build the limits with MoeLayer::limits(max_tokens_per_rank)");
+    const auto P = static_cast<std::size_t>(topo_.ranks());
+    const auto segs = static_cast<std::size_t>(std::min<std::int64_t>(limits.plan.segments, limits.plan.rows_per_rank));
+    const auto foreign = static_cast<std::size_t>(limits.plan.foreign_experts_per_rank);
+    incoming_.reserve(foreign);
+    weight_ops_.reserve(foreign + std::min<std::size_t>(static_cast<std::size_t>(limits.plan.transfers),
+                                                        static_cast<std::size_t>(topo_.slots_per_rank()) * P));
+    expert_tasks_.reserve(segs);
+    bytes_.reserve(topo_.ranks());
+    check_.reserve(topo_.ranks());
+    max_rows_.reserve(P);
+    (void)exec_.workspace(workspace_bytes(limits));
+    limits_ = limits;
+  }
+  /// The limits of the last reserve(), if any.
+  [[nodiscard]] const std::optional<LayerLimits>& reserved_limits() const noexcept { return limits_; }
+
+  // ---- The step ----------------------------------------------------------------------
+
   /// hidden [B x D], topk_ids [B x K], topk_weights [B x K] -> out [B x D], all in the
   /// execution space's memory. Collective: every rank calls it, with its own B (may be 0).
-  /// A local error aborts the transport so that no other rank waits for this one.
+  ///
+  /// Errors: a local error aborts the transport so that no other rank waits for this one;
+  /// every rank's forward then throws llep::Error. With a RecoverableTransport (HostThreads,
+  /// PeerCopy) each rank then waits, before it rethrows, until every rank has left the
+  /// failed step and clears the abort, so the next step works on the same group. Other
+  /// transports (Nccl) stay aborted: rebuild the communicator.
   template <class G>
   const StepReport& forward(std::span<const T> hidden, std::span<const std::int32_t> topk_ids,
                             std::span<const G> topk_weights, std::span<T> out) {
+    return run(hidden, topk_ids, topk_weights, out, nullptr);
+  }
+
+  /// As forward, and fills `handle` (in caller memory) with what backward needs: the plan,
+  /// the layout, the tasks, the permutations and, with handle.save_inputs, the experts'
+  /// inputs (layer/handle.hpp).
+  template <class G>
+  const StepReport& forward(std::span<const T> hidden, std::span<const std::int32_t> topk_ids,
+                            std::span<const G> topk_weights, std::span<T> out, ForwardHandle<T>& handle) {
+    return run(hidden, topk_ids, topk_weights, out, &handle);
+  }
+
+  /// The configuration fingerprint this rank sends with its counts (layer/fingerprint.hpp).
+  [[nodiscard]] std::uint64_t config_fingerprint() const noexcept { return config_; }
+
+ private:
+  template <class G>
+  const StepReport& run(std::span<const T> hidden, std::span<const std::int32_t> topk_ids,
+                        std::span<const G> topk_weights, std::span<T> out, ForwardHandle<T>* handle) {
     try {
-      step(hidden, topk_ids, topk_weights, out);
+      if (handle) handle->filled = false;
+      step(hidden, topk_ids, topk_weights, out, handle);
     } catch (const std::exception& e) {
       transport_->abort(e.what());
+      if constexpr (RecoverableTransport<Tr>) (void)transport_->recover();
       throw;
     }
     return report_;
   }
 
- private:
   template <class G>
-  void step(std::span<const T> hidden, std::span<const std::int32_t> ids, std::span<const G> gates, std::span<T> out) {
+  void step(std::span<const T> hidden, std::span<const std::int32_t> ids, std::span<const G> gates, std::span<T> out,
+            ForwardHandle<T>* handle) {
     const auto D = static_cast<std::size_t>(experts_.hidden());
     const auto K = static_cast<std::size_t>(top_k_);
     const int N = topo_.experts();
@@ -109,108 +219,84 @@ class MoeLayer {
     LLEP_EXPECTS(ids.size() == B * K, "topk_ids has ", ids.size(), " entries; B x K = ", B, " x ", K);
     LLEP_EXPECTS(gates.size() == B * K, "topk_weights has ", gates.size(), " entries; B x K = ", B, " x ", K);
     LLEP_EXPECTS(out.size() == B * D, "out has ", out.size(), " elements; B x D = ", B, " x ", D);
-    LLEP_EXPECTS(native_weights_ != nullptr || topo_.experts_per_rank() == 0,
-                 "rank ", rank_, " has no native expert weights: call set_native_weights first");
+    LLEP_EXPECTS(native_weights_ != nullptr, "rank ", rank_,
+                 " has no native expert weights: call set_native_weights first");
     LLEP_EXPECTS(B * K <= static_cast<std::size_t>(INT32_MAX), "B x K = ", B * K, " pairs exceed 2^31 on rank ", rank_);
-
-    // 1-2. Count and gather C (one device-to-host copy), then plan: same plan on every rank.
-    stats_.update(exec_, *transport_, ids.data(), B * K, StepShape{N, top_k_, static_cast<count_t>(B)});
-    planner_.plan(stats_.loads(), topo_, plan_);
-    layout_.build(stats_.counts(), plan_, topo_, rank_);
-
-    // 3. Step memory, carved from the execution space's workspace.
-    const std::size_t pairs = B * K, rows = static_cast<std::size_t>(layout_.compute_rows());
-    const auto tasks = layout_.tasks();
-    std::size_t max_task = 0;
-    for (const ComputeTask& t : tasks) max_task = std::max(max_task, static_cast<std::size_t>(t.rows));
-    incoming_.clear();
-    for (const WeightTransfer& w : plan_.weight_transfers())
-      if (w.dst == rank_) incoming_.push_back(w.expert);
-    const std::size_t welems = experts_.weight_elems();
-    Carve c;
-    const std::size_t o_send = c.take(pairs * D * sizeof(T)), o_recv = c.take(rows * D * sizeof(T)),
-                      o_cin = c.take(rows * D * sizeof(T)), o_cout = c.take(rows * D * sizeof(T)),
-                      o_foreign = c.take(incoming_.size() * welems * sizeof(T)),
-                      o_scratch = c.take(experts_.scratch_bytes(static_cast<count_t>(max_task), static_cast<count_t>(rows))),
-                      o_order = c.take(pairs * sizeof(std::int32_t)), o_pair_row = c.take(pairs * sizeof(std::int32_t)),
-                      o_row_pair = c.take(pairs * sizeof(std::int32_t)), o_crow = c.take(rows * sizeof(std::int32_t)),
-                      o_blocks = c.take(layout_.send_blocks().size_bytes()),
-                      o_chunks = c.take(layout_.recv_chunks().size_bytes());
-    std::byte* ws = exec_.workspace(c.size);
-    auto at = [&](std::size_t off) { return ws + off; };
-    T* send = reinterpret_cast<T*>(at(o_send));
-    T* recv = reinterpret_cast<T*>(at(o_recv));
-    T* cin = reinterpret_cast<T*>(at(o_cin));
-    T* cout = reinterpret_cast<T*>(at(o_cout));
-    T* foreign = reinterpret_cast<T*>(at(o_foreign));
-    auto* order = reinterpret_cast<std::int32_t*>(at(o_order));
-    auto* pair_row = reinterpret_cast<std::int32_t*>(at(o_pair_row));
-    auto* row_pair = reinterpret_cast<std::int32_t*>(at(o_row_pair));
-    auto* crow = reinterpret_cast<std::int32_t*>(at(o_crow));
-    auto* blocks = reinterpret_cast<SendBlock*>(at(o_blocks));
-    auto* chunks = reinterpret_cast<RecvChunk*>(at(o_chunks));
-    exec_.from_host(blocks, layout_.send_blocks().data(), layout_.send_blocks().size_bytes());
-    exec_.from_host(chunks, layout_.recv_chunks().data(), layout_.recv_chunks().size_bytes());
-
-    // 4. Dispatch: sort pairs by expert, permute K-repeated token rows into send order.
-    exec_.sort_by_expert(ids.data(), pairs, N, order);
-    exec_.for_each_n(pairs, AssignSendRows{blocks, static_cast<std::int32_t>(layout_.send_blocks().size()), order,
-                                           pair_row, row_pair});
+    LLEP_EXPECTS(!limits_ || static_cast<count_t>(B) <= limits_->max_tokens_per_rank, "rank ", rank_, " has B = ", B,
+                 " tokens but the layer was reserved for at most B_max = ", limits_->max_tokens_per_rank);
     const std::size_t row_bytes = D * sizeof(T);
-    copy_rows(exec_, true, send, hidden.data(), row_pair, pairs, row_bytes, top_k_);
 
-    // Weights of spilled experts travel native -> helper, then the tokens.
-    weight_ops_.clear();
-    for (const WeightTransfer& w : plan_.weight_transfers()) {
-      if (w.src == rank_)
-        weight_ops_.push_back(P2pOp{P2pOp::Kind::send, w.dst,
-                                    const_cast<T*>(native_weights_ + static_cast<std::size_t>(slot(w.expert)) * welems),
-                                    welems * sizeof(T)});
-      if (w.dst == rank_)
-        weight_ops_.push_back(P2pOp{P2pOp::Kind::recv, w.src, foreign + foreign_index(w.expert) * welems,
-                                    welems * sizeof(T)});
-    }
-    // A transport with a separate weights path (Nccl) moves them while the tokens move and
-    // the native experts compute; the others move them first.
-    constexpr bool overlap = requires(Tr& tr, std::span<const P2pOp> o) {
-      tr.exchange_weights(o);
-      tr.join_weights();
-    };
-    if constexpr (overlap) transport_->exchange_weights(weight_ops_);
-    else transport_->exchange(weight_ops_);
-    to_bytes(layout_.send_counts(), layout_.send_offsets(), row_bytes, send_bytes_, send_offs_);
-    to_bytes(layout_.recv_counts(), layout_.recv_offsets(), row_bytes, recv_bytes_, recv_offs_);
-    transport_->all_to_all_v(send, send_bytes_, send_offs_, recv, recv_bytes_, recv_offs_);
+    // 1-3. Count (one device-to-host copy), plan (the same on every rank), layout.
+    count_stage(stats_, exec_, *transport_, ids, StepShape{N, top_k_, static_cast<count_t>(B), config_});
+    plan_stage(planner_, stats_.loads(), topo_, plan_, check_);
+    layout_stage(stats_.counts(), plan_, topo_, rank_, layout_);
 
-    // 5. Compute: received rows into task order, every (expert, segment) through its FFN.
-    exec_.for_each_n(rows, AssignComputeRows{chunks, static_cast<std::int32_t>(layout_.recv_chunks().size()), crow});
-    copy_rows(exec_, false, cin, recv, crow, rows, row_bytes);
-    // Native experts first: they need no transferred weights. Then the foreign ones.
-    expert_tasks_.clear();
-    std::size_t natives = 0;
-    for (const bool native : {true, false})
-      for (const ComputeTask& t : tasks) {
-        if (t.native != native) continue;
-        const T* w = t.native ? native_weights_ + static_cast<std::size_t>(slot(t.expert)) * welems
-                              : foreign + foreign_index(t.expert) * welems;
-        const auto off = static_cast<std::size_t>(t.row) * D;
-        expert_tasks_.push_back(ExpertTask<T>{t.expert, w, cin + off, cout + off, t.rows});
-        natives += native ? 1 : 0;
-      }
-    const std::span<const ExpertTask<T>> all(expert_tasks_);
-    experts_.compute(exec_, all.first(natives), at(o_scratch));
-    if constexpr (overlap) transport_->join_weights();
-    if (natives < all.size()) experts_.compute(exec_, all.subspan(natives), at(o_scratch));
+    // Step memory: the workspace, and the regions a handle keeps in its own memory.
+    const StepSizes sizes = step_sizes(layout_, plan_, rank_, incoming_);
+    if (limits_) check_within_limits(sizes);
+    const std::size_t welems = experts_.weight_elems();
+    std::size_t max_task = 0;
+    for (const ComputeTask& t : layout_.tasks()) max_task = std::max(max_task, static_cast<std::size_t>(t.rows));
+    const std::size_t scratch =
+        experts_.scratch_bytes(static_cast<count_t>(max_task), static_cast<count_t>(sizes.rows));
+    const std::uint32_t kept = handle ? handle_regions(handle->save_inputs) : 0u;
+    const WorkspaceLayout ws(sizes, row_bytes, welems * sizeof(T), scratch, WorkspaceLayout::all_regions & ~kept);
+    const WorkspaceLayout hs(sizes, row_bytes, welems * sizeof(T), scratch, kept);
+    LLEP_EXPECTS(!handle || hs.total() <= handle->memory.size(), "rank ", rank_, ": the forward handle's memory holds ",
+                 handle ? handle->memory.size() : 0, " bytes but this step keeps ", hs.total(),
+                 " (size it with MoeLayer::handle_bytes(limits, save_inputs))");
+    std::byte* base = exec_.workspace(ws.total());
+    const StepBuffers<T> buf = StepBuffers<T>::carve(ws, base, ws.total(), hs, handle ? handle->memory.data() : nullptr,
+                                                     handle ? handle->memory.size() : 0, kept);
+    const WeightsOnRank<T> weights{native_weights_, buf.foreign_weights, native_slot_, incoming_, welems};
+    bytes_.assign(layout_, row_bytes);
 
-    // 6. Combine: back to receive order, reverse all-to-all, weighted sum over K.
-    copy_rows(exec_, true, recv, cout, crow, rows, row_bytes);
-    transport_->all_to_all_v(recv, recv_bytes_, recv_offs_, send, send_bytes_, send_offs_);
-    exec_.for_each_n(B * D, CombineTopK<T, G>{out.data(), send, pair_row, gates.data(), top_k_, D});
+    // 4. Dispatch: the plan's weight transfers, then the tokens.
+    dispatch_weights(*transport_, plan_, rank_, weights, weight_ops_);
+    dispatch_tokens(exec_, *transport_, layout_, buf, hidden.data(), ids.data(), N, top_k_, row_bytes, bytes_);
+    // 5. Compute: natives, then foreign experts once their weights are here.
+    compute_stage(exec_, *transport_, experts_, layout_, buf, weights, row_bytes, expert_tasks_);
+    // 6. Combine: reverse all-to-all and the weighted sum over K.
+    combine_stage(exec_, *transport_, layout_, buf, bytes_, gates, out, top_k_, D, row_bytes);
 
-    fill_report(c.size, row_bytes, welems * sizeof(T));
+    fill_report(ws.total(), row_bytes, welems * sizeof(T));
+    if (handle) fill_handle(*handle, buf, weights);
   }
 
-  void fill_report(std::size_t workspace, std::size_t row_bytes, std::size_t expert_bytes) {
+  void check_within_limits(const StepSizes& s) const {
+    const StepSizes worst = worst_case_sizes(*limits_);
+    LLEP_EXPECTS(s.rows <= worst.rows && s.foreign_experts <= worst.foreign_experts &&
+                     s.send_blocks <= worst.send_blocks && s.recv_chunks <= worst.recv_chunks,
+                 "planner '", Plnr::name, "' gave rank ", rank_, " ", s.rows, " rows, ", s.foreign_experts,
+                 " foreign experts, ", s.send_blocks, " send blocks and ", s.recv_chunks,
+                 " receive chunks, beyond its bounds (", worst.rows, ", ", worst.foreign_experts, ", ",
+                 worst.send_blocks, ", ", worst.recv_chunks, ") for ", *limits_);
+  }
+
+  void fill_handle(ForwardHandle<T>& h, const StepBuffers<T>& b, const WeightsOnRank<T>& w) {
+    h.plan = plan_;
+    h.layout = layout_;
+    h.tasks.clear();
+    for (const ComputeTask& t : layout_.tasks())
+      h.tasks.push_back(HandleTask<T>{t.expert, t.native, t.native ? w.held_expert(t.expert) : w.foreign_expert(t.expert),
+                                      t.row, t.rows, t.begin});
+    h.top_k = top_k_;
+    h.pairs = layout_.pairs();
+    h.rows = layout_.compute_rows();
+    h.order = b.order;
+    h.pair_row = b.pair_row;
+    h.row_pair = b.row_pair;
+    h.compute_row = b.compute_row;
+    h.expert_inputs = h.save_inputs ? b.expert_in : nullptr;
+    h.filled = true;
+  }
+
+  [[nodiscard]] static std::size_t expert_bytes(const Experts& experts) {
+    if constexpr (requires { experts.weight_bytes(); }) return experts.weight_bytes();
+    else return experts.weight_elems() * sizeof(T);
+  }
+
+  void fill_report(std::size_t workspace, std::size_t row_bytes, std::size_t weight_bytes) {
     const int P = topo_.ranks();
     StepReport& r = report_;
     r.policy = plan_.policy();
@@ -232,7 +318,7 @@ class MoeLayer {
       r.peak_bytes[static_cast<std::size_t>(q)] = static_cast<std::size_t>(rows) * 2 * row_bytes +
                                                   experts_.scratch_bytes(max_rows_[static_cast<std::size_t>(q)], rows);
     }
-    for (const WeightTransfer& w : plan_.weight_transfers()) r.peak_bytes[static_cast<std::size_t>(w.dst)] += expert_bytes;
+    for (const WeightTransfer& w : plan_.weight_transfers()) r.peak_bytes[static_cast<std::size_t>(w.dst)] += weight_bytes;
     r.weight_transfers = plan_.weight_transfers().size();
     r.imbalance_after = imbalance(plan_.rank_loads());
     max_rows_.resize(static_cast<std::size_t>(P));
@@ -241,8 +327,9 @@ class MoeLayer {
     r.token_bytes_sent = r.token_bytes_received = 0;
     for (int q = 0; q < P; ++q) {
       if (q == rank_) continue;
-      r.token_bytes_sent += send_bytes_[static_cast<std::size_t>(q)] + recv_bytes_[static_cast<std::size_t>(q)];
-      r.token_bytes_received += recv_bytes_[static_cast<std::size_t>(q)] + send_bytes_[static_cast<std::size_t>(q)];
+      const auto uq = static_cast<std::size_t>(q);
+      r.token_bytes_sent += bytes_.send_bytes[uq] + bytes_.recv_bytes[uq];
+      r.token_bytes_received += bytes_.recv_bytes[uq] + bytes_.send_bytes[uq];
     }
     r.weight_bytes_sent = r.weight_bytes_received = 0;
     for (const P2pOp& op : weight_ops_) (op.kind == P2pOp::Kind::send ? r.weight_bytes_sent : r.weight_bytes_received) += op.bytes;
@@ -250,36 +337,24 @@ class MoeLayer {
     (void)row_bytes;
   }
 
-  /// Aligned offsets into one workspace allocation.
-  struct Carve {
-    std::size_t size = 0;
-    std::size_t take(std::size_t bytes) {
-      const std::size_t off = (size + 255) / 256 * 256;
-      size = off + bytes;
-      return off;
-    }
-  };
+  void check_weights(const Topology& topo, std::span<const T> weights) const {
+    const std::size_t want = static_cast<std::size_t>(topo.slots_per_rank()) * experts_.weight_elems();
+    LLEP_EXPECTS(weights.size() == want && (weights.data() != nullptr || want == 0), "rank ", rank_,
+                 "'s weights hold ", weights.size(), " elements but it holds ", topo.slots_per_rank(),
+                 " experts (natives and replicas) of ", experts_.weight_elems(), " elements each = ", want);
+  }
 
-  // Slot of each expert this rank holds in its weights, -1 for the others.
+  // Slot of each expert this rank holds in its weights, -1 for the others; and the
+  // configuration fingerprint, which depends on the placement.
   void build_slots() {
+    config_ = llep::config_fingerprint(topo_, top_k_, planner_,
+                                       {experts_.hidden(), experts_.intermediate(),
+                                        static_cast<std::int64_t>(experts_.weight_elems()),
+                                        static_cast<std::int64_t>(sizeof(T))});
     native_slot_.assign(static_cast<std::size_t>(topo_.experts()), -1);
     int slot = 0;
     for (int e = 0; e < topo_.experts(); ++e)
       if (topo_.holds(e, rank_)) native_slot_[static_cast<std::size_t>(e)] = slot++;
-  }
-
-  [[nodiscard]] int slot(int expert) const { return native_slot_[static_cast<std::size_t>(expert)]; }
-  [[nodiscard]] std::size_t foreign_index(int expert) const {
-    return static_cast<std::size_t>(std::find(incoming_.begin(), incoming_.end(), expert) - incoming_.begin());
-  }
-  static void to_bytes(std::span<const count_t> rows, std::span<const count_t> offs, std::size_t row_bytes,
-                       std::vector<std::size_t>& bytes, std::vector<std::size_t>& byte_offs) {
-    bytes.resize(rows.size());
-    byte_offs.resize(rows.size());
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      bytes[i] = static_cast<std::size_t>(rows[i]) * row_bytes;
-      byte_offs[i] = static_cast<std::size_t>(offs[i]) * row_bytes;
-    }
   }
 
   Topology topo_;
@@ -292,14 +367,17 @@ class MoeLayer {
   int rank_ = 0;
   const T* native_weights_ = nullptr;
   std::vector<int> native_slot_;
+  std::uint64_t config_ = 0;
   Plan plan_;
+  PlanCheckScratch check_;
   Layout layout_;
   StepReport report_;
   std::vector<int> incoming_;
   std::vector<P2pOp> weight_ops_;
   std::vector<ExpertTask<T>> expert_tasks_;
-  std::vector<std::size_t> send_bytes_, send_offs_, recv_bytes_, recv_offs_;
+  ByteCounts bytes_;
   std::vector<count_t> max_rows_;
+  std::optional<LayerLimits> limits_;
 };
 
 }  // namespace llep

@@ -6,22 +6,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "llep/core/accumulate.hpp"
 #include "llep/core/config.hpp"
 #include "llep/layer/layout.hpp"
 
 namespace llep {
-
-/// Accumulation type of an element type: float for float and the 16-bit types.
-template <class T>
-struct accumulate {
-  using type = float;
-};
-template <>
-struct accumulate<double> {
-  using type = double;
-};
-template <class T>
-using accumulate_t = typename accumulate<T>::type;
 
 namespace detail {
 /// Index of the last entry whose `key` is <= x in a sorted table (x >= table[0].key).

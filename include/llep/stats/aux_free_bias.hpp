@@ -101,6 +101,7 @@ class AuxFreeBias : private ExactCounts {
   using ExactCounts::counts;
   using ExactCounts::loads;
   using ExactCounts::local_counts;
+  using ExactCounts::workspace_bytes;
 
   /// b_e for the router's next step (empty before the first step): pass to route_topk.
   [[nodiscard]] std::span<const float> biases() const noexcept { return bias_; }

@@ -45,6 +45,11 @@ class EmaCounts {
     ++steps_;
   }
 
+  /// As ExactCounts::workspace_bytes.
+  [[nodiscard]] static constexpr std::size_t workspace_bytes(int ranks, int experts) noexcept {
+    return ExactCounts::workspace_bytes(ranks, experts);
+  }
+
   [[nodiscard]] CountsView counts() const { return exact_.counts(); }
   [[nodiscard]] std::span<const count_t> loads() const { return exact_.loads(); }
   [[nodiscard]] std::span<const count_t> local_counts() const { return exact_.local_counts(); }

@@ -2,10 +2,11 @@
 // ExactCounts: the counts matrix C[P][N] of this step, exact, on every rank.
 //
 // One update is two all-gathers. First a fixed-size header per rank (N, K, B_p, pairs,
-// local faults): its size cannot disagree, so even a rank with a wrong N cannot make the
-// transport hang, and every rank checks every header in the same order and throws the same
-// llep::Error. Only then the histograms (N + 1 bins, the last counting ids outside [0, N),
-// plus the first such id when the exec can name it), whose sizes are now known to agree.
+// configuration fingerprint, local faults): its size cannot disagree, so even a rank with
+// a wrong N cannot make the transport hang, and every rank checks every header in the same
+// order and throws the same llep::Error. Only then the histograms (N + 1 bins, the last
+// counting ids outside [0, N), plus the first such id when the exec can name it), whose
+// sizes are now known to agree.
 // Buffers are staged in the transport's memory space; a device exec stages in its
 // workspace and copies the gathered result to the host once.
 #include <cstddef>
@@ -15,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
+#include "llep/core/memory_space.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/counts.hpp"
 #include "llep/core/error.hpp"
@@ -54,7 +55,8 @@ class ExactCounts {
                           ? std::numeric_limits<std::int64_t>::max()
                           : static_cast<std::int64_t>(pairs),
                       pairs > 0 && ids == nullptr,
-                      flags.nonfinite_weights};
+                      flags.nonfinite_weights,
+                      static_cast<std::int64_t>(shape.config)};
     headers_.resize(uP);
     if constexpr (device_transport) {
       auto* d = reinterpret_cast<Header*>(exec.workspace((uP + 1) * sizeof(Header)));
@@ -115,6 +117,13 @@ class ExactCounts {
     experts_ = N;
   }
 
+  /// Bytes of the exec's workspace an update may stage there (device execs), for P ranks
+  /// and N experts; a layer's workspace_bytes includes it.
+  [[nodiscard]] static constexpr std::size_t workspace_bytes(int ranks, int experts) noexcept {
+    const auto record = (static_cast<std::size_t>(experts) + 2) * sizeof(count_t);
+    return (static_cast<std::size_t>(ranks) + 1) * (record > sizeof(Header) ? record : sizeof(Header));
+  }
+
   /// The full C[P][N] of the last successful update (empty before).
   [[nodiscard]] CountsView counts() const {
     return {
@@ -136,6 +145,7 @@ class ExactCounts {
     std::int64_t magic;
     std::int64_t experts, top_k, tokens, pairs;
     std::int64_t null_ids, nonfinite_weights;
+    std::int64_t config;  // StepShape::config
   };
   static constexpr std::int64_t kMagic = 0x6c6c65702d737473;  // "llep-sts"
   static constexpr count_t kUnknown = std::numeric_limits<count_t>::min();
@@ -162,6 +172,10 @@ class ExactCounts {
       LLEP_EXPECTS(!h.null_ids, "rank ", r, " passed null ids for ", h.pairs, " pairs");
       LLEP_EXPECTS(h.experts == h0.experts, "rank ", r, " has N = ", h.experts, " but rank 0 has N = ", h0.experts);
       LLEP_EXPECTS(h.top_k == h0.top_k, "rank ", r, " has K = ", h.top_k, " but rank 0 has K = ", h0.top_k);
+      LLEP_EXPECTS(h.config == h0.config, "rank ", r, "'s configuration fingerprint ",
+                   static_cast<std::uint64_t>(h.config), " differs from rank 0's ", static_cast<std::uint64_t>(h0.config),
+                   ": P, N, K, the native placement and replicas, the expert shape, and the planner and its settings "
+                   "must be the same on every rank");
       LLEP_EXPECTS(!h.nonfinite_weights, "rank ", r, " has non-finite (NaN or Inf) top-k weights");
     }
   }

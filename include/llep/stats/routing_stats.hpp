@@ -14,15 +14,20 @@
 namespace llep {
 
 /// The shape of one rank's routing for one step: N experts, top-K, B_p tokens (so the ids
-/// hold B_p * K entries). N and K must agree across ranks; B_p may differ.
+/// hold B_p * K entries). N and K must agree across ranks; B_p may differ. `config` is a
+/// fingerprint of the caller's configuration (the layer's: P, N, K, placement, replicas,
+/// expert shape, planner and its settings); it must agree across ranks too, so a rank
+/// configured differently fails the step on every rank instead of computing garbage.
 struct StepShape {
-  int experts = 0;     // N
-  int top_k = 0;       // K
-  count_t tokens = 0;  // B_p
+  int experts = 0;            // N
+  int top_k = 0;              // K
+  count_t tokens = 0;         // B_p
+  std::uint64_t config = 0;   // configuration fingerprint, 0 when the caller has none
 
   friend bool operator==(const StepShape&, const StepShape&) = default;
   friend std::ostream& operator<<(std::ostream& os, const StepShape& s) {
-    return os << "StepShape{N = " << s.experts << ", K = " << s.top_k << ", B_p = " << s.tokens << "}";
+    return os << "StepShape{N = " << s.experts << ", K = " << s.top_k << ", B_p = " << s.tokens
+              << ", config = " << s.config << "}";
   }
 };
 

@@ -30,7 +30,6 @@
 #include <utility>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/error.hpp"
 #include "llep/transport/transport.hpp"
 
@@ -137,6 +136,39 @@ class HostGroup {
     return reason_;
   }
 
+  /// Recovery after a failed step, without leaving the rank threads: every rank calls it
+  /// once it has left the step (its collective threw); the call waits until all P ranks
+  /// have called it, then clears the abort and returns true. Returns false, leaving the
+  /// group aborted, when a rank's body returned or HostGroupOptions::timeout passes first
+  /// (a rank that never saw the failure). Never throws.
+  bool recover(int rank) noexcept {
+    try {
+      std::unique_lock lock(mutex_);
+      (void)rank;
+      const std::uint64_t gen = recover_generation_;
+      if (++recovering_ == size_) {
+        recovering_ = 0;
+        ++recover_generation_;
+        aborted_ = false;
+        reason_.clear();
+        arrived_ = 0;  // ranks released from an entry barrier left their count behind
+        for (Slot& sl : slots_) sl.arrivals = 0;
+        cv_.notify_all();
+        return true;
+      }
+      const auto departed = [&] {
+        return std::any_of(slots_.begin(), slots_.end(), [](const Slot& sl) { return sl.departed; });
+      };
+      const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+      cv_.wait_until(lock, deadline, [&] { return recover_generation_ != gen || departed(); });
+      if (recover_generation_ != gen) return true;
+      --recovering_;
+      return false;
+    } catch (...) {
+      return false;
+    }
+  }
+
   /// Makes an aborted group usable again. Only legal while no rank is inside a collective
   /// (e.g. after the rank threads were joined); run_ranks calls it before it starts.
   void reset() {
@@ -200,6 +232,7 @@ class HostGroup {
       s.arrivals = 0;
       s.departed = false;
     }
+    recovering_ = 0;
   }
 
   [[nodiscard]] std::string lagging_ranks_locked(int rank) const {
@@ -259,6 +292,7 @@ class HostGroup {
   void depart(int rank) {
     std::lock_guard lock(mutex_);
     slots_[static_cast<std::size_t>(rank)].departed = true;
+    cv_.notify_all();  // a rank waiting in recover() gives up on a departed one
     if (arrived_ > 0 && !aborted_) {
       std::string waiting;
       for (int q = 0; q < size_; ++q) {
@@ -393,6 +427,8 @@ class HostGroup {
   int inside_ = 0;                // ranks between entering and leaving a collective
   bool aborted_ = false;
   bool running_ = false;
+  int recovering_ = 0;                     // ranks waiting in recover()
+  std::uint64_t recover_generation_ = 0;  // completed recoveries
   std::string reason_;
 };
 
@@ -481,6 +517,10 @@ class HostThreads {
 
   /// Releases every rank of the group from its collectives with llep::GroupAborted.
   void abort(std::string_view why) { group_->abort(detail::concat("rank ", rank_, " aborted: ", why)); }
+
+  /// HostGroup::recover for this rank: after a failed step, once every rank calls it, the
+  /// group works again. Models llep::RecoverableTransport.
+  bool recover() noexcept { return group_->recover(rank_); }
 
  private:
   HostGroup* group_;

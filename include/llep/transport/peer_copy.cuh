@@ -25,7 +25,6 @@
 #include <utility>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
 #include "llep/transport/host_threads.hpp"
@@ -275,6 +274,19 @@ class PeerCopy {
   /// Releases every rank of the group from its collectives with llep::GroupAborted. Copies
   /// already enqueued still run to completion on their streams.
   void abort(std::string_view why) { group_->abort(detail::concat("rank ", rank_, " aborted: ", why)); }
+
+  /// HostGroup::recover for this rank, after this rank's stream has drained (so no copy of
+  /// the failed step still reads or writes a buffer the next step reuses). Models
+  /// llep::RecoverableTransport.
+  bool recover() noexcept {
+    try {
+      detail::peer::ScopedDevice on(device());
+      (void)cudaStreamSynchronize(stream());
+      (void)cudaGetLastError();
+    } catch (...) {
+    }
+    return group_->host_.recover(rank_);
+  }
 
  private:
   [[nodiscard]] const PeerCopyGroup::RankState& me() const { return group_->state(rank_); }

@@ -1,0 +1,66 @@
+#pragma once
+// ForwardHandle: what a forward step leaves behind for later stages (backward), in caller
+// memory, as DeepEP's dispatch handle serves combine. MoeLayer::forward(..., handle) fills
+// it; the layer keeps no pointer to it.
+//
+// Host side (the handle object): the plan, the layout, and one HandleTask per compute
+// task. Exec side (`memory`, caller-owned, in the execution space's memory, at least
+// MoeLayer::handle_bytes(limits, save_inputs) bytes): the permutations, the received
+// foreign weights and, with save_inputs, the experts' inputs. These regions are carved from
+// `memory` instead of the step's workspace, so they outlive the step (the workspace is
+// reused by the next step or the next layer).
+//
+// For a backward pass, per task: `expert`, whether its weights are `native`, the
+// `weights` it used (native weights or the copy in `memory`), its rows [row, row + rows) of
+// the compute buffer (= of expert_inputs), which are pairs [begin, begin + rows) of the
+// expert in global position order. Between pairs and rows: pair_row[t * K + k] is the
+// pair's send row (row_pair the inverse), the all-to-all moves send rows by the layout's
+// send/recv counts and offsets, and compute_row[recv row] is the row's compute row.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "llep/core/config.hpp"
+#include "llep/core/plan.hpp"
+#include "llep/layer/layout.hpp"
+
+namespace llep {
+
+/// One compute task of a step, as backward needs it.
+template <class T>
+struct HandleTask {
+  std::int32_t expert = 0;
+  bool native = true;        ///< weights held by this rank (native or replica), not received
+  const T* weights = nullptr;  ///< the serialised weights the task used (exec memory)
+  std::int32_t row = 0;      ///< first row in the compute buffer / expert_inputs
+  std::int32_t rows = 0;
+  count_t begin = 0;         ///< first pair of the expert (global position order)
+};
+
+template <class T>
+struct ForwardHandle {
+  ForwardHandle() = default;
+  explicit ForwardHandle(std::span<std::byte> memory_, bool save_inputs_ = false)
+      : memory(memory_), save_inputs(save_inputs_) {}
+
+  // Set by the caller before forward.
+  std::span<std::byte> memory;  ///< exec-space memory of at least MoeLayer::handle_bytes(...)
+  bool save_inputs = false;     ///< keep the experts' inputs (rows x D) in `memory`
+
+  // Filled by forward.
+  Plan plan;
+  Layout layout;
+  std::vector<HandleTask<T>> tasks;  ///< in compute-buffer order
+  int top_k = 0;
+  count_t pairs = 0;                        ///< B x K of this rank
+  count_t rows = 0;                         ///< rows this rank computed
+  const std::int32_t* order = nullptr;      ///< pairs sorted by expert: order[j] = flat pair index
+  const std::int32_t* pair_row = nullptr;   ///< flat pair -> send row
+  const std::int32_t* row_pair = nullptr;   ///< send row -> flat pair
+  const std::int32_t* compute_row = nullptr;  ///< receive row -> compute row
+  const T* expert_inputs = nullptr;         ///< rows x D in task order, when save_inputs
+  bool filled = false;                      ///< the last forward with this handle succeeded
+};
+
+}  // namespace llep
