@@ -112,13 +112,15 @@ int main() {
       }
   }
 
-  // What the limits cost under each planner: its bound on any rank's rows sizes the memory.
+  // What the limits cost under each planner: its bounds on any rank's rows and received
+  // experts size the memory (here LLEP's received weights outweigh the rows it saves).
   for (const bool ep : {true, false}) {
     const llep::LayerLimits lim =
         ep ? llep::HostMoeLayer<llep::StandardEp>::make_limits(m.topo, K, llep::StandardEp{}, m.experts, B_max)
            : Layer::make_limits(m.topo, K, m.planner, m.experts, B_max);
-    std::printf("%-12s at most %6lld rows per rank, workspace %8zu bytes\n", ep ? "standard EP:" : "LeastLoaded:",
-                static_cast<long long>(lim.plan.rows_per_rank), llep::workspace_bytes(lim));
+    std::printf("%-12s at most %5lld rows and %2d foreign experts per rank: workspace %7zu bytes\n",
+                ep ? "standard EP:" : "LeastLoaded:", static_cast<long long>(lim.plan.rows_per_rank),
+                lim.plan.foreign_experts_per_rank, llep::workspace_bytes(lim));
   }
 
   const auto mine = run_model(m, true);
