@@ -40,6 +40,10 @@ stage() {
   local name=$1 limit t0 rc log=$3
   limit=$(left "$2")
   shift 3
+  if [[ $1 == */* && ! -x $1 ]]; then
+    note "$name: not built ($1)"
+    return 0
+  fi
   if [ "$limit" = 0 ]; then
     note "$name: skipped (budget of ${BUDGET_S}s spent)"
     return 0
