@@ -35,6 +35,9 @@
 #include "llep/layer/report.hpp"
 #include "llep/layer/row_ops.hpp"
 #include "llep/layer/stages.hpp"
+#include "llep/codec/codec.hpp"
+#include "llep/codec/exchange.hpp"
+#include "llep/codec/identity.hpp"
 #include "llep/stats/routing_stats.hpp"
 #include "llep/transport/transport.hpp"
 
@@ -42,7 +45,8 @@ namespace llep {
 
 /// One rank's MoE layer. All five policies are constrained: Planner<Plnr>, Transport<Tr>,
 /// ExecutionSpace<Exec>, ExpertCompute<Experts, Exec> and RoutingStats<Stats, Exec, Tr>.
-template <class Stats, Planner Plnr, Transport Tr, class Experts, ExecutionSpace Exec>
+template <class Stats, Planner Plnr, Transport Tr, class Experts, ExecutionSpace Exec,
+          WeightCodec Codec = Identity<typename Experts::value_type>>
   requires ExpertCompute<Experts, Exec> && RoutingStats<Stats, Exec, Tr>
 class MoeLayer {
  public:
@@ -101,6 +105,10 @@ class MoeLayer {
   [[nodiscard]] Stats& stats() noexcept { return stats_; }
   [[nodiscard]] Exec& exec() noexcept { return exec_; }
   [[nodiscard]] const Experts& experts() const noexcept { return experts_; }
+  /// The codec of spilled experts' weights (Identity: exact, the default). Every rank must
+  /// set the same codec before the same step.
+  void set_codec(Codec codec) { codec_ = std::move(codec); }
+  [[nodiscard]] const Codec& codec() const noexcept { return codec_; }
   [[nodiscard]] int top_k() const noexcept { return top_k_; }
   [[nodiscard]] Tr& transport() noexcept { return *transport_; }
   /// What set_native_weights / set_placement gave (null before).
@@ -252,7 +260,15 @@ class MoeLayer {
     bytes_.assign(layout_, row_bytes);
 
     // 4. Dispatch: the plan's weight transfers, then the tokens.
-    dispatch_weights(*transport_, plan_, rank_, weights, weight_ops_);
+    if constexpr (Codec::exact) {
+      dispatch_weights(*transport_, plan_, rank_, weights, weight_ops_);
+    } else {  // a lossy codec (codec/exchange.hpp): encoded on the wire, decoded on arrival
+      static_assert(Exec::memory == MemorySpace::host, "llep: lossy weight codecs run in host layers only for now");
+      encode_exchange_decode(
+          codec_, *transport_, plan_.weight_transfers(), rank_, welems,
+          [&](int e) { return weights.held_expert(e); }, [&](int e) { return weights.foreign_expert(e); }, encoded_);
+      weight_ops_.assign(encoded_.ops.begin(), encoded_.ops.end());  // the report counts wire bytes
+    }
     dispatch_tokens(exec_, *transport_, layout_, buf, hidden.data(), ids.data(), N, top_k_, row_bytes, bytes_);
     // 5. Compute: natives, then foreign experts once their weights are here.
     compute_stage(exec_, *transport_, experts_, layout_, buf, weights, row_bytes, expert_tasks_);
@@ -374,6 +390,8 @@ class MoeLayer {
   StepReport report_;
   std::vector<int> incoming_;
   std::vector<P2pOp> weight_ops_;
+  Codec codec_{};
+  EncodedWeights encoded_;
   std::vector<ExpertTask<T>> expert_tasks_;
   ByteCounts bytes_;
   std::vector<count_t> max_rows_;
