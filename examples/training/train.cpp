@@ -3,7 +3,7 @@
 // (60% of first choices on expert 0), as when balancing losses are off or weak. The student
 // layer learns a fixed random teacher MoE: loss = mean over tokens of |out - target|^2 / 2.
 //
-// Each step, on every rank: forward_recorded, the loss gradient, backward (input, gate and
+// Each step, on every rank: forward (filling a ForwardHandle), the loss gradient, backward (input, gate and
 // weight gradients; a helper's gradient of a spilled expert returns to its native rank),
 // then w -= lr * grad on the experts the rank holds. Both runs print their loss: it must
 // agree at every step (the two plans sum the same gradients in different orders, so only
@@ -96,15 +96,19 @@ Curve train(Plnr planner, int steps) {
     llep::HostMoeLayer<llep::StandardEp> teacher_layer(topo, K, llep::StandardEp{}, llep::HostSwiGlu<float>(shape), t);
     float* w = student.data() + static_cast<std::size_t>(p) * per_rank;  // this rank's experts
     layer.set_native_weights(std::span<const float>(w, per_rank));
-    teacher_layer.set_native_weights(std::span<const float>(teacher).subspan(static_cast<std::size_t>(p) * per_rank, per_rank));
-    llep::ForwardRecord rec;
+    teacher_layer.set_native_weights(std::span<const float>(teacher.data() + static_cast<std::size_t>(p) * per_rank,
+                                                            per_rank));
+    // What backward needs from forward, in memory this rank owns; with the experts' inputs
+    // kept, backward does not dispatch the tokens again.
+    std::vector<std::byte> memory(Layer::handle_bytes(layer.limits(B), true));
+    llep::ForwardHandle<float> handle(memory, true);
     std::vector<float> out(B * D), target(B * D), grad_out(B * D), grad_x(B * D), grad_gates(B * K), grad_w(per_rank);
     for (int s = 0; s < steps; ++s) {
       const Batch b = batch_of(s);
       const std::span<const float> x(b.x[static_cast<std::size_t>(p)]), gates(b.gates[static_cast<std::size_t>(p)]);
       const std::span<const std::int32_t> ids(b.ids[static_cast<std::size_t>(p)]);
       teacher_layer.forward(x, ids, gates, std::span<float>(target));
-      const llep::StepReport& r = llep::forward_recorded(layer, rec, x, ids, gates, std::span<float>(out));
+      const llep::StepReport& r = layer.forward(x, ids, gates, std::span<float>(out), handle);
       // d loss / d out for loss = sum |out - target|^2 / (2 P B).
       double loss = 0;
       for (std::size_t i = 0; i < out.size(); ++i) {
@@ -113,10 +117,9 @@ Curve train(Plnr planner, int steps) {
         grad_out[i] = e / static_cast<float>(P * B);
       }
       rank_loss[static_cast<std::size_t>(p)] = loss;
-      const auto br = llep::backward(layer, rec,
-                                     llep::BackwardArgs<float, float, float>{x, ids, gates, grad_out, grad_x,
-                                                                             grad_gates, grad_w,
-                                                                             llep::GradMode::overwrite});
+      const auto br = llep::backward(layer, handle,
+                                     llep::BackwardArgs<float, float, float>{{}, gates, grad_out, grad_x, grad_gates,
+                                                                             grad_w, llep::GradMode::overwrite});
       for (std::size_t i = 0; i < grad_w.size(); ++i) w[i] -= kLearningRate * grad_w[i];
       t.barrier();  // every rank's loss of step s is written
       if (p == 0) {

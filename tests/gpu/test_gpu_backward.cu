@@ -121,16 +121,17 @@ void check(int P, int K, Plnr planner, std::uint64_t seed) {
     DeviceArray<std::int32_t> ids(r.ids);
     Layer layer(topo, K, planner, Experts(llep::ExpertShape{D, H, false}), t, llep::CudaExec(streams[p]));
     layer.set_native_weights(std::span<const T>(w.get(), w.size()));
-    llep::ForwardRecord rec;
+    const bool save = t.rank() % 2 == 0;  // ranks that keep their experts' inputs, and ranks that do not
+    DeviceArray<std::byte> memory(Layer::handle_bytes(layer.limits(72), save));
+    llep::ForwardHandle<T> handle(std::span<std::byte>(memory.get(), memory.size()), save);
     std::vector<float> first;
     for (int s = 0; s < 2; ++s) {
-      llep::forward_recorded(layer, rec, std::span<const T>(x.get(), x.size()),
-                             std::span<const std::int32_t>(ids.get(), ids.size()),
-                             std::span<const float>(gates.get(), gates.size()), std::span<T>(out.get(), out.size()));
+      layer.forward(std::span<const T>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
+                    std::span<const float>(gates.get(), gates.size()), std::span<T>(out.get(), out.size()), handle);
       const llep::BackwardArgs<T, float, float> args{
-          {x.get(), x.size()},   {ids.get(), ids.size()}, {gates.get(), gates.size()}, {go.get(), go.size()},
-          {gh.get(), gh.size()}, {gg.get(), gg.size()},   {gw.get(), gw.size()},       llep::GradMode::overwrite};
-      const auto rep = llep::backward(layer, rec, args);
+          {x.get(), x.size()},   {gates.get(), gates.size()}, {go.get(), go.size()},      {gh.get(), gh.size()},
+          {gg.get(), gg.size()}, {gw.get(), gw.size()},       llep::GradMode::overwrite};
+      const auto rep = llep::backward(layer, handle, args);
       LLEP_CUDA_CHECK(cudaStreamSynchronize(streams[p]));
       const auto h = gh.download();
       const auto g = gg.download();

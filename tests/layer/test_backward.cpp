@@ -36,6 +36,8 @@ using llep::count_t;
 
 enum class Routing { uniform, hot_one_expert, empty_ranks };
 
+constexpr count_t kMaxTokens = 20;  // make_inputs draws 1..20 tokens per rank
+
 template <class T>
 struct RankInput {
   std::vector<T> x, gates, grad_out;
@@ -83,12 +85,14 @@ struct RankGrads {
   llep::BackwardReport report;
 };
 
-// forward_recorded + backward on P threads, `repeats` times (each must give the same
-// bits). `old` presets the weight-gradient buffers (accumulate adds onto it).
+// forward (filling a handle) + backward on P threads, `repeats` times (each must give the
+// same bits). `old` presets the weight-gradient buffers (accumulate adds onto it). With
+// `save_inputs` the handle keeps the experts' inputs, else backward dispatches them again.
 template <class T, class Act, class Plnr>
 std::vector<RankGrads<T>> run_backward(const dense::Moe& moe, const llep::Topology& topo, int K,
                                        const std::vector<RankInput<T>>& in, Plnr planner, Act act,
-                                       llep::GradMode mode, T old, llep::Plan* plan_out = nullptr, int repeats = 2) {
+                                       llep::GradMode mode, T old, llep::Plan* plan_out = nullptr,
+                                       bool save_inputs = false, int repeats = 2) {
   const int P = topo.ranks();
   const llep::ExpertShape shape{moe.hidden, moe.intermediate, Act::has_bias};
   llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(20'000)});
@@ -100,22 +104,25 @@ std::vector<RankGrads<T>> run_backward(const dense::Moe& moe, const llep::Topolo
         topo, K, planner, llep::HostSwiGlu<T, Act>(shape, act), t);
     layer.set_native_weights(weights);
     const auto& r = in[p];
-    llep::ForwardRecord rec;
+    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), save_inputs));
+    llep::ForwardHandle<T> handle(memory, save_inputs);
     for (int s = 0; s < repeats; ++s) {
       RankGrads<T> g;
       std::vector<T> out(r.x.size());
       g.hidden.assign(r.x.size(), T(-7));
       g.gates.assign(r.gates.size(), T(-7));
       g.weights.assign(weights.size(), old);
-      llep::forward_recorded(layer, rec, std::span<const T>(r.x), std::span<const std::int32_t>(r.ids),
-                             std::span<const T>(r.gates), std::span<T>(out));
-      const llep::BackwardArgs<T, T, T> args{r.x, r.ids, r.gates, r.grad_out, g.hidden, g.gates, g.weights, mode};
-      g.report = llep::backward(layer, rec, args);
+      layer.forward(std::span<const T>(r.x), std::span<const std::int32_t>(r.ids), std::span<const T>(r.gates),
+                    std::span<T>(out), handle);
+      const std::span<const T> hidden = save_inputs ? std::span<const T>() : std::span<const T>(r.x);
+      const llep::BackwardArgs<T, T, T> args{hidden, r.gates, r.grad_out, g.hidden, g.gates, g.weights, mode};
+      g.report = llep::backward(layer, handle, args);
+      if (g.report.inputs_dispatched_again == save_inputs) throw std::runtime_error("inputs not as the handle says");
       if (s == 0) res[p] = g;
       else if (g.hidden != res[p].hidden || g.gates != res[p].gates || g.weights != res[p].weights)
         throw std::runtime_error("a repeated backward gave different bits");
     }
-    if (plan_out != nullptr && p == 0) *plan_out = rec.plan;
+    if (plan_out != nullptr && p == 0) *plan_out = handle.plan;
   });
   return res;
 }
@@ -213,14 +220,14 @@ void check_grads(const dense::Moe& moe, const llep::Topology& topo, int K, const
 
 template <class T, class Act, class Plnr>
 void check_case(int P, int N, int K, Routing routing, Plnr planner, Act act, std::uint64_t seed,
-                llep::GradMode mode = llep::GradMode::overwrite) {
+                llep::GradMode mode = llep::GradMode::overwrite, bool save_inputs = false) {
   const int D = 10, H = 7;
   auto moe = dense::Moe::random(N, D, H, Act::has_bias ? dense::Act::gpt_oss : dense::Act::silu, seed);
   if constexpr (Act::has_bias) moe.limit = act.limit, moe.alpha = act.alpha;
   const auto in = make_inputs<T>(P, N, K, D, routing, seed * 17 + 3);
   const llep::Topology topo(P, N);
   const T old = mode == llep::GradMode::accumulate ? T(0.25) : T(-3);
-  const auto got = run_backward<T>(moe, topo, K, in, planner, act, mode, old);
+  const auto got = run_backward<T>(moe, topo, K, in, planner, act, mode, old, nullptr, save_inputs);
   INFO("P = ", P, ", N = ", N, ", K = ", K, ", routing ", static_cast<int>(routing), ", planner ", Plnr::name);
   check_grads(moe, topo, K, in, got, mode, old);
 }
@@ -260,7 +267,7 @@ TEST_CASE("backward equals the dense gradients: planners, P, K, skew, empty rank
         if (K > N) continue;
         ++seed;
         check_case<float>(P, N, K, routing, llep::StandardEp{}, llep::SiluGlu{}, seed);
-        check_case<float>(P, N, K, routing, kSmallGemm, llep::SiluGlu{}, seed);
+        check_case<float>(P, N, K, routing, kSmallGemm, llep::SiluGlu{}, seed, llep::GradMode::overwrite, true);
         check_case<float>(P, N, K, routing, llep::Adaptive<llep::LeastLoaded>{1.3, kSmallGemm}, llep::SiluGlu{},
                           seed, llep::GradMode::accumulate);
       }
@@ -289,7 +296,7 @@ TEST_CASE("backward in double with gpt-oss's clamps active: 1e-10") {
       for (llep::GradMode mode : {llep::GradMode::overwrite, llep::GradMode::accumulate}) {
         ++seed;
         check_case<double>(P, 2 * P, std::min(K, 2 * P), Routing::hot_one_expert, kSmallGemm,
-                           llep::GptOssGlu{0.4, 1.702}, seed, mode);
+                           llep::GptOssGlu{0.4, 1.702}, seed, mode, K % 2 == 0);
       }
 }
 
@@ -360,11 +367,12 @@ TEST_CASE("weight gradients in double for float weights") {
     const auto& r = in[p];
     std::vector<float> out(r.x.size()), gh(r.x.size()), gg(r.gates.size());
     grads[p].assign(w.size(), 1.0);
-    llep::ForwardRecord rec;
-    llep::forward_recorded(layer, rec, std::span<const float>(r.x), std::span<const std::int32_t>(r.ids),
-                           std::span<const float>(r.gates), std::span<float>(out));
-    llep::backward(layer, rec,
-                   llep::BackwardArgs<float, float, double>{r.x, r.ids, r.gates, r.grad_out, gh, gg, grads[p],
+    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), true));
+    llep::ForwardHandle<float> handle(memory, true);
+    layer.forward(std::span<const float>(r.x), std::span<const std::int32_t>(r.ids), std::span<const float>(r.gates),
+                  std::span<float>(out), handle);
+    llep::backward(layer, handle,
+                   llep::BackwardArgs<float, float, double>{{}, r.gates, r.grad_out, gh, gg, grads[p],
                                                             llep::GradMode::accumulate});
   });
   // float inputs and weights, double sums: the float roundings of the products remain (1e-6).
@@ -392,17 +400,18 @@ std::vector<std::string> backward_errors(int P, Damage damage) {
     const auto& r = in[static_cast<std::size_t>(p)];
     std::vector<float> out(r.x.size()), gh(r.x.size()), gg(r.gates.size()), gw(w.size());
     std::vector<float> grad_out = r.grad_out;
-    llep::ForwardRecord rec;
+    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), false));
+    llep::ForwardHandle<float> handle(memory);
     llep::GradMode mode = llep::GradMode::overwrite;
     bool forward = true, twice = false;
     damage(p, grad_out, mode, forward, twice);
     try {
       if (forward)
-        llep::forward_recorded(layer, rec, std::span<const float>(r.x), std::span<const std::int32_t>(r.ids),
-                               std::span<const float>(r.gates), std::span<float>(out));
-      const llep::BackwardArgs<float, float, float> args{r.x, r.ids, r.gates, grad_out, gh, gg, gw, mode};
-      llep::backward(layer, rec, args);
-      if (twice) llep::backward(layer, rec, args);
+        layer.forward(std::span<const float>(r.x), std::span<const std::int32_t>(r.ids),
+                      std::span<const float>(r.gates), std::span<float>(out), handle);
+      const llep::BackwardArgs<float, float, float> args{r.x, r.gates, grad_out, gh, gg, gw, mode};
+      llep::backward(layer, handle, args);
+      if (twice) llep::backward(layer, handle, args);
     } catch (const llep::Error& e) {
       errors[static_cast<std::size_t>(p)] = e.what();
     }
@@ -436,9 +445,9 @@ TEST_CASE("bad backward on one rank: llep::Error on every rank, no hang") {
     check_all_failed(backward_errors(P, [&](int p, V&, llep::GradMode&, bool& fwd, bool&) {
                        if (p == last) fwd = false;
                      }),
-                     "without a successful forward");
+                     "needs a forward with this handle");
     check_all_failed(backward_errors(P, [&](int, V&, llep::GradMode&, bool&, bool& twice) { twice = true; }),
-                     "second backward");
+                     "its backward already ran");
     if (P > 1)
       check_all_failed(backward_errors(P, [&](int p, V&, llep::GradMode& m, bool&, bool&) {
                          if (p == last) m = llep::GradMode::accumulate;

@@ -49,7 +49,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
+#include "llep/experts/expert_compute.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"

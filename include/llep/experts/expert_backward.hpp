@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <span>
 
-#include "llep/core/concepts.hpp"
+#include "llep/experts/expert_compute.hpp"
 #include "llep/core/config.hpp"
 
 namespace llep {

@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <span>
 
-#include "llep/core/concepts.hpp"
+#include "llep/experts/expert_compute.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
 #include "llep/experts/expert_backward.hpp"
