@@ -14,6 +14,7 @@
 
 #include "../common/dense_moe.hpp"
 #include "../common/errors.hpp"
+#include "../common/layer_helpers.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/standard_ep.hpp"
@@ -21,13 +22,10 @@
 
 namespace {
 
+using layertest::held_weights;
+using layertest::RankInput;
 using llep::count_t;
 constexpr int D = 12, H = 8, K = 2;
-
-struct RankInput {
-  std::vector<float> x, gates;
-  std::vector<std::int32_t> ids;
-};
 
 std::vector<RankInput> make_inputs(int P, int N, std::uint64_t seed, double hot = 0.0) {
   std::mt19937_64 rng(seed);
@@ -44,29 +42,6 @@ std::vector<RankInput> make_inputs(int P, int N, std::uint64_t seed, double hot 
                               std::span<std::int32_t>(r.ids), std::span<float>(r.gates));
   }
   return in;
-}
-
-std::vector<float> held_weights(const dense::Moe& moe, const llep::Topology& topo, int rank) {
-  std::vector<int> held;
-  topo.held_experts(rank, std::back_inserter(held));
-  std::vector<float> out;
-  for (const int e : held) {
-    const auto one = moe.packed<float>(e);
-    out.insert(out.end(), one.begin(), one.end());
-  }
-  return out;
-}
-
-// Max |out - reference| relative to the largest |reference| (float: see test_moe_layer.cpp).
-double relative_error(const dense::Moe& moe, const RankInput& in, const std::vector<float>& out) {
-  const auto ref = moe.forward(std::vector<double>(in.x.begin(), in.x.end()), in.ids,
-                               std::vector<double>(in.gates.begin(), in.gates.end()), K);
-  double scale = 1e-3, err = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    scale = std::max(scale, std::abs(ref[i]));
-    err = std::max(err, std::abs(static_cast<double>(out[i]) - ref[i]));
-  }
-  return err / scale;
 }
 
 template <class Layer>
@@ -117,7 +92,7 @@ TEST_CASE("a user planner's bad plan fails on every rank before anything is inde
       first[static_cast<std::size_t>(p)] = step_error(layer, in[static_cast<std::size_t>(p)], out);
       armed = false;  // the same layer, group and threads: a clean step must now work
       second[static_cast<std::size_t>(p)] = step_error(layer, in[static_cast<std::size_t>(p)], out);
-      err[static_cast<std::size_t>(p)] = relative_error(moe, in[static_cast<std::size_t>(p)], out);
+      err[static_cast<std::size_t>(p)] = layertest::relative_error(moe, in[static_cast<std::size_t>(p)], out, K);
     });
     for (int p = 0; p < P; ++p) {
       INFO("rank ", p, ": '", first[static_cast<std::size_t>(p)], "'");
@@ -224,7 +199,7 @@ TEST_CASE("after a step fails on one rank, the next clean step works in the same
         bad[static_cast<std::size_t>(p)] = step_error(layer, broken, out);
         good[static_cast<std::size_t>(p)] = step_error(layer, in[static_cast<std::size_t>(p)], out);
       }
-      err[static_cast<std::size_t>(p)] = relative_error(moe, in[static_cast<std::size_t>(p)], out);
+      err[static_cast<std::size_t>(p)] = layertest::relative_error(moe, in[static_cast<std::size_t>(p)], out, K);
     });
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(4));  // no timeout waited out
     for (int p = 0; p < P; ++p) {

@@ -13,6 +13,7 @@
 
 #include "../common/dense_moe.hpp"
 #include "../common/errors.hpp"
+#include "../common/layer_helpers.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/memory_cap.hpp"
@@ -23,13 +24,10 @@
 
 namespace {
 
+using layertest::relative_error;
+using layertest::RankInput;
 using llep::count_t;
 constexpr int D = 16, H = 8;
-
-struct RankInput {
-  std::vector<float> x, gates;
-  std::vector<std::int32_t> ids;
-};
 
 // B tokens per rank (B_max on some), routed uniformly, to one hot expert, or all to the
 // experts of one rank: the adversarial cases that load one rank most.
@@ -53,17 +51,6 @@ std::vector<RankInput> make_inputs(int P, int N, int K, int B_max, Routing routi
     llep::sim::random_routing(rng(), N, K, skew, std::span<std::int32_t>(r.ids), std::span<float>(r.gates));
   }
   return in;
-}
-
-double relative_error(const dense::Moe& moe, const RankInput& in, const std::vector<float>& out, int K) {
-  const auto ref = moe.forward(std::vector<double>(in.x.begin(), in.x.end()), in.ids,
-                               std::vector<double>(in.gates.begin(), in.gates.end()), K);
-  double scale = 1e-3, err = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    scale = std::max(scale, std::abs(ref[i]));
-    err = std::max(err, std::abs(static_cast<double>(out[i]) - ref[i]));
-  }
-  return err / scale;
 }
 
 template <class Layer>
