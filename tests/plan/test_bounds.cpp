@@ -114,7 +114,9 @@ void check_bounds(const Planner& planner, const llep::Topology& topo, count_t B,
 
 TEST_CASE("every planner's bounds hold on random and adversarial loads, and its row bound is reached") {
   std::mt19937_64 rng(2026);
-  for (const auto& [P, N, rpn] : {std::tuple{8, 32, 8}, std::tuple{4, 16, 2}, std::tuple{16, 64, 4}}) {
+  for (const auto& shape : {std::tuple{8, 32, 8}, std::tuple{4, 16, 2}, std::tuple{16, 64, 4}}) {
+    // Named locals, not a structured binding: clang 14 refuses bindings captured by doctest's macros.
+    const int P = std::get<0>(shape), N = std::get<1>(shape), rpn = std::get<2>(shape);
     const llep::Topology topo(P, N, rpn);
     for (const count_t B : {count_t{7}, count_t{1000}, count_t{4096}}) {
       CAPTURE(P);
