@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "../common/dense_moe.hpp"
+#include "../common/layer_helpers.hpp"
 #include "llep/core/topology.hpp"
 #include "llep/layer/report.hpp"
 #include "llep/plan/adaptive.hpp"
@@ -80,17 +81,7 @@ inline std::vector<RankInput> make_inputs(int P, int N, int K, int D, llep::sim:
   return in;
 }
 
-/// Every expert `rank` holds under `topo` (natives and replicas), packed back to back.
-inline std::vector<float> held_weights(const dense::Moe& moe, const llep::Topology& topo, int rank) {
-  std::vector<int> held;
-  topo.held_experts(rank, std::back_inserter(held));
-  std::vector<float> out;
-  for (const int e : held) {
-    const auto one = moe.packed<float>(e);
-    out.insert(out.end(), one.begin(), one.end());
-  }
-  return out;
-}
+using layertest::held_weights;
 
 /// Max |out - reference| over this rank's rows, relative to the largest |reference|.
 inline double relative_error(const dense::Moe& moe, const RankInput& in, const std::vector<float>& out, int K) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/dense_moe.hpp"
+#include "../common/layer_helpers.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/plan/least_loaded.hpp"
 #include "llep/plan/replicated.hpp"
@@ -44,17 +45,7 @@ std::vector<RankInput> make_inputs(int P, int N, int K, int D, llep::sim::Skew s
   return in;
 }
 
-// Every expert `rank` holds under `topo`, packed back to back in ascending id.
-std::vector<float> held_weights(const dense::Moe& moe, const llep::Topology& topo, int rank) {
-  std::vector<int> held;
-  topo.held_experts(rank, std::back_inserter(held));
-  std::vector<float> out;
-  for (const int e : held) {
-    const auto one = moe.packed<float>(e);
-    out.insert(out.end(), one.begin(), one.end());
-  }
-  return out;
-}
+using layertest::held_weights;
 
 // Max |out - reference| over all ranks, relative to the largest |reference| (float: 1e-4,
 // as in tests/layer/test_moe_layer.cpp).
