@@ -87,12 +87,13 @@ struct RankGrads {
 
 // forward (filling a handle) + backward on P threads, `repeats` times (each must give the
 // same bits). `old` presets the weight-gradient buffers (accumulate adds onto it). With
-// `save_inputs` the handle keeps the experts' inputs, else backward dispatches them again.
+// `save_inputs` the handle keeps the experts' inputs, else backward dispatches them again;
+// with `keep_preacts` it keeps the experts' pre-activations, else backward recomputes them.
 template <class T, class Act, class Plnr>
 std::vector<RankGrads<T>> run_backward(const dense::Moe& moe, const llep::Topology& topo, int K,
                                        const std::vector<RankInput<T>>& in, Plnr planner, Act act,
                                        llep::GradMode mode, T old, llep::Plan* plan_out = nullptr,
-                                       bool save_inputs = false, int repeats = 2) {
+                                       bool save_inputs = false, int repeats = 2, bool keep_preacts = false) {
   const int P = topo.ranks();
   const llep::ExpertShape shape{moe.hidden, moe.intermediate, Act::has_bias};
   llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(20'000)});
@@ -106,6 +107,8 @@ std::vector<RankGrads<T>> run_backward(const dense::Moe& moe, const llep::Topolo
     const auto& r = in[p];
     std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), save_inputs));
     llep::ForwardHandle<T> handle(memory, save_inputs);
+    std::vector<std::byte> saved(keep_preacts ? layer.saved_bytes(layer.limits(kMaxTokens)) : 0);
+    handle.saved_memory = saved;
     for (int s = 0; s < repeats; ++s) {
       RankGrads<T> g;
       std::vector<T> out(r.x.size());
@@ -234,6 +237,34 @@ void check_case(int P, int N, int K, Routing routing, Plnr planner, Act act, std
 
 const llep::LeastLoaded kSmallGemm{1.0, 2};
 
+// The same step with the handle keeping the experts' pre-activations and without: the
+// same bits on every rank, and the kept bytes are the rows times the functor's row size.
+template <class T, class Act, class Plnr>
+void check_kept_preacts(int P, int N, int K, const llep::Topology& topo, Plnr planner, Act act, std::uint64_t seed,
+                        llep::GradMode mode) {
+  const int D = 10, H = 7;
+  auto moe = dense::Moe::random(N, D, H, Act::has_bias ? dense::Act::gpt_oss : dense::Act::silu, seed);
+  if constexpr (Act::has_bias) moe.limit = act.limit, moe.alpha = act.alpha;
+  const auto in = make_inputs<T>(P, N, K, D, Routing::hot_one_expert, seed * 17 + 3);
+  const T old = mode == llep::GradMode::accumulate ? T(0.25) : T(-3);
+  const auto ref = run_backward<T>(moe, topo, K, in, planner, act, mode, old, nullptr, false, 1, false);
+  const auto kept = run_backward<T>(moe, topo, K, in, planner, act, mode, old, nullptr, false, 2, true);
+  const std::size_t row = llep::HostSwiGlu<T, Act>(llep::ExpertShape{D, H, Act::has_bias}, act).saved_row_bytes();
+  INFO("P = ", P, ", K = ", K, ", planner ", Plnr::name);
+  count_t rows = 0, pairs = 0;
+  for (const auto& r : in) pairs += static_cast<count_t>(r.ids.size());
+  for (std::size_t p = 0; p < ref.size(); ++p) {
+    CHECK(ref[p].report.saved_bytes == 0);
+    CHECK(kept[p].report.saved_bytes == static_cast<std::size_t>(kept[p].report.rows) * row);
+    CHECK(kept[p].hidden == ref[p].hidden);
+    CHECK(kept[p].gates == ref[p].gates);
+    CHECK(kept[p].weights == ref[p].weights);
+    rows += kept[p].report.rows;
+  }
+  CHECK(rows == pairs);  // every pair computed once
+  check_grads(moe, topo, K, in, kept, mode, old);
+}
+
 // A plan in which one helper computes two segments of one expert, and so does its native
 // rank: expert 0's pairs in quarters on ranks (h, native, h, native), h = native + 1.
 // Everything else on its native rank.
@@ -350,6 +381,25 @@ TEST_CASE("replicas: every holder ends with the same summed gradient") {
         for (const auto& g : ll) ll_helper_grads += g.report.grad_bytes_sent;
       }
   CHECK(ll_helper_grads > 0);
+}
+
+TEST_CASE("kept pre-activations: the same bits as recomputing them, rows x saved_row_bytes held") {
+  std::uint64_t seed = 900;
+  for (const int P : {1, 3, 4})
+    for (llep::GradMode mode : {llep::GradMode::overwrite, llep::GradMode::accumulate}) {
+      const int N = 2 * P, K = 2;
+      ++seed;
+      const llep::Topology topo(P, N);
+      check_kept_preacts<float>(P, N, K, topo, llep::StandardEp{}, llep::SiluGlu{}, seed, mode);
+      check_kept_preacts<float>(P, N, K, topo, kSmallGemm, llep::SiluGlu{}, seed, mode);
+      check_kept_preacts<double>(P, N, K, topo, kSmallGemm, llep::GptOssGlu{0.4, 1.702}, seed, mode);
+      std::vector<double> history(static_cast<std::size_t>(N), 1.0);
+      history[0] = 10.0 * N;  // expert 0 gets the replicas
+      const auto rep = P > 1 ? llep::Replicated::place(history, P, 3) : topo;
+      CHECK(rep.has_replicas() == (P > 1));
+      check_kept_preacts<float>(P, N, K, rep, llep::Replicated{}, llep::SiluGlu{}, seed, mode);
+      check_kept_preacts<float>(P, N, K, rep, kSmallGemm, llep::SiluGlu{}, seed, mode);
+    }
 }
 
 TEST_CASE("weight gradients in double for float weights") {

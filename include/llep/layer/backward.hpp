@@ -23,7 +23,8 @@
 // order depends only on the plan: not on timing or transport.
 //
 // Memory: the handle keeps the permutations and the received foreign weights; with
-// handle.save_inputs also the experts' inputs, else the token rows are dispatched again.
+// handle.save_inputs also the experts' inputs, else the token rows are dispatched again;
+// with handle.saved_memory the experts' pre-activations, else the functor recomputes them.
 // The experts' outputs (for the gate gradients) are recomputed by a forward of the
 // experts. Temporary gradients exist only for foreign experts and replicated ones; the
 // caller's buffers take the natives' directly. BackwardReport says what each part held
@@ -60,6 +61,7 @@ struct BackwardReport {
   std::size_t temp_grad_bytes = 0;        ///< gradients of foreign and replicated experts held in the step
   count_t rows = 0;                       ///< rows this rank's experts ran backward on
   bool inputs_dispatched_again = false;   ///< the handle did not keep the experts' inputs
+  std::size_t saved_bytes = 0;            ///< pre-activations the handle kept (0: recomputed)
 };
 
 /// The arguments of backward, in the execution space's memory. `hidden` and
@@ -328,7 +330,8 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
     for (const auto& t : h.tasks) {
       if (t.expert != e) continue;
       const auto off = static_cast<std::size_t>(t.row) * D;
-      list.push_back(ExpertGradTask<T, GW>{e, t.weights, cin + off, cg + off, cy + off, buf, nullptr, t.rows});
+      const void* kept = h.saved ? h.saved + static_cast<std::size_t>(t.saved_row) * experts.saved_row_bytes() : nullptr;
+      list.push_back(ExpertGradTask<T, GW>{e, t.weights, cin + off, cg + off, cy + off, buf, kept, t.rows});
     }
     if (list.size() == before) list.push_back(ExpertGradTask<T, GW>{e, nullptr, nullptr, nullptr, nullptr, buf, nullptr, 0});
   }
@@ -390,6 +393,7 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   report.rows = static_cast<count_t>(rows);
   report.temp_grad_bytes = book.temp_experts.size() * W * sizeof(GW);
   report.inputs_dispatched_again = !saved;
+  report.saved_bytes = h.saved_bytes;
   for (int q = 0; q < P; ++q) {
     if (q == rank) continue;
     const auto uq = static_cast<std::size_t>(q);

@@ -8,7 +8,9 @@
 // MoeLayer::handle_bytes(limits, save_inputs) bytes): the permutations, the received
 // foreign weights and, with save_inputs, the experts' inputs. These regions are carved from
 // `memory` instead of the step's workspace, so they outlive the step (the workspace is
-// reused by the next step or the next layer).
+// reused by the next step or the next layer). With `saved_memory`, forward also keeps the
+// experts' pre-activations (ExpertBackward's `saved`) there, and backward does not
+// recompute them.
 //
 // For a backward pass, per task: `expert`, whether its weights are `native`, the
 // `weights` it used (native weights or the copy in `memory`), its rows [row, row + rows) of
@@ -36,6 +38,7 @@ struct HandleTask {
   std::int32_t row = 0;      ///< first row in the compute buffer / expert_inputs
   std::int32_t rows = 0;
   count_t begin = 0;         ///< first pair of the expert (global position order)
+  std::int32_t saved_row = 0;  ///< first row in ForwardHandle::saved (forward's compute order)
 };
 
 template <class T>
@@ -47,6 +50,10 @@ struct ForwardHandle {
   // Set by the caller before forward.
   std::span<std::byte> memory;  ///< exec-space memory of at least MoeLayer::handle_bytes(...)
   bool save_inputs = false;     ///< keep the experts' inputs (rows x D) in `memory`
+  /// Exec-space memory (aligned for the functor's accumulator) in which forward keeps the
+  /// experts' pre-activations, rows x saved_row_bytes(), at least MoeLayer::saved_bytes(limits);
+  /// empty keeps none and backward recomputes them.
+  std::span<std::byte> saved_memory;
 
   // Filled by forward.
   Plan plan;
@@ -60,6 +67,8 @@ struct ForwardHandle {
   const std::int32_t* row_pair = nullptr;   ///< send row -> flat pair
   const std::int32_t* compute_row = nullptr;  ///< receive row -> compute row
   const T* expert_inputs = nullptr;         ///< rows x D in task order, when save_inputs
+  const std::byte* saved = nullptr;         ///< the pre-activations, when saved_memory is set
+  std::size_t saved_bytes = 0;              ///< bytes of them: rows x saved_row_bytes()
   bool filled = false;                      ///< the last forward with this handle succeeded
 };
 

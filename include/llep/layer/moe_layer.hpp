@@ -148,6 +148,11 @@ class MoeLayer {
   [[nodiscard]] static std::size_t handle_bytes(const LayerLimits& limits, bool save_inputs) {
     return llep::handle_bytes(limits, save_inputs);
   }
+  /// Bytes of ForwardHandle::saved_memory (the experts' pre-activations) no step within
+  /// `limits` exceeds: rows x the functor's saved_row_bytes() (0 if it keeps none).
+  [[nodiscard]] std::size_t saved_bytes(const LayerLimits& limits) const {
+    return static_cast<std::size_t>(limits.plan.rows_per_rank) * saved_row_bytes();
+  }
 
   /// Sizes everything a step uses for the worst case of `limits` (built by limits(B)):
   /// the exec's workspace grows to workspace_bytes(limits) now, or, when the engine gave
@@ -257,6 +262,12 @@ class MoeLayer {
     const StepBuffers<T> buf = StepBuffers<T>::carve(ws, base, ws.total(), hs, handle ? handle->memory.data() : nullptr,
                                                      handle ? handle->memory.size() : 0, kept);
     const WeightsOnRank<T> weights{native_weights_, buf.foreign_weights, native_slot_, incoming_, welems};
+    std::byte* saved = handle && !handle->saved_memory.empty() ? handle->saved_memory.data() : nullptr;
+    const std::size_t saved_need = static_cast<std::size_t>(sizes.rows) * saved_row_bytes();
+    LLEP_EXPECTS(!saved || (saved_row_bytes() > 0 && saved_need <= handle->saved_memory.size()),
+                 "rank ", rank_, ": the forward handle's saved_memory holds ", saved ? handle->saved_memory.size() : 0,
+                 " bytes but this step's ", sizes.rows, " rows keep ", saved_need,
+                 " (size it with MoeLayer::saved_bytes(limits); the functor must keep pre-activations)");
     bytes_.assign(layout_, row_bytes);
 
     // 4. Dispatch: the plan's weight transfers, then the tokens.
@@ -271,12 +282,18 @@ class MoeLayer {
     }
     dispatch_tokens(exec_, *transport_, layout_, buf, hidden.data(), ids.data(), N, top_k_, row_bytes, bytes_);
     // 5. Compute: natives, then foreign experts once their weights are here.
-    compute_stage(exec_, *transport_, experts_, layout_, buf, weights, row_bytes, expert_tasks_);
+    compute_stage(exec_, *transport_, experts_, layout_, buf, weights, row_bytes, expert_tasks_, saved,
+                  saved_row_bytes());
     // 6. Combine: reverse all-to-all and the weighted sum over K.
     combine_stage(exec_, *transport_, layout_, buf, bytes_, gates, out, top_k_, D, row_bytes);
 
     fill_report(ws.total(), row_bytes, welems * sizeof(T));
-    if (handle) fill_handle(*handle, buf, weights);
+    if (handle) fill_handle(*handle, buf, weights, saved);
+  }
+
+  [[nodiscard]] std::size_t saved_row_bytes() const {
+    if constexpr (requires { experts_.saved_row_bytes(); }) return experts_.saved_row_bytes();
+    else return 0;
   }
 
   void check_within_limits(const StepSizes& s) const {
@@ -289,13 +306,19 @@ class MoeLayer {
                  worst.send_blocks, ", ", worst.recv_chunks, ") for ", *limits_);
   }
 
-  void fill_handle(ForwardHandle<T>& h, const StepBuffers<T>& b, const WeightsOnRank<T>& w) {
+  void fill_handle(ForwardHandle<T>& h, const StepBuffers<T>& b, const WeightsOnRank<T>& w, const std::byte* saved) {
     h.plan = plan_;
     h.layout = layout_;
     h.tasks.clear();
     for (const ComputeTask& t : layout_.tasks())
       h.tasks.push_back(HandleTask<T>{t.expert, t.native, t.native ? w.held_expert(t.expert) : w.foreign_expert(t.expert),
                                       t.row, t.rows, t.begin});
+    std::int32_t saved_row = 0;  // compute_stage's order: natives, then foreign experts
+    for (const bool native : {true, false})
+      for (HandleTask<T>& t : h.tasks)
+        if (t.native == native) t.saved_row = saved_row, saved_row += t.rows;
+    h.saved = saved;
+    h.saved_bytes = saved ? static_cast<std::size_t>(layout_.compute_rows()) * saved_row_bytes() : 0;
     h.top_k = top_k_;
     h.pairs = layout_.pairs();
     h.rows = layout_.compute_rows();

@@ -174,17 +174,19 @@ void dispatch_tokens(Exec& exec, Tr& transport, const Layout& layout, const Step
 
 // 5. Compute: received rows into task order, then every task through its expert: the
 //    natives first (their weights are here), then, once the weights arrived, the foreign
-//    ones. `tasks` is reused storage for the functor's task list.
+//    ones. `tasks` is reused storage for the functor's task list. With `saved` (rows x
+//    saved_row_bytes), the functor keeps the pre-activations there, rows in this order.
 template <class Exec, class Tr, class Experts, class T>
 void compute_stage(Exec& exec, Tr& transport, const Experts& experts, const Layout& layout, const StepBuffers<T>& b,
-                   const WeightsOnRank<T>& w, std::size_t row_bytes, std::vector<ExpertTask<T>>& tasks) {
+                   const WeightsOnRank<T>& w, std::size_t row_bytes, std::vector<ExpertTask<T>>& tasks,
+                   std::byte* saved = nullptr, std::size_t saved_row_bytes = 0) {
   const auto rows = static_cast<std::size_t>(layout.compute_rows());
   const auto D = static_cast<std::size_t>(experts.hidden());
   exec.for_each_n(rows, AssignComputeRows{b.recv_chunks, static_cast<std::int32_t>(layout.recv_chunks().size()),
                                           b.compute_row});
   copy_rows(exec, false, b.expert_in, b.recv, b.compute_row, rows, row_bytes);
   tasks.clear();
-  std::size_t natives = 0;
+  std::size_t natives = 0, native_rows = 0;
   for (const bool native : {true, false})
     for (const ComputeTask& t : layout.tasks()) {
       if (t.native != native) continue;
@@ -192,11 +194,18 @@ void compute_stage(Exec& exec, Tr& transport, const Experts& experts, const Layo
       const auto off = static_cast<std::size_t>(t.row) * D;
       tasks.push_back(ExpertTask<T>{t.expert, weights, b.expert_in + off, b.expert_out + off, t.rows});
       natives += native ? 1 : 0;
+      native_rows += native ? static_cast<std::size_t>(t.rows) : 0;
     }
   const std::span<const ExpertTask<T>> all(tasks);
-  experts.compute(exec, all.first(natives), b.scratch);
+  auto run = [&](std::span<const ExpertTask<T>> part, std::size_t first_row) {
+    if constexpr (requires { experts.compute(exec, part, b.scratch, static_cast<void*>(saved)); }) {
+      if (saved != nullptr) return experts.compute(exec, part, b.scratch, saved + first_row * saved_row_bytes);
+    }
+    experts.compute(exec, part, b.scratch);
+  };
+  run(all.first(natives), 0);
   if constexpr (WeightsPathTransport<Tr>) transport.join_weights();
-  if (natives < all.size()) experts.compute(exec, all.subspan(natives), b.scratch);
+  if (natives < all.size()) run(all.subspan(natives), native_rows);
 }
 
 // 6. Combine: expert outputs back to receive order, the reverse all-to-all, and the
