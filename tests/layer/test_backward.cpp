@@ -400,6 +400,27 @@ TEST_CASE("kept pre-activations: the same bits as recomputing them, rows x saved
       check_kept_preacts<float>(P, N, K, rep, llep::Replicated{}, llep::SiluGlu{}, seed, mode);
       check_kept_preacts<float>(P, N, K, rep, kSmallGemm, llep::SiluGlu{}, seed, mode);
     }
+  // Too little saved_memory for the step's rows: llep::Error before anything moves.
+  const int N = 2, K = 2, D = 10, H = 7;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 950);
+  const auto in = make_inputs<float>(1, N, K, D, Routing::uniform, 951);
+  const llep::Topology topo(1, N);
+  llep::HostGroup group(1);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    llep::HostMoeLayer<llep::StandardEp> layer(topo, K, {}, llep::HostSwiGlu<float>({D, H, false}), t);
+    const auto w = held_weights<float>(moe, topo, 0);
+    layer.set_native_weights(w);
+    const auto& r = in[0];
+    std::vector<float> out(r.x.size());
+    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), false));
+    std::vector<std::byte> saved(static_cast<std::size_t>(r.ids.size()) * layer.experts().saved_row_bytes() - 1);
+    llep::ForwardHandle<float> handle(memory);
+    handle.saved_memory = saved;
+    CHECK_THROWS_WITH_AS(layer.forward(std::span<const float>(r.x), std::span<const std::int32_t>(r.ids),
+                                       std::span<const float>(r.gates), std::span<float>(out), handle),
+                         doctest::Contains("saved_memory"), llep::Error);
+    CHECK_FALSE(handle.filled);
+  });
 }
 
 TEST_CASE("weight gradients in double for float weights") {
