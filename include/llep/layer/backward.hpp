@@ -264,18 +264,19 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
                        experts.backward_scratch_bytes(max_task, static_cast<count_t>(rows)));
   const Carve c(z, row_bytes, sizeof(G), W * sizeof(GW));
   std::byte* ws = exec.workspace(c.total);
+  // The null pointer names the region's element type.
   auto at = [ws]<class U>(std::size_t off, U*) { return reinterpret_cast<U*>(ws + off); };
-  T* send = at(c.send, send);
-  T* recv = at(c.recv, recv);
+  T* send = at(c.send, static_cast<T*>(nullptr));
+  T* recv = at(c.recv, static_cast<T*>(nullptr));
   const T* cin = saved ? h.expert_inputs : at(c.cin, static_cast<T*>(nullptr));
-  T* cg = at(c.cg, cg);
-  T* cy = at(c.cy, cy);
-  G* gsend = at(c.gsend, gsend);
-  G* grecv = at(c.grecv, grecv);
-  G* cgate = at(c.cgate, cgate);
-  G* cs = at(c.cs, cs);
-  GW* temp = at(c.temp, temp);
-  GW* received = at(c.received, received);
+  T* cg = at(c.cg, static_cast<T*>(nullptr));
+  T* cy = at(c.cy, static_cast<T*>(nullptr));
+  G* gsend = at(c.gsend, static_cast<G*>(nullptr));
+  G* grecv = at(c.grecv, static_cast<G*>(nullptr));
+  G* cgate = at(c.cgate, static_cast<G*>(nullptr));
+  G* cs = at(c.cs, static_cast<G*>(nullptr));
+  GW* temp = at(c.temp, static_cast<GW*>(nullptr));
+  GW* received = at(c.received, static_cast<GW*>(nullptr));
   void* scratch = ws + c.scratch;
 
   {  // Agreement, through the execution space's memory (the transport's).
