@@ -1,5 +1,6 @@
-// README.md shows the compiled example examples/01-plan/choose_planner.cpp verbatim, and the
-// output the built program prints. Paths come from Meson in the environment.
+// README.md shows the compiled example examples/01-plan/choose_planner.cpp verbatim, the
+// output the built program prints, and the memory bound table of `llep-model --bounds`.
+// Paths come from Meson in the environment.
 #include <doctest/doctest.h>
 
 #include <cstdio>
@@ -81,6 +82,30 @@ TEST_CASE("README shows what choose-planner prints") {
   REQUIRE(!out.empty());
   const auto blocks = fenced_blocks(read_file(env_path("LLEP_README")), "");
   CHECK_MESSAGE(contains(blocks, out), "no plain ``` block of README.md equals choose-planner's output:\n", out);
+}
+
+TEST_CASE("README shows the memory bound table that llep-model --bounds prints") {
+  const char* exe = std::getenv("LLEP_MODEL");
+  if (exe == nullptr) {
+    MESSAGE("tools are not built: the memory bound table is not checked");
+    return;
+  }
+  std::FILE* p = ::popen((std::string("'") + exe + "' --bounds").c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  CHECK(::pclose(p) == 0);
+  const std::string readme = read_file(env_path("LLEP_README"));
+  std::istringstream in(out);
+  int rows = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("| ", 0) != 0) continue;
+    ++rows;
+    CHECK_MESSAGE(readme.find("\n" + line + "\n") != std::string::npos,
+                  "README.md lacks this line of `llep-model --bounds`:\n", line);
+  }
+  CHECK(rows >= 4);  // header and at least one shape's rows
 }
 
 TEST_CASE("fenced_blocks reads fences line by line") {

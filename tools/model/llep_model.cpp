@@ -4,6 +4,7 @@
 //   llep-model                                   # P = 8, one node, roofline default
 //   llep-model --ranks 64 --ranks-per-node 8 --markdown p64.md
 //   llep-model --gemm-csv bench/results/gemm-curve-h100.csv --csv model.csv
+//   llep-model --bounds                          # per-rank memory bounds, EP vs LLEP (Markdown)
 //
 // Every number it prints is a prediction, not a measurement. Bad input: one line
 // "error: ..." on stderr and exit code 2.
@@ -19,6 +20,8 @@
 
 #include "common/cli.hpp"
 #include "common/scenarios.hpp"
+#include "llep/experts/weight_layout.hpp"
+#include "llep/layer/limits.hpp"
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/cost_model.hpp"
 #include "llep/sim/gemm_csv.hpp"
@@ -59,6 +62,52 @@ std::string paper_text(const bench::LayerShape& shape, const sim::Skew& skew) {
 using llep::examples::fail;
 using llep::examples::one_line;
 
+/// The per-rank memory bound of a bf16 SwiGLU layer of `shape` under `planner`: the step
+/// workspace the layer sizes from LayerLimits (layer/limits.hpp), which holds for every
+/// routing with at most the shape's tokens per rank, plus the native weights a rank holds.
+template <class Planner>
+void print_bound_row(const bench::LayerShape& shape, const llep::Topology& topo, const char* name,
+                     const Planner& planner) {
+  constexpr std::size_t elem = 2;  // bf16
+  const llep::ExpertShape ffn{.hidden = shape.hidden, .intermediate = shape.intermediate};
+  llep::LayerLimits l;
+  l.max_tokens_per_rank = shape.tokens_per_rank;
+  l.top_k = shape.top_k;
+  l.hidden = shape.hidden;
+  l.intermediate = shape.intermediate;
+  l.ranks = topo.ranks();
+  l.experts = topo.experts();
+  l.row_bytes = static_cast<std::size_t>(shape.hidden) * elem;
+  l.weight_bytes = ffn.elems() * elem;
+  l.plan = llep::plan_bounds(planner, topo, l.max_pairs_per_rank());
+  const double step_gb = static_cast<double>(llep::workspace_bytes(l)) / 1e9;
+  const double native_gb = static_cast<double>(topo.experts_per_rank()) * static_cast<double>(l.weight_bytes) / 1e9;
+  std::printf("| %s | %d | %lld x %d | %s | %lld | %d | %.2f | %.2f | %.2f |\n", std::string(shape.name).c_str(),
+              topo.ranks(), static_cast<long long>(shape.tokens_per_rank), shape.top_k, name,
+              static_cast<long long>(l.plan.rows_per_rank), l.plan.foreign_experts_per_rank, step_gb, native_gb,
+              step_gb + native_gb);
+}
+
+int print_bounds(int ranks, int rpn, const llep::LeastLoaded& lla, const llep::Adaptive<llep::LeastLoaded>& llep_planner,
+                 const std::string& settings) {
+  std::printf("Per-rank memory bounds: what no step can exceed, for every routing with at most B tokens per\n"
+              "rank (K experts each), bf16 weights and rows. Step workspace = `llep::workspace_bytes(limits)`\n"
+              "(tokens sent and received, expert input and output rows, foreign weights, index maps), without\n"
+              "the expert functor's scratch; native = the N/P experts a rank holds. GB = 1e9 bytes.\n"
+              "Planners: %s.\n\n",
+              settings.c_str());
+  std::printf("| shape | P | B x K | planner | rows/rank <= | foreign experts <= | step workspace GB | native GB | "
+              "total GB |\n|---|--:|--:|---|--:|--:|--:|--:|--:|\n");
+  for (const bench::LayerShape& shape : bench::kPaperShapes) {
+    if (shape.experts % ranks != 0) continue;
+    const llep::Topology topo(ranks, shape.experts, rpn);
+    print_bound_row(shape, topo, "standard EP", llep::StandardEp{});
+    print_bound_row(shape, topo, "LLEP", llep_planner);
+    print_bound_row(shape, topo, "LLA", lla);
+  }
+  return 0;
+}
+
 template <class Planner>
 llep::Plan make_plan(const Planner& planner, const std::vector<count_t>& loads, const llep::Topology& topo) {
   llep::Plan plan;
@@ -82,7 +131,7 @@ int main(int argc, char** argv) {
   double link_gbps = 370, inter_gbps = 50, intra_lat_us = 10, inter_lat_us = 25;
   double lambda = bench::kPaperLambda, alpha = bench::kPaperAlpha;
   count_t min_gemm = bench::kPaperMinTokensPerGemm;
-  bool json = false;
+  bool json = false, bounds = false;
   app.add_option("--ranks", ranks, "EP world size P")->capture_default_str();
   app.add_option("--ranks-per-node", ranks_per_node, "Ranks (GPUs) per node; P below it means one node of P")
       ->capture_default_str();
@@ -102,6 +151,8 @@ int main(int argc, char** argv) {
   app.add_option("--csv", csv_path, "Also write the rows as CSV to FILE");
   app.add_option("--markdown", md_path, "Also write a Markdown report to FILE");
   app.add_flag("--json", json, "Print one JSON object per row instead of the table");
+  app.add_flag("--bounds", bounds,
+               "Print instead the per-rank memory bound of each planner for the paper's shapes (Markdown)");
   if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
 
   std::string command = "llep-model";
@@ -120,6 +171,10 @@ int main(int argc, char** argv) {
     const llep::Adaptive<llep::LeastLoaded> llep_planner{lambda, lla};
     lla.check();
     LLEP_EXPECTS(std::isfinite(lambda) && lambda > 0, "--lambda ", lambda, " must be > 0");
+
+    const std::string settings = "LLEP = Adaptive{lambda " + fmt("%g", lambda) + "} of LeastLoaded{alpha " +
+                                 fmt("%g", alpha) + ", m " + std::to_string(min_gemm) + "}; LLA = LeastLoaded alone";
+    if (bounds) return print_bounds(ranks, rpn, lla, llep_planner, settings);
 
     std::vector<Row> rows;
     std::vector<std::string> skipped;
@@ -175,8 +230,6 @@ int main(int argc, char** argv) {
                               fmt("%g", inter_lat_us) + " us across nodes)";
     const std::string topo_text = "P = " + std::to_string(ranks) + " ranks, " + std::to_string(rpn) +
                                   " per node (" + std::to_string(ranks / rpn) + (ranks / rpn == 1 ? " node)" : " nodes)");
-    const std::string settings = "LLEP = Adaptive{lambda " + fmt("%g", lambda) + "} of LeastLoaded{alpha " +
-                                 fmt("%g", alpha) + ", m " + std::to_string(min_gemm) + "}; LLA = LeastLoaded alone";
 
     if (json) {
       for (const Row& r : rows) {

@@ -11,7 +11,8 @@
 #include <vector>
 
 #include "llep/codec/codec.hpp"
-#include "llep/core/concepts.hpp"
+#include "llep/core/memory_space.hpp"
+#include "llep/transport/transport.hpp"  // P2pOp
 #include "llep/core/error.hpp"
 #include "llep/core/plan_view.hpp"
 

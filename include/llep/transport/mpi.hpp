@@ -46,7 +46,7 @@
 #include <utility>
 #include <vector>
 
-#include "llep/core/concepts.hpp"
+#include "llep/transport/transport.hpp"
 #include "llep/core/error.hpp"
 #include "llep/transport/host_threads.hpp"  // the shared per-rank argument checks
 #include "llep/transport/transport.hpp"

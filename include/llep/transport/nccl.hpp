@@ -36,7 +36,6 @@
 #include <thread>
 #include <utility>
 
-#include "llep/core/concepts.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
 #include "llep/transport/host_threads.hpp"  // the shared per-rank argument checks
