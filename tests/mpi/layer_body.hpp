@@ -54,46 +54,15 @@ inline int world_size() {
   return s;
 }
 
-/// One rank's tokens.
-struct RankInput {
-  std::vector<float> x, gates;
-  std::vector<std::int32_t> ids;
-};
+using layertest::RankInput;
+using layertest::held_weights;
+using layertest::relative_error;
 
-/// Every rank's input from one seed: each process draws all P and keeps its own, so the
-/// inputs are the same whatever the process count or order.
+/// Every rank's input from one seed (layertest::make_inputs): 1 to 24 tokens per rank,
+/// none on odd ranks with `empty_ranks`.
 inline std::vector<RankInput> make_inputs(int P, int N, int K, int D, llep::sim::Skew skew, bool empty_ranks,
                                           std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  std::uniform_int_distribution<int> tokens(1, 24);
-  std::vector<RankInput> in(static_cast<std::size_t>(P));
-  for (int p = 0; p < P; ++p) {
-    auto& r = in[static_cast<std::size_t>(p)];
-    int B = tokens(rng);
-    if (empty_ranks && p % 2 == 1) B = 0;
-    r.x.resize(static_cast<std::size_t>(B * D));
-    for (float& v : r.x) v = static_cast<float>(u(rng));
-    r.ids.resize(static_cast<std::size_t>(B * K));
-    r.gates.resize(r.ids.size());
-    llep::sim::random_routing(rng(), N, K, skew, std::span<std::int32_t>(r.ids), std::span<float>(r.gates));
-  }
-  return in;
-}
-
-using layertest::held_weights;
-
-/// Max |out - reference| over this rank's rows, relative to the largest |reference|.
-inline double relative_error(const dense::Moe& moe, const RankInput& in, const std::vector<float>& out, int K) {
-  const std::vector<double> x(in.x.begin(), in.x.end()), g(in.gates.begin(), in.gates.end());
-  const auto ref = moe.forward(x, in.ids, g, K);
-  REQUIRE(out.size() == ref.size());
-  double scale = 1e-3, err = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    scale = std::max(scale, std::abs(ref[i]));
-    err = std::max(err, std::abs(static_cast<double>(out[i]) - ref[i]));
-  }
-  return err / scale;
+  return layertest::make_inputs(P, N, K, D, skew, seed, layertest::TokenRange{1, 24, empty_ranks});
 }
 
 /// The same value on every process (a plan-wide figure every rank computes itself).

@@ -24,44 +24,12 @@ namespace {
 
 using llep::count_t;
 
-struct RankInput {
-  std::vector<float> x, gates;
-  std::vector<std::int32_t> ids;
-};
+using layertest::held_weights;
+using layertest::RankInput;
+using layertest::relative_error;
 
 std::vector<RankInput> make_inputs(int P, int N, int K, int D, llep::sim::Skew skew, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  std::vector<RankInput> in(static_cast<std::size_t>(P));
-  for (int p = 0; p < P; ++p) {
-    auto& r = in[static_cast<std::size_t>(p)];
-    const int B = 8 + static_cast<int>(rng() % 24);
-    r.x.resize(static_cast<std::size_t>(B * D));
-    for (float& v : r.x) v = static_cast<float>(u(rng));
-    r.ids.resize(static_cast<std::size_t>(B * K));
-    r.gates.resize(r.ids.size());
-    llep::sim::random_routing(rng(), N, K, skew, std::span<std::int32_t>(r.ids), std::span<float>(r.gates));
-  }
-  return in;
-}
-
-using layertest::held_weights;
-
-// Max |out - reference| over all ranks, relative to the largest |reference| (float: 1e-4,
-// as in tests/layer/test_moe_layer.cpp).
-double relative_error(const dense::Moe& moe, const std::vector<RankInput>& in, const std::vector<std::vector<float>>& out,
-                      int K) {
-  double scale = 1e-3, err = 0;
-  for (std::size_t p = 0; p < in.size(); ++p) {
-    const std::vector<double> x(in[p].x.begin(), in[p].x.end()), g(in[p].gates.begin(), in[p].gates.end());
-    const auto ref = moe.forward(x, in[p].ids, g, K);
-    REQUIRE(out[p].size() == ref.size());
-    for (std::size_t i = 0; i < ref.size(); ++i) {
-      scale = std::max(scale, std::abs(ref[i]));
-      err = std::max(err, std::abs(static_cast<double>(out[p][i]) - ref[i]));
-    }
-  }
-  return err / scale;
+  return layertest::make_inputs(P, N, K, D, skew, seed, layertest::TokenRange{8, 31});
 }
 
 template <class Plnr>
