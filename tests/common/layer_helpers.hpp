@@ -25,17 +25,18 @@ struct RankInput {
 };
 
 /// How many tokens make_inputs draws per rank, uniformly in [min, max]; with
-/// `empty_odd_ranks`, odd ranks get none.
+/// `empty_odd_ranks`, odd ranks get none; with `max_on_even_ranks`, even ranks get max.
 struct TokenRange {
   int min = 1, max = 24;
   bool empty_odd_ranks = false;
+  bool max_on_even_ranks = false;
 };
 
 /// Every rank's input from one seed: hidden values in [-1, 1), ids and gates from
 /// sim::random_routing under `skew`. A process that draws all P and keeps its own gets
 /// the same inputs whatever the process count or order.
 inline std::vector<RankInput> make_inputs(int P, int N, int K, int D, llep::sim::Skew skew, std::uint64_t seed,
-                                          TokenRange tokens = {}) {
+                                          const TokenRange& tokens = {}) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(-1.0, 1.0);
   std::uniform_int_distribution<int> count(tokens.min, tokens.max);
@@ -44,6 +45,7 @@ inline std::vector<RankInput> make_inputs(int P, int N, int K, int D, llep::sim:
     auto& r = in[static_cast<std::size_t>(p)];
     int B = count(rng);
     if (tokens.empty_odd_ranks && p % 2 == 1) B = 0;
+    if (tokens.max_on_even_ranks && p % 2 == 0) B = tokens.max;
     r.x.resize(static_cast<std::size_t>(B * D));
     for (float& v : r.x) v = static_cast<float>(u(rng));
     r.ids.resize(static_cast<std::size_t>(B * K));

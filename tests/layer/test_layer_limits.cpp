@@ -34,23 +34,10 @@ constexpr int D = 16, H = 8;
 enum class Routing { uniform, hot, one_rank };
 
 std::vector<RankInput> make_inputs(int P, int N, int K, int B_max, Routing routing, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  std::uniform_int_distribution<int> tokens(0, B_max);
   llep::sim::Skew skew;
   if (routing == Routing::hot) skew = {1, 1.0};
   if (routing == Routing::one_rank) skew = {std::max(N / P, K), 1.0};
-  std::vector<RankInput> in(static_cast<std::size_t>(P));
-  for (int p = 0; p < P; ++p) {
-    auto& r = in[static_cast<std::size_t>(p)];
-    const int B = p % 2 == 0 ? B_max : tokens(rng);
-    r.x.resize(static_cast<std::size_t>(B * D));
-    for (float& v : r.x) v = static_cast<float>(u(rng));
-    r.ids.resize(static_cast<std::size_t>(B * K));
-    r.gates.resize(r.ids.size());
-    llep::sim::random_routing(rng(), N, K, skew, std::span<std::int32_t>(r.ids), std::span<float>(r.gates));
-  }
-  return in;
+  return layertest::make_inputs(P, N, K, D, skew, seed, layertest::TokenRange{0, B_max, false, true});
 }
 
 template <class Layer>
