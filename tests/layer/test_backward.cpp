@@ -20,6 +20,7 @@
 #include "../common/dense_moe.hpp"
 #include "llep/layer/backward.hpp"
 #include "llep/layer/host_layer.hpp"
+#include "llep/codec/block_scaled.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/cost_aware.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -88,25 +89,43 @@ struct RankGrads {
 // forward (filling a handle) + backward on P threads, `repeats` times (each must give the
 // same bits). `old` presets the weight-gradient buffers (accumulate adds onto it). With
 // `save_inputs` the handle keeps the experts' inputs, else backward dispatches them again;
-// with `keep_preacts` it keeps the experts' pre-activations, else backward recomputes them.
-template <class T, class Act, class Plnr>
+// with `keep_preacts` it keeps the experts' pre-activations, else backward recomputes them;
+// with `refetch` backward fetches the foreign weights again instead of the handle keeping
+// them; with `keep_outputs` the handle keeps the experts' outputs. With either of the last
+// two, the layer runs in a fixed workspace of exactly the larger of workspace_bytes and
+// backward_workspace_bytes (HostExec throws beyond it) and the handle in exactly
+// handle_bytes(limits, keeps()).
+template <class T, class Act, class Plnr, class Codec = llep::Identity<T>>
 std::vector<RankGrads<T>> run_backward(const dense::Moe& moe, const llep::Topology& topo, int K,
                                        const std::vector<RankInput<T>>& in, Plnr planner, Act act,
                                        llep::GradMode mode, T old, llep::Plan* plan_out = nullptr,
-                                       bool save_inputs = false, int repeats = 2, bool keep_preacts = false) {
+                                       bool save_inputs = false, int repeats = 2, bool keep_preacts = false,
+                                       bool refetch = false, bool keep_outputs = false, Codec codec = Codec{}) {
   const int P = topo.ranks();
   const llep::ExpertShape shape{moe.hidden, moe.intermediate, Act::has_bias};
   llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(20'000)});
   std::vector<RankGrads<T>> res(static_cast<std::size_t>(P));
+  using Layer = llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<T, Act>, llep::HostExec, Codec>;
+  const llep::HandleKeeps keeps{save_inputs, !refetch, keep_outputs};
+  const bool exact_memory = refetch || keep_outputs;
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const auto p = static_cast<std::size_t>(t.rank());
     const auto weights = held_weights<T>(moe, topo, t.rank());
-    llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<T, Act>, llep::HostExec> layer(
-        topo, K, planner, llep::HostSwiGlu<T, Act>(shape, act), t);
+    std::vector<std::byte> ws;
+    if (exact_memory) {
+      const Layer sizer(topo, K, planner, llep::HostSwiGlu<T, Act>(shape, act), t);
+      const auto limits = sizer.limits(kMaxTokens);
+      ws.resize(std::max(Layer::workspace_bytes(limits), llep::backward_workspace_bytes<T, T>(sizer, limits, keeps)));
+    }
+    Layer layer(topo, K, planner, llep::HostSwiGlu<T, Act>(shape, act), t,
+                exact_memory ? llep::HostExec(ws) : llep::HostExec());
     layer.set_native_weights(weights);
+    layer.set_codec(codec);
     const auto& r = in[p];
-    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), save_inputs));
-    llep::ForwardHandle<T> handle(memory, save_inputs);
+    llep::ForwardHandle<T> handle;
+    handle.save_inputs = save_inputs, handle.refetch_weights = refetch, handle.save_outputs = keep_outputs;
+    std::vector<std::byte> memory(Layer::handle_bytes(layer.limits(kMaxTokens), handle.keeps()));
+    handle.memory = memory;
     std::vector<std::byte> saved(keep_preacts ? layer.saved_bytes(layer.limits(kMaxTokens)) : 0);
     handle.saved_memory = saved;
     for (int s = 0; s < repeats; ++s) {
@@ -265,6 +284,68 @@ void check_kept_preacts(int P, int N, int K, const llep::Topology& topo, Plnr pl
   check_grads(moe, topo, K, in, kept, mode, old);
 }
 
+// The same step with the foreign weights kept in the handle (the reference) and fetched
+// again in backward, and with the experts' outputs kept or recomputed: the same bits on
+// every rank for every combination. The report's bytes are checked against the plan: a
+// rank keeps (or receives again) exactly its incoming transfers' weights and sends again
+// exactly its outgoing ones. Returns the foreign weight bytes the reference kept over all
+// ranks, and the most foreign experts one rank received.
+struct Spilled {
+  std::size_t bytes = 0, most = 0;
+};
+template <class T, class Act, class Plnr, class Codec = llep::Identity<T>>
+Spilled check_memory_options(int P, int N, int K, const llep::Topology& topo, Plnr planner, Act act, std::uint64_t seed,
+                             llep::GradMode mode, Codec codec = Codec{}, Routing routing = Routing::hot_one_expert) {
+  const int D = 10, H = 7;
+  auto moe = dense::Moe::random(N, D, H, Act::has_bias ? dense::Act::gpt_oss : dense::Act::silu, seed);
+  if constexpr (Act::has_bias) moe.limit = act.limit, moe.alpha = act.alpha;
+  const auto in = make_inputs<T>(P, N, K, D, routing, seed * 17 + 3);
+  const T old = mode == llep::GradMode::accumulate ? T(0.25) : T(-3);
+  llep::Plan plan;
+  const auto ref = run_backward<T>(moe, topo, K, in, planner, act, mode, old, &plan, false, 1, false, false, false, codec);
+  const std::size_t W = llep::ExpertShape{D, H, Act::has_bias}.elems();
+  const std::size_t wire = codec.encoded_bytes(W);
+  Spilled kept;
+  for (const bool save_inputs : {false, true})
+    for (const bool refetch : {false, true})
+      for (const bool outputs : {false, true}) {
+        if (!refetch && !outputs) continue;  // the reference
+        INFO("P = ", P, ", K = ", K, ", planner ", Plnr::name, ", save_inputs ", save_inputs, ", refetch ", refetch,
+             ", outputs kept ", outputs);
+        const auto got = run_backward<T>(moe, topo, K, in, planner, act, mode, old, nullptr, save_inputs, 2, false,
+                                         refetch, outputs, codec);
+        for (std::size_t p = 0; p < ref.size(); ++p) {
+          INFO("rank ", p);
+          CHECK(got[p].hidden == ref[p].hidden);
+          CHECK(got[p].gates == ref[p].gates);
+          CHECK(got[p].weights == ref[p].weights);
+          std::size_t in_w = 0, out_w = 0;
+          for (const auto& w : plan.weight_transfers()) {
+            in_w += static_cast<std::size_t>(w.dst) == p ? 1 : 0;
+            out_w += static_cast<std::size_t>(w.src) == p ? 1 : 0;
+          }
+          const auto& g = got[p].report;
+          CHECK(ref[p].report.kept_weight_bytes == in_w * W * sizeof(T));
+          CHECK_FALSE(ref[p].report.weights_fetched_again);
+          CHECK(ref[p].report.refetch_bytes_received + ref[p].report.refetch_bytes_sent == 0);
+          CHECK(g.weights_fetched_again == refetch);
+          CHECK(g.kept_weight_bytes == (refetch ? 0 : in_w * W * sizeof(T)));
+          CHECK(g.refetch_bytes_received == (refetch ? in_w * wire : 0));
+          CHECK(g.refetch_bytes_sent == (refetch ? out_w * wire : 0));
+          CHECK(g.outputs_recomputed == !outputs);
+          const std::size_t rows_bytes = static_cast<std::size_t>(g.rows) * D * sizeof(T);
+          CHECK(g.kept_output_bytes == (outputs ? rows_bytes : 0));
+          CHECK(g.kept_input_bytes == (save_inputs ? rows_bytes : 0));
+          if (!save_inputs && refetch && !outputs) {
+            kept.bytes += ref[p].report.kept_weight_bytes;
+            kept.most = std::max(kept.most, in_w);
+          }
+        }
+        if constexpr (Codec::exact) check_grads(moe, topo, K, in, got, mode, old);  // lossy: not the dense weights
+      }
+  return kept;
+}
+
 // A plan in which one helper computes two segments of one expert, and so does its native
 // rank: expert 0's pairs in quarters on ranks (h, native, h, native), h = native + 1.
 // Everything else on its native rank.
@@ -278,6 +359,27 @@ struct TwoSegmentsOnOneHelper {
       if (e == 0 && l >= 4 && topo.ranks() > 1) {
         const int h = (native + 1) % topo.ranks();
         for (int q = 0; q < 4; ++q) out.add_segment(e, q % 2 == 0 ? h : native, q * l / 4, (q + 1) * l / 4);
+      } else if (l > 0) {
+        out.add_segment(e, native, 0, l);
+      }
+    }
+    out.set_capacity(1);
+    out.finish(topo);
+  }
+};
+
+// Every expert's second half goes to the next rank: with P > 1 each rank receives the
+// weights of several foreign experts (so one expert's weights cannot stand in for another's).
+struct HalfToNext {
+  static constexpr const char* name = "half-to-next";
+  void plan(std::span<const count_t> loads, const llep::Topology& topo, llep::Plan& out) const {
+    out.reset(topo, name);
+    for (int e = 0; e < topo.experts(); ++e) {
+      const count_t l = loads[static_cast<std::size_t>(e)];
+      const int native = topo.native_rank(e), next = (native + 1) % topo.ranks();
+      if (l >= 2 && next != native) {
+        out.add_segment(e, native, 0, l / 2);
+        out.add_segment(e, next, l / 2, l);
       } else if (l > 0) {
         out.add_segment(e, native, 0, l);
       }
@@ -421,6 +523,110 @@ TEST_CASE("kept pre-activations: the same bits as recomputing them, rows x saved
                          doctest::Contains("saved_memory"), llep::Error);
     CHECK_FALSE(handle.filled);
   });
+}
+
+TEST_CASE("memory options: refetched foreign weights and kept outputs give the same bits, bytes as the plan says") {
+  std::uint64_t seed = 1200;
+  std::size_t spilled = 0;
+  for (const int P : {1, 3, 4})
+    for (llep::GradMode mode : {llep::GradMode::overwrite, llep::GradMode::accumulate}) {
+      const int N = 2 * P, K = 2;
+      ++seed;
+      const llep::Topology topo(P, N);
+      CHECK(check_memory_options<float>(P, N, K, topo, llep::StandardEp{}, llep::SiluGlu{}, seed, mode).bytes == 0);
+      spilled += check_memory_options<float>(P, N, K, topo, kSmallGemm, llep::SiluGlu{}, seed, mode).bytes;
+      // Several foreign experts on one helper: each must get its own weights back.
+      const auto several = check_memory_options<float>(P, N, K, topo, HalfToNext{}, llep::SiluGlu{}, seed, mode,
+                                                       llep::Identity<float>{}, Routing::uniform);
+      CHECK(several.most >= (P > 1 ? 2u : 0u));
+      spilled += check_memory_options<double>(P, N, K, topo, kSmallGemm, llep::GptOssGlu{0.4, 1.702}, seed, mode).bytes;
+      std::vector<double> history(static_cast<std::size_t>(N), 1.0);
+      history[0] = 10.0 * N;  // expert 0 gets the replicas
+      const auto rep = P > 1 ? llep::Replicated::place(history, P, 3) : topo;
+      (void)check_memory_options<float>(P, N, K, rep, llep::Replicated{}, llep::SiluGlu{}, seed, mode);
+      spilled += check_memory_options<float>(P, N, K, rep, kSmallGemm, llep::SiluGlu{}, seed, mode).bytes;
+    }
+  CHECK(spilled > 0);  // weights did spill, so refetching was exercised
+  // A lossy codec: the weights fetched again decode to the same bits as forward's.
+  const llep::Topology topo(4, 8);
+  CHECK(check_memory_options<float>(4, 8, 2, topo, kSmallGemm, llep::SiluGlu{}, 1300, llep::GradMode::overwrite,
+                                    llep::Fp8Blocks<float>())
+            .bytes > 0);
+}
+
+TEST_CASE("refetch_weights: the handle and backward's workspace hold what the limits say") {
+  const int P = 4, N = 8, K = 2, D = 10, H = 7;
+  const llep::Topology topo(P, N);
+  llep::HostGroup group(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const llep::HostMoeLayer<llep::LeastLoaded> layer(topo, K, kSmallGemm, llep::HostSwiGlu<float>({D, H, false}), t);
+    const auto limits = layer.limits(kMaxTokens);
+    REQUIRE(limits.plan.foreign_experts_per_rank > 0);
+    const std::size_t weights = static_cast<std::size_t>(limits.plan.foreign_experts_per_rank) * limits.weight_bytes;
+    for (const bool inputs : {false, true})
+      for (const bool outputs : {false, true}) {
+        const llep::HandleKeeps keep{inputs, true, outputs}, refetch{inputs, false, outputs};
+        const std::size_t kept = decltype(layer)::handle_bytes(limits, keep);
+        const std::size_t fetched = decltype(layer)::handle_bytes(limits, refetch);
+        // The foreign weights' region leaves the handle (up to the 256-byte alignment)...
+        CHECK(fetched < kept);
+        CHECK(kept - fetched + 256 > weights);
+        CHECK(kept - fetched <= weights + 256);
+        // ... and backward's workspace gains it.
+        const std::size_t bk = llep::backward_workspace_bytes<float, float>(layer, limits, keep);
+        const std::size_t bf = llep::backward_workspace_bytes<float, float>(layer, limits, refetch);
+        CHECK(bf > bk);
+        CHECK(bf - bk + 256 > weights);
+        CHECK(bf - bk <= weights + 256);
+      }
+    // Outputs kept: rows x D more in the handle.
+    const std::size_t rows = static_cast<std::size_t>(limits.plan.rows_per_rank) * limits.row_bytes;
+    const std::size_t base = decltype(layer)::handle_bytes(limits, llep::HandleKeeps{});
+    const std::size_t with_out = decltype(layer)::handle_bytes(limits, llep::HandleKeeps{false, true, true});
+    CHECK(with_out - base + 256 > rows);
+    CHECK(with_out - base <= rows + 256);
+    CHECK(decltype(layer)::handle_bytes(limits, false) == base);  // the bool overload: weights kept
+  });
+}
+
+TEST_CASE("refetch_weights cleared between forward and backward: llep::Error, not stale weights") {
+  const int P = 2, N = 4, K = 2, D = 10, H = 7;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 1400);
+  const auto in = make_inputs<float>(P, N, K, D, Routing::hot_one_expert, 1401);
+  const llep::Topology topo(P, N);
+  llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(5'000)});
+  std::vector<std::string> errors(P);
+  std::vector<std::size_t> incoming(P, 0);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const auto p = static_cast<std::size_t>(t.rank());
+    const auto w = held_weights<float>(moe, topo, t.rank());
+    llep::HostMoeLayer<llep::LeastLoaded> layer(topo, K, kSmallGemm, llep::HostSwiGlu<float>({D, H, false}), t);
+    layer.set_native_weights(w);
+    const auto& r = in[p];
+    std::vector<float> out(r.x.size()), gh(r.x.size()), gg(r.gates.size()), gw(w.size());
+    llep::ForwardHandle<float> handle;
+    handle.refetch_weights = true;
+    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), handle.keeps()));
+    handle.memory = memory;
+    layer.forward(std::span<const float>(r.x), std::span<const std::int32_t>(r.ids), std::span<const float>(r.gates),
+                  std::span<float>(out), handle);
+    for (const auto& task : handle.tasks) incoming[p] += task.native ? 0 : 1;
+    handle.refetch_weights = false;
+    try {
+      llep::backward(layer, handle, llep::BackwardArgs<float, float, float>{r.x, r.gates, r.grad_out, gh, gg, gw});
+    } catch (const llep::Error& e) {
+      errors[p] = e.what();
+    }
+  });
+  // The helper names the missing weights; the others are released by the abort.
+  bool named = false;
+  for (int p = 0; p < P; ++p) {
+    INFO("rank ", p, ": ", errors[static_cast<std::size_t>(p)]);
+    CHECK_FALSE(errors[static_cast<std::size_t>(p)].empty());
+    named = named || (incoming[static_cast<std::size_t>(p)] > 0 &&
+                      errors[static_cast<std::size_t>(p)].find("no weights of foreign expert") != std::string::npos);
+  }
+  CHECK(named);
 }
 
 TEST_CASE("weight gradients in double for float weights") {

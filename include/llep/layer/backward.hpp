@@ -22,13 +22,15 @@
 // contributors in ascending rank, so replicated weights stay identical after a step. The
 // order depends only on the plan: not on timing or transport.
 //
-// Memory: the handle keeps the permutations and the received foreign weights; with
-// handle.save_inputs also the experts' inputs, else the token rows are dispatched again;
-// with handle.saved_memory the experts' pre-activations, else the functor recomputes them.
-// The experts' outputs (for the gate gradients) are recomputed by a forward of the
-// experts. Temporary gradients exist only for foreign experts and replicated ones; the
+// Memory: the handle keeps the permutations; the received foreign weights unless
+// handle.refetch_weights, else backward fetches them again from their holders (the plan's
+// transfers once more); with handle.save_inputs the experts' inputs, else the token rows
+// are dispatched again; with handle.saved_memory the experts' pre-activations, else the
+// functor recomputes them; with handle.save_outputs the experts' outputs (for the gate
+// gradients), else a forward of the experts recomputes them. Every choice gives the same
+// bits. Temporary gradients exist only for foreign experts and replicated ones; the
 // caller's buffers take the natives' directly. BackwardReport says what each part held
-// and moved; backward_workspace_bytes(limits) bounds backward's step memory.
+// and moved; backward_workspace_bytes(limits, keeps) bounds backward's step memory.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -47,6 +49,8 @@
 #include "llep/layer/layout.hpp"
 #include "llep/layer/limits.hpp"
 #include "llep/layer/row_ops.hpp"
+#include "llep/layer/stages.hpp"
+#include "llep/codec/exchange.hpp"
 #include "llep/transport/transport.hpp"
 
 namespace llep {
@@ -62,6 +66,15 @@ struct BackwardReport {
   count_t rows = 0;                       ///< rows this rank's experts ran backward on
   bool inputs_dispatched_again = false;   ///< the handle did not keep the experts' inputs
   std::size_t saved_bytes = 0;            ///< pre-activations the handle kept (0: recomputed)
+  // What the handle held from forward to backward for each memory option (0: not kept),
+  // and what backward did instead.
+  std::size_t kept_input_bytes = 0;       ///< experts' inputs (save_inputs)
+  std::size_t kept_weight_bytes = 0;      ///< received foreign weights (0 with refetch_weights)
+  std::size_t kept_output_bytes = 0;      ///< experts' outputs (save_outputs)
+  bool weights_fetched_again = false;     ///< refetch_weights: the plan's transfers ran again
+  std::size_t refetch_bytes_sent = 0;     ///< weight bytes of that second exchange (wire bytes)
+  std::size_t refetch_bytes_received = 0;
+  bool outputs_recomputed = false;        ///< the experts ran forward again for the gate gradients
 };
 
 /// The arguments of backward, in the execution space's memory. `hidden` and
@@ -119,9 +132,11 @@ struct AddGradient {
 inline std::uint64_t mix(std::uint64_t h, std::uint64_t v) { return h ^ (v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2)); }
 
 /// What every rank must agree on before backward moves a byte.
-inline std::uint64_t agreement(const Plan& plan, int top_k, GradMode mode, std::size_t g_bytes, std::size_t gw_bytes) {
-  std::uint64_t h = mix(mix(mix(mix(0, static_cast<std::uint64_t>(mode)), g_bytes), gw_bytes),
-                        static_cast<std::uint64_t>(top_k));
+inline std::uint64_t agreement(const Plan& plan, int top_k, GradMode mode, std::size_t g_bytes, std::size_t gw_bytes,
+                               bool refetch) {
+  std::uint64_t h = mix(mix(mix(mix(mix(0, static_cast<std::uint64_t>(mode)), g_bytes), gw_bytes),
+                            static_cast<std::uint64_t>(top_k)),
+                        refetch ? 1 : 0);
   for (const Segment& s : plan.segments())
     for (const std::int64_t v : {std::int64_t{s.expert}, std::int64_t{s.rank}, std::int64_t{s.begin}, std::int64_t{s.end}})
       h = mix(h, static_cast<std::uint64_t>(v));
@@ -138,13 +153,15 @@ inline void to_bytes(std::span<const count_t> rows, std::size_t unit, std::vecto
 /// The sizes backward's step memory depends on.
 struct Sizes {
   std::size_t pairs = 0, rows = 0, temps = 0, received = 0, ranks = 0, scratch = 0;
+  std::size_t fetched = 0;  ///< foreign experts whose weights backward fetches again
   bool inputs_saved = false;
 };
 
 /// Byte offsets of backward's regions, 256-aligned, in one allocation.
 struct Carve {
-  std::size_t send, recv, cin, cg, cy, gsend, grecv, cgate, cs, temp, received, scratch, agree, total = 0;
-  Carve(const Sizes& z, std::size_t row_bytes, std::size_t g_bytes, std::size_t expert_grad_bytes) {
+  std::size_t send, recv, cin, cg, cy, gsend, grecv, cgate, cs, temp, received, fetched, scratch, agree, total = 0;
+  Carve(const Sizes& z, std::size_t row_bytes, std::size_t g_bytes, std::size_t expert_grad_bytes,
+        std::size_t expert_bytes) {
     auto take = [this](std::size_t bytes) {
       const std::size_t at = (total + 255) & ~std::size_t{255};
       total = at + bytes;
@@ -161,6 +178,7 @@ struct Carve {
     cs = take(z.rows * g_bytes);
     temp = take(z.temps * expert_grad_bytes);
     received = take(z.received * expert_grad_bytes);
+    fetched = take(z.fetched * expert_bytes);
     scratch = take(z.scratch);
     agree = take((z.ranks + 1) * sizeof(std::uint64_t));
   }
@@ -169,8 +187,10 @@ struct Carve {
 /// Host bookkeeping of one rank's backward, reused across steps (no allocation when warm).
 struct Book {
   std::vector<int> temp_experts, received, helpers;  // received: (expert, rank) pairs
+  std::vector<int> slot, incoming;  // refetch: held experts' slots, foreign experts (ascending)
   std::vector<std::uint64_t> fingerprints;
-  std::vector<P2pOp> ops;
+  std::vector<P2pOp> ops, weight_ops;
+  EncodedWeights encoded;
   std::vector<std::size_t> rows[4], scalars[4];
 };
 
@@ -253,6 +273,17 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   }
   const std::size_t n_received = book.received.size() / 2;
 
+  // Foreign weights: kept in the handle since forward, or fetched again (refetch_weights)
+  // into backward's memory, where held_expert / foreign_expert find them as in forward.
+  const bool refetch = h.refetch_weights;
+  for (const auto& t : h.tasks)
+    LLEP_EXPECTS(refetch || t.weights != nullptr, "rank ", rank, ": the handle holds no weights of foreign expert ",
+                 t.expert, " (forward ran with refetch_weights; keep the flag as it was until backward)");
+  (void)step_sizes(layout, plan, rank, book.incoming);
+  book.slot.assign(static_cast<std::size_t>(N), -1);
+  for (int e = 0, s = 0; e < N; ++e)
+    if (topo.holds(e, rank)) book.slot[static_cast<std::size_t>(e)] = s++;
+
   // Step memory.
   const std::size_t rows = static_cast<std::size_t>(layout.compute_rows());
   count_t max_task = 0;
@@ -260,9 +291,10 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   Sizes z;
   z.pairs = pairs, z.rows = rows, z.temps = book.temp_experts.size(), z.received = n_received;
   z.ranks = static_cast<std::size_t>(P), z.inputs_saved = saved;
+  z.fetched = refetch ? book.incoming.size() : 0;
   z.scratch = std::max(experts.scratch_bytes(max_task, static_cast<count_t>(rows)),
                        experts.backward_scratch_bytes(max_task, static_cast<count_t>(rows)));
-  const Carve c(z, row_bytes, sizeof(G), W * sizeof(GW));
+  const Carve c(z, row_bytes, sizeof(G), W * sizeof(GW), W * sizeof(T));
   std::byte* ws = exec.workspace(c.total);
   // The null pointer names the region's element type.
   auto at = [ws]<class U>(std::size_t off, U*) { return reinterpret_cast<U*>(ws + off); };
@@ -277,11 +309,13 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   G* cs = at(c.cs, static_cast<G*>(nullptr));
   GW* temp = at(c.temp, static_cast<GW*>(nullptr));
   GW* received = at(c.received, static_cast<GW*>(nullptr));
+  const WeightsOnRank<T> again{layer.native_weights(), at(c.fetched, static_cast<T*>(nullptr)), book.slot,
+                               book.incoming, W};
   void* scratch = ws + c.scratch;
 
   {  // Agreement, through the execution space's memory (the transport's).
     auto* agree = at(c.agree, static_cast<std::uint64_t*>(nullptr));
-    const std::uint64_t mine = agreement(plan, h.top_k, a.mode, sizeof(G), sizeof(GW));
+    const std::uint64_t mine = agreement(plan, h.top_k, a.mode, sizeof(G), sizeof(GW), refetch);
     exec.from_host(agree, &mine, sizeof(mine));
     tr.all_gather(agree, sizeof(mine), agree + 1);
     book.fingerprints.resize(static_cast<std::size_t>(P));
@@ -289,7 +323,25 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
     exec.synchronize();
     for (int q = 0; q < P; ++q)
       LLEP_EXPECTS(book.fingerprints[static_cast<std::size_t>(q)] == book.fingerprints[0], "backward: rank ", q,
-                   " disagrees with rank 0 on the plan, the gradient mode or the gradient types");
+                   " disagrees with rank 0 on the plan, the gradient mode, the gradient types or refetch_weights");
+  }
+
+  // 1a. With refetch_weights, the plan's weight transfers once more, as forward's dispatch
+  // ran them (through the layer's codec; on a WeightsPathTransport while the rows move).
+  BackwardReport report;
+  using Tr = std::remove_cvref_t<decltype(tr)>;
+  if (refetch) {
+    using Codec = std::remove_cvref_t<decltype(layer.codec())>;
+    if constexpr (Codec::exact) {
+      dispatch_weights(tr, plan, rank, again, book.weight_ops);
+    } else {
+      encode_exchange_decode(
+          layer.codec(), tr, plan.weight_transfers(), rank, W, [&](int e) { return again.held_expert(e); },
+          [&](int e) { return again.foreign_expert(e); }, book.encoded);
+      book.weight_ops.assign(book.encoded.ops.begin(), book.encoded.ops.end());  // wire bytes
+    }
+    for (const P2pOp& op : book.weight_ops)
+      (op.kind == P2pOp::Kind::send ? report.refetch_bytes_sent : report.refetch_bytes_received) += op.bytes;
   }
 
   // 1. Dispatch the upstream gradients and the gates (and the token rows unless the handle
@@ -311,17 +363,25 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   dispatch(a.grad_out.data(), cg, send, recv, row_bytes, top_k, book.rows);
   dispatch(a.topk_weights.data(), cgate, gsend, grecv, sizeof(G), 1, book.scalars);
 
-  // 2. Experts: outputs again (for the gate gradients), then backward. Gradients of
-  // experts held here alone go to the caller's buffer; the others to temporaries.
+  // 2. Experts: outputs (kept by forward, or computed again) for the gate gradients, then
+  // backward. Gradients of experts held here alone go to the caller's buffer; the others
+  // to temporaries.
+  if constexpr (WeightsPathTransport<Tr>)
+    if (refetch) tr.join_weights();
+  auto weights_of = [&](const HandleTask<T>& t) { return refetch && !t.native ? again.foreign_expert(t.expert) : t.weights; };
   thread_local std::vector<ExpertTask<T>> fwd;
   thread_local std::vector<ExpertGradTask<T, GW>> direct, temps;
   fwd.clear(), direct.clear(), temps.clear();
-  for (const auto& t : h.tasks) {
-    const auto off = static_cast<std::size_t>(t.row) * D;
-    fwd.push_back(ExpertTask<T>{t.expert, t.weights, cin + off, cy + off, t.rows});
+  const T* y = h.expert_outputs;
+  if (y == nullptr) {
+    for (const auto& t : h.tasks) {
+      const auto off = static_cast<std::size_t>(t.row) * D;
+      fwd.push_back(ExpertTask<T>{t.expert, weights_of(t), cin + off, cy + off, t.rows});
+    }
+    experts.compute(exec, std::span<const ExpertTask<T>>(fwd), scratch);
+    y = cy;
   }
-  experts.compute(exec, std::span<const ExpertTask<T>>(fwd), scratch);
-  exec.for_each_n(rows, GateGradients<T, G>{cg, cy, cgate, cs, D});
+  exec.for_each_n(rows, GateGradients<T, G>{cg, y, cgate, cs, D});
   for (int e = 0; e < N; ++e) {
     const std::size_t ti = temp_index(e);
     if (!topo.holds(e, rank) && ti == SIZE_MAX) continue;
@@ -332,7 +392,7 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
       if (t.expert != e) continue;
       const auto off = static_cast<std::size_t>(t.row) * D;
       const void* kept = h.saved ? h.saved + static_cast<std::size_t>(t.saved_row) * experts.saved_row_bytes() : nullptr;
-      list.push_back(ExpertGradTask<T, GW>{e, t.weights, cin + off, cg + off, cy + off, buf, kept, t.rows});
+      list.push_back(ExpertGradTask<T, GW>{e, weights_of(t), cin + off, cg + off, cy + off, buf, kept, t.rows});
     }
     if (list.size() == before) list.push_back(ExpertGradTask<T, GW>{e, nullptr, nullptr, nullptr, nullptr, buf, nullptr, 0});
   }
@@ -360,7 +420,6 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
     for (; next < n_received && book.received[2 * next] == e; ++next)
       book.ops.push_back(P2pOp{P2pOp::Kind::recv, book.received[2 * next + 1], received + next * W, W * sizeof(GW)});
   }
-  BackwardReport report;
   for (const P2pOp& op : book.ops) (op.kind == P2pOp::Kind::send ? report.grad_bytes_sent : report.grad_bytes_received) += op.bytes;
   tr.exchange(book.ops);
 
@@ -395,6 +454,11 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   report.temp_grad_bytes = book.temp_experts.size() * W * sizeof(GW);
   report.inputs_dispatched_again = !saved;
   report.saved_bytes = h.saved_bytes;
+  report.kept_input_bytes = saved ? rows * row_bytes : 0;
+  report.kept_weight_bytes = refetch ? 0 : book.incoming.size() * W * sizeof(T);
+  report.kept_output_bytes = h.expert_outputs != nullptr ? rows * row_bytes : 0;
+  report.weights_fetched_again = refetch;
+  report.outputs_recomputed = h.expert_outputs == nullptr;
   for (int q = 0; q < P; ++q) {
     if (q == rank) continue;
     const auto uq = static_cast<std::size_t>(q);
@@ -408,11 +472,13 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
 }  // namespace detail::backward
 
 /// Bytes of backward's step memory (from the execution space's workspace) that no step
-/// within `limits` exceeds, for gradients of type GW and gates of type G; with
-/// `inputs_saved` when the handle keeps the experts' inputs. An engine that supplies the
-/// workspace sizes it as the larger of this and MoeLayer::workspace_bytes(limits).
+/// within `limits` exceeds, for gradients of type GW and gates of type G, for a handle that
+/// keeps what `keeps` says (ForwardHandle::keeps()): inputs not kept take a buffer for
+/// their second dispatch, foreign weights not kept one for their second fetch. An engine
+/// that supplies the workspace sizes it as the larger of this and
+/// MoeLayer::workspace_bytes(limits).
 template <class GW, class G, class Layer>
-std::size_t backward_workspace_bytes(const Layer& layer, const LayerLimits& limits, bool inputs_saved) {
+std::size_t backward_workspace_bytes(const Layer& layer, const LayerLimits& limits, HandleKeeps keeps) {
   const Topology& topo = layer.topology();
   const auto rows = static_cast<count_t>(limits.plan.rows_per_rank);
   detail::backward::Sizes z;
@@ -422,10 +488,18 @@ std::size_t backward_workspace_bytes(const Layer& layer, const LayerLimits& limi
   z.temps = static_cast<std::size_t>(limits.plan.foreign_experts_per_rank) + slots;
   z.received = slots * (P > 0 ? P - 1 : 0);
   z.ranks = P;
-  z.inputs_saved = inputs_saved;
+  z.inputs_saved = keeps.inputs;
+  z.fetched = keeps.foreign_weights ? 0 : static_cast<std::size_t>(limits.plan.foreign_experts_per_rank);
   z.scratch = std::max(layer.experts().scratch_bytes(rows, rows), layer.experts().backward_scratch_bytes(rows, rows));
   const std::size_t W = layer.experts().weight_elems();
-  return detail::backward::Carve(z, limits.row_bytes, sizeof(G), W * sizeof(GW)).total;
+  return detail::backward::Carve(z, limits.row_bytes, sizeof(G), W * sizeof(GW), W * sizeof(typename Layer::value_type))
+      .total;
+}
+/// The same with `inputs_saved` when the handle keeps the experts' inputs (and the
+/// foreign weights, as by default).
+template <class GW, class G, class Layer>
+std::size_t backward_workspace_bytes(const Layer& layer, const LayerLimits& limits, bool inputs_saved) {
+  return backward_workspace_bytes<GW, G>(layer, limits, HandleKeeps{inputs_saved});
 }
 
 /// One rank's backward of the step forward filled `handle` with (see the header comment).

@@ -5,12 +5,14 @@
 //
 // Host side (the handle object): the plan, the layout, and one HandleTask per compute
 // task. Exec side (`memory`, caller-owned, in the execution space's memory, at least
-// MoeLayer::handle_bytes(limits, save_inputs) bytes): the permutations, the received
-// foreign weights and, with save_inputs, the experts' inputs. These regions are carved from
-// `memory` instead of the step's workspace, so they outlive the step (the workspace is
-// reused by the next step or the next layer). With `saved_memory`, forward also keeps the
-// experts' pre-activations (ExpertBackward's `saved`) there, and backward does not
-// recompute them.
+// MoeLayer::handle_bytes(limits, keeps()) bytes): the permutations, the received foreign
+// weights (unless refetch_weights), with save_inputs the experts' inputs, with
+// save_outputs their outputs. These regions are carved from `memory` instead of the step's
+// workspace, so they outlive the step (the workspace is reused by the next step or the
+// next layer). With `saved_memory`, forward also keeps the experts' pre-activations
+// (ExpertBackward's `saved`) there, and backward does not recompute them. Each option
+// trades memory held between the passes against work in backward; BackwardReport gives
+// the bytes each one held.
 //
 // For a backward pass, per task: `expert`, whether its weights are `native`, the
 // `weights` it used (native weights or the copy in `memory`), its rows [row, row + rows) of
@@ -26,6 +28,7 @@
 #include "llep/core/config.hpp"
 #include "llep/core/plan.hpp"
 #include "llep/layer/layout.hpp"
+#include "llep/layer/limits.hpp"
 
 namespace llep {
 
@@ -34,7 +37,8 @@ template <class T>
 struct HandleTask {
   std::int32_t expert = 0;
   bool native = true;        ///< weights held by this rank (native or replica), not received
-  const T* weights = nullptr;  ///< the serialised weights the task used (exec memory)
+  const T* weights = nullptr;  ///< the serialised weights the task used (exec memory); null for a
+                               ///< foreign task under refetch_weights (backward fetches them)
   std::int32_t row = 0;      ///< first row in the compute buffer / expert_inputs
   std::int32_t rows = 0;
   count_t begin = 0;         ///< first pair of the expert (global position order)
@@ -54,6 +58,18 @@ struct ForwardHandle {
   /// experts' pre-activations, rows x saved_row_bytes(), at least MoeLayer::saved_bytes(limits);
   /// empty keeps none and backward recomputes them.
   std::span<std::byte> saved_memory;
+  /// Do not keep the received foreign weights from forward to backward: forward receives
+  /// them into its step workspace, and backward fetches them again from their holders (the
+  /// plan's weight transfers once more, into backward's workspace). Less handle memory
+  /// (MoeLayer::handle_bytes(limits, keeps())), one more weight exchange. Every rank must
+  /// choose the same, before forward.
+  bool refetch_weights = false;
+  /// Keep the experts' outputs (rows x D) in `memory`: backward reads them for the gate
+  /// gradients instead of running the experts' forward once more.
+  bool save_outputs = false;
+
+  /// The regions this handle keeps in `memory`; size it with handle_bytes(limits, keeps()).
+  [[nodiscard]] HandleKeeps keeps() const noexcept { return HandleKeeps{save_inputs, !refetch_weights, save_outputs}; }
 
   // Filled by forward.
   Plan plan;
@@ -67,6 +83,7 @@ struct ForwardHandle {
   const std::int32_t* row_pair = nullptr;   ///< send row -> flat pair
   const std::int32_t* compute_row = nullptr;  ///< receive row -> compute row
   const T* expert_inputs = nullptr;         ///< rows x D in task order, when save_inputs
+  const T* expert_outputs = nullptr;        ///< rows x D in task order, when save_outputs
   const std::byte* saved = nullptr;         ///< the pre-activations, when saved_memory is set
   std::size_t saved_bytes = 0;              ///< bytes of them: rows x saved_row_bytes()
   bool filled = false;                      ///< the last forward with this handle succeeded

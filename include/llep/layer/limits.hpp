@@ -156,19 +156,38 @@ class WorkspaceLayout {
   return StepSizes{pairs, rows, l.plan.foreign_experts_per_rank, blocks, chunks};
 }
 
+/// What a ForwardHandle keeps in its memory from forward to backward besides the
+/// permutations (ForwardHandle::keeps() gives its flags). Each kept region is memory held
+/// between the passes; each one left out costs backward work instead: the inputs are
+/// dispatched again, the foreign weights fetched again from their holders, the outputs
+/// recomputed by one more expert forward.
+struct HandleKeeps {
+  bool inputs = false;          ///< the experts' inputs, rows x D (ForwardHandle::save_inputs)
+  bool foreign_weights = true;  ///< the foreign experts' weights (!ForwardHandle::refetch_weights)
+  bool outputs = false;         ///< the experts' outputs, rows x D (ForwardHandle::save_outputs)
+};
+
 /// The regions a ForwardHandle keeps in its own memory (they outlive the step).
-[[nodiscard]] constexpr std::uint32_t handle_regions(bool save_inputs) noexcept {
+[[nodiscard]] constexpr std::uint32_t handle_regions(HandleKeeps keeps) noexcept {
   using W = WorkspaceLayout;
-  return W::bit(WorkspaceRegion::foreign_weights) | W::bit(WorkspaceRegion::order) |
-         W::bit(WorkspaceRegion::pair_row) | W::bit(WorkspaceRegion::row_pair) | W::bit(WorkspaceRegion::compute_row) |
-         (save_inputs ? W::bit(WorkspaceRegion::expert_in) : 0u);
+  return W::bit(WorkspaceRegion::order) | W::bit(WorkspaceRegion::pair_row) | W::bit(WorkspaceRegion::row_pair) |
+         W::bit(WorkspaceRegion::compute_row) |
+         (keeps.foreign_weights ? W::bit(WorkspaceRegion::foreign_weights) : 0u) |
+         (keeps.inputs ? W::bit(WorkspaceRegion::expert_in) : 0u) |
+         (keeps.outputs ? W::bit(WorkspaceRegion::expert_out) : 0u);
+}
+[[nodiscard]] constexpr std::uint32_t handle_regions(bool save_inputs) noexcept {
+  return handle_regions(HandleKeeps{save_inputs});
 }
 
 /// Bytes of handle memory (ForwardHandle::memory) no step within `limits` exceeds.
-[[nodiscard]] inline std::size_t handle_bytes(const LayerLimits& limits, bool save_inputs) {
+[[nodiscard]] inline std::size_t handle_bytes(const LayerLimits& limits, HandleKeeps keeps) {
   return WorkspaceLayout(worst_case_sizes(limits), limits.row_bytes, limits.weight_bytes, limits.scratch_bytes,
-                         handle_regions(save_inputs))
+                         handle_regions(keeps))
       .total();
+}
+[[nodiscard]] inline std::size_t handle_bytes(const LayerLimits& limits, bool save_inputs) {
+  return handle_bytes(limits, HandleKeeps{save_inputs});
 }
 
 /// Bytes of workspace no step within `limits` exceeds: the carve of the worst case, or

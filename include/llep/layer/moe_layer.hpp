@@ -148,6 +148,10 @@ class MoeLayer {
   [[nodiscard]] static std::size_t handle_bytes(const LayerLimits& limits, bool save_inputs) {
     return llep::handle_bytes(limits, save_inputs);
   }
+  /// The same for the regions `keeps` names (ForwardHandle::keeps()).
+  [[nodiscard]] static std::size_t handle_bytes(const LayerLimits& limits, HandleKeeps keeps) {
+    return llep::handle_bytes(limits, keeps);
+  }
   /// Bytes of ForwardHandle::saved_memory (the experts' pre-activations) no step within
   /// `limits` exceeds: rows x the functor's saved_row_bytes() (0 if it keeps none).
   [[nodiscard]] std::size_t saved_bytes(const LayerLimits& limits) const {
@@ -252,12 +256,12 @@ class MoeLayer {
     for (const ComputeTask& t : layout_.tasks()) max_task = std::max(max_task, static_cast<std::size_t>(t.rows));
     const std::size_t scratch =
         experts_.scratch_bytes(static_cast<count_t>(max_task), static_cast<count_t>(sizes.rows));
-    const std::uint32_t kept = handle ? handle_regions(handle->save_inputs) : 0u;
+    const std::uint32_t kept = handle ? handle_regions(handle->keeps()) : 0u;
     const WorkspaceLayout ws(sizes, row_bytes, welems * sizeof(T), scratch, WorkspaceLayout::all_regions & ~kept);
     const WorkspaceLayout hs(sizes, row_bytes, welems * sizeof(T), scratch, kept);
     LLEP_EXPECTS(!handle || hs.total() <= handle->memory.size(), "rank ", rank_, ": the forward handle's memory holds ",
                  handle ? handle->memory.size() : 0, " bytes but this step keeps ", hs.total(),
-                 " (size it with MoeLayer::handle_bytes(limits, save_inputs))");
+                 " (size it with MoeLayer::handle_bytes(limits, handle.keeps()))");
     std::byte* base = exec_.workspace(ws.total());
     const StepBuffers<T> buf = StepBuffers<T>::carve(ws, base, ws.total(), hs, handle ? handle->memory.data() : nullptr,
                                                      handle ? handle->memory.size() : 0, kept);
@@ -311,7 +315,10 @@ class MoeLayer {
     h.layout = layout_;
     h.tasks.clear();
     for (const ComputeTask& t : layout_.tasks())
-      h.tasks.push_back(HandleTask<T>{t.expert, t.native, t.native ? w.held_expert(t.expert) : w.foreign_expert(t.expert),
+      h.tasks.push_back(HandleTask<T>{t.expert, t.native,
+                                      t.native            ? w.held_expert(t.expert)
+                                      : h.refetch_weights ? nullptr  // in the step's workspace: fetched again
+                                                          : w.foreign_expert(t.expert),
                                       t.row, t.rows, t.begin});
     std::int32_t saved_row = 0;  // compute_stage's order: natives, then foreign experts
     for (const bool native : {true, false})
@@ -327,6 +334,7 @@ class MoeLayer {
     h.row_pair = b.row_pair;
     h.compute_row = b.compute_row;
     h.expert_inputs = h.save_inputs ? b.expert_in : nullptr;
+    h.expert_outputs = h.save_outputs ? b.expert_out : nullptr;
     h.filled = true;
   }
 
