@@ -3,7 +3,8 @@
 # Debian's packages (doctest, CLI11 and nlohmann/json copied into .tp/, given relative to the source root
 # because newer Meson refuses absolute paths inside it; see docs/gpu-status.md), runs the
 # GPU suite, the rest of the suites, the GPU demo, the device planner benchmark, example 05
-# and the GPU benchmarks, and writes the logs into OUT (default ./gpu-out).
+# and the GPU benchmarks (forward, and forward + backward for a few scenarios), and writes
+# the logs into OUT (default ./gpu-out).
 #   bash scripts/gpu-suite.sh --prepare   # on a machine WITH Debian's packages: fill .tp/
 #   bash scripts/gpu-suite.sh             # on the GPU machine
 # The whole run fits BUDGET_S seconds (default 540, under a 10-minute device call): each
@@ -136,6 +137,15 @@ stage "llep-device-plan-bench" 90 "$OUT/device-plan-bench.txt" "$BUILD/bench/pla
   --reps "${PLAN_REPS:-200}" --rounds "${PLAN_ROUNDS:-21}"
 stage "example 05 gpu-layer" 60 "$OUT/gpu-layer.txt" "$BUILD/examples/05-gpu-layer/gpu-layer"
 stage "llep-gpu-bench curve" 90 "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" curve --csv "$OUT/gemm-curve.csv"
+# The training columns (forward + backward per rank, --backward; docs/benchmarks.md): a few
+# scenarios, each its own stage so that a slow one leaves the others' results. Before the
+# full forward table, which was recorded on 2026-11-23 and has no training columns.
+for sc in ${TRAIN_SCENARIOS:-gpt-oss-120b:balanced gpt-oss-120b:95%-on-1 deepseek-v3:95%-on-1}; do
+  shape=${sc%%:*} routing=${sc#*:} tag=$(echo "$sc" | tr ':%' '-p')
+  stage "llep-gpu-bench table --backward ($shape, $routing)" "${TRAIN_S:-60}" "$OUT/bench-train.txt" \
+    "$BUILD/bench/gpu/llep-gpu-bench" table --backward --reps 3 --warmup 1 --shape "$shape" --routing "$routing" \
+    --csv "$OUT/train-$tag.csv" --markdown "$OUT/train-$tag.md"
+done
 # The full table needed about 330 s on an H100 (2026-11-23): it gets what the budget leaves.
 stage "llep-gpu-bench table" "${TABLE_S:-330}" "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" table \
   --reps 3 --warmup 1 --csv "$OUT/table.csv" --markdown "$OUT/table.md"

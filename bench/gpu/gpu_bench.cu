@@ -3,6 +3,7 @@
 //
 //   llep-gpu-bench curve --csv curve.csv            achieved TFLOP/s of one expert's FFN vs rows
 //   llep-gpu-bench table --csv t.csv --markdown t.md  EP vs LLEP per paper scenario
+//   llep-gpu-bench table --backward ...               the same, plus forward + backward (training)
 //
 // table: for every shape and routing, EP's and LLEP's plans are made from the expected
 // counts; each rank's real work (gather its rows into task order, the SwiGLU GEMMs of exactly
@@ -12,6 +13,17 @@
 // rank sends and receives (tokens both ways, and weights) over --link-gbps plus a latency per
 // all-to-all round. Peak memory per rank is the device memory in use while that rank's work
 // runs (cudaMemGetInfo around it), beside the plan's prediction as StepReport counts it.
+//
+// --backward adds, per rank and in the same run, a training step: the forward above, then
+// what llep::backward runs on that rank with the handle keeping the experts' inputs (its
+// default memory options otherwise): the upstream gradients into task order, the experts'
+// outputs again, the gate gradients, the experts' backward (dgrad and wgrad GEMMs; fp32
+// weight gradients, accumulated into the native experts' resident main gradients, a
+// temporary per foreign expert), the input gradients back, and on the native rank the sum of
+// every helper's gradient of its experts. Its communication adds the upstream and input
+// gradients and the gates (both ways) and the fp32 weight gradients returned to the native
+// ranks, over five more all-to-all rounds. Medians of --reps as for forward; the training
+// columns give EP's and LLEP's times, their ratio and the peak memory of each.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -27,6 +39,7 @@
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
+#include "llep/layer/backward.hpp"
 #include "llep/layer/layout.hpp"
 #include "llep/layer/row_ops.hpp"
 #include "llep/plan/standard_ep.hpp"
@@ -44,12 +57,14 @@ struct Args {
   std::string only_shape, only_routing;
   long long tokens = 0;  // tokens per rank; 0: the shape's own
   bool verbose = false;
+  bool backward = false;  // also time forward + backward per rank (training)
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "error: %s\nusage: llep-gpu-bench curve|table [--csv F] [--markdown F] [--reps N] [--warmup N]\n"
-               "       [--link-gbps G] [--latency-us U] [--grouped] [--shape NAME] [--routing NAME] [--tokens N] [--verbose]\n",
+               "       [--link-gbps G] [--latency-us U] [--grouped] [--shape NAME] [--routing NAME] [--tokens N] [--verbose]\n"
+               "       [--backward]   (table: also forward + backward per rank, the training columns)\n",
                why.c_str());
   std::exit(2);
 }
@@ -77,6 +92,7 @@ Args parse(int argc, char** argv) {
       else if (f == "--tokens") a.tokens = std::stoll(value());
       else if (f == "--verbose") a.verbose = true;
       else if (f == "--grouped") a.grouped = true;
+      else if (f == "--backward") a.backward = true;
       else usage("unknown flag " + f);
     } catch (const std::logic_error&) {
       usage("bad value for " + f);
@@ -84,6 +100,7 @@ Args parse(int argc, char** argv) {
   }
   if (a.reps < 1 || a.warmup < 0 || a.link_gbps <= 0 || a.latency_us < 0 || a.tokens < 0)
     usage("reps >= 1, warmup >= 0, link > 0, tokens >= 0");
+  if (a.backward && a.mode != "table") usage("--backward is a flag of table");
   return a;
 }
 
@@ -158,25 +175,43 @@ void curve(const Args& a, std::FILE* csv) {
 }
 
 struct RankCost {
-  double compute_ms = 0;
+  double compute_ms = 0, train_ms = 0;            // forward; forward + backward (--backward)
   std::size_t token_bytes = 0, weight_bytes = 0;  // sent + received
-  std::size_t measured_peak = 0, predicted_peak = 0;
+  std::size_t measured_peak = 0, predicted_peak = 0, train_peak = 0;
 };
 
 struct StepCost {
   double compute_ms = 0, comm_ms = 0;
   std::size_t peak_measured = 0, peak_predicted = 0;
+  double train_compute_ms = 0, train_comm_ms = 0;  // --backward: forward + backward
+  std::size_t train_peak = 0;
   [[nodiscard]] double step_ms() const { return compute_ms + comm_ms; }
+  [[nodiscard]] double train_ms() const { return train_compute_ms + train_comm_ms; }
+};
+
+// One rank's backward as llep::backward runs it (see the header): its buffers and tasks,
+// over the forward's cin / cout / perm / weights. GW = float: fp32 main gradients.
+struct RankBackward {
+  using GW = float;
+  std::unique_ptr<Buf> cg, cy, gate, gs;                // rows x D, rows x D, rows, rows
+  std::vector<std::unique_ptr<Buf>> temps, received;  // foreign experts' gradients; helpers' to sum
+  std::vector<llep::ExpertTask<T>> fwd;
+  std::vector<llep::ExpertGradTask<T, GW>> native, foreign;
+  std::vector<GW*> sums;  // native gradient buffer of each received gradient
 };
 
 template <llep::GemmMode Mode>
 StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerShape& shape, const llep::Plan& plan,
-                 llep::CountsView counts, const llep::Topology& topo) {
+                 llep::CountsView counts, const llep::Topology& topo, bool train) {
+  using GW = RankBackward::GW;
+  const bool backward_too = a.backward && train;
   const llep::ExpertShape es{shape.hidden, shape.intermediate, false};
   const llep::CublasSwiGlu<T, llep::SiluGlu, Mode> ffn(es);
   const std::size_t row_bytes = es.d() * sizeof(T), expert_bytes = es.elems() * sizeof(T);
+  const std::size_t grad_bytes = es.elems() * sizeof(GW);
+  const int M = topo.experts_per_rank();
   StepCost step;
-  double worst_comm = 0;
+  double worst_comm = 0, worst_train_comm = 0;
   llep::Layout layout;
   for (int r = 0; r < topo.ranks(); ++r) {
     layout.build(counts, plan, topo, r);
@@ -190,10 +225,12 @@ StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerSh
     }
     RankCost rc;
     {
-      // Native experts' weights are resident anyway; only what the step adds counts.
-      std::vector<std::unique_ptr<Buf>> weights(tasks.size());
+      // Native experts' weights are resident anyway; only what the step adds counts. So are
+      // their fp32 main gradients in training.
+      std::vector<std::unique_ptr<Buf>> weights(tasks.size()), main_grads(backward_too ? static_cast<std::size_t>(M) : 0);
       for (std::size_t i = 0; i < tasks.size(); ++i)
         if (tasks[i].native) weights[i] = std::make_unique<Buf>(expert_bytes);
+      for (auto& g : main_grads) g = std::make_unique<Buf>(grad_bytes);
       const std::size_t base = used_bytes();
       for (std::size_t i = 0; i < tasks.size(); ++i)
         if (!tasks[i].native) weights[i] = std::make_unique<Buf>(expert_bytes);
@@ -216,13 +253,70 @@ StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerSh
       // The fills and the pageable upload above ran on the legacy stream, which the exec's
       // non-blocking stream does not wait for: finish them first.
       LLEP_CUDA_CHECK(cudaDeviceSynchronize());
-      rc.compute_ms = time_ms(a, exec.stream(), [&] {
+      auto forward = [&] {
         llep::copy_rows(exec, true, cin.p, cout.p, dperm.as<std::int32_t>(), static_cast<std::size_t>(rows), row_bytes);
         ffn.compute(exec, std::span<const llep::ExpertTask<T>>(et), scratch.p);
         llep::copy_rows(exec, false, cin.p, cout.p, dperm.as<std::int32_t>(), static_cast<std::size_t>(rows), row_bytes);
-      });
+      };
+      rc.compute_ms = time_ms(a, exec.stream(), forward);
       // cuBLAS's and CUB's own buffers appear on first use.
       rc.measured_peak = std::max(rc.measured_peak, used_bytes() - base);
+      if (backward_too) {
+        // Backward's step memory: forward's output buffer and scratch are free again (cy
+        // reuses cout; a larger backward scratch replaces forward's); cin is what the handle
+        // kept; foreign weights stay.
+        RankBackward b;
+        const auto n = static_cast<std::size_t>(rows);
+        b.cg = std::make_unique<Buf>(n * row_bytes);
+        b.gate = std::make_unique<Buf>(n * sizeof(GW));
+        b.gs = std::make_unique<Buf>(n * sizeof(GW));
+        const std::size_t bscratch_bytes = ffn.backward_scratch_bytes(max_task, rows);
+        std::unique_ptr<Buf> bigger;
+        if (bscratch_bytes > ffn.scratch_bytes(max_task, rows)) bigger = std::make_unique<Buf>(bscratch_bytes);
+        void* bscratch = bigger ? bigger->p : scratch.p;
+        T* cy = cout.as<T>();
+        for (std::size_t i = 0; i < tasks.size(); ++i) {
+          const auto off = static_cast<std::size_t>(tasks[i].row) * es.d();
+          const auto& t = tasks[i];
+          GW* g = nullptr;
+          if (t.native) {
+            g = main_grads[static_cast<std::size_t>(t.expert - r * M)]->as<GW>();
+          } else {
+            b.temps.push_back(std::make_unique<Buf>(grad_bytes));
+            g = b.temps.back()->as<GW>();
+          }
+          b.fwd.push_back({t.expert, weights[i]->as<T>(), cin.as<T>() + off, cy + off, t.rows});
+          (t.native ? b.native : b.foreign)
+              .push_back({t.expert, weights[i]->as<T>(), cin.as<T>() + off, b.cg->as<T>() + off, cy + off, g, nullptr,
+                          t.rows});
+        }
+        // The native rank receives one gradient per (expert, helper) and sums them.
+        for (const auto& w : plan.weight_transfers())
+          if (w.src == r) {
+            b.received.push_back(std::make_unique<Buf>(grad_bytes));
+            b.sums.push_back(main_grads[static_cast<std::size_t>(w.expert - r * M)]->as<GW>());
+          }
+        rc.train_peak = std::max(rc.measured_peak, used_bytes() - base);
+        LLEP_CUDA_CHECK(cudaDeviceSynchronize());
+        auto backward = [&] {
+          llep::copy_rows(exec, false, b.cg->p, cout.p, dperm.as<std::int32_t>(), n, row_bytes);
+          ffn.compute(exec, std::span<const llep::ExpertTask<T>>(b.fwd), bscratch);
+          exec.for_each_n(n, llep::detail::backward::GateGradients<T, GW>{b.cg->as<T>(), cy, b.gate->as<GW>(),
+                                                                           b.gs->as<GW>(), es.d()});
+          ffn.backward(exec, std::span<const llep::ExpertGradTask<T, GW>>(b.native), llep::GradMode::accumulate,
+                       bscratch);
+          ffn.backward(exec, std::span<const llep::ExpertGradTask<T, GW>>(b.foreign), llep::GradMode::overwrite,
+                       bscratch);
+          llep::copy_rows(exec, true, cin.p, cy, dperm.as<std::int32_t>(), n, row_bytes);
+          for (std::size_t k = 0; k < b.received.size(); ++k)
+            exec.for_each_n(es.elems(), llep::detail::backward::AddGradient<GW>{b.sums[k], b.received[k]->as<GW>(), true});
+        };
+        rc.train_ms = time_ms(a, exec.stream(), [&] {
+          forward();
+          backward();
+        });
+        rc.train_peak = std::max(rc.train_peak, used_bytes() - base);
+      }
     }
     // As StepReport predicts it: expert activations in and out, scratch, foreign weights.
     rc.predicted_peak = static_cast<std::size_t>(rows) * 2 * row_bytes + ffn.scratch_bytes(max_task, rows) +
@@ -233,21 +327,33 @@ StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerSh
         moved += static_cast<std::size_t>(layout.send_counts()[static_cast<std::size_t>(q)] +
                                           layout.recv_counts()[static_cast<std::size_t>(q)]);
     rc.token_bytes = 2 * moved * row_bytes;  // dispatch and combine
+    std::size_t grad_moves = 0;
     for (const auto& w : plan.weight_transfers())
-      if (w.src == r || w.dst == r) rc.weight_bytes += expert_bytes;
+      if (w.src == r || w.dst == r) rc.weight_bytes += expert_bytes, ++grad_moves;
     // Sends and receives share the link's two directions: the busier one bounds the time.
-    const double bytes = double(rc.token_bytes + rc.weight_bytes) / 2;
-    const double comm = bytes / (a.link_gbps * 1e9) * 1e3 + (topo.ranks() > 1 ? 2 * a.latency_us * 1e-3 : 0.0);
+    auto link_ms = [&](double bytes, int rounds) {
+      return bytes / 2 / (a.link_gbps * 1e9) * 1e3 + (topo.ranks() > 1 ? rounds * a.latency_us * 1e-3 : 0.0);
+    };
+    const double comm = link_ms(double(rc.token_bytes + rc.weight_bytes), 2);
+    // Backward: upstream and input gradients (as the tokens), gates and their gradients,
+    // fp32 weight gradients back to the native ranks; five more rounds.
+    const double back_bytes = double(rc.token_bytes + 2 * moved * sizeof(GW) + grad_moves * grad_bytes);
+    const double train_comm = link_ms(double(rc.token_bytes + rc.weight_bytes) + back_bytes, 7);
     if (a.verbose)
-      std::fprintf(stderr, "  %.*s rank %d: %lld rows, %zu tasks (%zu foreign), %.3f ms, peak %zu (pred %zu)\n",
+      std::fprintf(stderr, "  %.*s rank %d: %lld rows, %zu tasks (%zu foreign), %.3f ms, peak %zu (pred %zu)%s\n",
                    int(plan.policy().size()), plan.policy().data(), r, static_cast<long long>(rows), tasks.size(), foreign, rc.compute_ms,
-                   rc.measured_peak, rc.predicted_peak);
+                   rc.measured_peak, rc.predicted_peak,
+                   backward_too ? (", fwd+bwd " + std::to_string(rc.train_ms) + " ms, peak " + std::to_string(rc.train_peak)).c_str() : "");
     step.compute_ms = std::max(step.compute_ms, rc.compute_ms);
     worst_comm = std::max(worst_comm, comm);
     step.peak_measured = std::max(step.peak_measured, rc.measured_peak);
     step.peak_predicted = std::max(step.peak_predicted, rc.predicted_peak);
+    step.train_compute_ms = std::max(step.train_compute_ms, rc.train_ms);
+    worst_train_comm = std::max(worst_train_comm, train_comm);
+    step.train_peak = std::max(step.train_peak, rc.train_peak);
   }
   step.comm_ms = worst_comm;
+  step.train_comm_ms = backward_too ? worst_train_comm : 0.0;
   return step;
 }
 
@@ -259,14 +365,24 @@ void table(const Args& a, std::FILE* csv, std::FILE* md) {
   LLEP_CUDA_CHECK(cudaGetDevice(&dev));
   LLEP_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
   std::fprintf(csv, "shape,routing,ep_ms,llep_ms,speedup,ep_compute_ms,llep_compute_ms,ep_comm_ms,llep_comm_ms,"
-                    "ep_peak_gib,llep_peak_gib,ep_pred_gib,llep_pred_gib,memory_ratio,llep_vs_ideal\n");
+                    "ep_peak_gib,llep_peak_gib,ep_pred_gib,llep_pred_gib,memory_ratio,llep_vs_ideal%s\n",
+               a.backward ? ",ep_train_ms,llep_train_ms,train_speedup,ep_train_compute_ms,llep_train_compute_ms,"
+                            "ep_train_comm_ms,llep_train_comm_ms,ep_train_peak_gib,llep_train_peak_gib,train_memory_ratio"
+                          : "");
   if (md) {
     std::fprintf(md, "Measured on %s, one GPU standing in for each of P = %d ranks; bf16, %s GEMMs; comm over %.0f "
                      "GB/s + %.0f us per round (computed); median of %d after %d warm-up.\n\n",
                  prop.name, llep::bench::kPaperRanks, Mode == llep::GemmMode::grouped ? "grouped" : "per-expert",
                  a.link_gbps, a.latency_us, a.reps, a.warmup);
+    if (a.backward)
+      std::fprintf(md, "Training columns (--backward): forward + backward per rank in the same run (fp32 weight "
+                       "gradients, inputs kept in the handle), max over ranks, plus their communication.\n\n");
     std::fprintf(md, "| shape | routing | EP ms | LLEP ms | speedup | EP peak GiB (pred) | LLEP peak GiB (pred) | "
-                     "memory EP/LLEP | LLEP vs ideal |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+                     "memory EP/LLEP | LLEP vs ideal |%s\n|---|---|---:|---:|---:|---:|---:|---:|---:|%s\n",
+                 a.backward ? " EP fwd+bwd ms | LLEP fwd+bwd ms | training speedup | EP train peak GiB | "
+                              "LLEP train peak GiB | training memory EP/LLEP |"
+                            : "",
+                 a.backward ? "---:|---:|---:|---:|---:|---:|" : "");
   }
   const double gib = 1024.0 * 1024 * 1024;
   for (const auto& shape : llep::bench::kPaperShapes) {
@@ -283,8 +399,8 @@ void table(const Args& a, std::FILE* csv, std::FILE* md) {
       llep::Plan ep_plan, ll_plan;
       llep::StandardEp{}.plan(loads, topo, ep_plan);
       llep::bench::paper_llep().plan(loads, topo, ll_plan);
-      const StepCost ep = measure<Mode>(a, exec, shape, ep_plan, counts, topo);
-      const StepCost ll = ll_plan.policy() == ep_plan.policy() ? ep : measure<Mode>(a, exec, shape, ll_plan, counts, topo);
+      const StepCost ep = measure<Mode>(a, exec, shape, ep_plan, counts, topo, true);
+      const StepCost ll = ll_plan.policy() == ep_plan.policy() ? ep : measure<Mode>(a, exec, shape, ll_plan, counts, topo, true);
       // Force-balanced ideal: every rank computes total/P rows of one expert's FFN, no moves.
       count_t total = 0;
       for (count_t l : loads) total += l;
@@ -297,20 +413,33 @@ void table(const Args& a, std::FILE* csv, std::FILE* md) {
       for (int r = 0; r < topo.ranks(); ++r)
         ideal_counts[static_cast<std::size_t>(r) * shape.experts + static_cast<std::size_t>(r * topo.experts_per_rank())] = share;
       const StepCost id = measure<Mode>(a, exec, shape, ideal,
-                                        llep::CountsView(std::span<const count_t>(ideal_counts), topo.ranks(), shape.experts), topo);
+                                        llep::CountsView(std::span<const count_t>(ideal_counts), topo.ranks(), shape.experts), topo,
+                                        false);  // the ideal is the forward table's reference only
       const std::string name = skew.name();
-      std::fprintf(csv, "%.*s,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n",
+      std::fprintf(csv, "%.*s,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f",
                    int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
                    ep.step_ms() / ll.step_ms(), ep.compute_ms, ll.compute_ms, ep.comm_ms, ll.comm_ms,
                    ep.peak_measured / gib, ll.peak_measured / gib, ep.peak_predicted / gib, ll.peak_predicted / gib,
                    double(ep.peak_measured) / double(ll.peak_measured), id.compute_ms / ll.step_ms());
+      if (a.backward)
+        std::fprintf(csv, ",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f", ep.train_ms(), ll.train_ms(),
+                     ep.train_ms() / ll.train_ms(), ep.train_compute_ms, ll.train_compute_ms, ep.train_comm_ms,
+                     ll.train_comm_ms, ep.train_peak / gib, ll.train_peak / gib,
+                     double(ep.train_peak) / double(ll.train_peak));
+      std::fprintf(csv, "\n");
       std::fflush(csv);
-      if (md)
-        std::fprintf(md, "| %.*s | %s | %.2f | %.2f | %.2fx | %.2f (%.2f) | %.2f (%.2f) | %.2fx | %.0f%% |\n",
+      if (md) {
+        std::fprintf(md, "| %.*s | %s | %.2f | %.2f | %.2fx | %.2f (%.2f) | %.2f (%.2f) | %.2fx | %.0f%% |",
                      int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
                      ep.step_ms() / ll.step_ms(), ep.peak_measured / gib, ep.peak_predicted / gib,
                      ll.peak_measured / gib, ll.peak_predicted / gib, double(ep.peak_measured) / double(ll.peak_measured),
                      100.0 * id.compute_ms / ll.step_ms());
+        if (a.backward)
+          std::fprintf(md, " %.2f | %.2f | %.2fx | %.2f | %.2f | %.2fx |", ep.train_ms(), ll.train_ms(),
+                       ep.train_ms() / ll.train_ms(), ep.train_peak / gib, ll.train_peak / gib,
+                       double(ep.train_peak) / double(ll.train_peak));
+        std::fprintf(md, "\n");
+      }
       if (md) std::fflush(md);
     }
   }
