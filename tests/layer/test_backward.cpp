@@ -346,25 +346,32 @@ Spilled check_memory_options(int P, int N, int K, const llep::Topology& topo, Pl
   return kept;
 }
 
+// Test planners: `split(e, l, native)` places expert e's l > 0 pairs with out.add_segment,
+// or returns false to leave them all on the native rank.
+template <class Split>
+void plan_split(std::span<const count_t> loads, const llep::Topology& topo, llep::Plan& out, const char* name,
+                Split split) {
+  out.reset(topo, name);
+  for (int e = 0; e < topo.experts(); ++e) {
+    const count_t l = loads[static_cast<std::size_t>(e)];
+    if (l > 0 && !split(e, l, topo.native_rank(e))) out.add_segment(e, topo.native_rank(e), 0, l);
+  }
+  out.set_capacity(1);
+  out.finish(topo);
+}
+
 // A plan in which one helper computes two segments of one expert, and so does its native
 // rank: expert 0's pairs in quarters on ranks (h, native, h, native), h = native + 1.
 // Everything else on its native rank.
 struct TwoSegmentsOnOneHelper {
   static constexpr const char* name = "two-segments";
   void plan(std::span<const count_t> loads, const llep::Topology& topo, llep::Plan& out) const {
-    out.reset(topo, name);
-    for (int e = 0; e < topo.experts(); ++e) {
-      const count_t l = loads[static_cast<std::size_t>(e)];
-      const int native = topo.native_rank(e);
-      if (e == 0 && l >= 4 && topo.ranks() > 1) {
-        const int h = (native + 1) % topo.ranks();
-        for (int q = 0; q < 4; ++q) out.add_segment(e, q % 2 == 0 ? h : native, q * l / 4, (q + 1) * l / 4);
-      } else if (l > 0) {
-        out.add_segment(e, native, 0, l);
-      }
-    }
-    out.set_capacity(1);
-    out.finish(topo);
+    plan_split(loads, topo, out, name, [&](int e, count_t l, int native) {
+      if (e != 0 || l < 4 || topo.ranks() == 1) return false;
+      const int h = (native + 1) % topo.ranks();
+      for (int q = 0; q < 4; ++q) out.add_segment(e, q % 2 == 0 ? h : native, q * l / 4, (q + 1) * l / 4);
+      return true;
+    });
   }
 };
 
@@ -373,19 +380,13 @@ struct TwoSegmentsOnOneHelper {
 struct HalfToNext {
   static constexpr const char* name = "half-to-next";
   void plan(std::span<const count_t> loads, const llep::Topology& topo, llep::Plan& out) const {
-    out.reset(topo, name);
-    for (int e = 0; e < topo.experts(); ++e) {
-      const count_t l = loads[static_cast<std::size_t>(e)];
-      const int native = topo.native_rank(e), next = (native + 1) % topo.ranks();
-      if (l >= 2 && next != native) {
-        out.add_segment(e, native, 0, l / 2);
-        out.add_segment(e, next, l / 2, l);
-      } else if (l > 0) {
-        out.add_segment(e, native, 0, l);
-      }
-    }
-    out.set_capacity(1);
-    out.finish(topo);
+    plan_split(loads, topo, out, name, [&](int e, count_t l, int native) {
+      const int next = (native + 1) % topo.ranks();
+      if (l < 2 || next == native) return false;
+      out.add_segment(e, native, 0, l / 2);
+      out.add_segment(e, next, l / 2, l);
+      return true;
+    });
   }
 };
 
@@ -485,23 +486,36 @@ TEST_CASE("replicas: every holder ends with the same summed gradient") {
   CHECK(ll_helper_grads > 0);
 }
 
-TEST_CASE("kept pre-activations: the same bits as recomputing them, rows x saved_row_bytes held") {
-  std::uint64_t seed = 900;
+namespace {
+
+// The cases of the memory-option tests: P in {1, 3, 4}, both gradient modes, N = 2P, K = 2;
+// f(P, N, K, topo, rep, seed, mode) with `rep` a placement replicating expert 0 (P > 1).
+template <class F>
+void each_memory_case(std::uint64_t seed, F f) {
   for (const int P : {1, 3, 4})
     for (llep::GradMode mode : {llep::GradMode::overwrite, llep::GradMode::accumulate}) {
       const int N = 2 * P, K = 2;
       ++seed;
       const llep::Topology topo(P, N);
-      check_kept_preacts<float>(P, N, K, topo, llep::StandardEp{}, llep::SiluGlu{}, seed, mode);
-      check_kept_preacts<float>(P, N, K, topo, kSmallGemm, llep::SiluGlu{}, seed, mode);
-      check_kept_preacts<double>(P, N, K, topo, kSmallGemm, llep::GptOssGlu{0.4, 1.702}, seed, mode);
       std::vector<double> history(static_cast<std::size_t>(N), 1.0);
       history[0] = 10.0 * N;  // expert 0 gets the replicas
       const auto rep = P > 1 ? llep::Replicated::place(history, P, 3) : topo;
       CHECK(rep.has_replicas() == (P > 1));
-      check_kept_preacts<float>(P, N, K, rep, llep::Replicated{}, llep::SiluGlu{}, seed, mode);
-      check_kept_preacts<float>(P, N, K, rep, kSmallGemm, llep::SiluGlu{}, seed, mode);
+      f(P, N, K, topo, rep, seed, mode);
     }
+}
+
+}  // namespace
+
+TEST_CASE("kept pre-activations: the same bits as recomputing them, rows x saved_row_bytes held") {
+  each_memory_case(900, [](int P, int N, int K, const llep::Topology& topo, const llep::Topology& rep,
+                           std::uint64_t seed, llep::GradMode mode) {
+    check_kept_preacts<float>(P, N, K, topo, llep::StandardEp{}, llep::SiluGlu{}, seed, mode);
+    check_kept_preacts<float>(P, N, K, topo, kSmallGemm, llep::SiluGlu{}, seed, mode);
+    check_kept_preacts<double>(P, N, K, topo, kSmallGemm, llep::GptOssGlu{0.4, 1.702}, seed, mode);
+    check_kept_preacts<float>(P, N, K, rep, llep::Replicated{}, llep::SiluGlu{}, seed, mode);
+    check_kept_preacts<float>(P, N, K, rep, kSmallGemm, llep::SiluGlu{}, seed, mode);
+  });
   // Too little saved_memory for the step's rows: llep::Error before anything moves.
   const int N = 2, K = 2, D = 10, H = 7;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 950);
@@ -526,26 +540,19 @@ TEST_CASE("kept pre-activations: the same bits as recomputing them, rows x saved
 }
 
 TEST_CASE("memory options: refetched foreign weights and kept outputs give the same bits, bytes as the plan says") {
-  std::uint64_t seed = 1200;
   std::size_t spilled = 0;
-  for (const int P : {1, 3, 4})
-    for (llep::GradMode mode : {llep::GradMode::overwrite, llep::GradMode::accumulate}) {
-      const int N = 2 * P, K = 2;
-      ++seed;
-      const llep::Topology topo(P, N);
-      CHECK(check_memory_options<float>(P, N, K, topo, llep::StandardEp{}, llep::SiluGlu{}, seed, mode).bytes == 0);
-      spilled += check_memory_options<float>(P, N, K, topo, kSmallGemm, llep::SiluGlu{}, seed, mode).bytes;
-      // Several foreign experts on one helper: each must get its own weights back.
-      const auto several = check_memory_options<float>(P, N, K, topo, HalfToNext{}, llep::SiluGlu{}, seed, mode,
-                                                       llep::Identity<float>{}, Routing::uniform);
-      CHECK(several.most >= (P > 1 ? 2u : 0u));
-      spilled += check_memory_options<double>(P, N, K, topo, kSmallGemm, llep::GptOssGlu{0.4, 1.702}, seed, mode).bytes;
-      std::vector<double> history(static_cast<std::size_t>(N), 1.0);
-      history[0] = 10.0 * N;  // expert 0 gets the replicas
-      const auto rep = P > 1 ? llep::Replicated::place(history, P, 3) : topo;
-      (void)check_memory_options<float>(P, N, K, rep, llep::Replicated{}, llep::SiluGlu{}, seed, mode);
-      spilled += check_memory_options<float>(P, N, K, rep, kSmallGemm, llep::SiluGlu{}, seed, mode).bytes;
-    }
+  each_memory_case(1200, [&](int P, int N, int K, const llep::Topology& topo, const llep::Topology& rep,
+                             std::uint64_t seed, llep::GradMode mode) {
+    CHECK(check_memory_options<float>(P, N, K, topo, llep::StandardEp{}, llep::SiluGlu{}, seed, mode).bytes == 0);
+    spilled += check_memory_options<float>(P, N, K, topo, kSmallGemm, llep::SiluGlu{}, seed, mode).bytes;
+    // Several foreign experts on one helper: each must get its own weights back.
+    const auto several = check_memory_options<float>(P, N, K, topo, HalfToNext{}, llep::SiluGlu{}, seed, mode,
+                                                     llep::Identity<float>{}, Routing::uniform);
+    CHECK(several.most >= (P > 1 ? 2u : 0u));
+    spilled += check_memory_options<double>(P, N, K, topo, kSmallGemm, llep::GptOssGlu{0.4, 1.702}, seed, mode).bytes;
+    (void)check_memory_options<float>(P, N, K, rep, llep::Replicated{}, llep::SiluGlu{}, seed, mode);
+    spilled += check_memory_options<float>(P, N, K, rep, kSmallGemm, llep::SiluGlu{}, seed, mode).bytes;
+  });
   CHECK(spilled > 0);  // weights did spill, so refetching was exercised
   // A lossy codec: the weights fetched again decode to the same bits as forward's.
   const llep::Topology topo(4, 8);
@@ -589,46 +596,6 @@ TEST_CASE("refetch_weights: the handle and backward's workspace hold what the li
   });
 }
 
-TEST_CASE("refetch_weights cleared between forward and backward: llep::Error, not stale weights") {
-  const int P = 2, N = 4, K = 2, D = 10, H = 7;
-  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 1400);
-  const auto in = make_inputs<float>(P, N, K, D, Routing::hot_one_expert, 1401);
-  const llep::Topology topo(P, N);
-  llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(5'000)});
-  std::vector<std::string> errors(P);
-  std::vector<std::size_t> incoming(P, 0);
-  llep::run_ranks(group, [&](llep::HostThreads& t) {
-    const auto p = static_cast<std::size_t>(t.rank());
-    const auto w = held_weights<float>(moe, topo, t.rank());
-    llep::HostMoeLayer<llep::LeastLoaded> layer(topo, K, kSmallGemm, llep::HostSwiGlu<float>({D, H, false}), t);
-    layer.set_native_weights(w);
-    const auto& r = in[p];
-    std::vector<float> out(r.x.size()), gh(r.x.size()), gg(r.gates.size()), gw(w.size());
-    llep::ForwardHandle<float> handle;
-    handle.refetch_weights = true;
-    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), handle.keeps()));
-    handle.memory = memory;
-    layer.forward(std::span<const float>(r.x), std::span<const std::int32_t>(r.ids), std::span<const float>(r.gates),
-                  std::span<float>(out), handle);
-    for (const auto& task : handle.tasks) incoming[p] += task.native ? 0 : 1;
-    handle.refetch_weights = false;
-    try {
-      llep::backward(layer, handle, llep::BackwardArgs<float, float, float>{r.x, r.gates, r.grad_out, gh, gg, gw});
-    } catch (const llep::Error& e) {
-      errors[p] = e.what();
-    }
-  });
-  // The helper names the missing weights; the others are released by the abort.
-  bool named = false;
-  for (int p = 0; p < P; ++p) {
-    INFO("rank ", p, ": ", errors[static_cast<std::size_t>(p)]);
-    CHECK_FALSE(errors[static_cast<std::size_t>(p)].empty());
-    named = named || (incoming[static_cast<std::size_t>(p)] > 0 &&
-                      errors[static_cast<std::size_t>(p)].find("no weights of foreign expert") != std::string::npos);
-  }
-  CHECK(named);
-}
-
 TEST_CASE("weight gradients in double for float weights") {
   const int P = 3, N = 6, K = 2, D = 10, H = 7;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 900);
@@ -658,13 +625,22 @@ TEST_CASE("weight gradients in double for float weights") {
 
 namespace {
 
-// One forward + backward where `damage(rank, ...)` may break a rank's call; returns each
+// What `damage` may break on one rank: its upstream gradient, its gradient mode, whether it
+// runs forward, backward twice, forward with refetch_weights and the flag cleared before
+// backward.
+struct Faults {
+  std::vector<float>& grad_out;
+  llep::GradMode& mode;
+  bool forward = true, twice = false, refetch = false, clear_refetch = false;
+};
+
+// One forward + backward where `damage(rank, faults)` may break a rank's call; returns each
 // rank's llep::Error message ("" if none) and checks nobody waited for the timeout.
 template <class Damage>
-std::vector<std::string> backward_errors(int P, Damage damage) {
+std::vector<std::string> backward_errors(int P, Damage damage, Routing routing = Routing::uniform) {
   const int N = 2 * P, K = 2, D = 10, H = 7;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 950);
-  const auto in = make_inputs<float>(P, N, K, D, Routing::uniform, 951);
+  const auto in = make_inputs<float>(P, N, K, D, routing, 951);
   const llep::Topology topo(P, N);
   llep::HostGroup group(P, llep::HostGroupOptions{std::chrono::milliseconds(5'000)});
   std::vector<std::string> errors(static_cast<std::size_t>(P));
@@ -677,18 +653,21 @@ std::vector<std::string> backward_errors(int P, Damage damage) {
     const auto& r = in[static_cast<std::size_t>(p)];
     std::vector<float> out(r.x.size()), gh(r.x.size()), gg(r.gates.size()), gw(w.size());
     std::vector<float> grad_out = r.grad_out;
-    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), false));
-    llep::ForwardHandle<float> handle(memory);
     llep::GradMode mode = llep::GradMode::overwrite;
-    bool forward = true, twice = false;
-    damage(p, grad_out, mode, forward, twice);
+    Faults f{grad_out, mode};
+    damage(p, f);
+    llep::ForwardHandle<float> handle;
+    handle.refetch_weights = f.refetch;
+    std::vector<std::byte> memory(decltype(layer)::handle_bytes(layer.limits(kMaxTokens), handle.keeps()));
+    handle.memory = memory;
     try {
-      if (forward)
+      if (f.forward)
         layer.forward(std::span<const float>(r.x), std::span<const std::int32_t>(r.ids),
                       std::span<const float>(r.gates), std::span<float>(out), handle);
+      if (f.clear_refetch) handle.refetch_weights = false;
       const llep::BackwardArgs<float, float, float> args{r.x, r.gates, grad_out, gh, gg, gw, mode};
       llep::backward(layer, handle, args);
-      if (twice) llep::backward(layer, handle, args);
+      if (f.twice) llep::backward(layer, handle, args);
     } catch (const llep::Error& e) {
       errors[static_cast<std::size_t>(p)] = e.what();
     }
@@ -714,21 +693,28 @@ TEST_CASE("bad backward on one rank: llep::Error on every rank, no hang") {
   for (int P : {1, 2, 4}) {
     INFO("P = ", P);
     const int last = P - 1;
-    using V = std::vector<float>;
-    check_all_failed(backward_errors(P, [&](int p, V& go, llep::GradMode&, bool&, bool&) {
-                       if (p == last) go.push_back(1.0f);
+    check_all_failed(backward_errors(P, [&](int p, Faults& f) {
+                       if (p == last) f.grad_out.push_back(1.0f);
                      }),
                      "grad_out has");
-    check_all_failed(backward_errors(P, [&](int p, V&, llep::GradMode&, bool& fwd, bool&) {
-                       if (p == last) fwd = false;
+    check_all_failed(backward_errors(P, [&](int p, Faults& f) {
+                       if (p == last) f.forward = false;
                      }),
                      "needs a forward with this handle");
-    check_all_failed(backward_errors(P, [&](int, V&, llep::GradMode&, bool&, bool& twice) { twice = true; }),
-                     "its backward already ran");
-    if (P > 1)
-      check_all_failed(backward_errors(P, [&](int p, V&, llep::GradMode& m, bool&, bool&) {
-                         if (p == last) m = llep::GradMode::accumulate;
+    check_all_failed(backward_errors(P, [&](int, Faults& f) { f.twice = true; }), "its backward already ran");
+    if (P > 1) {
+      check_all_failed(backward_errors(P, [&](int p, Faults& f) {
+                         if (p == last) f.mode = llep::GradMode::accumulate;
                        }),
                        "disagrees");
+      // refetch_weights on one rank only: forward works, backward's agreement fails.
+      check_all_failed(backward_errors(P, [&](int p, Faults& f) { f.refetch = p == last; }, Routing::hot_one_expert),
+                       "disagrees");
+      // Forward did not keep the weights, backward is told it did: the helpers name the
+      // missing weights instead of reading a stale workspace.
+      check_all_failed(backward_errors(
+                           P, [&](int, Faults& f) { f.refetch = f.clear_refetch = true; }, Routing::hot_one_expert),
+                       "no weights of foreign expert");
+    }
   }
 }
