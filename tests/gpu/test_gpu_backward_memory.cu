@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "device_array.hpp"
+#include "streams.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
@@ -65,13 +66,8 @@ std::vector<Got> run(int P, int K, std::uint64_t seed, Options o) {
   using Experts = llep::CublasSwiGlu<T, llep::SiluGlu>;
   using Layer = llep::MoeLayer<llep::ExactCounts, llep::LeastLoaded, llep::PeerCopy, Experts, llep::CudaExec>;
   const llep::Topology topo(P, N);
-  std::vector<cudaStream_t> streams(static_cast<std::size_t>(P));
-  std::vector<llep::PeerCopyRank> ranks;
-  for (auto& s : streams) {
-    LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    ranks.push_back({0, s});
-  }
-  llep::PeerCopyGroup group(ranks, llep::HostGroupOptions{std::chrono::milliseconds(30'000)});
+  const gputest::Streams streams(P, 0);
+  llep::PeerCopyGroup group(streams.ranks(0), llep::HostGroupOptions{std::chrono::milliseconds(30'000)});
   std::vector<Got> got(static_cast<std::size_t>(P));
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const auto p = static_cast<std::size_t>(t.rank());
@@ -79,7 +75,7 @@ std::vector<Got> run(int P, int K, std::uint64_t seed, Options o) {
     DeviceArray<T> w(r.w), x(r.x), go(r.go), out(r.x.size()), gh(r.x.size());
     DeviceArray<float> gates(r.gates), gg(r.gates.size()), gw(r.w.size());
     DeviceArray<std::int32_t> ids(r.ids);
-    Layer layer(topo, K, llep::LeastLoaded{1.0, 8}, Experts(shape), t, llep::CudaExec(streams[p]));
+    Layer layer(topo, K, llep::LeastLoaded{1.0, 8}, Experts(shape), t, llep::CudaExec(streams.streams[p]));
     layer.set_native_weights(std::span<const T>(w.get(), w.size()));
     const auto limits = layer.limits(72);
     llep::ForwardHandle<T> handle;
@@ -94,14 +90,13 @@ std::vector<Got> run(int P, int K, std::uint64_t seed, Options o) {
         {x.get(), x.size()},   {gates.get(), gates.size()}, {go.get(), go.size()},      {gh.get(), gh.size()},
         {gg.get(), gg.size()}, {gw.get(), gw.size()},       llep::GradMode::overwrite};
     got[p].report = llep::backward(layer, handle, args);
-    LLEP_CUDA_CHECK(cudaStreamSynchronize(streams[p]));
+    LLEP_CUDA_CHECK(cudaStreamSynchronize(streams.streams[p]));
     auto append = [&](const auto& v) {
       const auto* b = reinterpret_cast<const std::byte*>(v.data());
       got[p].bits.insert(got[p].bits.end(), b, b + v.size() * sizeof(v[0]));
     };
     append(gh.download()), append(gg.download()), append(gw.download());
   });
-  for (auto& s : streams) (void)cudaStreamDestroy(s);
   return got;
 }
 

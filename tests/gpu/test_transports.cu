@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "llep/core/cuda_check.hpp"
+#include "streams.hpp"
 #include "llep/transport/host_threads.hpp"
 #include "llep/transport/peer_copy.cuh"
 #if defined(LLEP_TEST_NCCL)
@@ -229,23 +230,8 @@ Results on_host(int P, const Scenario& scenario) {
   return out;
 }
 
-// P logical ranks on `device`, each with its own stream (owned here).
-struct Streams {
-  std::vector<cudaStream_t> streams;
-  Streams(int P, int device) {
-    LLEP_CUDA_CHECK(cudaSetDevice(device));
-    streams.resize(static_cast<std::size_t>(P));
-    for (auto& s : streams) LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  }
-  ~Streams() {
-    for (auto s : streams) (void)cudaStreamDestroy(s);
-  }
-  std::vector<llep::PeerCopyRank> ranks(int device) const {
-    std::vector<llep::PeerCopyRank> r;
-    for (auto s : streams) r.push_back({device, s});
-    return r;
-  }
-};
+// P logical ranks on `device`, each with its own stream (streams.hpp).
+using gputest::Streams;
 
 template <class Scenario>
 Results on_peer_copy(int P, const Scenario& scenario) {
