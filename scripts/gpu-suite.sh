@@ -136,6 +136,7 @@ stage "llep-gpu-demo --grouped" 90 "$OUT/gpu-demo.txt" "$BUILD/examples/gpu-demo
 stage "llep-device-plan-bench" 90 "$OUT/device-plan-bench.txt" "$BUILD/bench/plan/llep-device-plan-bench" \
   --reps "${PLAN_REPS:-200}" --rounds "${PLAN_ROUNDS:-21}"
 stage "example 05 gpu-layer" 60 "$OUT/gpu-layer.txt" "$BUILD/examples/05-gpu-layer/gpu-layer"
+stage "llep-train-gpu" 60 "$OUT/train-gpu.txt" "$BUILD/examples/training/llep-train-gpu"
 stage "llep-gpu-bench curve" 90 "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" curve --csv "$OUT/gemm-curve.csv"
 # The training columns (forward + backward per rank, --backward; docs/benchmarks.md): a few
 # scenarios, each its own stage so that a slow one leaves the others' results. Before the
