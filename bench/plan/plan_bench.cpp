@@ -44,12 +44,15 @@ Result measure(const Planner& planner, const std::vector<count_t>& loads, const 
 
 int usage(std::FILE* to, int code) {
   std::fprintf(to,
-               "usage: llep-plan-bench [--json] [--reps N] [--experts N] [--ranks P]\n"
+               "usage: llep-plan-bench [--json] [--reps N] [--experts N] [--ranks P] [--scenario S]\n"
+               "                       [--policy ep|llep|adaptive]\n"
                "  Median host time of one plan (ep, llep, adaptive with the paper's settings) per\n"
                "  N in {32,128,256,384} x P in {8,16,32,64} x the paper's skews.\n"
                "  --json    one JSON object per line instead of the table\n"
                "  --reps N  timed plans per row, after warm-up (default 2001)\n"
-               "  --experts N, --ranks P  only that N (or P) of the grid\n");
+               "  --experts N, --ranks P  only that N (or P) of the grid\n"
+               "  --scenario S  only that skew (e.g. 50%%-on-4), for profiling one plan\n"
+               "  --policy X    time only that policy (the others print 0)\n");
   return code;
 }
 
@@ -58,6 +61,7 @@ int usage(std::FILE* to, int code) {
 int main(int argc, char** argv) {
   bool json = false;
   int reps = 2001, only_n = 0, only_p = 0;
+  std::string only_scenario, only_policy;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json")) {
       json = true;
@@ -78,6 +82,14 @@ int main(int argc, char** argv) {
         return 2;
       }
       (experts ? only_n : only_p) = static_cast<int>(v);
+    } else if (!std::strcmp(argv[i], "--scenario") && i + 1 < argc) {
+      only_scenario = argv[++i];
+    } else if (!std::strcmp(argv[i], "--policy") && i + 1 < argc) {
+      only_policy = argv[++i];
+      if (only_policy != "ep" && only_policy != "llep" && only_policy != "adaptive") {
+        std::fprintf(stderr, "error: --policy '%s' is not one of ep, llep, adaptive\n", argv[i]);
+        return 2;
+      }
     } else if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
       return usage(stdout, 0);
     } else {
@@ -113,12 +125,15 @@ int main(int argc, char** argv) {
       const count_t total = static_cast<count_t>(P) * shape.pairs_per_rank();
       for (const llep::sim::Skew& skew : llep::bench::paper_routings()) {
         const std::string name = skew.name();
+        if (!only_scenario.empty() && name != only_scenario) continue;
         const auto loads = llep::sim::skewed_loads(N, total, skew);
         std::vector<count_t> native(static_cast<std::size_t>(P));
         llep::native_rank_loads(loads, topo, native);
         const double before = llep::imbalance(native);
-        const Result r[] = {measure(ep, loads, topo, reps), measure(llep_planner, loads, topo, reps),
-                            measure(adaptive, loads, topo, reps)};
+        auto want = [&](const char* p) { return only_policy.empty() || only_policy == p; };
+        const Result r[] = {want("ep") ? measure(ep, loads, topo, reps) : Result{},
+                            want("llep") ? measure(llep_planner, loads, topo, reps) : Result{},
+                            want("adaptive") ? measure(adaptive, loads, topo, reps) : Result{}};
         const char* names[] = {"ep", "llep", "adaptive"};
         if (json) {
           for (int k = 0; k < 3; ++k)

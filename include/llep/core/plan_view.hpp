@@ -62,6 +62,9 @@ struct PlanView {
   std::int32_t experts = 0;
   std::int32_t dropped = 0;  ///< pushes past max_segments (a broken bound); finish() keeps them out
   bool in_order = false;  ///< the pusher promises (expert, begin) order: finish() need not scatter
+  /// The writer filled everything in order (expert_offsets as offsets, rank loads, the
+  /// transfers): the next finish() only marks the plan finished.
+  bool complete = false;
   count_t capacity = 0;
   bool finished = false;
   char policy[kPolicyChars] = {};  ///< NUL-terminated, truncated to kPolicyChars - 1
@@ -71,7 +74,7 @@ struct PlanView {
     ranks = P;
     experts = N;
     num_segments = num_transfers = dropped = 0;
-    in_order = false;
+    in_order = complete = false;
     capacity = 0;
     finished = false;
     set_policy(name, n);
@@ -91,7 +94,7 @@ struct PlanView {
     for (int e = experts; e > 0; --e) expert_offsets[e] -= expert_offsets[e - 1];
     expert_offsets[0] = 0;
     finished = false;
-    in_order = false;
+    in_order = complete = false;
   }
 
   /// Appends a segment, unchecked: planners pass valid ids and stay within the bound.
@@ -113,6 +116,11 @@ struct PlanView {
   LLEP_EXEC_CHECK_DISABLE
   template <class Native, class HoldsReplica>
   LLEP_HOST_DEVICE void finish(Native native, HoldsReplica holds_replica) noexcept {
+    if (complete && !finished) {
+      complete = false;
+      finished = true;
+      return;
+    }
     if (!finished) {  // a second finish (another topology's transfers) keeps the order
       for (int e = 0; e < experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
       if (!in_order) {
@@ -141,16 +149,20 @@ struct PlanView {
           segments[j] = segments[j - 1];
         segments[j] = sg;
       }
-      const int dst = sg.rank;
-      if (dst == src || holds_replica(cur, dst)) continue;
-      int j = num_transfers;
-      while (j > first && transfers[j - 1].dst > dst) --j;
-      if (j > first && transfers[j - 1].dst == dst) continue;  // already there
-      for (int k = num_transfers; k > j; --k) transfers[k] = transfers[k - 1];
-      transfers[j] = WeightTransfer{cur, src, dst};
-      ++num_transfers;
+      if (sg.rank != src && !holds_replica(cur, sg.rank)) add_transfer(first, WeightTransfer{cur, src, sg.rank});
     }
     finished = true;
+  }
+
+  /// Adds transfer w to those of its expert, transfers[first, num_transfers), kept in dst
+  /// order without duplicates.
+  LLEP_HOST_DEVICE void add_transfer(int first, WeightTransfer w) noexcept {
+    int j = num_transfers;
+    while (j > first && transfers[j - 1].dst > w.dst) --j;
+    if (j > first && transfers[j - 1].dst == w.dst) return;  // already there
+    for (int k = num_transfers; k > j; --k) transfers[k] = transfers[k - 1];
+    transfers[j] = w;
+    ++num_transfers;
   }
 };
 

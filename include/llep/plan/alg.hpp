@@ -220,48 +220,67 @@ LLEP_HOST_DEVICE inline void radix_by_load(const count_t* loads, std::int32_t* v
 }
 }  // namespace detail
 
-/// The visit order: experts with load, by decreasing load, ties by lower id, into
-/// s.order; returns how many. No comparison sort: one counting pass on the top byte in
-/// which the loads differ, then each bucket by insertion (small) or LSD radix (large).
-LLEP_HOST_DEVICE inline int visit_order(const count_t* loads, int N, OrderScratch s) noexcept {
-  int n = 0;
-  std::uint64_t first = 0, differ = 0;
-  for (int e = 0; e < N; ++e)
-    if (loads[e] > 0) {
-      const auto l = static_cast<std::uint64_t>(loads[e]);
-      first = n == 0 ? l : first;
-      differ |= l ^ first;
-      s.order[n++] = e;
-    }
-  if (differ == 0) return n;  // all equal: id order
+/// a visits before b: larger load first, ties by lower id.
+[[nodiscard]] LLEP_HOST_DEVICE inline bool visits_before(const count_t* loads, int a, int b) noexcept {
+  return loads[a] > loads[b] || (loads[a] == loads[b] && a < b);
+}
+
+/// Sorts the ids v[0, n), given in increasing id order, into the visit order (decreasing
+/// load, ties by lower id), with tmp[n] as scratch. No comparison sort: one counting pass
+/// on the top byte in which the loads differ, then each bucket by insertion (small) or LSD
+/// radix (large); a few ids by insertion alone.
+LLEP_HOST_DEVICE inline void sort_visit(const count_t* loads, std::int32_t* v, int n, std::int32_t* tmp,
+                                        std::uint8_t* digit, std::uint32_t* hist) noexcept {
+  if (n <= 24) {
+    for (int i = 1; i < n; ++i)  // insertion: stable, larger loads first
+      for (int j = i; j > 0 && loads[v[j]] > loads[v[j - 1]]; --j) {
+        const std::int32_t x = v[j];
+        v[j] = v[j - 1];
+        v[j - 1] = x;
+      }
+    return;
+  }
+  std::uint64_t differ = 0;
+  const auto first = static_cast<std::uint64_t>(loads[v[0]]);
+  for (int i = 1; i < n; ++i) differ |= static_cast<std::uint64_t>(loads[v[i]]) ^ first;
+  if (differ == 0) return;  // all equal: id order
   const int top = detail::top_bit(differ);
   const int shift = top >= 8 ? top - 7 : 0;
-  detail::scatter_by_byte(loads, s.order, s.tmp, n, shift, s.digit, s.hist);
+  detail::scatter_by_byte(loads, v, tmp, n, shift, digit, hist);
   const std::uint64_t low = (std::uint64_t{1} << shift) - 1;  // the bits left to sort by
-  // Bucket by bucket from tmp back into order, each found by its shared high bits.
+  // Bucket by bucket from tmp back into v, each found by its shared high bits.
   int b = 0;
   while (b < n) {
-    const auto key = static_cast<std::uint64_t>(loads[s.tmp[b]]) >> shift;
+    const auto key = static_cast<std::uint64_t>(loads[tmp[b]]) >> shift;
     int e = b + 1;
     std::uint64_t d = 0;
-    const auto l0 = static_cast<std::uint64_t>(loads[s.tmp[b]]) & low;
-    while (e < n && (static_cast<std::uint64_t>(loads[s.tmp[e]]) >> shift) == key) {
-      d |= (static_cast<std::uint64_t>(loads[s.tmp[e]]) & low) ^ l0;
+    const auto l0 = static_cast<std::uint64_t>(loads[tmp[b]]) & low;
+    while (e < n && (static_cast<std::uint64_t>(loads[tmp[e]]) >> shift) == key) {
+      d |= (static_cast<std::uint64_t>(loads[tmp[e]]) & low) ^ l0;
       ++e;
     }
     if (d != 0 && e - b > 24) {
-      detail::radix_by_load(loads, s.tmp + b, s.order + b, e - b, d, s.digit, s.hist);
+      detail::radix_by_load(loads, tmp + b, v + b, e - b, d, digit, hist);
     } else if (d != 0) {
       for (int i = b + 1; i < e; ++i)  // insertion: stable, larger loads first
-        for (int j = i; j > b && loads[s.tmp[j]] > loads[s.tmp[j - 1]]; --j) {
-          const std::int32_t t = s.tmp[j];
-          s.tmp[j] = s.tmp[j - 1];
-          s.tmp[j - 1] = t;
+        for (int j = i; j > b && loads[tmp[j]] > loads[tmp[j - 1]]; --j) {
+          const std::int32_t t = tmp[j];
+          tmp[j] = tmp[j - 1];
+          tmp[j - 1] = t;
         }
     }
-    for (int i = b; i < e; ++i) s.order[i] = s.tmp[i];
+    for (int i = b; i < e; ++i) v[i] = tmp[i];
     b = e;
   }
+}
+
+/// The visit order: experts with load, by decreasing load, ties by lower id, into
+/// s.order; returns how many.
+LLEP_HOST_DEVICE inline int visit_order(const count_t* loads, int N, OrderScratch s) noexcept {
+  int n = 0;
+  for (int e = 0; e < N; ++e)
+    if (loads[e] > 0) s.order[n++] = e;
+  sort_visit(loads, s.order, n, s.tmp, s.digit, s.hist);
   return n;
 }
 
@@ -304,15 +323,6 @@ struct LeastTree {
     for (int i = (size + q) / 2; i > 0; i /= 2) win[i] = better(win[2 * i], win[2 * i + 1]);
   }
   [[nodiscard]] LLEP_HOST_DEVICE int least() const noexcept { return win[1]; }
-  /// The least leaf other than q: the best of the siblings' winners on q's path.
-  [[nodiscard]] LLEP_HOST_DEVICE int least_other(int q) const noexcept {
-    int best = -1;
-    for (int i = size + q; i > 1; i /= 2) {
-      const int w = win[i ^ 1];
-      best = best < 0 || key[w] < key[best] || (key[w] == key[best] && w < best) ? w : best;
-    }
-    return best;
-  }
 };
 
 /// What a spill hook sees of the expert being spilled.
@@ -327,63 +337,156 @@ struct Spill {
   int least;  ///< the least-effective rank other than native, lower rank on ties
 };
 
-/// Scratch of assign_then_spill on P ranks.
+/// Scratch of assign_then_spill on P ranks and N experts.
 struct SpillScratch {
-  count_t* effective;  // P
-  Slice* slices;       // P
+  OrderScratch order;
+  count_t* effective;      // P
+  Slice* slices;           // P
+  std::uint8_t* hot;       // P
+  std::int32_t* spilled;   // N: where the expert's segments start in PlanView::spare, or -1
   LeastTree tree;
-  LLEP_HOST_DEVICE static SpillScratch take(Carve& c, int P) noexcept {
+  LLEP_HOST_DEVICE static SpillScratch take(Carve& c, int P, int N) noexcept {
     SpillScratch s{};
+    s.order = OrderScratch::take(c, N);
     s.effective = c.take<count_t>(static_cast<std::size_t>(P));
     s.slices = c.take<Slice>(static_cast<std::size_t>(P));
+    s.hot = c.take<std::uint8_t>(static_cast<std::size_t>(P));
+    s.spilled = c.take<std::int32_t>(static_cast<std::size_t>(N));
     s.tree = LeastTree::take(c, P);
     return s;
   }
 };
 
-/// Alg. 2 with the spill of Alg. 3 left to `hook`: experts visited in `order`; effective[q]
-/// = rows assigned to q plus its native load still to be visited; the native rank keeps
-/// min(l, cap - effective) when positive; then hook(effective, spill) names each next
-/// slice of the rest, or stops. The native's rows come out as one segment [0, kept + rest)
-/// and the slices follow it in order. Pushes into `out` (begun by the caller).
+namespace detail {
+/// Rank q went above capacity while order[i] was visited: its experts with load that come
+/// after order[i] join the visit order order[i + 1, n) in their place. Returns the new n.
+LLEP_HOST_DEVICE inline int join_visits(const count_t* loads, TopoView t, int q, const OrderScratch& o, int i,
+                                        int n) noexcept {
+  const int e = o.order[i];
+  std::int32_t* add = o.order + n;  // room: these experts are not in the order yet
+  int k = 0;
+  for (int x = 0; x < t.experts; ++x)
+    if (loads[x] > 0 && t.native_rank(x) == q && visits_before(loads, e, x)) add[k++] = x;
+  if (k == 0) return n;
+  sort_visit(loads, add, k, o.tmp, o.digit, o.hist);
+  for (int j = 0; j < k; ++j) o.tmp[j] = add[j];
+  // Merge order[i + 1, n) and tmp[0, k) from the back into order[i + 1, n + k).
+  int a = n - 1, b = k - 1, w = n + k - 1;
+  while (b >= 0) {
+    if (a > i && visits_before(loads, o.tmp[b], o.order[a]))
+      o.order[w--] = o.order[a--];
+    else
+      o.order[w--] = o.tmp[b--];
+  }
+  return n + k;
+}
+}  // namespace detail
+
+/// Alg. 2 with the spill of Alg. 3 left to `hook`: experts visited by decreasing load (ties:
+/// lower id); effective[q] = rows assigned to q plus its native load still to be visited;
+/// the native rank keeps min(l, cap - effective) when positive; then hook(effective, spill)
+/// names each next slice of the rest, or stops. The native's rows come out as one segment
+/// [0, kept + rest) and the slices follow it in order. Writes `out` (begun by the caller,
+/// still empty) whole, in expert order: its finish() only marks it finished. A rank that
+/// holds_replica(e, rank) receives no transfer of e.
+///
+/// An expert spills only when its native rank's effective load is above cap, and a rank's
+/// effective load grows only through slices while none of its experts spills: so only the
+/// experts of ranks above cap are sorted and visited, and a rank that a slice lifts above
+/// cap joins them with its experts still to come. The others keep their rows, in any visit
+/// order, and change nothing: the plan is the one visiting every expert makes.
 LLEP_EXEC_CHECK_DISABLE
-template <class Hook>
-LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_t cap, const std::int32_t* order,
-                                        int n, SpillScratch s, PlanView& out, Hook&& hook) {
-  native_loads(loads, t, s.effective);
+template <class Hook, class HoldsReplica>
+LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_t cap, SpillScratch s,
+                                        PlanView& out, Hook&& hook, HoldsReplica holds_replica) {
+  const int P = t.ranks, N = t.experts;
   count_t* eff = s.effective;
-  s.tree.build(eff, t.ranks);
+  native_loads(loads, t, eff);
+  bool any = false;
+  for (int q = 0; q < P; ++q) {
+    s.hot[q] = P > 1 && eff[q] > cap;  // one rank keeps everything
+    any = any || s.hot[q];
+  }
+  int n = 0;
+  if (any) {
+    for (int e = 0; e < N; ++e)
+      if (loads[e] > 0 && s.hot[t.native_rank(e)]) s.order.order[n++] = e;
+    sort_visit(loads, s.order.order, n, s.order.tmp, s.order.digit, s.order.hist);
+    s.tree.build(eff, P);
+  }
+  for (int e = 0; e < N; ++e) s.spilled[e] = -1;
+  // The spilled experts' segments wait in out.spare until the plan is written in expert order.
+  int kept_segments = 0;
+  auto keep = [&](int e, int rank, count_t b, count_t end) {
+    if (kept_segments < out.max_segments)
+      out.spare[kept_segments++] = Segment{e, rank, b, end};
+    else
+      ++out.dropped;
+  };
   for (int i = 0; i < n; ++i) {
-    const int e = order[i];
+    const int e = s.order.order[i];
     const count_t l = loads[e];
     const int native = t.native_rank(e);
     const count_t avail = cap - (eff[native] - l);
-    if (t.ranks == 1 || avail >= l) {  // all stays native: its effective load is unchanged
-      out.push(e, native, 0, l);
-      continue;
-    }
+    if (avail >= l) continue;  // all stays native: its effective load is unchanged
     const count_t kept = avail > 0 ? avail : 0;
-    eff[native] += kept - l;  // the tree learns it when the spill is done
+    eff[native] += kept - l;
+    s.tree.set(native, kCountMax);  // out of the tree's least while its expert spills
     int k = 0;
     count_t r = l - kept;
-    while (r > 0 && k < t.ranks) {
+    while (r > 0 && k < P) {
       const Slice next =
-          hook(static_cast<const count_t*>(eff), Spill{e, native, r, kept, cap, s.slices, k, s.tree.least_other(native)});
+          hook(static_cast<const count_t*>(eff), Spill{e, native, r, kept, cap, s.slices, k, s.tree.least()});
       if (next.rows <= 0) break;
       s.slices[k++] = next;
       eff[next.rank] += next.rows;
-      s.tree.set(next.rank, eff[next.rank]);
+      if (next.rank != native) s.tree.set(next.rank, eff[next.rank]);
       r -= next.rows;
+      if (!s.hot[next.rank] && eff[next.rank] > cap) {
+        s.hot[next.rank] = 1;
+        n = detail::join_visits(loads, t, next.rank, s.order, i, n);
+      }
     }
     eff[native] += r;
     s.tree.set(native, eff[native]);
-    if (kept + r > 0) out.push(e, native, 0, kept + r);
+    s.spilled[e] = kept_segments;
+    if (kept + r > 0) keep(e, native, 0, kept + r);
     count_t b = kept + r;
     for (int j = 0; j < k; ++j) {
-      out.push(e, s.slices[j].rank, b, b + s.slices[j].rows);
+      keep(e, s.slices[j].rank, b, b + s.slices[j].rows);
       b += s.slices[j].rows;
     }
   }
+  // The plan in expert order: the spilled experts' segments and transfers, the others'
+  // one native segment; every rank ends at its effective load.
+  int ns = 0;
+  for (int e = 0; e < N; ++e) {
+    out.expert_offsets[e] = ns;
+    const count_t l = loads[e];
+    if (l <= 0) continue;
+    const int at = s.spilled[e];
+    const int native = t.native_rank(e);
+    if (at < 0) {
+      if (ns < out.max_segments)
+        out.segments[ns++] = Segment{e, native, 0, l};
+      else
+        ++out.dropped;
+      continue;
+    }
+    const int first = out.num_transfers;
+    for (int j = at; j < kept_segments && out.spare[j].expert == e; ++j) {
+      const Segment sg = out.spare[j];
+      if (ns < out.max_segments)
+        out.segments[ns++] = sg;
+      else
+        ++out.dropped;
+      if (sg.rank != native && !holds_replica(e, sg.rank)) out.add_transfer(first, WeightTransfer{e, native, sg.rank});
+    }
+  }
+  out.expert_offsets[N] = ns;
+  out.num_segments = ns;
+  for (int q = 0; q < P; ++q) out.rank_loads[q] = eff[q];
+  out.in_order = out.complete = true;
 }
 
 /// LeastLoaded's hook (Alg. 3): the first qualifying rank in (effective, rank) order, else

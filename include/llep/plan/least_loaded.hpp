@@ -106,8 +106,9 @@ struct LeastLoaded {
     const alg::TopoView t = topo_view(topo, s.native);
     PlanView& v = out.view();
     v.capacity = cap;
-    const int n = alg::visit_order(loads.data(), t.experts, s.order);
-    alg::assign_then_spill(loads.data(), t, cap, s.order.order, n, s.spill, v, hook);
+    const bool replicas = topo.has_replicas();
+    alg::assign_then_spill(loads.data(), t, cap, s.spill, v, hook,
+                           [&topo, replicas](int e, int r) { return replicas && topo.holds_replica(e, r); });
     out.finish(topo, s.native);
   }
 

@@ -76,8 +76,7 @@ struct DeviceStep<LeastLoaded> {
   static constexpr bool available = true;
   LLEP_HOST_DEVICE static std::size_t scratch_bytes(int P, int N) noexcept {
     alg::Carve c;
-    (void)alg::OrderScratch::take(c, N);
-    (void)alg::SpillScratch::take(c, P);
+    (void)alg::SpillScratch::take(c, P, N);
     return c.used;
   }
   LLEP_HOST_DEVICE static StepStatus run(const LeastLoaded& p, const count_t* loads, alg::TopoView t,
@@ -90,10 +89,9 @@ struct DeviceStep<LeastLoaded> {
     detail::step_begin(out, t, "llep", 4);
     out.capacity = cap;
     alg::Carve c{scratch};
-    const alg::OrderScratch order = alg::OrderScratch::take(c, t.experts);
-    const alg::SpillScratch spill = alg::SpillScratch::take(c, t.ranks);
-    const int n = alg::visit_order(loads, t.experts, order);
-    alg::assign_then_spill(loads, t, cap, order.order, n, spill, out, alg::LeastLoadedSpill{p.min_tokens_per_gemm});
+    const alg::SpillScratch spill = alg::SpillScratch::take(c, t.ranks, t.experts);
+    alg::assign_then_spill(loads, t, cap, spill, out, alg::LeastLoadedSpill{p.min_tokens_per_gemm},
+                           [](int, int) { return false; });
     return detail::step_finish(out, t);
   }
 };

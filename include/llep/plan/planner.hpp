@@ -106,16 +106,14 @@ template <class P>
 }
 
 /// Scratch of the planners built on Alg. 2 (LeastLoaded, NodeAware, CostAware, Adaptive):
-/// the natives, the visit order and the spill state.
+/// the natives and the driver's (visit order, spill state).
 struct LlaScratch {
   std::int32_t* native;
-  alg::OrderScratch order;
   alg::SpillScratch spill;
   LLEP_HOST_DEVICE static LlaScratch take(alg::Carve& c, int P, int N) noexcept {
     LlaScratch s{};
     s.native = c.take<std::int32_t>(static_cast<std::size_t>(N));
-    s.order = alg::OrderScratch::take(c, N);
-    s.spill = alg::SpillScratch::take(c, P);
+    s.spill = alg::SpillScratch::take(c, P, N);
     return s;
   }
   [[nodiscard]] static std::size_t bytes(int P, int N) noexcept {
