@@ -138,10 +138,18 @@ LLEP_HOST_DEVICE inline void least_in_run(const count_t* load, int a, int b, int
   return k < 1 ? 1 : k;
 }
 
-/// Per-rank load under native placement, into load[P].
-LLEP_HOST_DEVICE inline void native_loads(const count_t* loads, TopoView t, count_t* load) noexcept {
+/// Per-rank load under native placement, into load[P]; with `count` (P + 1 entries), each
+/// rank q's number of experts too, into count[q + 1] (count[0] = 0).
+LLEP_HOST_DEVICE inline void native_loads(const count_t* loads, TopoView t, count_t* load,
+                                          std::int32_t* count = nullptr) noexcept {
   for (int r = 0; r < t.ranks; ++r) load[r] = 0;
-  for (int e = 0; e < t.experts; ++e) load[t.native_rank(e)] += loads[e];
+  if (count != nullptr)
+    for (int r = 0; r <= t.ranks; ++r) count[r] = 0;
+  for (int e = 0; e < t.experts; ++e) {
+    const int q = t.native_rank(e);
+    load[q] += loads[e];
+    if (count != nullptr) ++count[q + 1];
+  }
 }
 
 /// max / mean of P loads, 1 when all are zero (llep::imbalance, same arithmetic).
@@ -320,9 +328,24 @@ struct LeastTree {
   }
   LLEP_HOST_DEVICE void set(int q, count_t k) noexcept {
     key[q] = k;
-    for (int i = (size + q) / 2; i > 0; i /= 2) win[i] = better(win[2 * i], win[2 * i + 1]);
+    for (int i = (size + q) / 2; i > 0; i /= 2) {
+      const int w = better(win[2 * i], win[2 * i + 1]);
+      if (w == win[i] && w != q) return;  // the same winner, the same key: nothing above changes
+      win[i] = w;
+    }
   }
   [[nodiscard]] LLEP_HOST_DEVICE int least() const noexcept { return win[1]; }
+  /// The least leaf other than q: the root's unless that is q, else the best of the
+  /// siblings' winners on q's path.
+  [[nodiscard]] LLEP_HOST_DEVICE int least_other(int q) const noexcept {
+    if (win[1] != q) return win[1];
+    int best = -1;
+    for (int i = size + q; i > 1; i /= 2) {
+      const int w = win[i ^ 1];
+      best = best < 0 || key[w] < key[best] || (key[w] == key[best] && w < best) ? w : best;
+    }
+    return best;
+  }
 };
 
 /// What a spill hook sees of the expert being spilled.
@@ -343,7 +366,10 @@ struct SpillScratch {
   count_t* effective;      // P
   Slice* slices;           // P
   std::uint8_t* hot;       // P
+  std::uint8_t* moved;     // P: the ranks an expert's weights go to
   std::int32_t* spilled;   // N: where the expert's segments start in PlanView::spare, or -1
+  std::int32_t* first;     // P + 1: rank q's experts are by_rank[first[q], first[q + 1])
+  std::int32_t* by_rank;   // N
   LeastTree tree;
   LLEP_HOST_DEVICE static SpillScratch take(Carve& c, int P, int N) noexcept {
     SpillScratch s{};
@@ -351,22 +377,46 @@ struct SpillScratch {
     s.effective = c.take<count_t>(static_cast<std::size_t>(P));
     s.slices = c.take<Slice>(static_cast<std::size_t>(P));
     s.hot = c.take<std::uint8_t>(static_cast<std::size_t>(P));
+    s.moved = c.take<std::uint8_t>(static_cast<std::size_t>(P));
     s.spilled = c.take<std::int32_t>(static_cast<std::size_t>(N));
+    s.first = c.take<std::int32_t>(static_cast<std::size_t>(P) + 1);
+    s.by_rank = c.take<std::int32_t>(static_cast<std::size_t>(N));
     s.tree = LeastTree::take(c, P);
     return s;
   }
 };
 
 namespace detail {
+/// The native loads into s.effective, and the experts of each rank, by id: rank q's are
+/// s.by_rank[s.first[q], s.first[q + 1]). True when by_rank is the identity (natives
+/// ordered by rank, as in the default placement).
+LLEP_HOST_DEVICE inline bool index_by_rank(const count_t* loads, TopoView t, const SpillScratch& s) noexcept {
+  native_loads(loads, t, s.effective, s.first);
+  for (int q = 0; q < t.ranks; ++q) s.first[q + 1] += s.first[q];
+  int unsorted = 0;
+  if (t.native != nullptr)  // else the default placement: sorted
+    for (int e = 1; e < t.experts; ++e) unsorted |= t.native[e - 1] > t.native[e] ? 1 : 0;
+  if (unsorted == 0) {
+    for (int e = 0; e < t.experts; ++e) s.by_rank[e] = e;
+    return true;
+  }
+  for (int e = 0; e < t.experts; ++e) s.by_rank[s.first[t.native_rank(e)]++] = e;
+  for (int q = t.ranks; q > 0; --q) s.first[q] = s.first[q - 1];
+  s.first[0] = 0;
+  return false;
+}
+
 /// Rank q went above capacity while order[i] was visited: its experts with load that come
 /// after order[i] join the visit order order[i + 1, n) in their place. Returns the new n.
-LLEP_HOST_DEVICE inline int join_visits(const count_t* loads, TopoView t, int q, const OrderScratch& o, int i,
-                                        int n) noexcept {
+LLEP_HOST_DEVICE inline int join_visits(const count_t* loads, int q, const SpillScratch& s, int i, int n) noexcept {
+  const OrderScratch& o = s.order;
   const int e = o.order[i];
   std::int32_t* add = o.order + n;  // room: these experts are not in the order yet
   int k = 0;
-  for (int x = 0; x < t.experts; ++x)
-    if (loads[x] > 0 && t.native_rank(x) == q && visits_before(loads, e, x)) add[k++] = x;
+  for (int j = s.first[q]; j < s.first[q + 1]; ++j) {
+    const int x = s.by_rank[j];
+    if (loads[x] > 0 && visits_before(loads, e, x)) add[k++] = x;
+  }
   if (k == 0) return n;
   sort_visit(loads, add, k, o.tmp, o.digit, o.hist);
   for (int j = 0; j < k; ++j) o.tmp[j] = add[j];
@@ -401,16 +451,19 @@ LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_
                                         PlanView& out, Hook&& hook, HoldsReplica holds_replica) {
   const int P = t.ranks, N = t.experts;
   count_t* eff = s.effective;
-  native_loads(loads, t, eff);
-  bool any = false;
+  const bool by_id = detail::index_by_rank(loads, t, s);
+  int n = 0, hot = 0;
   for (int q = 0; q < P; ++q) {
     s.hot[q] = P > 1 && eff[q] > cap;  // one rank keeps everything
-    any = any || s.hot[q];
+    hot += s.hot[q];
+    if (s.hot[q] && by_id)  // the hot ranks' experts, in id order (sort_visit needs it)
+      for (int e = s.first[q]; e < s.first[q + 1]; ++e)
+        if (loads[e] > 0) s.order.order[n++] = e;
   }
-  int n = 0;
-  if (any) {
+  if (hot > 0 && !by_id)
     for (int e = 0; e < N; ++e)
       if (loads[e] > 0 && s.hot[t.native_rank(e)]) s.order.order[n++] = e;
+  if (n > 0) {
     sort_visit(loads, s.order.order, n, s.order.tmp, s.order.digit, s.order.hist);
     s.tree.build(eff, P);
   }
@@ -430,21 +483,20 @@ LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_
     const count_t avail = cap - (eff[native] - l);
     if (avail >= l) continue;  // all stays native: its effective load is unchanged
     const count_t kept = avail > 0 ? avail : 0;
-    eff[native] += kept - l;
-    s.tree.set(native, kCountMax);  // out of the tree's least while its expert spills
+    eff[native] += kept - l;  // the tree learns it when the spill is done
     int k = 0;
     count_t r = l - kept;
     while (r > 0 && k < P) {
       const Slice next =
-          hook(static_cast<const count_t*>(eff), Spill{e, native, r, kept, cap, s.slices, k, s.tree.least()});
+          hook(static_cast<const count_t*>(eff), Spill{e, native, r, kept, cap, s.slices, k, s.tree.least_other(native)});
       if (next.rows <= 0) break;
       s.slices[k++] = next;
       eff[next.rank] += next.rows;
-      if (next.rank != native) s.tree.set(next.rank, eff[next.rank]);
+      s.tree.set(next.rank, eff[next.rank]);
       r -= next.rows;
       if (!s.hot[next.rank] && eff[next.rank] > cap) {
         s.hot[next.rank] = 1;
-        n = detail::join_visits(loads, t, next.rank, s.order, i, n);
+        n = detail::join_visits(loads, next.rank, s, i, n);
       }
     }
     eff[native] += r;
@@ -459,6 +511,8 @@ LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_
   }
   // The plan in expert order: the spilled experts' segments and transfers, the others'
   // one native segment; every rank ends at its effective load.
+  if (kept_segments > 8)
+    for (int q = 0; q < P; ++q) s.moved[q] = 0;
   int ns = 0;
   for (int e = 0; e < N; ++e) {
     out.expert_offsets[e] = ns;
@@ -474,14 +528,29 @@ LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_
       continue;
     }
     const int first = out.num_transfers;
-    for (int j = at; j < kept_segments && out.spare[j].expert == e; ++j) {
-      const Segment sg = out.spare[j];
+    int end = at;
+    for (; end < kept_segments && out.spare[end].expert == e; ++end) {
       if (ns < out.max_segments)
-        out.segments[ns++] = sg;
+        out.segments[ns++] = out.spare[end];
       else
         ++out.dropped;
-      if (sg.rank != native && !holds_replica(e, sg.rank)) out.add_transfer(first, WeightTransfer{e, native, sg.rank});
     }
+    // Its transfers in dst order: a few by insertion, many by marking the ranks (O(P)).
+    const bool many = end - at > 8;
+    for (int j = at; j < end; ++j) {
+      const int dst = out.spare[j].rank;
+      if (dst == native || holds_replica(e, dst)) continue;
+      if (many)
+        s.moved[dst] = 1;
+      else
+        out.add_transfer(first, WeightTransfer{e, native, dst});
+    }
+    if (many)
+      for (int q = 0; q < P; ++q)
+        if (s.moved[q] != 0) {
+          s.moved[q] = 0;
+          out.transfers[out.num_transfers++] = WeightTransfer{e, native, q};
+        }
   }
   out.expert_offsets[N] = ns;
   out.num_segments = ns;
