@@ -360,6 +360,12 @@ struct Spill {
   int least;  ///< the least-effective rank other than native, lower rank on ties
 };
 
+/// An expert that spilled, and where its segments wait.
+struct SpillRef {
+  std::int32_t expert;
+  std::int32_t at;
+};
+
 /// Scratch of assign_then_spill on P ranks and N experts.
 struct SpillScratch {
   OrderScratch order;
@@ -367,7 +373,8 @@ struct SpillScratch {
   Slice* slices;           // P
   std::uint8_t* hot;       // P
   std::uint8_t* moved;     // P: the ranks an expert's weights go to
-  std::int32_t* spilled;   // N: where the expert's segments start in PlanView::spare, or -1
+  SpillRef* spills;        // N: the experts that spilled, where their segments start in PlanView::spare
+  std::int32_t* at;        // N: where an expert's segments start in PlanView::spare, or -1 (many spills)
   std::int32_t* first;     // P + 1: rank q's experts are by_rank[first[q], first[q + 1])
   std::int32_t* by_rank;   // N
   LeastTree tree;
@@ -378,7 +385,8 @@ struct SpillScratch {
     s.slices = c.take<Slice>(static_cast<std::size_t>(P));
     s.hot = c.take<std::uint8_t>(static_cast<std::size_t>(P));
     s.moved = c.take<std::uint8_t>(static_cast<std::size_t>(P));
-    s.spilled = c.take<std::int32_t>(static_cast<std::size_t>(N));
+    s.spills = c.take<SpillRef>(static_cast<std::size_t>(N));
+    s.at = c.take<std::int32_t>(static_cast<std::size_t>(N));
     s.first = c.take<std::int32_t>(static_cast<std::size_t>(P) + 1);
     s.by_rank = c.take<std::int32_t>(static_cast<std::size_t>(N));
     s.tree = LeastTree::take(c, P);
@@ -432,6 +440,87 @@ LLEP_HOST_DEVICE inline int join_visits(const count_t* loads, int q, const Spill
 }
 }  // namespace detail
 
+namespace detail {
+/// One native segment [0, l) for each expert with load in [b, x), from seg[ns] on; their
+/// offsets. Returns the new ns.
+LLEP_HOST_DEVICE inline int write_natives(const count_t* loads, TopoView t, int b, int x, Segment* seg,
+                                          std::int32_t* offsets, int ns) noexcept {
+  for (int e = b; e < x; ++e) {
+    offsets[e] = ns;
+    const count_t l = loads[e];
+    if (l > 0) seg[ns++] = Segment{e, t.native_rank(e), 0, l};
+  }
+  return ns;
+}
+
+/// The driver's plan, in expert order, into out: the S spilled experts' segments (waiting
+/// in out.spare[0, kept)) and transfers, the others' one native segment; every rank ends
+/// at its effective load. Nothing but the count of dropped segments when they do not fit.
+LLEP_EXEC_CHECK_DISABLE
+template <class HoldsReplica>
+LLEP_HOST_DEVICE void write_in_order(const count_t* loads, TopoView t, const SpillScratch& s, int S, int kept,
+                                     PlanView& out, HoldsReplica& holds_replica) noexcept {
+  const int P = t.ranks, N = t.experts;
+  if (N - S + kept > out.max_segments) {  // maybe too many: count them
+    int n = kept - S;
+    for (int e = 0; e < N; ++e) n += loads[e] > 0 ? 1 : 0;
+    if (n > out.max_segments) {
+      out.dropped += n - out.max_segments;
+      return;
+    }
+  }
+  // The spilled experts by id: a few by insertion, many through an index by expert.
+  SpillRef* sp = s.spills;
+  if (S <= 64) {
+    for (int i = 1; i < S; ++i)
+      for (int j = i; j > 0 && sp[j].expert < sp[j - 1].expert; --j) {
+        const SpillRef x = sp[j];
+        sp[j] = sp[j - 1];
+        sp[j - 1] = x;
+      }
+  } else {
+    for (int e = 0; e < N; ++e) s.at[e] = -1;
+    for (int i = 0; i < S; ++i) s.at[sp[i].expert] = sp[i].at;
+    for (int e = 0, i = 0; e < N; ++e)
+      if (s.at[e] >= 0) sp[i++] = SpillRef{e, s.at[e]};
+  }
+  if (kept > 8)
+    for (int q = 0; q < P; ++q) s.moved[q] = 0;
+  Segment* const seg = out.segments;
+  const Segment* const spare = out.spare;
+  int ns = 0, b = 0;
+  for (int i = 0; i < S; ++i) {
+    const int e = sp[i].expert, native = t.native_rank(e);
+    ns = write_natives(loads, t, b, e, seg, out.expert_offsets, ns);
+    out.expert_offsets[e] = ns;
+    int end = sp[i].at;
+    for (; end < kept && spare[end].expert == e; ++end) seg[ns++] = spare[end];
+    // Its transfers in dst order: a few by insertion, many by marking the ranks (O(P)).
+    const int first = out.num_transfers;
+    const bool many = end - sp[i].at > 8;
+    for (int j = sp[i].at; j < end; ++j) {
+      const int dst = spare[j].rank;
+      if (dst == native || holds_replica(e, dst)) continue;
+      if (many)
+        s.moved[dst] = 1;
+      else
+        out.add_transfer(first, WeightTransfer{e, native, dst});
+    }
+    if (many)
+      for (int q = 0; q < P; ++q)
+        if (s.moved[q] != 0) {
+          s.moved[q] = 0;
+          out.transfers[out.num_transfers++] = WeightTransfer{e, native, q};
+        }
+    b = e + 1;
+  }
+  ns = write_natives(loads, t, b, N, seg, out.expert_offsets, ns);
+  out.expert_offsets[N] = ns;
+  out.num_segments = ns;
+  for (int q = 0; q < P; ++q) out.rank_loads[q] = s.effective[q];
+}
+}  // namespace detail
+
 /// Alg. 2 with the spill of Alg. 3 left to `hook`: experts visited by decreasing load (ties:
 /// lower id); effective[q] = rows assigned to q plus its native load still to be visited;
 /// the native rank keeps min(l, cap - effective) when positive; then hook(effective, spill)
@@ -467,9 +556,8 @@ LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_
     sort_visit(loads, s.order.order, n, s.order.tmp, s.order.digit, s.order.hist);
     s.tree.build(eff, P);
   }
-  for (int e = 0; e < N; ++e) s.spilled[e] = -1;
   // The spilled experts' segments wait in out.spare until the plan is written in expert order.
-  int kept_segments = 0;
+  int kept_segments = 0, spilled = 0;
   auto keep = [&](int e, int rank, count_t b, count_t end) {
     if (kept_segments < out.max_segments)
       out.spare[kept_segments++] = Segment{e, rank, b, end};
@@ -501,7 +589,7 @@ LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_
     }
     eff[native] += r;
     s.tree.set(native, eff[native]);
-    s.spilled[e] = kept_segments;
+    s.spills[spilled++] = SpillRef{e, kept_segments};
     if (kept + r > 0) keep(e, native, 0, kept + r);
     count_t b = kept + r;
     for (int j = 0; j < k; ++j) {
@@ -509,52 +597,7 @@ LLEP_HOST_DEVICE void assign_then_spill(const count_t* loads, TopoView t, count_
       b += s.slices[j].rows;
     }
   }
-  // The plan in expert order: the spilled experts' segments and transfers, the others'
-  // one native segment; every rank ends at its effective load.
-  if (kept_segments > 8)
-    for (int q = 0; q < P; ++q) s.moved[q] = 0;
-  int ns = 0;
-  for (int e = 0; e < N; ++e) {
-    out.expert_offsets[e] = ns;
-    const count_t l = loads[e];
-    if (l <= 0) continue;
-    const int at = s.spilled[e];
-    const int native = t.native_rank(e);
-    if (at < 0) {
-      if (ns < out.max_segments)
-        out.segments[ns++] = Segment{e, native, 0, l};
-      else
-        ++out.dropped;
-      continue;
-    }
-    const int first = out.num_transfers;
-    int end = at;
-    for (; end < kept_segments && out.spare[end].expert == e; ++end) {
-      if (ns < out.max_segments)
-        out.segments[ns++] = out.spare[end];
-      else
-        ++out.dropped;
-    }
-    // Its transfers in dst order: a few by insertion, many by marking the ranks (O(P)).
-    const bool many = end - at > 8;
-    for (int j = at; j < end; ++j) {
-      const int dst = out.spare[j].rank;
-      if (dst == native || holds_replica(e, dst)) continue;
-      if (many)
-        s.moved[dst] = 1;
-      else
-        out.add_transfer(first, WeightTransfer{e, native, dst});
-    }
-    if (many)
-      for (int q = 0; q < P; ++q)
-        if (s.moved[q] != 0) {
-          s.moved[q] = 0;
-          out.transfers[out.num_transfers++] = WeightTransfer{e, native, q};
-        }
-  }
-  out.expert_offsets[N] = ns;
-  out.num_segments = ns;
-  for (int q = 0; q < P; ++q) out.rank_loads[q] = eff[q];
+  detail::write_in_order(loads, t, s, spilled, kept_segments, out, holds_replica);
   out.in_order = out.complete = true;
 }
 
