@@ -328,11 +328,7 @@ struct LeastTree {
   }
   LLEP_HOST_DEVICE void set(int q, count_t k) noexcept {
     key[q] = k;
-    for (int i = (size + q) / 2; i > 0; i /= 2) {
-      const int w = better(win[2 * i], win[2 * i + 1]);
-      if (w == win[i] && w != q) return;  // the same winner, the same key: nothing above changes
-      win[i] = w;
-    }
+    for (int i = (size + q) / 2; i > 0; i /= 2) win[i] = better(win[2 * i], win[2 * i + 1]);
   }
   [[nodiscard]] LLEP_HOST_DEVICE int least() const noexcept { return win[1]; }
   /// The least leaf other than q: the root's unless that is q, else the best of the
