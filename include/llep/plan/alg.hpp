@@ -301,11 +301,12 @@ struct Slice {
 
 /// The least-loaded rank kept up to date under point updates: a tournament tree over
 /// `size` (a power of two >= P) leaves, node i holding the leaf with the least key
-/// (lower rank on ties). O(log P) an update, O(1) the query; excluded ranks and the
-/// padding carry kCountMax.
+/// (lower rank on ties) and that key. O(log P) an update, O(1) the query; the padding
+/// carries kCountMax. An update carries the new winner up in registers and reads only the
+/// siblings, which it does not change: no chain of loads through the nodes it writes.
 struct LeastTree {
-  count_t* key;       // size
-  std::int32_t* win;  // 2 x size; win[1] is the root
+  count_t* key;       // 2 x size: the node's winning key; leaf q is size + q
+  std::int32_t* win;  // 2 x size: the node's winning rank; win[1] is the root
   int size;
   LLEP_HOST_DEVICE static int size_for(int P) noexcept {
     int n = 1;
@@ -314,21 +315,35 @@ struct LeastTree {
   }
   LLEP_HOST_DEVICE static LeastTree take(Carve& c, int P) noexcept {
     const int n = size_for(P);
-    return {c.take<count_t>(static_cast<std::size_t>(n)), c.take<std::int32_t>(2 * static_cast<std::size_t>(n)), n};
+    return {c.take<count_t>(2 * static_cast<std::size_t>(n)), c.take<std::int32_t>(2 * static_cast<std::size_t>(n)),
+            n};
   }
-  [[nodiscard]] LLEP_HOST_DEVICE int better(int a, int b) const noexcept {
-    return key[b] < key[a] ? b : a;  // a < b: a wins ties
+  /// Node i from its children; the left one (lower ranks) wins ties.
+  LLEP_HOST_DEVICE void pull(int i) noexcept {
+    const bool right = key[2 * i + 1] < key[2 * i];
+    key[i] = right ? key[2 * i + 1] : key[2 * i];
+    win[i] = right ? win[2 * i + 1] : win[2 * i];
   }
   LLEP_HOST_DEVICE void build(const count_t* load, int P) noexcept {
     for (int q = 0; q < size; ++q) {
-      key[q] = q < P ? load[q] : kCountMax;
+      key[size + q] = q < P ? load[q] : kCountMax;
       win[size + q] = q;
     }
-    for (int i = size - 1; i > 0; --i) win[i] = better(win[2 * i], win[2 * i + 1]);
+    for (int i = size - 1; i > 0; --i) pull(i);
   }
   LLEP_HOST_DEVICE void set(int q, count_t k) noexcept {
-    key[q] = k;
-    for (int i = (size + q) / 2; i > 0; i /= 2) win[i] = better(win[2 * i], win[2 * i + 1]);
+    int i = size + q, w = q;
+    count_t kw = k;
+    key[i] = k;
+    for (; i > 1; i /= 2) {
+      // The sibling takes the node when it is less, or equal and on the left.
+      const count_t ks = key[i ^ 1];
+      const bool sib = ks < kw || (ks == kw && (i & 1) != 0);
+      w = sib ? win[i ^ 1] : w;
+      kw = sib ? ks : kw;
+      key[i / 2] = kw;
+      win[i / 2] = w;
+    }
   }
   [[nodiscard]] LLEP_HOST_DEVICE int least() const noexcept { return win[1]; }
   /// The least leaf other than q: the root's unless that is q, else the best of the
@@ -336,9 +351,14 @@ struct LeastTree {
   [[nodiscard]] LLEP_HOST_DEVICE int least_other(int q) const noexcept {
     if (win[1] != q) return win[1];
     int best = -1;
+    count_t kb = 0;
     for (int i = size + q; i > 1; i /= 2) {
       const int w = win[i ^ 1];
-      best = best < 0 || key[w] < key[best] || (key[w] == key[best] && w < best) ? w : best;
+      const count_t kw = key[i ^ 1];
+      if (best < 0 || kw < kb || (kw == kb && w < best)) {
+        best = w;
+        kb = kw;
+      }
     }
     return best;
   }
