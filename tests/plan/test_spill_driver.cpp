@@ -100,13 +100,9 @@ Result library_driver(const std::vector<count_t>& l, const std::vector<int>& nat
   std::vector<llep::WeightTransfer> transfers(most);
   std::vector<std::int32_t> offsets(static_cast<std::size_t>(N) + 1), natives(native.begin(), native.end());
   std::vector<count_t> rank_loads(static_cast<std::size_t>(P));
-  llep::PlanView v;
-  v.segments = segments.data();
-  v.spare = spare.data();
-  v.transfers = transfers.data();
-  v.expert_offsets = offsets.data();
-  v.rank_loads = rank_loads.data();
-  v.max_segments = static_cast<std::int32_t>(most);
+  llep::PlanView v{.segments = segments.data(), .spare = spare.data(), .transfers = transfers.data(),
+                   .expert_offsets = offsets.data(), .rank_loads = rank_loads.data(),
+                   .max_segments = static_cast<std::int32_t>(most)};
   v.begin(P, N, "test", 4);
   llep::alg::Carve sizing;
   (void)llep::alg::SpillScratch::take(sizing, P, N);
