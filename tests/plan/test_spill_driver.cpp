@@ -91,8 +91,8 @@ Result plain_driver(const std::vector<count_t>& l, const std::vector<int>& nativ
 }
 
 template <class Hook, class Holds>
-Result library_driver(const std::vector<count_t>& l, const std::vector<int>& native, int P, count_t cap, Hook hook,
-                      Holds holds) {
+Result library_driver(const std::vector<count_t>& l, const std::vector<int>& native, int P, int per_rank, count_t cap,
+                      Hook hook, Holds holds) {
   const int N = static_cast<int>(l.size());
   // An arbitrary hook may cut every expert into P + 1 segments.
   const auto most = static_cast<std::size_t>(N) * static_cast<std::size_t>(P + 1);
@@ -109,7 +109,7 @@ Result library_driver(const std::vector<count_t>& l, const std::vector<int>& nat
   std::vector<std::uint64_t> scratch((sizing.used + 7) / 8 + 2);
   llep::alg::Carve c{reinterpret_cast<std::byte*>(scratch.data())};
   const auto s = llep::alg::SpillScratch::take(c, P, N);
-  const llep::alg::TopoView t{P, N, P, natives.data()};
+  const llep::alg::TopoView t{P, N, P, natives.data(), per_rank};
   llep::alg::assign_then_spill(l.data(), t, cap, s, v, hook, holds);
   v.finish([&](int e) { return native[e]; }, holds);
   REQUIRE(v.dropped == 0);
@@ -142,7 +142,10 @@ TEST_CASE("the spill driver makes the plan of visiting every expert, for any hoo
     const int N = P * M;
     std::vector<int> native(static_cast<std::size_t>(N));
     for (int e = 0; e < N; ++e) native[e] = e / M;
-    if (rng() % 4 == 0) std::shuffle(native.begin(), native.end(), rng);
+    // The default placement, said (per_rank) or not, or a custom one.
+    const int kind_of_placement = static_cast<int>(rng() % 4);
+    if (kind_of_placement == 0) std::shuffle(native.begin(), native.end(), rng);
+    const int per_rank = kind_of_placement >= 2 ? M : 0;
     std::string kind;
     std::vector<count_t> l = testloads::random_loads(rng, N, kind);
     if (rng() % 6 == 0) {  // balanced up to a remainder: many ranks a few rows over cap
@@ -199,7 +202,7 @@ TEST_CASE("the spill driver makes the plan of visiting every expert, for any hoo
       return r;
     };
     const Result want = plain_driver(l, native, P, cap, hook, holds);
-    const Result got = library_driver(l, native, P, cap, counting, holds);
+    const Result got = library_driver(l, native, P, per_rank, cap, counting, holds);
     promoted_cases += promotions > 0;
     CAPTURE(P);
     CAPTURE(N);

@@ -18,14 +18,21 @@ namespace llep::alg {
 inline constexpr count_t kCountMax = 0x7fffffffffffffff;
 
 /// What the planners need of a topology, as plain data. native == nullptr: the default
-/// placement, expert e on rank e / (N / P).
+/// placement, expert e on rank e / (N / P). per_rank > 0 says that native[] is that
+/// placement too, so loops may go rank by rank over blocks of experts.
 struct TopoView {
   int ranks = 0;
   int experts = 0;
   int ranks_per_node = 0;
   const std::int32_t* native = nullptr;
+  int per_rank = 0;
   [[nodiscard]] LLEP_HOST_DEVICE int native_rank(int e) const noexcept {
     return native != nullptr ? native[e] : e / (experts / ranks);
+  }
+  /// n when rank q's natives are experts [q n, (q + 1) n) for every q, else 0.
+  [[nodiscard]] LLEP_HOST_DEVICE int block() const noexcept {
+    const int n = native != nullptr ? per_rank : experts / ranks;
+    return n > 0 && n * ranks == experts ? n : 0;
   }
   [[nodiscard]] LLEP_HOST_DEVICE int node_of(int rank) const noexcept { return rank / ranks_per_node; }
 };
@@ -142,6 +149,16 @@ LLEP_HOST_DEVICE inline void least_in_run(const count_t* load, int a, int b, int
 /// rank q's number of experts too, into count[q + 1] (count[0] = 0).
 LLEP_HOST_DEVICE inline void native_loads(const count_t* loads, TopoView t, count_t* load,
                                           std::int32_t* count = nullptr) noexcept {
+  if (count != nullptr) count[0] = 0;
+  if (const int n = t.block(); n > 0) {  // a sum per block: no scatter through memory
+    for (int r = 0; r < t.ranks; ++r) {
+      count_t sum = 0;
+      for (int e = r * n; e < (r + 1) * n; ++e) sum += loads[e];
+      load[r] = sum;
+      if (count != nullptr) count[r + 1] = n;
+    }
+    return;
+  }
   for (int r = 0; r < t.ranks; ++r) load[r] = 0;
   if (count != nullptr)
     for (int r = 0; r <= t.ranks; ++r) count[r] = 0;
@@ -418,7 +435,7 @@ LLEP_HOST_DEVICE inline bool index_by_rank(const count_t* loads, TopoView t, con
   native_loads(loads, t, s.effective, s.first);
   for (int q = 0; q < t.ranks; ++q) s.first[q + 1] += s.first[q];
   int unsorted = 0;
-  if (t.native != nullptr)  // else the default placement: sorted
+  if (t.native != nullptr && t.block() == 0)  // else the default placement: sorted
     for (int e = 1; e < t.experts; ++e) unsorted |= t.native[e - 1] > t.native[e] ? 1 : 0;
   if (unsorted == 0) {
     for (int e = 0; e < t.experts; ++e) s.by_rank[e] = e;

@@ -142,7 +142,8 @@ class DevicePlanner {
 
  private:
   [[nodiscard]] alg::TopoView topo_view() const noexcept {
-    return alg::TopoView{topo_.ranks(), topo_.experts(), topo_.ranks_per_node(), native_};
+    return alg::TopoView{topo_.ranks(), topo_.experts(), topo_.ranks_per_node(), native_,
+                         topo_.default_placement() ? topo_.experts() / topo_.ranks() : 0};
   }
 
   P planner_;

@@ -102,7 +102,7 @@ template <class P>
   } else {
     for (int e = 0; e < N; ++e) native[e] = topo.native_rank(e);
   }
-  return alg::TopoView{P, N, topo.ranks_per_node(), native};
+  return alg::TopoView{P, N, topo.ranks_per_node(), native, topo.default_placement() ? N / P : 0};
 }
 
 /// Scratch of the planners built on Alg. 2 (LeastLoaded, NodeAware, CostAware, Adaptive):
