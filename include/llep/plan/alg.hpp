@@ -460,6 +460,7 @@ LLEP_HOST_DEVICE inline int join_visits(const count_t* loads, int q, const Spill
   }
   if (k == 0) return n;
   sort_visit(loads, add, k, o.tmp, o.digit, o.hist);
+  if (n - 1 <= i || visits_before(loads, o.order[n - 1], add[0])) return n + k;  // they come last
   for (int j = 0; j < k; ++j) o.tmp[j] = add[j];
   // Merge order[i + 1, n) and tmp[0, k) from the back into order[i + 1, n + k).
   int a = n - 1, b = k - 1, w = n + k - 1;
