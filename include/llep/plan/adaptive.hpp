@@ -65,7 +65,7 @@ struct Adaptive {
     check_loads(loads, topo);
     alg::Carve c{out.workspace(scratch_bytes(topo)).data()};
     count_t* load = c.take<count_t>(static_cast<std::size_t>(topo.ranks()));
-    const alg::TopoView t = topo_view(topo, c.take<std::int32_t>(static_cast<std::size_t>(topo.experts())));
+    const alg::TopoView t = rank_view(topo, c.take<std::int32_t>(static_cast<std::size_t>(topo.experts())));
     if (use_inner(lambda, loads.data(), t, load))
       inner.plan(loads, topo, out);
     else

@@ -105,6 +105,13 @@ template <class P>
   return alg::TopoView{P, N, topo.ranks_per_node(), native, topo.default_placement() ? N / P : 0};
 }
 
+/// The topology for code that only sums by rank (alg::native_loads): on the default
+/// placement no natives are written (native == nullptr), else as topo_view.
+[[nodiscard]] inline alg::TopoView rank_view(const Topology& topo, std::int32_t* native) noexcept {
+  if (topo.default_placement()) return alg::TopoView{topo.ranks(), topo.experts(), topo.ranks_per_node()};
+  return topo_view(topo, native);
+}
+
 /// Scratch of the planners built on Alg. 2 (LeastLoaded, NodeAware, CostAware, Adaptive):
 /// the natives and the driver's (visit order, spill state).
 struct LlaScratch {
