@@ -647,11 +647,15 @@ struct LeastLoadedSpill {
 };
 
 /// Standard EP: every expert with load on its native rank, capacity the busiest rank's
-/// load (at least 1). Pushes into `out` (begun by the caller).
+/// load (at least 1). Writes `out` (begun by the caller, still empty) whole, in expert
+/// order, as assign_then_spill does when nothing spills: its finish() only marks it.
 LLEP_HOST_DEVICE inline void standard_ep(const count_t* loads, TopoView t, PlanView& out) noexcept {
-  out.in_order = out.num_segments == 0;  // one segment per expert, by expert
-  for (int e = 0; e < t.experts; ++e)
-    if (loads[e] > 0) out.push(e, t.native_rank(e), 0, loads[e]);
+  native_loads(loads, t, out.rank_loads);
+  SpillScratch none{};  // nothing spills: only the rank loads are read
+  none.effective = out.rank_loads;
+  auto no_replica = [](int, int) { return false; };
+  detail::write_in_order(loads, t, none, 0, 0, out, no_replica);
+  out.in_order = out.complete = true;
   count_t peak = 1;
   for (int r = 0; r < t.ranks; ++r) peak = out.rank_loads[r] > peak ? out.rank_loads[r] : peak;
   out.capacity = peak;
