@@ -407,7 +407,7 @@ struct SpillScratch {
   std::uint8_t* hot;       // P
   std::uint8_t* moved;     // P: the ranks an expert's weights go to
   SpillRef* spills;        // N: the experts that spilled, where their segments start in PlanView::spare
-  std::int32_t* at;        // N: where an expert's segments start in PlanView::spare, or -1 (many spills)
+  std::int32_t* at;        // N: spills indexed by expert (when many experts spilled), else -1
   std::int32_t* first;     // P + 1: rank q's experts are by_rank[first[q], first[q + 1])
   std::int32_t* by_rank;   // N
   LeastTree tree;
@@ -472,9 +472,7 @@ LLEP_HOST_DEVICE inline int join_visits(const count_t* loads, int q, const Spill
   }
   return n + k;
 }
-}  // namespace detail
 
-namespace detail {
 /// One native segment [0, l) for each expert with load in [b, x), from seg[ns] on; their
 /// offsets. Returns the new ns.
 LLEP_HOST_DEVICE inline int write_natives(const count_t* loads, TopoView t, int b, int x, Segment* seg,
