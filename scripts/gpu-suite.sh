@@ -114,6 +114,8 @@ if missing:
 ' "$1" "$BUILD" "$summary"
 }
 # GPU suite first (tests/gpu, example 05, mpi-nccl-layer-np2 where MPI is), then the rest.
+# The suite includes issue 14's device-step tests: device_layout, device_step,
+# cuda_sort_scratch, peer_all_to_all (tests/gpu/meson.build; docs/gpu-status.md lists them).
 mapfile -t gpu_tests < <(tests_of gpu)
 mapfile -t host_tests < <(tests_of host)
 # Without names meson test would run every test: an empty list is reported instead.

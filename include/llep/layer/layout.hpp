@@ -242,6 +242,27 @@ inline void check_layout_status(const LayoutStatus& s) {
 
 class Layout {
  public:
+  Layout() = default;
+  Layout(Layout&&) noexcept = default;
+  Layout& operator=(Layout&&) noexcept = default;
+  /// Copies hold only the tables' used entries (a ForwardHandle keeps a copy every step),
+  /// reusing the target's storage.
+  Layout(const Layout& o) { *this = o; }
+  Layout& operator=(const Layout& o) {
+    if (this == &o) return *this;
+    rank_ = o.rank_;
+    used_ = o.used_;
+    prefix_.assign(o.prefix_.begin(), o.prefix_.end());
+    send_counts_.assign(o.send_counts_.begin(), o.send_counts_.end());
+    send_offsets_.assign(o.send_offsets_.begin(), o.send_offsets_.end());
+    recv_counts_.assign(o.recv_counts_.begin(), o.recv_counts_.end());
+    recv_offsets_.assign(o.recv_offsets_.begin(), o.recv_offsets_.end());
+    send_blocks_.assign(o.send_blocks().begin(), o.send_blocks().end());
+    chunks_.assign(o.recv_chunks().begin(), o.recv_chunks().end());
+    tasks_.assign(o.tasks().begin(), o.tasks().end());
+    return *this;
+  }
+
   /// Builds the tables of `rank` (layout_step into this object's buffers). Reuses them: no
   /// allocation once warm. `plan` must have passed check_plan (layer/check_plan.hpp): its
   /// ranks index the tables.
@@ -265,7 +286,7 @@ class Layout {
     grow(tasks_, static_cast<std::size_t>(cap.tasks));
     grow(chunks_, static_cast<std::size_t>(cap.recv_chunks));
 
-    LayoutView& v = view_;
+    LayoutView v;
     v.prefix = prefix_.data();
     v.send_counts = send_counts_.data();
     v.send_offsets = send_offsets_.data();
@@ -280,29 +301,29 @@ class Layout {
     v.rank = rank;
     const LayoutStatus st =
         layout_step(counts.data().data(), plan.view(), [&topo, rank](int e) { return topo.holds(e, rank); }, v);
-    if (!st.good()) v.num_send_blocks = v.num_tasks = v.num_recv_chunks = 0;
+    used_ = st.good() ? Used{v.num_send_blocks, v.num_tasks, v.num_recv_chunks, v.pairs, v.compute_rows} : Used{};
     check_layout_status(st);
   }
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
   /// Pairs (token, k) on this rank; rows of the send buffer.
-  [[nodiscard]] count_t pairs() const noexcept { return view_.pairs; }
+  [[nodiscard]] count_t pairs() const noexcept { return used_.pairs; }
   /// Rows this rank computes; rows of the receive and compute buffers.
-  [[nodiscard]] count_t compute_rows() const noexcept { return view_.compute_rows; }
+  [[nodiscard]] count_t compute_rows() const noexcept { return used_.compute_rows; }
   [[nodiscard]] std::span<const count_t> send_counts() const noexcept { return send_counts_; }
   [[nodiscard]] std::span<const count_t> send_offsets() const noexcept { return send_offsets_; }
   [[nodiscard]] std::span<const count_t> recv_counts() const noexcept { return recv_counts_; }
   [[nodiscard]] std::span<const count_t> recv_offsets() const noexcept { return recv_offsets_; }
   /// Sorted by (expert, sorted_begin); they tile the rank's expert-sorted pairs.
   [[nodiscard]] std::span<const SendBlock> send_blocks() const noexcept {
-    return {send_blocks_.data(), static_cast<std::size_t>(view_.num_send_blocks)};
+    return {send_blocks_.data(), static_cast<std::size_t>(used_.send_blocks)};
   }
   /// Sorted by (src, expert); they tile the receive buffer.
   [[nodiscard]] std::span<const RecvChunk> recv_chunks() const noexcept {
-    return {chunks_.data(), static_cast<std::size_t>(view_.num_recv_chunks)};
+    return {chunks_.data(), static_cast<std::size_t>(used_.recv_chunks)};
   }
   [[nodiscard]] std::span<const ComputeTask> tasks() const noexcept {
-    return {tasks_.data(), static_cast<std::size_t>(view_.num_tasks)};
+    return {tasks_.data(), static_cast<std::size_t>(used_.tasks)};
   }
   /// Global position of the first pair of `expert` on `src` (pairs of lower ranks before).
   [[nodiscard]] count_t position_base(int src, int expert, int experts) const noexcept {
@@ -318,8 +339,14 @@ class Layout {
     return static_cast<std::int32_t>(std::min<std::size_t>(n, INT32_MAX));
   }
 
+  // What the last build filled: the tables' entries in use and the two totals.
+  struct Used {
+    std::int32_t send_blocks = 0, tasks = 0, recv_chunks = 0;
+    count_t pairs = 0, compute_rows = 0;
+  };
+
   int rank_ = 0;
-  LayoutView view_;
+  Used used_;
   std::vector<count_t> prefix_;
   std::vector<count_t> send_counts_, send_offsets_, recv_counts_, recv_offsets_;
   std::vector<SendBlock> send_blocks_;
