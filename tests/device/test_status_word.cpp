@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "llep/device/gather_counts.hpp"
 #include "llep/device/status_word.hpp"
 #include "llep/exec/host.hpp"
@@ -105,29 +106,21 @@ TEST_CASE("the host check throws the same error on every rank, naming the lowest
         llep::StatusWords status(exec, memory.data(), P);
         const auto& mine = ids[static_cast<std::size_t>(t.rank())];
         status.scan(exec, mine.data(), mine.size(), N);
-        try {
-          status.check(exec, t, N);
-        } catch (const llep::Error& e) {
-          got[static_cast<std::size_t>(t.rank())] = e.what();
-        }
+        got[static_cast<std::size_t>(t.rank())] = testutil::error_of([&] { status.check(exec, t, N); });
         // The next step, with clean ids, checks clean: the word was cleared.
         std::vector<std::int32_t> clean(mine.size(), 0);
         status.scan(exec, clean.data(), clean.size(), N);
-        try {
-          status.check(exec, t, N);
-        } catch (const llep::Error& e) {
-          after[static_cast<std::size_t>(t.rank())] = e.what();
-        }
+        after[static_cast<std::size_t>(t.rank())] = testutil::error_of([&] { status.check(exec, t, N); });
       });
       for (int r = 0; r < P; ++r) {
         CAPTURE(r);
         if (want.empty()) {
-          CHECK(got[static_cast<std::size_t>(r)].empty());
+          CHECK(got[static_cast<std::size_t>(r)] == testutil::kNoError);
         } else {
           CHECK(got[static_cast<std::size_t>(r)].rfind(want, 0) == 0);  // the same message on every rank
           CHECK(got[static_cast<std::size_t>(r)] == got[0]);
         }
-        CHECK(after[static_cast<std::size_t>(r)].empty());
+        CHECK(after[static_cast<std::size_t>(r)] == testutil::kNoError);
       }
       failing_rounds += want.empty() ? 0 : 1;
     }
@@ -159,18 +152,14 @@ TEST_CASE("gather_counts leaves every rank with every rank's histogram, bad ids 
         const auto& mine = ids[static_cast<std::size_t>(t.rank())];
         llep::gather_counts(exec, t, mine.data(), mine.size(), N, out, &status);
         got[static_cast<std::size_t>(t.rank())].assign(out.counts, out.counts + P * N);
-        try {
-          status.check(exec, t, N);
-        } catch (const llep::Error& e) {
-          errors[static_cast<std::size_t>(t.rank())] = e.what();
-        }
+        errors[static_cast<std::size_t>(t.rank())] = testutil::error_of([&] { status.check(exec, t, N); });
       });
       for (int r = 0; r < P; ++r) {
         CAPTURE(P);
         CAPTURE(N);
         CAPTURE(r);
         CHECK(got[static_cast<std::size_t>(r)] == want);
-        CHECK(errors[static_cast<std::size_t>(r)].empty() == !any_bad);
+        CHECK((errors[static_cast<std::size_t>(r)] == testutil::kNoError) == !any_bad);
         if (any_bad) CHECK(errors[static_cast<std::size_t>(r)].find("rank " + std::to_string(bad_rank) + " routed") != std::string::npos);
       }
     }

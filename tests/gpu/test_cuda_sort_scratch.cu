@@ -10,6 +10,7 @@
 
 #include <random>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "device_array.hpp"
@@ -50,10 +51,10 @@ TEST_CASE("sort_by_expert refuses scratch smaller than sort_scratch_bytes, namin
   DeviceArray<std::int32_t> d_ids(std::vector<std::int32_t>(n, 1)), d_order(n);
   const std::size_t need = llep::CudaExec::sort_scratch_bytes(n, 8);
   DeviceArray<std::byte> scratch(need);
+  const std::string names = std::to_string(need) + " bytes of scratch but was given " + std::to_string(need - 1);
   CHECK_THROWS_WITH_AS(
       dev.sort_by_expert(d_ids.get(), n, 8, d_order.get(), std::span<std::byte>(scratch.get(), need - 1)),
-      doctest::Contains(std::to_string(need) + " bytes of scratch but was given " + std::to_string(need - 1)),
-      llep::Error);
+      doctest::Contains(names.c_str()), llep::Error);
 }
 
 TEST_CASE("sort_scratch_bytes never decreases with n") {

@@ -8,7 +8,6 @@
 
 #include <cuda_runtime.h>
 
-#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -29,25 +28,9 @@ namespace {
 
 using llep::count_t;
 
-void same(const llep::DeviceLayout::Host& d, const llep::Layout& L) {
-  REQUIRE(d.pairs == L.pairs());
-  REQUIRE(d.compute_rows == L.compute_rows());
-  REQUIRE(d.send_counts == std::vector<count_t>(L.send_counts().begin(), L.send_counts().end()));
-  REQUIRE(d.send_offsets == std::vector<count_t>(L.send_offsets().begin(), L.send_offsets().end()));
-  REQUIRE(d.recv_counts == std::vector<count_t>(L.recv_counts().begin(), L.recv_counts().end()));
-  REQUIRE(d.recv_offsets == std::vector<count_t>(L.recv_offsets().begin(), L.recv_offsets().end()));
-  REQUIRE(d.send_blocks.size() == L.send_blocks().size());
-  REQUIRE(d.recv_chunks.size() == L.recv_chunks().size());
-  REQUIRE(d.tasks.size() == L.tasks().size());
-  REQUIRE(std::memcmp(d.send_blocks.data(), L.send_blocks().data(), L.send_blocks().size_bytes()) == 0);
-  REQUIRE(std::memcmp(d.recv_chunks.data(), L.recv_chunks().data(), L.recv_chunks().size_bytes()) == 0);
-  for (std::size_t i = 0; i < d.tasks.size(); ++i) {
-    REQUIRE(d.tasks[i].expert == L.tasks()[i].expert);
-    REQUIRE(d.tasks[i].row == L.tasks()[i].row);
-    REQUIRE(d.tasks[i].rows == L.tasks()[i].rows);
-    REQUIRE(d.tasks[i].begin == L.tasks()[i].begin);
-    REQUIRE(d.tasks[i].native == L.tasks()[i].native);
-  }
+testref::Tables tables_of(const llep::DeviceLayout::Host& d) {
+  return testref::Tables{d.pairs,        d.compute_rows, d.send_counts, d.send_offsets, d.recv_counts,
+                         d.recv_offsets, d.send_blocks,  d.recv_chunks, d.tasks};
 }
 
 template <class P>
@@ -94,7 +77,7 @@ void compare(const P& planner, const llep::Topology& topo, int vectors, std::mt1
         CHECK_THROWS_WITH_AS((void)dl[static_cast<std::size_t>(r)]->download(stream), host_error.c_str(), llep::Error);
         continue;
       }
-      same(dl[static_cast<std::size_t>(r)]->download(stream), L);
+      testref::require_same(tables_of(dl[static_cast<std::size_t>(r)]->download(stream)), testref::tables_of(L));
       ++layouts;
     }
     refused += host_refused ? 1 : 0;

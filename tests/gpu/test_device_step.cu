@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "device_array.hpp"
+#include "rank_streams.hpp"
 #include "llep/device/device_layout.cuh"
 #include "llep/device/gather_counts.hpp"
 #include "llep/device/status_word.hpp"
@@ -29,21 +30,6 @@ namespace {
 
 using llep::count_t;
 
-struct Streams {
-  std::vector<cudaStream_t> streams;
-  explicit Streams(int P) {
-    streams.resize(static_cast<std::size_t>(P));
-    for (auto& s : streams) LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  }
-  ~Streams() {
-    for (auto s : streams) (void)cudaStreamDestroy(s);
-  }
-  [[nodiscard]] std::vector<llep::PeerCopyRank> ranks() const {
-    std::vector<llep::PeerCopyRank> r;
-    for (auto s : streams) r.push_back({0, s});
-    return r;
-  }
-};
 
 std::vector<std::vector<std::int32_t>> routing(std::mt19937_64& rng, int P, int N, bool skewed, int bad_rank) {
   std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(P));
@@ -71,7 +57,7 @@ template <class Planner>
 std::vector<RankOut> device_step(const Planner& planner, const llep::Topology& topo,
                                  const std::vector<std::vector<std::int32_t>>& ids) {
   const int P = topo.ranks(), N = topo.experts();
-  Streams streams(P);
+  gputest::RankStreams streams(P);
   llep::PeerCopyGroup group(streams.ranks());
   std::vector<RankOut> out(static_cast<std::size_t>(P));
   llep::run_ranks(group, [&](llep::PeerCopy& t) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "device_array.hpp"
+#include "rank_streams.hpp"
 #include "llep/device/peer_all_to_all.cuh"
 #include "llep/transport/peer_copy.cuh"
 
@@ -20,20 +21,6 @@ namespace {
 using gputest::DeviceArray;
 using llep::count_t;
 
-struct Streams {
-  std::vector<cudaStream_t> s;
-  explicit Streams(int P) : s(static_cast<std::size_t>(P)) {
-    for (auto& x : s) LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&x, cudaStreamNonBlocking));
-  }
-  ~Streams() {
-    for (auto x : s) (void)cudaStreamDestroy(x);
-  }
-  [[nodiscard]] std::vector<llep::PeerCopyRank> ranks() const {
-    std::vector<llep::PeerCopyRank> r;
-    for (auto x : s) r.push_back({0, x});
-    return r;
-  }
-};
 
 std::uint8_t byte_of(int q, int r, count_t row, std::size_t b) {
   return static_cast<std::uint8_t>((q * 37 + r * 11 + row * 5 + static_cast<count_t>(b) * 3 + 1) & 0xff);
@@ -49,7 +36,7 @@ TEST_CASE("device-sized all-to-all through peer pointers delivers every row wher
       CAPTURE(row_bytes);
       const count_t max_rows = 300;  // per (sender, receiver) pair
       const auto cap = static_cast<std::size_t>(P) * static_cast<std::size_t>(max_rows) * row_bytes;
-      Streams streams(P);
+      gputest::RankStreams streams(P);
       llep::PeerCopyGroup group(streams.ranks());
       llep::PeerAllToAll a2a(group);
       // M[q][r]: rows q sends r; new each step; rank P - 1 sends nothing in step 1.

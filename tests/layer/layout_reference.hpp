@@ -2,11 +2,15 @@
 // The host layout as it was before the shared routine (layer/layout.hpp, layout_tables):
 // kept verbatim as the independent reference that test_layout_step.cpp compares the
 // shared routine with, bit for bit (and the GPU test its device run). Test code only.
+#include <doctest/doctest.h>
+
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <random>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "llep/layer/layout.hpp"
@@ -146,6 +150,60 @@ class RefLayout {
   std::vector<RecvChunk> chunks_;
   std::vector<ComputeTask> tasks_;
 };
+
+
+// A layout's tables as plain vectors, whatever built them (Layout, RefLayout, a LayoutView
+// over caller buffers, a device download), compared bit for bit by require_same.
+struct Tables {
+  count_t pairs = 0, rows = 0;
+  std::vector<count_t> send_counts, send_offsets, recv_counts, recv_offsets;
+  std::vector<SendBlock> send_blocks;
+  std::vector<RecvChunk> recv_chunks;
+  std::vector<ComputeTask> tasks;
+};
+
+template <class L>  // Layout or RefLayout
+Tables tables_of(const L& l) {
+  auto v = [](auto s) { return std::vector<typename decltype(s)::value_type>(s.begin(), s.end()); };
+  return Tables{l.pairs(),          l.compute_rows(),   v(l.send_counts()), v(l.send_offsets()), v(l.recv_counts()),
+                v(l.recv_offsets()), v(l.send_blocks()), v(l.recv_chunks()), v(l.tasks())};
+}
+
+inline Tables tables_of(const LayoutView& v, int P) {
+  auto n = [](const auto* p, std::int64_t k) { return std::vector<std::remove_cv_t<std::remove_pointer_t<decltype(p)>>>(p, p + k); };
+  return Tables{v.pairs,
+                v.compute_rows,
+                n(v.send_counts, P),
+                n(v.send_offsets, P),
+                n(v.recv_counts, P),
+                n(v.recv_offsets, P),
+                n(v.send_blocks, v.num_send_blocks),
+                n(v.recv_chunks, v.num_recv_chunks),
+                n(v.tasks, v.num_tasks)};
+}
+
+inline void require_same(const Tables& a, const Tables& b) {
+  REQUIRE(a.pairs == b.pairs);
+  REQUIRE(a.rows == b.rows);
+  REQUIRE(a.send_counts == b.send_counts);
+  REQUIRE(a.send_offsets == b.send_offsets);
+  REQUIRE(a.recv_counts == b.recv_counts);
+  REQUIRE(a.recv_offsets == b.recv_offsets);
+  REQUIRE(a.send_blocks.size() == b.send_blocks.size());
+  REQUIRE(a.recv_chunks.size() == b.recv_chunks.size());
+  REQUIRE(a.tasks.size() == b.tasks.size());
+  // Send blocks and receive chunks are five int32 each, no padding: whole bytes compare.
+  REQUIRE(std::memcmp(a.send_blocks.data(), b.send_blocks.data(), a.send_blocks.size() * sizeof(SendBlock)) == 0);
+  REQUIRE(std::memcmp(a.recv_chunks.data(), b.recv_chunks.data(), a.recv_chunks.size() * sizeof(RecvChunk)) == 0);
+  for (std::size_t i = 0; i < a.tasks.size(); ++i) {  // a bool and padding: field by field
+    CAPTURE(i);
+    REQUIRE(a.tasks[i].expert == b.tasks[i].expert);
+    REQUIRE(a.tasks[i].row == b.tasks[i].row);
+    REQUIRE(a.tasks[i].rows == b.tasks[i].rows);
+    REQUIRE(a.tasks[i].begin == b.tasks[i].begin);
+    REQUIRE(a.tasks[i].native == b.tasks[i].native);
+  }
+}
 
 // C[P][N] with column e summing to loads[e], split by `mode`: 0 random cuts, 1 all on one
 // rank, 2 even, 3 only even ranks, 4 one pair per rank then the rest on the last.

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "../common/loads.hpp"
 #include "layout_reference.hpp"
 #include "llep/layer/layout.hpp"
@@ -33,38 +34,6 @@ using llep::count_t;
 struct Tally {
   long layouts = 0, refused = 0;
 };
-
-void same_tables(const llep::Layout& a, const testref::RefLayout& b) {
-  REQUIRE(a.pairs() == b.pairs());
-  REQUIRE(a.compute_rows() == b.compute_rows());
-  REQUIRE(std::vector<count_t>(a.send_counts().begin(), a.send_counts().end()) ==
-          std::vector<count_t>(b.send_counts().begin(), b.send_counts().end()));
-  REQUIRE(std::vector<count_t>(a.send_offsets().begin(), a.send_offsets().end()) ==
-          std::vector<count_t>(b.send_offsets().begin(), b.send_offsets().end()));
-  REQUIRE(std::vector<count_t>(a.recv_counts().begin(), a.recv_counts().end()) ==
-          std::vector<count_t>(b.recv_counts().begin(), b.recv_counts().end()));
-  REQUIRE(std::vector<count_t>(a.recv_offsets().begin(), a.recv_offsets().end()) ==
-          std::vector<count_t>(b.recv_offsets().begin(), b.recv_offsets().end()));
-  REQUIRE(a.send_blocks().size() == b.send_blocks().size());
-  for (std::size_t i = 0; i < a.send_blocks().size(); ++i) {
-    const auto &x = a.send_blocks()[i], &y = b.send_blocks()[i];
-    REQUIRE(std::memcmp(&x, &y, sizeof x) == 0);  // five int32, no padding
-  }
-  REQUIRE(a.recv_chunks().size() == b.recv_chunks().size());
-  for (std::size_t i = 0; i < a.recv_chunks().size(); ++i) {
-    const auto &x = a.recv_chunks()[i], &y = b.recv_chunks()[i];
-    REQUIRE(std::memcmp(&x, &y, sizeof x) == 0);
-  }
-  REQUIRE(a.tasks().size() == b.tasks().size());
-  for (std::size_t i = 0; i < a.tasks().size(); ++i) {
-    const auto &x = a.tasks()[i], &y = b.tasks()[i];
-    REQUIRE(x.expert == y.expert);
-    REQUIRE(x.row == y.row);
-    REQUIRE(x.rows == y.rows);
-    REQUIRE(x.begin == y.begin);
-    REQUIRE(x.native == y.native);
-  }
-}
 
 // The device form: buffers of exactly layout_capacity(P, N, bound) entries with a guard
 // after each, NativeHolds instead of the Topology.
@@ -103,31 +72,6 @@ struct DeviceForm {
   }
 };
 
-void same_as_layout(const DeviceForm& d, const llep::Layout& L) {
-  const llep::LayoutView& v = d.view;
-  REQUIRE(d.guards_intact());
-  REQUIRE(v.pairs == L.pairs());
-  REQUIRE(v.compute_rows == L.compute_rows());
-  for (std::size_t p = 0; p < L.send_counts().size(); ++p) {
-    REQUIRE(v.send_counts[p] == L.send_counts()[p]);
-    REQUIRE(v.send_offsets[p] == L.send_offsets()[p]);
-    REQUIRE(v.recv_counts[p] == L.recv_counts()[p]);
-    REQUIRE(v.recv_offsets[p] == L.recv_offsets()[p]);
-  }
-  REQUIRE(static_cast<std::size_t>(v.num_send_blocks) == L.send_blocks().size());
-  REQUIRE(static_cast<std::size_t>(v.num_tasks) == L.tasks().size());
-  REQUIRE(static_cast<std::size_t>(v.num_recv_chunks) == L.recv_chunks().size());
-  REQUIRE(std::memcmp(v.send_blocks, L.send_blocks().data(), L.send_blocks().size_bytes()) == 0);
-  REQUIRE(std::memcmp(v.recv_chunks, L.recv_chunks().data(), L.recv_chunks().size_bytes()) == 0);
-  for (std::size_t i = 0; i < L.tasks().size(); ++i) {
-    REQUIRE(v.tasks[i].expert == L.tasks()[i].expert);
-    REQUIRE(v.tasks[i].row == L.tasks()[i].row);
-    REQUIRE(v.tasks[i].rows == L.tasks()[i].rows);
-    REQUIRE(v.tasks[i].begin == L.tasks()[i].begin);
-    REQUIRE(v.tasks[i].native == L.tasks()[i].native);
-  }
-}
-
 // Every rank's layout of `planner`'s plan of the loads, split over the ranks `mode`'s way:
 // the shared routine (Layout) against the reference, and (no replicas) the device form.
 template <class Planner>
@@ -148,23 +92,14 @@ void check(const Planner& planner, const llep::Topology& topo, const std::vector
   testref::RefLayout R;
   for (int rank = 0; rank < P; ++rank) {
     CAPTURE(rank);
-    std::string got, want;
-    try {
-      L.build(counts, plan, topo, rank);
-    } catch (const llep::Error& e) {
-      got = e.what();
-    }
-    try {
-      R.build(counts, plan, topo, rank);
-    } catch (const llep::Error& e) {
-      want = e.what();
-    }
-    REQUIRE(got.empty() == want.empty());  // both refuse (2^31) or neither
-    if (!got.empty()) {
+    const std::string got = testutil::error_of([&] { L.build(counts, plan, topo, rank); });
+    const std::string want = testutil::error_of([&] { R.build(counts, plan, topo, rank); });
+    REQUIRE((got == testutil::kNoError) == (want == testutil::kNoError));  // both refuse (2^31) or neither
+    if (got != testutil::kNoError) {
       ++tally.refused;
       continue;
     }
-    same_tables(L, R);
+    testref::require_same(testref::tables_of(L), testref::tables_of(R));
     ++tally.layouts;
     if (!topo.has_replicas()) {
       DeviceForm d(topo, bound);
@@ -172,7 +107,8 @@ void check(const Planner& planner, const llep::Topology& topo, const std::vector
       const llep::LayoutStatus st =
           llep::layout_step(C.data(), plan.view(), llep::NativeHolds{d.native.data(), rank}, d.view);
       REQUIRE(st.good());
-      same_as_layout(d, L);
+      REQUIRE(d.guards_intact());
+      testref::require_same(testref::tables_of(d.view, P), testref::tables_of(L));
     }
   }
 }
