@@ -42,7 +42,7 @@ struct DeviceForm {
   std::vector<llep::SendBlock> blocks;
   std::vector<llep::ComputeTask> tasks;
   std::vector<llep::RecvChunk> chunks;
-  std::vector<std::int32_t> native;
+  std::vector<std::int32_t> native, chunk_first;
   llep::LayoutView view;
   static constexpr std::int32_t guard = 0x5a5a5a5a;
 
@@ -55,6 +55,7 @@ struct DeviceForm {
     tasks.assign(static_cast<std::size_t>(cap.tasks) + 1, llep::ComputeTask{guard, guard, guard, guard, false});
     chunks.assign(static_cast<std::size_t>(cap.recv_chunks) + 1, llep::RecvChunk{guard, guard, guard, guard, guard});
     for (int e = 0; e < N; ++e) native.push_back(topo.native_rank(e));
+    chunk_first.assign(static_cast<std::size_t>(P) + 1, -1);
     view.prefix = prefix.data();
     view.send_counts = counts4.data();
     view.send_offsets = counts4.data() + P;
@@ -63,6 +64,7 @@ struct DeviceForm {
     view.send_blocks = blocks.data();
     view.tasks = tasks.data();
     view.recv_chunks = chunks.data();
+    view.recv_chunk_first = chunk_first.data();
     view.max_send_blocks = static_cast<std::int32_t>(cap.send_blocks);
     view.max_tasks = static_cast<std::int32_t>(cap.tasks);
     view.max_recv_chunks = static_cast<std::int32_t>(cap.recv_chunks);

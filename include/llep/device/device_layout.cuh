@@ -22,23 +22,39 @@
 namespace llep {
 
 namespace detail {
-/// Prefix sums one expert a thread, then the tables on thread 0. A failed plan before it
-/// (plan_status not ok) leaves the layout empty with LayoutStatus::no_plan.
+/// The phases of layout_tables (layer/layout.hpp) in one block: the prefix one expert a
+/// thread, layout_front on thread 0, the receive side one source a thread around thread
+/// 0's scan. A failed plan before it (plan_status not ok) leaves the layout empty with
+/// LayoutStatus::no_plan.
 template <class Holds>
 __global__ void layout_kernel(const count_t* counts, const PlanView* plan, const StepStatus* plan_status, Holds holds,
                               LayoutView* out, LayoutStatus* status) {
+  __shared__ int good;  // thread 0's verdict on the last one-thread phase, for every thread
+  const int tid = static_cast<int>(threadIdx.x), threads = static_cast<int>(blockDim.x);
   if (plan_status != nullptr && !plan_status->good()) {
-    if (threadIdx.x == 0) {
+    if (tid == 0) {
       out->num_send_blocks = out->num_tasks = out->num_recv_chunks = 0;
       *status = LayoutStatus{LayoutStatus::no_plan, out->rank, plan_status->code};
     }
     return;
   }
   const int P = plan->ranks, N = plan->experts;
-  for (int e = static_cast<int>(threadIdx.x); e < N; e += static_cast<int>(blockDim.x))
-    layout_prefix(counts, P, N, e, out->prefix);
+  for (int e = tid; e < N; e += threads) layout_prefix(counts, P, N, e, out->prefix);
   __syncthreads();
-  if (threadIdx.x == 0) *status = layout_tables(counts, *plan, holds, *out);
+  auto one_thread = [&](auto phase) {
+    if (tid == 0) {
+      const LayoutStatus st = phase();
+      *status = st;
+      good = st.good() ? 1 : 0;
+    }
+    __syncthreads();
+    return good != 0;
+  };
+  if (!one_thread([&] { return layout_front(counts, *plan, holds, *out); })) return;
+  for (int s = tid; s < P; s += threads) layout_recv_count(counts, N, s, *out);
+  __syncthreads();
+  if (!one_thread([&] { return layout_recv_scan(P, *out); })) return;
+  for (int s = tid; s < P; s += threads) layout_recv_write(counts, N, s, *out);
 }
 }  // namespace detail
 
@@ -73,6 +89,7 @@ class DeviceLayout {
                       o_blocks = at(static_cast<std::size_t>(cap.send_blocks) * sizeof(SendBlock)),
                       o_tasks = at(static_cast<std::size_t>(cap.tasks) * sizeof(ComputeTask)),
                       o_chunks = at(static_cast<std::size_t>(cap.recv_chunks) * sizeof(RecvChunk)),
+                      o_first = at((sP + 1) * sizeof(std::int32_t)),
                       o_view = at(sizeof(LayoutView)), o_status = at(sizeof(LayoutStatus)),
                       o_native = at(sN * sizeof(std::int32_t));
     LLEP_CUDA_CHECK(cudaMalloc(&base_, bytes_));
@@ -87,6 +104,7 @@ class DeviceLayout {
     v.send_blocks = reinterpret_cast<SendBlock*>(b + o_blocks);
     v.tasks = reinterpret_cast<ComputeTask*>(b + o_tasks);
     v.recv_chunks = reinterpret_cast<RecvChunk*>(b + o_chunks);
+    v.recv_chunk_first = reinterpret_cast<std::int32_t*>(b + o_first);
     v.max_send_blocks = static_cast<std::int32_t>(cap.send_blocks);
     v.max_tasks = static_cast<std::int32_t>(cap.tasks);
     v.max_recv_chunks = static_cast<std::int32_t>(cap.recv_chunks);

@@ -4,11 +4,13 @@
 // Everything per pair (the permutations themselves) is done by the shared functors in
 // layer/row_ops.hpp from the small tables built here, on host or device.
 //
-// One implementation for both: layout_tables() (with layout_prefix()) is a
-// __host__ __device__ routine over plain data (the counts matrix, a PlanView, a
-// LayoutView over caller buffers of layout_capacity() entries) that never allocates or
-// throws; Layout::build runs it on the host into its own vectors, and
-// device/device_layout.cuh runs it in a kernel after the device planner.
+// One implementation for both: layout_step() is a __host__ __device__ routine over plain
+// data (the counts matrix, a PlanView, a LayoutView over caller buffers of
+// layout_capacity() entries) that never allocates or throws, made of phases: layout_prefix
+// (per expert), layout_front (send side and tasks), layout_recv_count / _scan / _write
+// (receive side, per source). Layout::build runs them on the host into its own vectors;
+// device/device_layout.cuh runs the same phases in one block, the per-expert and
+// per-source ones spread over threads, after the device planner.
 //
 // Orders (DESIGN.md): an expert's pairs are ordered by source rank, then by their order on
 // the source (flat index t * K + k). A send block to one destination is ordered by
@@ -88,7 +90,8 @@ struct LayoutStatus {
 };
 
 /// One rank's layout as plain data over caller buffers: prefix P x N; the four count and
-/// offset arrays P each; the tables max_* entries each (layout_capacity).
+/// offset arrays P each, recv_chunk_first P + 1; the tables max_* entries each
+/// (layout_capacity).
 struct LayoutView {
   count_t* prefix = nullptr;  ///< [s * N + e]: pairs of expert e on ranks before s
   count_t* send_counts = nullptr;
@@ -98,6 +101,7 @@ struct LayoutView {
   SendBlock* send_blocks = nullptr;
   ComputeTask* tasks = nullptr;
   RecvChunk* recv_chunks = nullptr;
+  std::int32_t* recv_chunk_first = nullptr;  ///< P + 1: each source's first receive chunk
   std::int32_t max_send_blocks = 0, max_tasks = 0, max_recv_chunks = 0;
   std::int32_t num_send_blocks = 0, num_tasks = 0, num_recv_chunks = 0;
   std::int32_t rank = 0;
@@ -124,14 +128,15 @@ LLEP_HOST_DEVICE inline void layout_prefix(const count_t* counts, int ranks, int
   }
 }
 
-/// The layout of `out.rank` from the counts matrix C (row-major P x N, with out.prefix
-/// already filled by layout_prefix for every expert) and a finished, checked plan (its P
-/// and N are the counts' shape). `holds(e)`: the rank holds e's weights. Never throws:
-/// an index past 32 bits or a full table comes back as a LayoutStatus.
+/// The layout's first phase (one thread): the checks of the 32-bit totals, the send side
+/// (blocks, counts, offsets) and the compute tasks, from the counts matrix C (row-major
+/// P x N, with out.prefix filled by layout_prefix for every expert) and a finished,
+/// checked plan (its P and N are the counts' shape). `holds(e)`: the rank holds e's
+/// weights. Never throws: an index past 32 bits or a full table comes back as a status.
 LLEP_EXEC_CHECK_DISABLE
 template <class Holds>
-LLEP_HOST_DEVICE LayoutStatus layout_tables(const count_t* counts, const PlanView& plan, Holds holds,
-                                            LayoutView& out) noexcept {
+LLEP_HOST_DEVICE LayoutStatus layout_front(const count_t* counts, const PlanView& plan, Holds holds,
+                                           LayoutView& out) noexcept {
   const int P = plan.ranks, N = plan.experts, rank = out.rank;
   const count_t* prefix = out.prefix;
   const auto at = [N](int s, int e) {
@@ -178,7 +183,7 @@ LLEP_HOST_DEVICE LayoutStatus layout_tables(const count_t* counts, const PlanVie
     c += blk.rows;
   }
 
-  // Compute tasks of this rank, then where each source's rows land in them.
+  // Compute tasks of this rank; layout_recv_* then place each source's rows in them.
   count_t row = 0;
   for (int i = 0; i < plan.num_segments; ++i) {
     const Segment& seg = plan.segments[i];
@@ -189,30 +194,82 @@ LLEP_HOST_DEVICE LayoutStatus layout_tables(const count_t* counts, const PlanVie
     row += seg.size();
   }
   out.compute_rows = row;
+  return {};
+}
 
-  for (int s = 0; s < P; ++s) {
-    count_t got = 0;
-    for (int t = 0; t < out.num_tasks; ++t) {
-      const ComputeTask& task = out.tasks[t];
-      const count_t lo = prefix[at(s, task.expert)], hi = lo + counts[at(s, task.expert)];
-      const count_t tb = task.begin, te = task.begin + task.rows;
-      const count_t b = tb > lo ? tb : lo, en = te < hi ? te : hi;
-      if (b >= en) continue;
-      if (out.num_recv_chunks == out.max_recv_chunks) return LayoutStatus{LayoutStatus::table_overflow, rank, 2};
-      out.recv_chunks[out.num_recv_chunks++] = RecvChunk{s, task.expert, static_cast<std::int32_t>(got),
-                                                         static_cast<std::int32_t>(task.row + (b - tb)),
-                                                         static_cast<std::int32_t>(en - b)};
-      got += en - b;
-    }
-    out.recv_counts[s] = got;
+namespace detail {
+/// Calls f(task, first_row, rows) for every non-empty run of source s's pairs inside one of
+/// the rank's tasks, in task order: the receive chunks of s.
+template <class F>
+LLEP_HOST_DEVICE void for_each_recv_run(const count_t* counts, int N, int s, const LayoutView& out, F f) noexcept {
+  for (int t = 0; t < out.num_tasks; ++t) {
+    const ComputeTask& task = out.tasks[t];
+    const auto i = static_cast<std::size_t>(s) * static_cast<std::size_t>(N) + static_cast<std::size_t>(task.expert);
+    const count_t lo = out.prefix[i], hi = lo + counts[i];
+    const count_t tb = task.begin, te = task.begin + task.rows;
+    const count_t b = tb > lo ? tb : lo, en = te < hi ? te : hi;
+    if (b < en) f(task, b - tb, en - b);
   }
-  acc = 0;
-  for (int s = 0; s < P; ++s) {
-    out.recv_offsets[s] = acc;
-    acc += out.recv_counts[s];
+}
+}  // namespace detail
+
+/// Receive side, one source s (sources are independent: a device runs one thread each,
+/// after layout_front): the rows this rank receives from s into recv_counts[s], and the
+/// number of its chunks into recv_chunk_first[s] (layout_recv_scan makes that an index).
+LLEP_HOST_DEVICE inline void layout_recv_count(const count_t* counts, int N, int s, LayoutView& out) noexcept {
+  count_t rows = 0;
+  std::int32_t chunks = 0;
+  detail::for_each_recv_run(counts, N, s, out, [&](const ComputeTask&, count_t, count_t n) {
+    rows += n;
+    ++chunks;
+  });
+  out.recv_counts[s] = rows;
+  out.recv_chunk_first[s] = chunks;
+}
+
+/// One thread, after layout_recv_count for every source: receive offsets, each source's
+/// first chunk, and the chunk total checked against the table's room.
+LLEP_HOST_DEVICE inline LayoutStatus layout_recv_scan(int ranks, LayoutView& out) noexcept {
+  count_t rows = 0;
+  std::int64_t chunks = 0;
+  for (int s = 0; s < ranks; ++s) {
+    out.recv_offsets[s] = rows;
+    rows += out.recv_counts[s];
+    const std::int32_t n = out.recv_chunk_first[s];
+    out.recv_chunk_first[s] = static_cast<std::int32_t>(chunks);
+    chunks += n;
   }
-  for (int i = 0; i < out.num_recv_chunks; ++i)
-    out.recv_chunks[i].recv_row += static_cast<std::int32_t>(out.recv_offsets[out.recv_chunks[i].src]);
+  if (chunks > out.max_recv_chunks) return LayoutStatus{LayoutStatus::table_overflow, out.rank, 2};
+  out.recv_chunk_first[ranks] = static_cast<std::int32_t>(chunks);
+  out.num_recv_chunks = static_cast<std::int32_t>(chunks);
+  return {};
+}
+
+/// Receive side, one source s, after layout_recv_scan: its chunks, sorted by (src, expert)
+/// overall, each mapping received rows to compute rows.
+LLEP_HOST_DEVICE inline void layout_recv_write(const count_t* counts, int N, int s, LayoutView& out) noexcept {
+  std::int32_t i = out.recv_chunk_first[s];
+  count_t row = out.recv_offsets[s];
+  detail::for_each_recv_run(counts, N, s, out, [&](const ComputeTask& task, count_t first, count_t n) {
+    out.recv_chunks[i++] = RecvChunk{s, task.expert, static_cast<std::int32_t>(row),
+                                     static_cast<std::int32_t>(task.row + first), static_cast<std::int32_t>(n)};
+    row += n;
+  });
+}
+
+/// The layout of `out.rank` on one thread: layout_front, then the receive side source by
+/// source (prefix filled first, see layout_step). A device runs the same phases with the
+/// per-source loops spread over threads (device/device_layout.cuh).
+LLEP_EXEC_CHECK_DISABLE
+template <class Holds>
+LLEP_HOST_DEVICE LayoutStatus layout_tables(const count_t* counts, const PlanView& plan, Holds holds,
+                                            LayoutView& out) noexcept {
+  const LayoutStatus front = layout_front(counts, plan, holds, out);
+  if (!front.good()) return front;
+  for (int s = 0; s < plan.ranks; ++s) layout_recv_count(counts, plan.experts, s, out);
+  const LayoutStatus scan = layout_recv_scan(plan.ranks, out);
+  if (!scan.good()) return scan;
+  for (int s = 0; s < plan.ranks; ++s) layout_recv_write(counts, plan.experts, s, out);
   return {};
 }
 
@@ -282,6 +339,7 @@ class Layout {
     const auto sP = static_cast<std::size_t>(P);
     grow(prefix_, sP * static_cast<std::size_t>(N));
     for (auto* v : {&send_counts_, &send_offsets_, &recv_counts_, &recv_offsets_}) v->resize(sP);
+    chunk_first_.resize(sP + 1);
     grow(send_blocks_, static_cast<std::size_t>(cap.send_blocks));
     grow(tasks_, static_cast<std::size_t>(cap.tasks));
     grow(chunks_, static_cast<std::size_t>(cap.recv_chunks));
@@ -295,6 +353,7 @@ class Layout {
     v.send_blocks = send_blocks_.data();
     v.tasks = tasks_.data();
     v.recv_chunks = chunks_.data();
+    v.recv_chunk_first = chunk_first_.data();
     v.max_send_blocks = clamp32(send_blocks_.size());
     v.max_tasks = clamp32(tasks_.size());
     v.max_recv_chunks = clamp32(chunks_.size());
@@ -349,6 +408,7 @@ class Layout {
   Used used_;
   std::vector<count_t> prefix_;
   std::vector<count_t> send_counts_, send_offsets_, recv_counts_, recv_offsets_;
+  std::vector<std::int32_t> chunk_first_;  // layout_recv_*'s scratch
   std::vector<SendBlock> send_blocks_;
   std::vector<RecvChunk> chunks_;
   std::vector<ComputeTask> tasks_;
