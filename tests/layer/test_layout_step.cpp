@@ -5,11 +5,14 @@
 // adversarial loads (tests/common/loads.hpp) split over the ranks in random and extreme
 // ways, with and without replicas. Also: the device form (NativeHolds, buffers of exactly
 // layout_capacity entries from the plan's bound) gives the same tables and never writes
-// past its buffers; and the failures come back as statuses that name the rank.
+// past its buffers, also when its per-expert and per-source phases run in shuffled order
+// (as the kernel's threads may); and the failures come back as statuses that name the rank.
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <algorithm>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -74,6 +77,13 @@ struct DeviceForm {
   }
 };
 
+std::vector<int> shuffled(int n, std::mt19937_64& rng) {
+  std::vector<int> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), 0);
+  std::shuffle(v.begin(), v.end(), rng);
+  return v;
+}
+
 // Every rank's layout of `planner`'s plan of the loads, split over the ranks `mode`'s way:
 // the shared routine (Layout) against the reference, and (no replicas) the device form.
 template <class Planner>
@@ -111,6 +121,17 @@ void check(const Planner& planner, const llep::Topology& topo, const std::vector
       REQUIRE(st.good());
       REQUIRE(d.guards_intact());
       testref::require_same(testref::tables_of(d.view, P), testref::tables_of(L));
+      // The kernel's schedule: the per-expert and per-source phases in any order (threads).
+      DeviceForm k(topo, bound);
+      k.view.rank = rank;
+      const llep::PlanView& pv = plan.view();
+      for (const int e : shuffled(N, rng)) llep::layout_prefix(C.data(), P, N, e, k.view.prefix);
+      REQUIRE(llep::layout_front(C.data(), pv, llep::NativeHolds{k.native.data(), rank}, k.view).good());
+      for (const int q : shuffled(P, rng)) llep::layout_recv_count(C.data(), N, q, k.view);
+      REQUIRE(llep::layout_recv_scan(P, k.view).good());
+      for (const int q : shuffled(P, rng)) llep::layout_recv_write(C.data(), N, q, k.view);
+      REQUIRE(k.guards_intact());
+      testref::require_same(testref::tables_of(k.view, P), testref::tables_of(L));
     }
   }
 }
