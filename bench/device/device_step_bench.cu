@@ -10,11 +10,10 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "../device_timing.cuh"
 #include "common/scenarios.hpp"
 #include "llep/device/device_layout.cuh"
 #include "llep/plan/adaptive.hpp"
@@ -25,28 +24,6 @@
 namespace {
 
 using llep::count_t;
-
-template <class F>
-double median_us(cudaStream_t s, int reps, int rounds, F launch) {
-  cudaEvent_t a = nullptr, b = nullptr;
-  LLEP_CUDA_CHECK(cudaEventCreate(&a));
-  LLEP_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 20; ++i) launch();  // warm-up
-  std::vector<double> us;
-  for (int r = 0; r < rounds; ++r) {
-    LLEP_CUDA_CHECK(cudaEventRecord(a, s));
-    for (int i = 0; i < reps; ++i) launch();
-    LLEP_CUDA_CHECK(cudaEventRecord(b, s));
-    LLEP_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    LLEP_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    us.push_back(1000.0 * ms / reps);
-  }
-  LLEP_CUDA_CHECK(cudaEventDestroy(a));
-  LLEP_CUDA_CHECK(cudaEventDestroy(b));
-  std::nth_element(us.begin(), us.begin() + rounds / 2, us.end());
-  return us[static_cast<std::size_t>(rounds / 2)];
-}
 
 // {plan + layout, layout alone} for rank 0 and for the most loaded rank.
 template <class P>
@@ -66,8 +43,8 @@ std::vector<double> times(const P& planner, const llep::Topology& topo, const st
   std::vector<double> out;
   for (const int rank : {0, busiest}) {
     const llep::DeviceLayout dl(topo, rank);
-    out.push_back(median_us(s, reps, rounds, [&] { dl.plan_and_build(s, dp, d_counts); }));
-    out.push_back(median_us(s, reps, rounds, [&] { dl.build(s, d_counts, dp.view(), dp.status()); }));
+    out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.plan_and_build(s, dp, d_counts); }));
+    out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.build(s, d_counts, dp.view(), dp.status()); }));
     (void)dl.download(s);  // throws if the layout failed
   }
   LLEP_CUDA_CHECK(cudaStreamDestroy(s));
@@ -75,7 +52,7 @@ std::vector<double> times(const P& planner, const llep::Topology& topo, const st
   return out;
 }
 
-int usage(std::FILE* to, int code) {
+void usage(std::FILE* to) {
   std::fprintf(to,
                "usage: llep-device-step-bench [--reps N] [--rounds R]\n"
                "  Median device time of plan_from_counts + one rank's DeviceLayout::build, and of\n"
@@ -83,35 +60,14 @@ int usage(std::FILE* to, int code) {
                "  busiest rank).\n"
                "  --reps N    launches per timed batch (default 200)\n"
                "  --rounds R  timed batches; the median is reported (default 21)\n");
-  return code;
-}
-
-int positive(const char* flag, const char* v) {
-  char* end = nullptr;
-  const long r = std::strtol(v, &end, 10);
-  if (*end != '\0' || r < 1 || r > 1000000) {
-    std::fprintf(stderr, "error: %s '%s' is not an integer in [1, 1000000]\n", flag, v);
-    std::exit(2);
-  }
-  return static_cast<int>(r);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 200, rounds = 21;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
-      reps = positive("--reps", argv[++i]);
-    } else if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) {
-      rounds = positive("--rounds", argv[++i]);
-    } else if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
-      return usage(stdout, 0);
-    } else {
-      std::fprintf(stderr, "error: unknown argument '%s' (see --help)\n", argv[i]);
-      return 2;
-    }
-  }
+  const llep::bench::RepsRounds args = llep::bench::parse_reps_rounds(argc, argv, usage);
+  if (args.exit_code >= 0) return args.exit_code;
+  const int reps = args.reps, rounds = args.rounds;
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("SKIP: no CUDA device\n");
