@@ -1,6 +1,7 @@
 #pragma once
-// What the device benchmarks share: `--reps N --rounds R` parsing and the median device
-// time per launch of a batch of back-to-back launches, timed with CUDA events.
+// What the device benchmarks share: `--reps N --rounds R` parsing, the device check (exit
+// 77 without one), and the median device time per launch of a batch of back-to-back
+// launches, timed with CUDA events.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,8 +20,9 @@ struct RepsRounds {
   int exit_code = -1;  ///< >= 0: main should return it (help printed, or a bad argument)
 };
 
-/// Parses --reps N, --rounds R and --help; `usage` prints the tool's help to a stream.
-inline RepsRounds parse_reps_rounds(int argc, char** argv, void (*usage)(std::FILE*)) {
+/// Parses --reps N, --rounds R and --help (`usage` prints the tool's help to a stream),
+/// then asks for a CUDA device: without one, prints SKIP and sets exit_code 77.
+inline RepsRounds start_device_bench(int argc, char** argv, void (*usage)(std::FILE*)) {
   RepsRounds r;
   auto positive = [&](const char* flag, const char* v, int& out) {
     char* end = nullptr;
@@ -44,6 +46,11 @@ inline RepsRounds parse_reps_rounds(int argc, char** argv, void (*usage)(std::FI
       std::fprintf(stderr, "error: unknown argument '%s' (see --help)\n", argv[i]);
       r.exit_code = 2;
     }
+  }
+  int devices = 0;
+  if (r.exit_code < 0 && (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)) {
+    std::printf("SKIP: no CUDA device\n");
+    r.exit_code = 77;
   }
   return r;
 }

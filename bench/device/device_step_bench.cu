@@ -65,14 +65,9 @@ void usage(std::FILE* to) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const llep::bench::RepsRounds args = llep::bench::parse_reps_rounds(argc, argv, usage);
+  const llep::bench::RepsRounds args = llep::bench::start_device_bench(argc, argv, usage);
   if (args.exit_code >= 0) return args.exit_code;
   const int reps = args.reps, rounds = args.rounds;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("SKIP: no CUDA device\n");
-    return 77;
-  }
   const int N = 384, P = 64;
   const llep::Topology topo(P, N, 8);
   const llep::bench::LayerShape& shape = llep::bench::kGptOss120b;
