@@ -28,11 +28,6 @@ namespace {
 
 using llep::count_t;
 
-testref::Tables tables_of(const llep::DeviceLayout::Host& d) {
-  return testref::Tables{d.pairs,        d.compute_rows, d.send_counts, d.send_offsets, d.recv_counts,
-                         d.recv_offsets, d.send_blocks,  d.recv_chunks, d.tasks};
-}
-
 template <class P>
 void compare(const P& planner, const llep::Topology& topo, int vectors, std::mt19937_64& rng, long& layouts,
              int& refused) {
@@ -77,7 +72,7 @@ void compare(const P& planner, const llep::Topology& topo, int vectors, std::mt1
         CHECK_THROWS_WITH_AS((void)dl[static_cast<std::size_t>(r)]->download(stream), host_error.c_str(), llep::Error);
         continue;
       }
-      testref::require_same(tables_of(dl[static_cast<std::size_t>(r)]->download(stream)), testref::tables_of(L));
+      testref::require_same(testref::tables_of_fields(dl[static_cast<std::size_t>(r)]->download(stream)), testref::tables_of(L));
       ++layouts;
     }
     refused += host_refused ? 1 : 0;
