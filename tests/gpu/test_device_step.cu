@@ -15,7 +15,7 @@
 
 #include "../layer/layout_reference.hpp"
 #include "device_array.hpp"
-#include "rank_streams.hpp"
+#include "streams.hpp"
 #include "llep/device/device_layout.cuh"
 #include "llep/device/gather_counts.hpp"
 #include "llep/device/status_word.hpp"
@@ -57,8 +57,8 @@ template <class Planner>
 std::vector<RankOut> device_step(const Planner& planner, const llep::Topology& topo,
                                  const std::vector<std::vector<std::int32_t>>& ids) {
   const int P = topo.ranks(), N = topo.experts();
-  gputest::RankStreams streams(P);
-  llep::PeerCopyGroup group(streams.ranks());
+  gputest::Streams streams(P, 0);
+  llep::PeerCopyGroup group(streams.ranks(0));
   std::vector<RankOut> out(static_cast<std::size_t>(P));
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const auto r = static_cast<std::size_t>(t.rank());

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "device_array.hpp"
-#include "rank_streams.hpp"
+#include "streams.hpp"
 #include "llep/device/peer_all_to_all.cuh"
 #include "llep/transport/peer_copy.cuh"
 
@@ -36,8 +36,8 @@ TEST_CASE("device-sized all-to-all through peer pointers delivers every row wher
       CAPTURE(row_bytes);
       const count_t max_rows = 300;  // per (sender, receiver) pair
       const auto cap = static_cast<std::size_t>(P) * static_cast<std::size_t>(max_rows) * row_bytes;
-      gputest::RankStreams streams(P);
-      llep::PeerCopyGroup group(streams.ranks());
+      gputest::Streams streams(P, 0);
+      llep::PeerCopyGroup group(streams.ranks(0));
       llep::PeerAllToAll a2a(group);
       // M[q][r]: rows q sends r; new each step; rank P - 1 sends nothing in step 1.
       std::vector<std::vector<count_t>> steps;
