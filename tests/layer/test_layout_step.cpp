@@ -125,7 +125,7 @@ void check(const Planner& planner, const llep::Topology& topo, const std::vector
       DeviceForm k(topo, bound);
       k.view.rank = rank;
       const llep::PlanView& pv = plan.view();
-      for (const int e : shuffled(N, rng)) llep::layout_prefix(C.data(), P, N, e, k.view.prefix);
+      for (const int e : shuffled(N, rng)) llep::layout_prefix(C.data(), P, N, e, e + 1, k.view.prefix);
       REQUIRE(llep::layout_front(C.data(), pv, llep::NativeHolds{k.native.data(), rank}, k.view).good());
       for (const int q : shuffled(P, rng)) llep::layout_recv_count(C.data(), N, q, k.view);
       REQUIRE(llep::layout_recv_scan(P, k.view).good());

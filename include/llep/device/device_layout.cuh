@@ -39,7 +39,7 @@ __global__ void layout_kernel(const count_t* counts, const PlanView* plan, const
     return;
   }
   const int P = plan->ranks, N = plan->experts;
-  for (int e = tid; e < N; e += threads) layout_prefix(counts, P, N, e, out->prefix);
+  for (int e = tid; e < N; e += threads) layout_prefix(counts, P, N, e, e + 1, out->prefix);
   __syncthreads();
   auto one_thread = [&](auto phase) {
     if (tid == 0) {

@@ -7,7 +7,7 @@
 // One implementation for both: layout_step() is a __host__ __device__ routine over plain
 // data (the counts matrix, a PlanView, a LayoutView over caller buffers of
 // layout_capacity() entries) that never allocates or throws, made of phases: layout_prefix
-// (per expert), layout_front (send side and tasks), layout_recv_count / _scan / _write
+// (per expert range), layout_front (send side and tasks), layout_recv_count / _scan / _write
 // (receive side, per source). Layout::build runs them on the host into its own vectors;
 // device/device_layout.cuh runs the same phases in one block, the per-expert and
 // per-source ones spread over threads, after the device planner.
@@ -116,15 +116,19 @@ struct NativeHolds {
   [[nodiscard]] LLEP_HOST_DEVICE bool operator()(int e) const noexcept { return native[e] == rank; }
 };
 
-/// prefix[s * N + e] for one expert e: its pairs on ranks before s. Experts are
-/// independent (a device runs one thread per expert).
-LLEP_HOST_DEVICE inline void layout_prefix(const count_t* counts, int ranks, int experts, int e,
+/// prefix[s * N + e] for the experts e in [e_begin, e_end): their pairs on ranks before s.
+/// Rows are filled in rank order, each from the one before (row by row through memory);
+/// expert ranges are independent (the host takes [0, N) at once, a device thread one
+/// expert, so that neighbouring threads read neighbouring entries).
+LLEP_HOST_DEVICE inline void layout_prefix(const count_t* counts, int ranks, int experts, int e_begin, int e_end,
                                            count_t* prefix) noexcept {
-  count_t acc = 0;
-  for (int s = 0; s < ranks; ++s) {
-    const auto i = static_cast<std::size_t>(s) * static_cast<std::size_t>(experts) + static_cast<std::size_t>(e);
-    prefix[i] = acc;
-    acc += counts[i];
+  const auto N = static_cast<std::size_t>(experts);
+  for (int e = e_begin; e < e_end; ++e) prefix[e] = 0;
+  for (int s = 1; s < ranks; ++s) {
+    const count_t* before = prefix + static_cast<std::size_t>(s - 1) * N;
+    const count_t* c = counts + static_cast<std::size_t>(s - 1) * N;
+    count_t* row = prefix + static_cast<std::size_t>(s) * N;
+    for (int e = e_begin; e < e_end; ++e) row[e] = before[e] + c[e];
   }
 }
 
@@ -278,7 +282,7 @@ LLEP_EXEC_CHECK_DISABLE
 template <class Holds>
 LLEP_HOST_DEVICE LayoutStatus layout_step(const count_t* counts, const PlanView& plan, Holds holds,
                                           LayoutView& out) noexcept {
-  for (int e = 0; e < plan.experts; ++e) layout_prefix(counts, plan.ranks, plan.experts, e, out.prefix);
+  layout_prefix(counts, plan.ranks, plan.experts, 0, plan.experts, out.prefix);
   return layout_tables(counts, plan, holds, out);
 }
 
