@@ -2,9 +2,9 @@
 # The GPU record: builds on a CUDA machine that has Meson, Ninja and nvcc but none of
 # Debian's packages (doctest, CLI11 and nlohmann/json copied into .tp/, given relative to the source root
 # because newer Meson refuses absolute paths inside it; see docs/gpu-status.md), runs the
-# GPU suite, the rest of the suites, the GPU demo, the device planner benchmark, example 05
-# and the GPU benchmarks (forward, and forward + backward for a few scenarios), and writes
-# the logs into OUT (default ./gpu-out).
+# GPU suite, the rest of the suites, the GPU demo, the device planner and device step
+# benchmarks, example 05 and the GPU benchmarks (forward, and forward + backward for a few
+# scenarios), and writes the logs into OUT (default ./gpu-out).
 #   bash scripts/gpu-suite.sh --prepare   # on a machine WITH Debian's packages: fill .tp/
 #   bash scripts/gpu-suite.sh             # on the GPU machine
 # The whole run fits BUDGET_S seconds (default 540, under a 10-minute device call): each
@@ -114,6 +114,8 @@ if missing:
 ' "$1" "$BUILD" "$summary"
 }
 # GPU suite first (tests/gpu, example 05, mpi-nccl-layer-np2 where MPI is), then the rest.
+# The suite includes issue 14's device-step tests: device_layout, device_step,
+# cuda_sort_scratch, peer_all_to_all (tests/gpu/meson.build; docs/gpu-status.md lists them).
 mapfile -t gpu_tests < <(tests_of gpu)
 mapfile -t host_tests < <(tests_of host)
 # Without names meson test would run every test: an empty list is reported instead.
@@ -134,6 +136,8 @@ grep -h -E ' (FAIL|TIMEOUT|SKIP) ' "$OUT"/tests-gpu.txt "$OUT"/tests-host.txt >>
 stage "llep-gpu-demo" 90 "$OUT/gpu-demo.txt" "$BUILD/examples/gpu-demo/llep-gpu-demo"
 stage "llep-gpu-demo --grouped" 90 "$OUT/gpu-demo.txt" "$BUILD/examples/gpu-demo/llep-gpu-demo" --grouped
 stage "llep-device-plan-bench" 90 "$OUT/device-plan-bench.txt" "$BUILD/bench/plan/llep-device-plan-bench" \
+  --reps "${PLAN_REPS:-200}" --rounds "${PLAN_ROUNDS:-21}"
+stage "llep-device-step-bench" 60 "$OUT/device-step-bench.txt" "$BUILD/bench/device/llep-device-step-bench" \
   --reps "${PLAN_REPS:-200}" --rounds "${PLAN_ROUNDS:-21}"
 stage "example 05 gpu-layer" 60 "$OUT/gpu-layer.txt" "$BUILD/examples/05-gpu-layer/gpu-layer"
 stage "llep-train-gpu" 60 "$OUT/train-gpu.txt" "$BUILD/examples/training/llep-train-gpu"

@@ -4,7 +4,8 @@
 //   for_each_n      a grid-stride kernel running the same __host__ __device__ functor
 //   histogram       shared-memory histogram kernel, ids outside [0, bins) in the last bin
 //   sort_by_expert  CUB radix sort of (id, index) pairs: stable, so equal ids keep their
-//                   index order, exactly as HostExec's counting sort
+//                   index order, exactly as HostExec's counting sort; in caller scratch
+//                   (sort_scratch_bytes) or the exec's internal buffer
 //   copy / to_host / from_host   cudaMemcpyAsync on the stream
 // All pointers are device memory except the host side of to_host / from_host. Nothing is
 // complete on the host until synchronize(): read to_host's destination only after it.
@@ -18,9 +19,11 @@
 //   fixed           a buffer the engine owns; a larger request throws llep::Error
 //   callbacks       the engine's allocate / free functions
 // It grows only when a larger request arrives and its contents are not kept on growth, so
-// a warm exec allocates nothing. The CUB temporary storage and index buffers of
-// sort_by_expert live in a second, internal buffer (the caller may be using all of the
-// workspace at the time), from the callbacks when given, otherwise cudaMallocAsync.
+// a warm exec allocates nothing. sort_by_expert's storage (sorted keys, indices, CUB's
+// temporary storage; sort_scratch_bytes) comes from the caller's scratch: the layer lends
+// its workspace's scratch region, sized for it by the limits, so a device step allocates
+// nothing. Called without scratch, the sort uses a second, internal buffer that grows to
+// the largest request (from the callbacks when given, otherwise cudaMallocAsync).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,6 +33,7 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <functional>
 #include <limits>
+#include <span>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -224,29 +228,43 @@ class CudaExec {
 
   /// Stable sort of pair indices by expert id: order[j] is the flat index of the j-th pair
   /// in (expert, index) order. Every id must be in [0, bins) (histogram checks first);
-  /// n must be < 2^31. Device arrays.
+  /// n must be < 2^31. Device arrays. Its storage (sorted keys, indices, CUB's temporary
+  /// storage: sort_scratch_bytes) is `scratch`, device memory of the caller's (the layer
+  /// passes its workspace's scratch region), so the sort allocates nothing; a smaller
+  /// `scratch` throws llep::Error naming both sizes.
+  void sort_by_expert(const std::int32_t* ids, std::size_t n, int bins, std::int32_t* order,
+                      std::span<std::byte> scratch) {
+    if (n == 0) return;
+    const std::size_t need = sort_scratch_bytes(n, bins);
+    LLEP_EXPECTS(scratch.size() >= need, "sort_by_expert of ", n, " pairs into ", bins, " bins needs ", need,
+                 " bytes of scratch but was given ", scratch.size());
+    sort_in(ids, n, bins, order, scratch.data(), need);
+  }
+
+  /// The same sort in the exec's internal buffer, which grows to the largest request (from
+  /// the callbacks when given, otherwise cudaMallocAsync) and is kept: the default for
+  /// callers without scratch to lend. internal_capacity() says what it holds.
   void sort_by_expert(const std::int32_t* ids, std::size_t n, int bins, std::int32_t* order) {
     if (n == 0) return;
-    LLEP_EXPECTS(bins >= 1, "sort_by_expert with ", bins, " bins; must be >= 1");
-    LLEP_EXPECTS(n <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()), "sort_by_expert of ", n,
-                 " pairs; at most 2^31 - 1");
-    // Ids are in [0, bins), so as unsigned keys they sort the same and only the low bits
-    // that can differ need radix passes.
-    const int end_bit = std::max(1, static_cast<int>(std::bit_width(static_cast<unsigned>(bins - 1))));
-    const auto* keys_in = reinterpret_cast<const std::uint32_t*>(ids);
-    const int items = static_cast<int>(n);
+    const std::size_t need = sort_scratch_bytes(n, bins);
+    sort_in(ids, n, bins, order, grow(scratch_, need, "internal scratch"), need);
+  }
+
+  /// Bytes of scratch sort_by_expert needs for n pairs and `bins` ids: the sorted keys and
+  /// the indices (256-byte aligned), then CUB's temporary storage. A host query: CUB
+  /// computes its size without touching the device's memory. The limits size the layer's
+  /// scratch with the most pairs of a step, which assumes the size never decreases with n
+  /// (CUB's tiles only grow; checked on a device by tests/gpu/test_cuda_exec.cu).
+  [[nodiscard]] static std::size_t sort_scratch_bytes(std::size_t n, int bins) {
+    if (n == 0) return 0;
+    check_sort(n, bins);
     std::size_t temp_bytes = 0;
-    LLEP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, static_cast<std::uint32_t*>(nullptr),
-                                                    static_cast<const std::int32_t*>(nullptr), order, items, 0,
-                                                    end_bit, stream_));
-    const std::size_t keys_off = 0, iota_off = align_up(n * sizeof(std::uint32_t)),
-                      temp_off = iota_off + align_up(n * sizeof(std::int32_t));
-    std::byte* s = grow(scratch_, temp_off + temp_bytes, "internal scratch");
-    auto* keys_out = reinterpret_cast<std::uint32_t*>(s + keys_off);
-    auto* iota = reinterpret_cast<std::int32_t*>(s + iota_off);
-    for_each_n(n, detail::device_kernels::Iota{iota});
-    LLEP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s + temp_off, temp_bytes, keys_in, keys_out, iota, order, items, 0,
-                                                    end_bit, stream_));
+    LLEP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, static_cast<const std::uint32_t*>(nullptr),
+                                                    static_cast<std::uint32_t*>(nullptr),
+                                                    static_cast<const std::int32_t*>(nullptr),
+                                                    static_cast<std::int32_t*>(nullptr), static_cast<int>(n), 0,
+                                                    sort_end_bit(bins), cudaStream_t{}));
+    return 2 * align_up(n * sizeof(std::int32_t)) + temp_bytes;
   }
 
   /// Device-to-device (any direction cudaMemcpyDefault resolves) copy on the stream.
@@ -294,6 +312,32 @@ class CudaExec {
   };
 
   static constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 256; }
+
+  static void check_sort(std::size_t n, int bins) {
+    LLEP_EXPECTS(bins >= 1, "sort_by_expert with ", bins, " bins; must be >= 1");
+    LLEP_EXPECTS(n <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()), "sort_by_expert of ", n,
+                 " pairs; at most 2^31 - 1");
+  }
+  // Ids are in [0, bins), so as unsigned keys they sort the same and only the low bits
+  // that can differ need radix passes.
+  static int sort_end_bit(int bins) {
+    return std::max(1, static_cast<int>(std::bit_width(static_cast<unsigned>(bins - 1))));
+  }
+
+  // The sort in `s` (bytes = sort_scratch_bytes(n, bins)): keys, indices, CUB's storage.
+  void sort_in(const std::int32_t* ids, std::size_t n, int bins, std::int32_t* order, std::byte* s, std::size_t bytes) {
+    check_sort(n, bins);
+    const int end_bit = sort_end_bit(bins);
+    const auto* keys_in = reinterpret_cast<const std::uint32_t*>(ids);
+    const int items = static_cast<int>(n);
+    const std::size_t iota_off = align_up(n * sizeof(std::uint32_t)), temp_off = iota_off + align_up(n * sizeof(std::int32_t));
+    std::size_t temp_bytes = bytes - temp_off;
+    auto* keys_out = reinterpret_cast<std::uint32_t*>(s);
+    auto* iota = reinterpret_cast<std::int32_t*>(s + iota_off);
+    for_each_n(n, detail::device_kernels::Iota{iota});
+    LLEP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s + temp_off, temp_bytes, keys_in, keys_out, iota, order, items, 0,
+                                                    end_bit, stream_));
+  }
   // Growth granularity: slowly growing batches do not reallocate on every step.
   static constexpr std::size_t granule = std::size_t{64} << 10;
 

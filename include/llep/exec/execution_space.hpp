@@ -5,6 +5,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "llep/core/config.hpp"
@@ -56,6 +57,30 @@ constexpr bool check_execution_space() {
                 "(void* dst, const void* src, std::size_t bytes), `synchronize()`, `std::byte* workspace(std::size_t "
                 "bytes)` and `std::size_t workspace_capacity() const` (see exec/host.hpp).");
   return true;
+}
+
+/// Bytes of caller scratch E's sort_by_expert takes for n pairs and `bins` ids:
+/// E::sort_scratch_bytes for an exec that sorts in the caller's scratch (CudaExec), 0 for
+/// one that sorts in its own memory (HostExec, warm after its first step).
+template <class E>
+[[nodiscard]] std::size_t exec_sort_scratch_bytes(std::size_t n, int bins) {
+  if constexpr (requires {
+                  { E::sort_scratch_bytes(n, bins) } -> std::convertible_to<std::size_t>;
+                })
+    return E::sort_scratch_bytes(n, bins);
+  else
+    return 0;
+}
+
+/// exec.sort_by_expert in `scratch` (exec memory) when E sorts in caller scratch, otherwise
+/// in the exec's own memory.
+template <class E>
+void sort_by_expert_in(E& exec, const std::int32_t* ids, std::size_t n, int bins, std::int32_t* order,
+                       std::span<std::byte> scratch) {
+  if constexpr (requires { exec.sort_by_expert(ids, n, bins, order, scratch); })
+    exec.sort_by_expert(ids, n, bins, order, scratch);
+  else
+    exec.sort_by_expert(ids, n, bins, order);
 }
 
 }  // namespace llep

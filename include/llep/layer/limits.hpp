@@ -148,11 +148,10 @@ class WorkspaceLayout {
   const std::int64_t pairs = l.max_pairs_per_rank();
   const std::int64_t rows = l.plan.rows_per_rank;
   // A send block is a non-empty run of this rank's pairs inside one segment; a receive
-  // chunk a non-empty run of received rows inside one (task, source).
-  const std::int64_t segments = l.plan.segments;
-  const std::int64_t blocks = std::min(pairs, segments);
-  const std::int64_t chunks =
-      std::min(rows, segments + static_cast<std::int64_t>(l.experts) * std::max(l.ranks - 1, 0));
+  // chunk a non-empty run of received rows inside one (task, source): layout_capacity.
+  const LayoutCapacity cap = layout_capacity(l.ranks, l.experts, l.plan.segments);
+  const std::int64_t blocks = std::min(pairs, cap.send_blocks);
+  const std::int64_t chunks = std::min(rows, cap.recv_chunks);
   return StepSizes{pairs, rows, l.plan.foreign_experts_per_rank, blocks, chunks};
 }
 

@@ -133,7 +133,8 @@ class MoeLayer {
     l.weight_bytes = expert_bytes(experts);
     l.plan = llep::plan_bounds(planner, topo, max_tokens_per_rank * top_k);
     l.plan.rows_per_rank = std::min<std::int64_t>(l.plan.rows_per_rank, INT32_MAX);
-    l.scratch_bytes = experts.scratch_bytes(l.plan.rows_per_rank, l.plan.rows_per_rank);
+    l.scratch_bytes = std::max(experts.scratch_bytes(l.plan.rows_per_rank, l.plan.rows_per_rank),
+                               exec_sort_scratch_bytes<Exec>(static_cast<std::size_t>(l.max_pairs_per_rank()), l.experts));
     if constexpr (requires { Stats::workspace_bytes(topo.ranks(), topo.experts()); })
       l.stats_bytes = Stats::workspace_bytes(topo.ranks(), topo.experts());
     return l;
@@ -255,7 +256,8 @@ class MoeLayer {
     std::size_t max_task = 0;
     for (const ComputeTask& t : layout_.tasks()) max_task = std::max(max_task, static_cast<std::size_t>(t.rows));
     const std::size_t scratch =
-        experts_.scratch_bytes(static_cast<count_t>(max_task), static_cast<count_t>(sizes.rows));
+        std::max(experts_.scratch_bytes(static_cast<count_t>(max_task), static_cast<count_t>(sizes.rows)),
+                 exec_sort_scratch_bytes<Exec>(static_cast<std::size_t>(sizes.pairs), N));
     const std::uint32_t kept = handle ? handle_regions(handle->keeps()) : 0u;
     const WorkspaceLayout ws(sizes, row_bytes, welems * sizeof(T), scratch, WorkspaceLayout::all_regions & ~kept);
     const WorkspaceLayout hs(sizes, row_bytes, welems * sizeof(T), scratch, kept);

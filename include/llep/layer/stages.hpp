@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "llep/exec/execution_space.hpp"
 #include "llep/experts/expert_compute.hpp"
 #include "llep/core/plan.hpp"
 #include "llep/core/topology.hpp"
@@ -32,6 +33,7 @@ struct StepBuffers {
   T* expert_out = nullptr;
   T* foreign_weights = nullptr;
   void* scratch = nullptr;
+  std::size_t scratch_bytes = 0;  ///< the scratch region's size (the sort borrows it before compute)
   std::int32_t* order = nullptr;
   std::int32_t* pair_row = nullptr;
   std::int32_t* row_pair = nullptr;
@@ -56,6 +58,7 @@ struct StepBuffers {
     b.expert_out = at(R::expert_out, b.expert_out);
     b.foreign_weights = at(R::foreign_weights, b.foreign_weights);
     b.scratch = at(R::scratch, static_cast<std::byte*>(nullptr));
+    b.scratch_bytes = (kept_regions & WorkspaceLayout::bit(R::scratch)) ? kept.bytes(R::scratch) : ws.bytes(R::scratch);
     b.order = at(R::order, b.order);
     b.pair_row = at(R::pair_row, b.pair_row);
     b.row_pair = at(R::row_pair, b.row_pair);
@@ -158,14 +161,16 @@ void dispatch_weights(Tr& transport, const Plan& plan, int rank, const WeightsOn
 }
 
 // 4b. Dispatch tokens: sort pairs by expert, permute the K-repeated token rows into send
-//     order (filling pair_row / row_pair), and all-to-all them.
+//     order (filling pair_row / row_pair), and all-to-all them. The sort borrows the
+//     scratch region, free until compute (sized for it: exec_sort_scratch_bytes).
 template <class Exec, class Tr, class T>
 void dispatch_tokens(Exec& exec, Tr& transport, const Layout& layout, const StepBuffers<T>& b, const T* hidden,
                      const std::int32_t* ids, int experts, int top_k, std::size_t row_bytes, const ByteCounts& bc) {
   const auto pairs = static_cast<std::size_t>(layout.pairs());
   exec.from_host(b.send_blocks, layout.send_blocks().data(), layout.send_blocks().size_bytes());
   exec.from_host(b.recv_chunks, layout.recv_chunks().data(), layout.recv_chunks().size_bytes());
-  exec.sort_by_expert(ids, pairs, experts, b.order);
+  sort_by_expert_in(exec, ids, pairs, experts, b.order,
+                    std::span<std::byte>(static_cast<std::byte*>(b.scratch), b.scratch_bytes));
   exec.for_each_n(pairs, AssignSendRows{b.send_blocks, static_cast<std::int32_t>(layout.send_blocks().size()), b.order,
                                         b.pair_row, b.row_pair});
   copy_rows(exec, true, b.send, hidden, b.row_pair, pairs, row_bytes, top_k);

@@ -1,0 +1,90 @@
+// llep-device-step-bench: device time of a step's control path without the host, per rank,
+// at N = 384, P = 64 over the paper's skews (issue 14 item 7): the device planner from the
+// counts matrix (plan_from_counts) followed by one rank's layout (DeviceLayout::build),
+// and the layout alone. The counts all-gather between ranks is not part of it (see
+// tests/gpu/test_device_step.cu for the gather). The rank timed is 0 and the one the plan
+// loads most (its receive side is the longest).
+// Timed with CUDA events around `--reps` back-to-back launches on one stream; the median of
+// `--rounds` such batches, divided by reps. Needs a CUDA device (exits 77 without one).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../device_timing.cuh"
+#include "common/scenarios.hpp"
+#include "llep/device/device_layout.cuh"
+#include "llep/plan/adaptive.hpp"
+#include "llep/plan/device_planner.cuh"
+#include "llep/plan/least_loaded.hpp"
+#include "llep/plan/standard_ep.hpp"
+
+namespace {
+
+using llep::count_t;
+
+// {plan + layout, layout alone} for rank 0 and for the most loaded rank.
+template <class P>
+std::vector<double> times(const P& planner, const llep::Topology& topo, const std::vector<count_t>& counts, int reps,
+                          int rounds) {
+  const llep::DevicePlanner<P> dp(planner, topo);
+  count_t* d_counts = nullptr;
+  LLEP_CUDA_CHECK(cudaMalloc(&d_counts, counts.size() * sizeof(count_t)));
+  LLEP_CUDA_CHECK(cudaMemcpy(d_counts, counts.data(), counts.size() * sizeof(count_t), cudaMemcpyHostToDevice));
+  cudaStream_t s = nullptr;
+  LLEP_CUDA_CHECK(cudaStreamCreate(&s));
+  dp.plan_from_counts(s, d_counts);
+  llep::Plan plan;
+  dp.download(s, plan);  // throws if the step failed
+  const auto loads = plan.rank_loads();
+  const int busiest = static_cast<int>(std::max_element(loads.begin(), loads.end()) - loads.begin());
+  std::vector<double> out;
+  for (const int rank : {0, busiest}) {
+    const llep::DeviceLayout dl(topo, rank);
+    out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.plan_and_build(s, dp, d_counts); }));
+    out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.build(s, d_counts, dp.view(), dp.status()); }));
+    (void)dl.download(s);  // throws if the layout failed
+  }
+  LLEP_CUDA_CHECK(cudaStreamDestroy(s));
+  LLEP_CUDA_CHECK(cudaFree(d_counts));
+  return out;
+}
+
+void usage(std::FILE* to) {
+  std::fprintf(to,
+               "usage: llep-device-step-bench [--reps N] [--rounds R]\n"
+               "  Median device time of plan_from_counts + one rank's DeviceLayout::build, and of\n"
+               "  the layout alone, at N = 384, P = 64 over the paper's skews (rank 0 and the\n"
+               "  busiest rank).\n"
+               "  --reps N    launches per timed batch (default 200)\n"
+               "  --rounds R  timed batches; the median is reported (default 21)\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const llep::bench::RepsRounds args = llep::bench::start_device_bench(argc, argv, usage);
+  if (args.exit_code >= 0) return args.exit_code;
+  const int reps = args.reps, rounds = args.rounds;
+  const int N = 384, P = 64;
+  const llep::Topology topo(P, N, 8);
+  const llep::bench::LayerShape& shape = llep::bench::kGptOss120b;
+  std::printf("# llep-device-step-bench: median us (%d rounds of %d launches), N=%d P=%d, %lld tokens x K=%d per rank\n",
+              rounds, reps, N, P, static_cast<long long>(shape.tokens_per_rank), shape.top_k);
+  std::printf("# plan+layout = plan_from_counts then DeviceLayout::build; layout = build alone\n");
+  std::printf("%-12s %-9s %13s %9s %13s %9s\n", "scenario", "planner", "r0_plan+lay", "r0_lay", "max_plan+lay",
+              "max_lay");
+  for (const llep::sim::Skew& skew : llep::bench::paper_routings()) {
+    const auto counts = llep::sim::skewed_counts(P, N, shape.pairs_per_rank(), skew);
+    auto row = [&](const char* name, const std::vector<double>& t) {
+      std::printf("%-12s %-9s %13.2f %9.2f %13.2f %9.2f\n", skew.name().c_str(), name, t[0], t[1], t[2], t[3]);
+      std::fflush(stdout);
+    };
+    row("ep", times(llep::StandardEp{}, topo, counts, reps, rounds));
+    row("llep", times(llep::bench::paper_lla(), topo, counts, reps, rounds));
+    row("adaptive", times(llep::bench::paper_llep(), topo, counts, reps, rounds));
+  }
+  return 0;
+}

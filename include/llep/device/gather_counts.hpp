@@ -1,0 +1,56 @@
+#pragma once
+// Counts that stay where the exec is (issue 14 item 1): each rank's histogram of its ids
+// and the all-gather of the counts matrix C[P][N], entirely in the exec's memory, with no
+// copy to the host and no wait. With CudaExec and PeerCopy (logical ranks of one process,
+// one stream each) the gather is peer copies ordered on the streams; the matrix then feeds
+// the device planner and layout (DeviceLayout::plan_and_build) directly.
+//
+// Bad ids do not stop the step here: they land in the histogram's last bin, which the
+// gather leaves out, and in the status word (device/status_word.hpp), which the next host
+// check turns into llep::Error on every rank. The host path's header exchange (shape and
+// configuration fingerprint, ExactCounts) needs the host and is not part of this step: run
+// it once when the configuration changes.
+#include <cstddef>
+#include <cstdint>
+
+#include "llep/core/config.hpp"
+#include "llep/core/error.hpp"
+#include "llep/device/status_word.hpp"
+
+namespace llep {
+
+/// Bytes of exec memory gather_counts uses for P ranks and N experts: the local histogram
+/// (N + 1) then C (P x N), 256-byte aligned.
+[[nodiscard]] constexpr std::size_t gather_counts_bytes(int ranks, int experts) noexcept {
+  const std::size_t local = ((static_cast<std::size_t>(experts) + 1) * sizeof(count_t) + 255) / 256 * 256;
+  return local + static_cast<std::size_t>(ranks) * static_cast<std::size_t>(experts) * sizeof(count_t);
+}
+
+/// Where gather_counts puts its results in `memory` (gather_counts_bytes of exec memory).
+struct GatheredCounts {
+  count_t* local = nullptr;   ///< N + 1: this rank's histogram, ids outside [0, N) last
+  count_t* counts = nullptr;  ///< P x N, row-major: every rank's row
+  [[nodiscard]] static GatheredCounts carve(std::byte* memory, int experts) noexcept {
+    const std::size_t local = ((static_cast<std::size_t>(experts) + 1) * sizeof(count_t) + 255) / 256 * 256;
+    return GatheredCounts{reinterpret_cast<count_t*>(memory), reinterpret_cast<count_t*>(memory + local)};
+  }
+};
+
+/// Collective: this rank's histogram of `pairs` ids into out.local, its bad ids into
+/// `status` (may be null), and the all-gather of every rank's first N bins into
+/// out.counts. Everything is enqueued on the exec and the transport; nothing waits.
+/// The transport must move the exec's memory (PeerCopy or Nccl with CudaExec, a host
+/// transport with HostExec).
+template <class Exec, class Tr>
+void gather_counts(Exec& exec, Tr& transport, const std::int32_t* ids, std::size_t pairs, int experts,
+                   const GatheredCounts& out, StatusWords* status = nullptr) {
+  static_assert(Tr::memory == Exec::memory,
+                "llep: gather_counts keeps the counts in the exec's memory: use a transport of that memory "
+                "(PeerCopy or Nccl with CudaExec); with a host transport use ExactCounts");
+  LLEP_EXPECTS(experts >= 1, "gather_counts with N = ", experts, " experts; must be >= 1");
+  exec.histogram(ids, pairs, experts, out.local);
+  if (status != nullptr) status->scan(exec, ids, pairs, experts);
+  transport.all_gather(out.local, static_cast<std::size_t>(experts) * sizeof(count_t), out.counts);
+}
+
+}  // namespace llep
