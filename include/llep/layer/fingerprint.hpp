@@ -29,9 +29,29 @@ struct Fnv1a {
 };
 }  // namespace detail
 
+/// Hash of a weight codec as the layer uses it: its name, exactness, encoded bytes of one
+/// expert (`elems` elements; a different group size changes them) and, when it has them,
+/// its group size and printed settings. Goes into config_fingerprint's `extra`, so ranks
+/// with different codecs fail the step on every rank.
+template <class Codec>
+[[nodiscard]] std::int64_t codec_fingerprint(const Codec& codec, std::size_t elems) {
+  detail::Fnv1a f;
+  f.text(Codec::name);
+  f.value(Codec::exact ? 1 : 0);
+  f.value(static_cast<std::int64_t>(codec.encoded_bytes(elems)));
+  if constexpr (requires { codec.group(); }) f.value(static_cast<std::int64_t>(codec.group()));
+  if constexpr (requires(std::ostream& os) { os << codec; }) {
+    std::ostringstream os;
+    os.precision(17);
+    os << codec;
+    f.text(os.str());
+  }
+  return static_cast<std::int64_t>(f.h);
+}
+
 /// Hash of P, N, K, nodes, every expert's native rank and holders (replicas), the
 /// planner's name and, when it prints with operator<<, its settings (17 digits), and
-/// `extra` (the layer adds the expert shape and element size). Never 0.
+/// `extra` (the layer adds the expert shape, element size and codec_fingerprint). Never 0.
 template <class Plnr>
 [[nodiscard]] std::uint64_t config_fingerprint(const Topology& topo, int top_k, const Plnr& planner,
                                                std::initializer_list<std::int64_t> extra) {

@@ -15,6 +15,11 @@
 // By default it grows to the largest step seen; after reserve(limits) it is sized for the
 // worst case up front (or checked, when the engine gave the exec a fixed buffer) and no
 // step within the limits allocates.
+//
+// Plan-ahead: prepare(next ids) runs the count, plan and layout stages for the next step
+// and starts its weight transfers into caller memory; the next forward then only checks,
+// with one all-gather of one word per rank, that every rank's routing is the prepared one,
+// and skips the counts exchange, the planning and the weight transfers (see prepare()).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -81,6 +86,7 @@ class MoeLayer {
   void set_native_weights(std::span<const T> weights) {
     check_weights(topo_, weights);
     native_weights_ = weights.data();
+    prepared_.stale = true;  // a prepared step holds copies of the old weights
   }
 
   /// A new placement (from Replicated::place, say) and this rank's weights under it, laid
@@ -94,6 +100,7 @@ class MoeLayer {
     topo_ = topo;
     build_slots();
     native_weights_ = weights.data();
+    prepared_.stale = true;
     if (limits_) reserve(limits(limits_->max_tokens_per_rank));  // replicas change the bounds
   }
 
@@ -107,7 +114,11 @@ class MoeLayer {
   [[nodiscard]] const Experts& experts() const noexcept { return experts_; }
   /// The codec of spilled experts' weights (Identity: exact, the default). Every rank must
   /// set the same codec before the same step.
-  void set_codec(Codec codec) { codec_ = std::move(codec); }
+  void set_codec(Codec codec) {
+    codec_ = std::move(codec);
+    build_slots();  // the codec is part of the configuration fingerprint
+    prepared_.stale = true;
+  }
   [[nodiscard]] const Codec& codec() const noexcept { return codec_; }
   [[nodiscard]] int top_k() const noexcept { return top_k_; }
   [[nodiscard]] Tr& transport() noexcept { return *transport_; }
@@ -143,8 +154,20 @@ class MoeLayer {
   [[nodiscard]] LayerLimits limits(count_t max_tokens_per_rank) const {
     return make_limits(topo_, top_k_, planner_, experts_, max_tokens_per_rank);
   }
-  /// Bytes of step memory no step within `limits` exceeds (for the exec's workspace).
-  [[nodiscard]] static std::size_t workspace_bytes(const LayerLimits& limits) { return llep::workspace_bytes(limits); }
+  /// Bytes of step memory no step within `limits` exceeds (for the exec's workspace),
+  /// including what a forward after prepare() stages there on a device.
+  [[nodiscard]] static std::size_t workspace_bytes(const LayerLimits& limits) {
+    const auto words = static_cast<std::size_t>(std::max(limits.ranks + 1, limits.experts + 1)) * sizeof(std::int64_t);
+    return std::max(llep::workspace_bytes(limits), words);
+  }
+  /// Bytes of the caller memory prepare() needs for any step within `limits`: the foreign
+  /// experts' weights (and, on a device exec, the ids prepare_counts expands), in the
+  /// execution space's memory.
+  [[nodiscard]] static std::size_t prepare_bytes(const LayerLimits& limits) {
+    const std::size_t weights = static_cast<std::size_t>(limits.plan.foreign_experts_per_rank) * limits.weight_bytes;
+    if constexpr (Exec::memory == MemorySpace::host) return weights;
+    else return align_up(weights) + static_cast<std::size_t>(limits.max_pairs_per_rank()) * sizeof(std::int32_t);
+  }
   /// Bytes of ForwardHandle::memory no step within `limits` exceeds.
   [[nodiscard]] static std::size_t handle_bytes(const LayerLimits& limits, bool save_inputs) {
     return llep::handle_bytes(limits, save_inputs);
@@ -177,6 +200,17 @@ class MoeLayer {
     bytes_.reserve(topo_.ranks());
     check_.reserve(topo_.ranks());
     max_rows_.reserve(P);
+    const auto N1 = static_cast<std::size_t>(topo_.experts()) + 1;
+    prepared_counts_.reserve(N1);
+    hist_.reserve(N1);
+    agree_.reserve(P);
+    count_ids_.reserve(static_cast<std::size_t>(limits.max_pairs_per_rank()));
+    if constexpr (!Codec::exact) {  // encode_exchange_decode's buffers at their bounds
+      const std::size_t eb = codec_.encoded_bytes(experts_.weight_elems());
+      encoded_.sent.reserve(static_cast<std::size_t>(topo_.slots_per_rank()) * eb);
+      encoded_.received.reserve(foreign * eb);
+      encoded_.ops.reserve(weight_ops_.capacity());
+    }
     (void)exec_.workspace(workspace_bytes(limits));
     limits_ = limits;
   }
@@ -211,19 +245,198 @@ class MoeLayer {
   /// The configuration fingerprint this rank sends with its counts (layer/fingerprint.hpp).
   [[nodiscard]] std::uint64_t config_fingerprint() const noexcept { return config_; }
 
+  // ---- Plan-ahead --------------------------------------------------------------------
+
+  /// Plans the next step from its top-k ids (B x K, in the execution space's memory) and
+  /// starts its weight transfers, so that the next forward finds the plan made and the
+  /// spilled experts' weights arrived. Collective: every rank calls it, then every rank's
+  /// next forward uses it. The result of that forward is bit for bit what it would be
+  /// without prepare (same counts, so the same plan, layout and weights).
+  ///
+  /// `memory` (execution-space memory, at least prepare_bytes(limits), aligned for T)
+  /// receives the foreign experts' weights and must stay untouched until that forward has
+  /// returned (with a ForwardHandle, until its backward: the handle's tasks point there).
+  /// With a WeightsPathTransport (Nccl, Mpi) the transfers run on the weights path and the
+  /// forward joins them after its native experts; on other transports (HostThreads,
+  /// PeerCopy) and with a lossy codec they complete inside prepare. The weights are read
+  /// now: change them (set_native_weights) only before prepare; doing it after drops the
+  /// prepared step.
+  ///
+  /// The routing statistics see the next step's ids here instead of in forward. A forward
+  /// whose routing differs on any rank (its histogram is not the prepared one), or that
+  /// follows set_native_weights, set_placement or set_codec, re-plans: every rank learns
+  /// it from the same all-gathered word, so all of them run the full step (counts
+  /// exchange, plan, weight transfers) and StepReport::prepare_mismatch says so. Errors
+  /// are those of forward, on every rank; afterwards nothing is prepared.
+  void prepare(std::span<const std::int32_t> next_ids, std::span<std::byte> memory) {
+    guarded([&] { prepare_step(next_ids.data(), next_ids.size(), memory); });
+  }
+
+  /// prepare() from this rank's expert counts of the next step (N host entries, their sum
+  /// B x K): the same as prepare() with any ids of that histogram.
+  void prepare_counts(std::span<const count_t> next_counts, std::span<std::byte> memory) {
+    guarded([&] {
+      const int N = topo_.experts();
+      LLEP_EXPECTS(next_counts.size() == static_cast<std::size_t>(N), "rank ", rank_, " passed ", next_counts.size(),
+                   " expert counts to prepare_counts; N = ", N);
+      count_ids_.clear();
+      for (int e = 0; e < N; ++e) {
+        const count_t c = next_counts[static_cast<std::size_t>(e)];
+        LLEP_EXPECTS(c >= 0 && c <= INT32_MAX - static_cast<count_t>(count_ids_.size()), "rank ", rank_,
+                     " passed count ", c, " for expert ", e, "; counts must be >= 0 and sum below 2^31");
+        count_ids_.insert(count_ids_.end(), static_cast<std::size_t>(c), e);
+      }
+      const std::int32_t* ids = count_ids_.data();
+      if constexpr (Exec::memory != MemorySpace::host) {  // the ids at the end of the memory, the weights before
+        const std::size_t bytes = count_ids_.size() * sizeof(std::int32_t);
+        LLEP_EXPECTS(bytes <= memory.size(), "rank ", rank_, ": prepare memory of ", memory.size(),
+                     " bytes cannot hold ", count_ids_.size(), " ids; size it with MoeLayer::prepare_bytes(limits)");
+        const std::size_t at = (memory.size() - bytes) / alignof(std::int32_t) * alignof(std::int32_t);
+        auto* d = reinterpret_cast<std::int32_t*>(memory.data() + at);
+        exec_.from_host(d, count_ids_.data(), bytes);
+        ids = d;
+        memory = memory.first(at);
+      }
+      prepare_step(ids, count_ids_.size(), memory);
+    });
+  }
+
+  /// True between a successful prepare() and the forward that consumes it.
+  [[nodiscard]] bool prepared() const noexcept { return prepared_.active; }
+
  private:
   template <class G>
   const StepReport& run(std::span<const T> hidden, std::span<const std::int32_t> topk_ids,
                         std::span<const G> topk_weights, std::span<T> out, ForwardHandle<T>* handle) {
-    try {
+    guarded([&] {
       if (handle) handle->filled = false;
       step(hidden, topk_ids, topk_weights, out, handle);
+    });
+    return report_;
+  }
+
+  // A collective call: a local error aborts the transport (no peer waits for this rank),
+  // every rank recovers where it can, and nothing stays prepared.
+  template <class F>
+  void guarded(F&& f) {
+    try {
+      f();
     } catch (const std::exception& e) {
+      prepared_ = {};
       transport_->abort(e.what());
       if constexpr (RecoverableTransport<Tr>) (void)transport_->recover();
       throw;
     }
-    return report_;
+  }
+
+  [[nodiscard]] static constexpr std::size_t align_up(std::size_t n) noexcept {
+    return (n + WorkspaceLayout::alignment - 1) / WorkspaceLayout::alignment * WorkspaceLayout::alignment;
+  }
+
+  // Checks shared by forward and prepare; returns B.
+  std::size_t check_routing(std::size_t pairs) const {
+    const auto K = static_cast<std::size_t>(top_k_);
+    LLEP_EXPECTS(pairs % K == 0, "rank ", rank_, " routed ", pairs, " ids, not a multiple of K = ", K);
+    const std::size_t B = pairs / K;
+    LLEP_EXPECTS(native_weights_ != nullptr, "rank ", rank_,
+                 " has no native expert weights: call set_native_weights first");
+    LLEP_EXPECTS(pairs <= static_cast<std::size_t>(INT32_MAX), "B x K = ", pairs, " pairs exceed 2^31 on rank ", rank_);
+    LLEP_EXPECTS(!limits_ || static_cast<count_t>(B) <= limits_->max_tokens_per_rank, "rank ", rank_, " has B = ", B,
+                 " tokens but the layer was reserved for at most B_max = ", limits_->max_tokens_per_rank);
+    return B;
+  }
+
+  // Stages 1-3 of a step: count (collective), plan, layout.
+  void count_plan_layout(std::span<const std::int32_t> ids, std::size_t B) {
+    count_stage(stats_, exec_, *transport_, ids, StepShape{topo_.experts(), top_k_, static_cast<count_t>(B), config_});
+    plan_stage(planner_, stats_.loads(), topo_, plan_, check_);
+    layout_stage(stats_.counts(), plan_, topo_, rank_, layout_);
+  }
+
+  // Stage 4a: the plan's weight transfers, exact or through a lossy codec.
+  void move_weights(const WeightsOnRank<T>& weights) {
+    if constexpr (Codec::exact) {
+      dispatch_weights(*transport_, plan_, rank_, weights, weight_ops_);
+    } else {  // a lossy codec (codec/exchange.hpp): encoded on the wire, decoded on arrival
+      static_assert(Exec::memory == MemorySpace::host, "llep: lossy weight codecs run in host layers only for now");
+      encode_exchange_decode(
+          codec_, *transport_, plan_.weight_transfers(), rank_, weights.elems,
+          [&](int e) { return weights.held_expert(e); }, [&](int e) { return weights.foreign_expert(e); }, encoded_);
+      weight_ops_.assign(encoded_.ops.begin(), encoded_.ops.end());  // the report counts wire bytes
+    }
+  }
+
+  // This rank's histogram of `ids` (N bins and one for ids outside [0, N)), on the host.
+  std::span<const count_t> local_histogram(const std::int32_t* ids, std::size_t pairs) {
+    const int N = topo_.experts();
+    hist_.resize(static_cast<std::size_t>(N) + 1);
+    if constexpr (Exec::memory == MemorySpace::host) {
+      exec_.histogram(ids, pairs, N, hist_.data());
+    } else {
+      auto* d = reinterpret_cast<count_t*>(exec_.workspace(hist_.size() * sizeof(count_t)));
+      exec_.histogram(ids, pairs, N, d);
+      exec_.to_host(hist_.data(), d, hist_.size() * sizeof(count_t));
+      exec_.synchronize();
+    }
+    return hist_;
+  }
+
+  void prepare_step(const std::int32_t* ids, std::size_t pairs, std::span<std::byte> memory) {
+    if (prepared_.weights_pending) {  // an unconsumed prepare: its transfers land first
+      if constexpr (WeightsPathTransport<Tr>) transport_->join_weights();
+    }
+    prepared_ = {};
+    const std::size_t B = check_routing(pairs);
+    const auto hist = local_histogram(ids, pairs);
+    prepared_counts_.assign(hist.begin(), hist.end());
+    count_plan_layout(std::span<const std::int32_t>(ids, pairs), B);
+    const StepSizes sizes = step_sizes(layout_, plan_, rank_, incoming_);
+    if (limits_) check_within_limits(sizes);
+    // Every local check before the transfers: once they start, no rank may fail alone.
+    const std::size_t welems = experts_.weight_elems();
+    const std::size_t need = static_cast<std::size_t>(sizes.foreign_experts) * welems * sizeof(T);
+    LLEP_EXPECTS(need <= memory.size(), "rank ", rank_, ": prepare memory holds ", memory.size(), " bytes but the ",
+                 sizes.foreign_experts, " foreign experts of the prepared step need ", need,
+                 " (size it with MoeLayer::prepare_bytes(limits))");
+    LLEP_EXPECTS(need == 0 || reinterpret_cast<std::uintptr_t>(memory.data()) % alignof(T) == 0, "rank ", rank_,
+                 ": prepare memory is not aligned for the layer's element type (", alignof(T), " bytes)");
+    T* foreign = reinterpret_cast<T*>(memory.data());
+    move_weights(WeightsOnRank<T>{native_weights_, foreign, native_slot_, incoming_, welems});
+    prepared_.active = true;
+    prepared_.weights_pending = WeightsPathTransport<Tr> && Codec::exact;  // on every rank alike
+    prepared_.foreign = foreign;
+  }
+
+  // Whether every rank's routing is the prepared one: one all-gathered word per rank, so
+  // every rank decides the same. Consumes the prepared step either way.
+  bool take_prepared(const std::int32_t* ids, std::size_t pairs) {
+    const Prepared p = prepared_;
+    prepared_.active = false;
+    prepared_.weights_pending = false;
+    const auto hist = local_histogram(ids, pairs);
+    const bool mine = !p.stale && std::equal(hist.begin(), hist.end(), prepared_counts_.begin(), prepared_counts_.end());
+    const std::int64_t word = mine ? kPreparedMatch : kPreparedMismatch;
+    const auto P = static_cast<std::size_t>(topo_.ranks());
+    agree_.resize(P);
+    if constexpr (Tr::memory == MemorySpace::device) {
+      auto* d = reinterpret_cast<std::int64_t*>(exec_.workspace((P + 1) * sizeof(std::int64_t)));
+      exec_.from_host(d, &word, sizeof word);
+      transport_->all_gather(d, sizeof word, d + 1);
+      exec_.to_host(agree_.data(), d + 1, P * sizeof word);
+      exec_.synchronize();
+    } else {
+      transport_->all_gather(&word, sizeof word, agree_.data());
+    }
+    bool all = true;
+    for (std::size_t r = 0; r < P; ++r) {
+      LLEP_EXPECTS(agree_[r] == kPreparedMatch || agree_[r] == kPreparedMismatch, "rank ", r,
+                   " is not in a prepared step: every rank must call prepare() before the same forward");
+      all = all && agree_[r] == kPreparedMatch;
+    }
+    if (!all && p.weights_pending) {  // the prefetch lands in memory this step will not read
+      if constexpr (WeightsPathTransport<Tr>) transport_->join_weights();
+    }
+    return all;
   }
 
   template <class G>
@@ -237,17 +450,15 @@ class MoeLayer {
     LLEP_EXPECTS(ids.size() == B * K, "topk_ids has ", ids.size(), " entries; B x K = ", B, " x ", K);
     LLEP_EXPECTS(gates.size() == B * K, "topk_weights has ", gates.size(), " entries; B x K = ", B, " x ", K);
     LLEP_EXPECTS(out.size() == B * D, "out has ", out.size(), " elements; B x D = ", B, " x ", D);
-    LLEP_EXPECTS(native_weights_ != nullptr, "rank ", rank_,
-                 " has no native expert weights: call set_native_weights first");
-    LLEP_EXPECTS(B * K <= static_cast<std::size_t>(INT32_MAX), "B x K = ", B * K, " pairs exceed 2^31 on rank ", rank_);
-    LLEP_EXPECTS(!limits_ || static_cast<count_t>(B) <= limits_->max_tokens_per_rank, "rank ", rank_, " has B = ", B,
-                 " tokens but the layer was reserved for at most B_max = ", limits_->max_tokens_per_rank);
+    (void)check_routing(ids.size());
     const std::size_t row_bytes = D * sizeof(T);
 
+    // 0. Plan-ahead: with a prepare() pending, every rank checks its routing against it.
+    const bool was_prepared = prepared_.active;
+    const bool use_prepared = was_prepared && take_prepared(ids.data(), ids.size());
+    T* const prefetched = use_prepared ? prepared_.foreign : nullptr;
     // 1-3. Count (one device-to-host copy), plan (the same on every rank), layout.
-    count_stage(stats_, exec_, *transport_, ids, StepShape{N, top_k_, static_cast<count_t>(B), config_});
-    plan_stage(planner_, stats_.loads(), topo_, plan_, check_);
-    layout_stage(stats_.counts(), plan_, topo_, rank_, layout_);
+    if (!use_prepared) count_plan_layout(ids, B);
 
     // Step memory: the workspace, and the regions a handle keeps in its own memory.
     const StepSizes sizes = step_sizes(layout_, plan_, rank_, incoming_);
@@ -258,8 +469,10 @@ class MoeLayer {
     const std::size_t scratch =
         std::max(experts_.scratch_bytes(static_cast<count_t>(max_task), static_cast<count_t>(sizes.rows)),
                  exec_sort_scratch_bytes<Exec>(static_cast<std::size_t>(sizes.pairs), N));
-    const std::uint32_t kept = handle ? handle_regions(handle->keeps()) : 0u;
-    const WorkspaceLayout ws(sizes, row_bytes, welems * sizeof(T), scratch, WorkspaceLayout::all_regions & ~kept);
+    // A prepared step's foreign weights are in the prepare memory: no region for them.
+    const std::uint32_t skip = use_prepared ? WorkspaceLayout::bit(WorkspaceRegion::foreign_weights) : 0u;
+    const std::uint32_t kept = handle ? handle_regions(handle->keeps()) & ~skip : 0u;
+    const WorkspaceLayout ws(sizes, row_bytes, welems * sizeof(T), scratch, WorkspaceLayout::all_regions & ~kept & ~skip);
     const WorkspaceLayout hs(sizes, row_bytes, welems * sizeof(T), scratch, kept);
     LLEP_EXPECTS(!handle || hs.total() <= handle->memory.size(), "rank ", rank_, ": the forward handle's memory holds ",
                  handle ? handle->memory.size() : 0, " bytes but this step keeps ", hs.total(),
@@ -267,7 +480,8 @@ class MoeLayer {
     std::byte* base = exec_.workspace(ws.total());
     const StepBuffers<T> buf = StepBuffers<T>::carve(ws, base, ws.total(), hs, handle ? handle->memory.data() : nullptr,
                                                      handle ? handle->memory.size() : 0, kept);
-    const WeightsOnRank<T> weights{native_weights_, buf.foreign_weights, native_slot_, incoming_, welems};
+    const WeightsOnRank<T> weights{native_weights_, use_prepared ? prefetched : buf.foreign_weights, native_slot_,
+                                   incoming_, welems};
     std::byte* saved = handle && !handle->saved_memory.empty() ? handle->saved_memory.data() : nullptr;
     const std::size_t saved_need = static_cast<std::size_t>(sizes.rows) * saved_row_bytes();
     LLEP_EXPECTS(!saved || (saved_row_bytes() > 0 && saved_need <= handle->saved_memory.size()),
@@ -276,16 +490,8 @@ class MoeLayer {
                  " (size it with MoeLayer::saved_bytes(limits); the functor must keep pre-activations)");
     bytes_.assign(layout_, row_bytes);
 
-    // 4. Dispatch: the plan's weight transfers, then the tokens.
-    if constexpr (Codec::exact) {
-      dispatch_weights(*transport_, plan_, rank_, weights, weight_ops_);
-    } else {  // a lossy codec (codec/exchange.hpp): encoded on the wire, decoded on arrival
-      static_assert(Exec::memory == MemorySpace::host, "llep: lossy weight codecs run in host layers only for now");
-      encode_exchange_decode(
-          codec_, *transport_, plan_.weight_transfers(), rank_, welems,
-          [&](int e) { return weights.held_expert(e); }, [&](int e) { return weights.foreign_expert(e); }, encoded_);
-      weight_ops_.assign(encoded_.ops.begin(), encoded_.ops.end());  // the report counts wire bytes
-    }
+    // 4. Dispatch: the plan's weight transfers (already under way when prepared), then the tokens.
+    if (!use_prepared) move_weights(weights);
     dispatch_tokens(exec_, *transport_, layout_, buf, hidden.data(), ids.data(), N, top_k_, row_bytes, bytes_);
     // 5. Compute: natives, then foreign experts once their weights are here.
     compute_stage(exec_, *transport_, experts_, layout_, buf, weights, row_bytes, expert_tasks_, saved,
@@ -294,6 +500,9 @@ class MoeLayer {
     combine_stage(exec_, *transport_, layout_, buf, bytes_, gates, out, top_k_, D, row_bytes);
 
     fill_report(ws.total(), row_bytes, welems * sizeof(T));
+    report_.prepared = use_prepared;
+    report_.prepare_mismatch = was_prepared && !use_prepared;
+    report_.weight_bytes_prefetched = use_prepared ? report_.weight_bytes_received : 0;
     if (handle) fill_handle(*handle, buf, weights, saved);
   }
 
@@ -399,7 +608,8 @@ class MoeLayer {
     config_ = llep::config_fingerprint(topo_, top_k_, planner_,
                                        {experts_.hidden(), experts_.intermediate(),
                                         static_cast<std::int64_t>(experts_.weight_elems()),
-                                        static_cast<std::int64_t>(sizeof(T))});
+                                        static_cast<std::int64_t>(sizeof(T)),
+                                        codec_fingerprint(codec_, experts_.weight_elems())});
     native_slot_.assign(static_cast<std::size_t>(topo_.experts()), -1);
     int slot = 0;
     for (int e = 0; e < topo_.experts(); ++e)
@@ -429,6 +639,20 @@ class MoeLayer {
   ByteCounts bytes_;
   std::vector<count_t> max_rows_;
   std::optional<LayerLimits> limits_;
+  // Plan-ahead: between prepare() and the next forward, plan_, layout_, incoming_,
+  // weight_ops_ and the stats hold the prepared step.
+  struct Prepared {
+    bool active = false;           // a prepare() waits for the next forward
+    bool stale = false;            // weights, placement or codec changed since: re-plan
+    bool weights_pending = false;  // exchange_weights started, not joined yet
+    T* foreign = nullptr;          // the foreign experts' weights, in the prepare memory
+  };
+  static constexpr std::int64_t kPreparedMatch = 0x6c6c65702d707231;     // "llep-pr1"
+  static constexpr std::int64_t kPreparedMismatch = 0x6c6c65702d707230;  // "llep-pr0"
+  Prepared prepared_;
+  std::vector<count_t> prepared_counts_, hist_;
+  std::vector<std::int64_t> agree_;
+  std::vector<std::int32_t> count_ids_;
 };
 
 }  // namespace llep

@@ -25,6 +25,10 @@ struct StepReport {
   std::size_t weight_bytes_sent = 0;
   std::size_t weight_bytes_received = 0;
   std::size_t workspace_bytes = 0;        ///< all step memory of this rank (buffers, indices, scratch)
+  // Plan-ahead (MoeLayer::prepare):
+  bool prepared = false;                  ///< the step ran on the plan and weights of prepare()
+  bool prepare_mismatch = false;          ///< a prepare() was pending but some rank's routing differed: re-planned
+  std::size_t weight_bytes_prefetched = 0;  ///< of weight_bytes_received, the bytes that moved in prepare()
 
   [[nodiscard]] count_t rows(int r) const {
     return native_rows[static_cast<std::size_t>(r)] + foreign_rows[static_cast<std::size_t>(r)];
