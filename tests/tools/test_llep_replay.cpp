@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -45,7 +46,7 @@ const std::vector<std::string> kKeys{
     "planner",     "chosen",       "expert_loads",   "native_loads",    "rank_loads",     "capacity",
     "imbalance_before", "imbalance_after", "weight_transfers", "token_bytes", "weight_bytes", "bytes_moved",
     "cross_node_bytes", "peak_bytes", "max_peak_bytes", "compute_s",     "comm_s",         "max_compute_s",
-    "max_comm_s",  "step_s",       "critical_rank",  "placement_moves"};
+    "max_comm_s",  "step_s",       "critical_rank",  "placement_moves", "step_prefetched_s"};
 
 struct Trace {
   std::int64_t tokens;
@@ -348,12 +349,43 @@ TEST_CASE("llep-replay: --shape, --ranks-per-node and --gemm-csv reach the cost 
                        "no measured GEMM curve for shape 'deepseek-v3'");
 }
 
+TEST_CASE("llep-replay: --prefetch shows the time plan-ahead hides: the weight round, nothing else") {
+  TempDir dir;
+  const std::string f = write_trace(dir, "t.npy", random_trace(4000, 4, N, 2, 5));
+  const Run r = replay(args({f, "--json", "--planners", "ep,llep"}));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto o = json_lines(r.out);
+  REQUIRE(o.size() == 2);
+  // Standard EP moves no weights: nothing to hide. LLEP spills here: its weight round goes.
+  CHECK(o[0]["planner"] == "ep");
+  CHECK(o[0]["step_prefetched_s"].get<double>() == o[0]["step_s"].get<double>());
+  CHECK(o[1]["planner"] == "llep");
+  REQUIRE(o[1]["weight_transfers"].get<int>() > 0);
+  const double step = o[1]["step_s"].get<double>(), ahead = o[1]["step_prefetched_s"].get<double>();
+  CHECK(ahead < step);
+  CHECK(ahead > 0);
+  // Hiding the weights cannot beat the step without any weight bytes' time: comm minus the
+  // weights' share is still there, so the hidden time is at most the largest comm_s.
+  CHECK(step - ahead <= o[1]["max_comm_s"].get<double>() + 1e-12);
+
+  const Run table = replay(args({f, "--prefetch", "--planners", "ep,llep"}));
+  REQUIRE_MESSAGE(table.code == 0, table.err);
+  CHECK(table.out.find("ahead ms") != std::string::npos);
+  char line[128];
+  std::snprintf(line, sizeof line, "prepared ahead: %.3f ms, %.3f ms of its step hidden", ahead * 1e3,
+                (step - ahead) * 1e3);
+  CHECK_MESSAGE(table.out.find(line) != std::string::npos, table.out, " lacks ", line);
+  const Run plain = replay(args({f, "--planners", "ep,llep"}));
+  CHECK(plain.out.find("ahead ms") == std::string::npos);
+  CHECK(plain.out.find("prefetch:") == std::string::npos);
+}
+
 TEST_CASE("llep-replay: --help documents every flag") {
   const Run r = replay({"--help"});
   CHECK(r.code == 0);
   for (const char* flag : {"--experts", "--ranks", "--ranks-per-node", "--shape", "--hidden", "--intermediate",
                            "--elem-bytes", "--gemm-csv", "--gemm-mode", "--alpha", "--min-gemm", "--lambda",
-                           "--planners", "--json", "contiguous"})
+                           "--planners", "--json", "--prefetch", "contiguous"})
     CHECK_MESSAGE(r.out.find(flag) != std::string::npos, "--help lacks ", flag);
 }
 

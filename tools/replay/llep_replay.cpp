@@ -57,6 +57,7 @@ struct Context {
   const llep::Topology& topo;
   const llep::sim::FfnShape& shape;
   const llep::sim::CostModel& model;
+  const llep::sim::CostModel& ahead;  // model with weights_prefetched: MoeLayer::prepare
 };
 
 using llep::examples::Placement;
@@ -100,6 +101,7 @@ struct Result {
   std::string planner, chosen;
   llep::Plan plan;
   llep::sim::StepCost cost;
+  double ahead_s = 0;  // step_s with the weight round prepared ahead (hidden)
   Placement placement;
   double token_bytes = 0, weight_bytes = 0, cross_node_bytes = 0;
 };
@@ -113,6 +115,7 @@ Result replay(const PlannerEntry& p, const Context& c) {
   if (!v.ok) throw UsageError{"internal: planner " + p.name + " made an invalid plan for " + c.trace.file + ": " + v.message};
   r.chosen = std::string(r.plan.policy());
   r.cost = c.model.step(r.plan, c.counts, topo, c.shape);
+  r.ahead_s = c.ahead.step(r.plan, c.counts, topo, c.shape).step_s;
   const double expert_bytes = c.model.expert_bytes(c.shape);
   for (llep::sim::RankCost& rc : r.cost.ranks) {
     // Sent bytes only: every byte is sent once and received once.
@@ -152,6 +155,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> paths;
   int experts = 0, ranks = 0, ranks_per_node = 0, hidden = 0, intermediate = 0;
   std::string shape_name, gemm_csv, gemm_mode = "per_expert", only;
+  bool prefetch = false;
   double elem_bytes = 2;
   llep::examples::PlannerSettings set;
   set.alpha = llep::bench::kPaperAlpha;
@@ -197,6 +201,9 @@ int main(int argc, char** argv) {
                  "Comma-separated planners to replay, in this order (default: all: " + names +
                      "; capped only with --cap-rows)");
   llep::examples::add_memory_flag(app, max_memory_gb);
+  app.add_flag("--prefetch", prefetch,
+               "Add the column 'ahead ms': the step with its weight transfers prepared ahead (MoeLayer::prepare), "
+               "so the time hidden is step ms - ahead ms");
   app.add_flag("--json", json_out, "Print JSON Lines: one object per (file, planner) instead of the table");
 
   if (const auto rc = llep::examples::parse(app, argc, argv)) return *rc;
@@ -232,6 +239,9 @@ int main(int argc, char** argv) {
     if (!gemm_csv.empty()) model.gemm = llep::sim::load_gemm_csv(gemm_csv, gemm_mode);
     else if (app.count("--gemm-mode") > 0) return fail("--gemm-mode needs --gemm-csv");
     (void)model.gemm.ffn_seconds(1, shape, elem_bytes);  // a curve without this shape fails before any output
+
+    llep::sim::CostModel ahead = model;
+    ahead.weights_prefetched = true;
 
     // Planners: a bad setting fails here, before any trace is read.
     set.model = std::make_shared<const llep::sim::CostModel>(model);
@@ -290,16 +300,16 @@ int main(int argc, char** argv) {
     for (std::size_t i = 0; i < traces.size(); ++i) {
       const Trace& t = traces[i];
       const llep::CountsView counts(t.counts, ranks, experts);
-      const Context ctx{t, static_cast<int>(i), counts, topo, shape, model};
+      const Context ctx{t, static_cast<int>(i), counts, topo, shape, model, ahead};
       std::vector<count_t> native(static_cast<std::size_t>(ranks));
       llep::native_rank_loads(t.loads, topo, native);
       if (!json_out) {
         std::printf("\n%s: tokens %lld, K %d, pairs %lld, native rank loads %s\n", t.file.c_str(),
                     static_cast<long long>(t.tokens), t.top_k, static_cast<long long>(t.tokens * t.top_k),
                     list(native).c_str());
-        std::printf("  %-12s %-12s %8s %8s %9s %10s %10s %10s %10s %9s %9s  %s\n", "planner", "chosen", "imb.bef",
+        std::printf("  %-12s %-12s %8s %8s %9s %10s %10s %10s %10s %9s %9s%s  %s\n", "planner", "chosen", "imb.bef",
                     "imb.aft", "transfers", "token MB", "weight MB", "moved MB", "x-node MB", "peak GB", "step ms",
-                    "rank loads");
+                    prefetch ? "  ahead ms" : "", "rank loads");
       }
       // The regime of this batch: standard EP's and LeastLoaded's predicted steps.
       Result ep_ref, ll_ref;
@@ -317,12 +327,14 @@ int main(int argc, char** argv) {
                                                              " weight transfers)");
         }
         if (!json_out) {
-          std::printf("  %-12s %-12s %8.3f %8.3f %9zu %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f  %s\n",
+          char ahead_col[32] = "";
+          if (prefetch) std::snprintf(ahead_col, sizeof ahead_col, " %9.3f", r.ahead_s * 1e3);
+          std::printf("  %-12s %-12s %8.3f %8.3f %9zu %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f%s  %s\n",
                       r.planner.c_str(), r.chosen.c_str(), before, after,
                       r.plan.weight_transfers().size() + r.placement.moves,
                       r.token_bytes / 1e6, r.weight_bytes / 1e6, (r.token_bytes + r.weight_bytes) / 1e6,
                       r.cross_node_bytes / 1e6, r.cost.max_peak_bytes() / 1e9, r.cost.step_s * 1e3,
-                      list(rank_loads).c_str());
+                      ahead_col, list(rank_loads).c_str());
           continue;
         }
         nlohmann::ordered_json j;
@@ -365,6 +377,7 @@ int main(int argc, char** argv) {
         j["step_s"] = r.cost.step_s;
         j["critical_rank"] = r.cost.critical_rank;
         j["placement_moves"] = r.placement.moves;
+        j["step_prefetched_s"] = r.ahead_s;
         std::cout << j.dump() << '\n';
       }
       if (!json_out)
@@ -372,6 +385,9 @@ int main(int argc, char** argv) {
                     ll_ref.cost.step_s * 1e3,
                     ll_ref.cost.step_s < ep_ref.cost.step_s ? "spilling pays" : "spilling does not pay (EP regime)",
                     cost_aware_note.c_str());
+      if (!json_out && prefetch)
+        std::printf("  prefetch: LLEP's weights prepared ahead: %.3f ms, %.3f ms of its step hidden\n",
+                    ll_ref.ahead_s * 1e3, (ll_ref.cost.step_s - ll_ref.ahead_s) * 1e3);
     }
     std::cout.flush();
     return 0;
