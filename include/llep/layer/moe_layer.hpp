@@ -86,8 +86,57 @@ class MoeLayer {
   void set_native_weights(std::span<const T> weights) {
     check_weights(topo_, weights);
     native_weights_ = weights.data();
+    drop_encoded_replicas();
     prepared_.stale = true;  // a prepared step holds copies of the old weights
   }
+
+  /// Replicas kept encoded, for less memory: `natives` holds this rank's native experts
+  /// (Topology::native_experts, ascending) in T, natives x weight_elems() elements;
+  /// `replicas` its replicas (Topology::replica_experts, ascending), each encoded with the
+  /// layer's codec (encode_replica), replicas x encoded_replica_bytes() bytes. A step
+  /// decodes the replicas it computes into `decode_memory` (replicas x weight_elems()
+  /// elements): step memory, which layers that run one after another may share, so the
+  /// resident saving is replica_bytes_saved(). With a lossy codec, rows computed on a
+  /// replica use decoded weights (within the codec's bound); with Identity nothing changes.
+  /// Weights are only read in forward (spilled experts are sent from the natives). With a
+  /// ForwardHandle, keep decode_memory until backward. Host layers only for now.
+  void set_encoded_replicas(std::span<const T> natives, std::span<const std::byte> replicas,
+                            std::span<T> decode_memory) {
+    static_assert(Exec::memory == MemorySpace::host, "llep: encoded replicas are decoded on the host only for now");
+    const std::size_t welems = experts_.weight_elems(), eb = encoded_replica_bytes();
+    const auto held_replicas = topo_.replica_experts(rank_);
+    const std::size_t R = held_replicas.size(), natives_held = static_cast<std::size_t>(topo_.slots_per_rank()) - R;
+    LLEP_EXPECTS(natives.size() == natives_held * welems && (natives.data() != nullptr || natives.empty()), "rank ",
+                 rank_, "'s natives hold ", natives.size(), " elements but it has ", natives_held, " native experts of ",
+                 welems, " elements each");
+    LLEP_EXPECTS(replicas.size() == R * eb, "rank ", rank_, "'s encoded replicas hold ", replicas.size(),
+                 " bytes but it holds ", R, " replicas of ", eb, " encoded bytes each (codec '", Codec::name, "')");
+    LLEP_EXPECTS(decode_memory.size() >= R * welems, "rank ", rank_, "'s replica decode memory holds ",
+                 decode_memory.size(), " elements; its ", R, " replicas need ", R * welems);
+    held_at_.assign(static_cast<std::size_t>(topo_.experts()), nullptr);
+    replica_index_.assign(static_cast<std::size_t>(topo_.experts()), -1);
+    decoded_.assign(R, 0);
+    std::size_t n = 0;
+    for (int e = 0; e < topo_.experts(); ++e)
+      if (topo_.native_rank(e) == rank_) held_at_[static_cast<std::size_t>(e)] = natives.data() + n++ * welems;
+    for (std::size_t j = 0; j < R; ++j) {
+      const auto e = static_cast<std::size_t>(held_replicas[j]);
+      held_at_[e] = decode_memory.data() + j * welems;
+      replica_index_[e] = static_cast<int>(j);
+    }
+    native_weights_ = natives.data();
+    encoded_replicas_ = replicas.data();
+    replica_decode_ = decode_memory.data();
+    replicas_encoded_ = true;
+    replica_bytes_saved_ = R * (welems * sizeof(T) - std::min(welems * sizeof(T), eb));
+    prepared_.stale = true;
+  }
+  /// Encoded bytes of one replica under the layer's codec.
+  [[nodiscard]] std::size_t encoded_replica_bytes() const { return codec_.encoded_bytes(experts_.weight_elems()); }
+  /// Encodes one expert's weights (weight_elems() elements) into encoded_replica_bytes() bytes.
+  void encode_replica(std::span<const T> weights, std::span<std::byte> out) const { codec_.encode(weights, out); }
+  /// Resident bytes the encoded replicas save against keeping them in T (0 otherwise).
+  [[nodiscard]] std::size_t replica_bytes_saved() const noexcept { return replica_bytes_saved_; }
 
   /// A new placement (from Replicated::place, say) and this rank's weights under it, laid
   /// out as set_native_weights says. Same P and N; every rank must switch before the same
@@ -100,6 +149,7 @@ class MoeLayer {
     topo_ = topo;
     build_slots();
     native_weights_ = weights.data();
+    drop_encoded_replicas();
     prepared_.stale = true;
     if (limits_) reserve(limits(limits_->max_tokens_per_rank));  // replicas change the bounds
   }
@@ -115,6 +165,8 @@ class MoeLayer {
   /// The codec of spilled experts' weights (Identity: exact, the default). Every rank must
   /// set the same codec before the same step.
   void set_codec(Codec codec) {
+    LLEP_EXPECTS(!replicas_encoded_, "rank ", rank_,
+                 ": set the codec before set_encoded_replicas (the replicas are encoded with it)");
     codec_ = std::move(codec);
     build_slots();  // the codec is part of the configuration fingerprint
     prepared_.stale = true;
@@ -401,7 +453,7 @@ class MoeLayer {
     LLEP_EXPECTS(need == 0 || reinterpret_cast<std::uintptr_t>(memory.data()) % alignof(T) == 0, "rank ", rank_,
                  ": prepare memory is not aligned for the layer's element type (", alignof(T), " bytes)");
     T* foreign = reinterpret_cast<T*>(memory.data());
-    move_weights(WeightsOnRank<T>{native_weights_, foreign, native_slot_, incoming_, welems});
+    move_weights(WeightsOnRank<T>{native_weights_, foreign, native_slot_, incoming_, welems, held_at_});
     prepared_.active = true;
     prepared_.weights_pending = WeightsPathTransport<Tr> && Codec::exact;  // on every rank alike
     prepared_.foreign = foreign;
@@ -481,7 +533,7 @@ class MoeLayer {
     const StepBuffers<T> buf = StepBuffers<T>::carve(ws, base, ws.total(), hs, handle ? handle->memory.data() : nullptr,
                                                      handle ? handle->memory.size() : 0, kept);
     const WeightsOnRank<T> weights{native_weights_, use_prepared ? prefetched : buf.foreign_weights, native_slot_,
-                                   incoming_, welems};
+                                   incoming_, welems, held_at_};
     std::byte* saved = handle && !handle->saved_memory.empty() ? handle->saved_memory.data() : nullptr;
     const std::size_t saved_need = static_cast<std::size_t>(sizes.rows) * saved_row_bytes();
     LLEP_EXPECTS(!saved || (saved_row_bytes() > 0 && saved_need <= handle->saved_memory.size()),
@@ -493,6 +545,7 @@ class MoeLayer {
     // 4. Dispatch: the plan's weight transfers (already under way when prepared), then the tokens.
     if (!use_prepared) move_weights(weights);
     dispatch_tokens(exec_, *transport_, layout_, buf, hidden.data(), ids.data(), N, top_k_, row_bytes, bytes_);
+    if (replicas_encoded_) decode_replicas();
     // 5. Compute: natives, then foreign experts once their weights are here.
     compute_stage(exec_, *transport_, experts_, layout_, buf, weights, row_bytes, expert_tasks_, saved,
                   saved_row_bytes());
@@ -503,7 +556,32 @@ class MoeLayer {
     report_.prepared = use_prepared;
     report_.prepare_mismatch = was_prepared && !use_prepared;
     report_.weight_bytes_prefetched = use_prepared ? report_.weight_bytes_received : 0;
+    report_.replica_bytes_saved = replica_bytes_saved_;
     if (handle) fill_handle(*handle, buf, weights, saved);
+  }
+
+  void drop_encoded_replicas() {
+    replicas_encoded_ = false;
+    encoded_replicas_ = nullptr;
+    replica_decode_ = nullptr;
+    replica_bytes_saved_ = 0;
+    held_at_.clear();
+  }
+
+  // The replicas this step computes, decoded once each (host codec).
+  void decode_replicas() {
+    if constexpr (Exec::memory == MemorySpace::host) {
+      const std::size_t welems = experts_.weight_elems(), eb = encoded_replica_bytes();
+      std::fill(decoded_.begin(), decoded_.end(), 0);
+      for (const ComputeTask& t : layout_.tasks()) {
+        const int j = t.native ? replica_index_[static_cast<std::size_t>(t.expert)] : -1;
+        if (j < 0 || decoded_[static_cast<std::size_t>(j)]) continue;
+        const auto uj = static_cast<std::size_t>(j);
+        codec_.decode(std::span<const std::byte>(encoded_replicas_ + uj * eb, eb),
+                      std::span<T>(replica_decode_ + uj * welems, welems));
+        decoded_[uj] = 1;
+      }
+    }
   }
 
   [[nodiscard]] std::size_t saved_row_bytes() const {
@@ -650,6 +728,14 @@ class MoeLayer {
   static constexpr std::int64_t kPreparedMatch = 0x6c6c65702d707231;     // "llep-pr1"
   static constexpr std::int64_t kPreparedMismatch = 0x6c6c65702d707230;  // "llep-pr0"
   Prepared prepared_;
+  // Encoded replicas (set_encoded_replicas): where each held expert's weights are.
+  std::vector<const T*> held_at_;
+  std::vector<int> replica_index_;
+  std::vector<char> decoded_;
+  bool replicas_encoded_ = false;
+  const std::byte* encoded_replicas_ = nullptr;
+  T* replica_decode_ = nullptr;
+  std::size_t replica_bytes_saved_ = 0;
   std::vector<count_t> prepared_counts_, hist_;
   std::vector<std::int64_t> agree_;
   std::vector<std::int32_t> count_ids_;

@@ -29,6 +29,7 @@ struct StepReport {
   bool prepared = false;                  ///< the step ran on the plan and weights of prepare()
   bool prepare_mismatch = false;          ///< a prepare() was pending but some rank's routing differed: re-planned
   std::size_t weight_bytes_prefetched = 0;  ///< of weight_bytes_received, the bytes that moved in prepare()
+  std::size_t replica_bytes_saved = 0;    ///< resident bytes this rank's encoded replicas save (set_encoded_replicas)
 
   [[nodiscard]] count_t rows(int r) const {
     return native_rows[static_cast<std::size_t>(r)] + foreign_rows[static_cast<std::size_t>(r)];
