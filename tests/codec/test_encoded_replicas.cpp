@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
-#include <random>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,19 +36,7 @@ struct Run {
 };
 
 std::vector<layertest::RankInput> inputs() {
-  std::mt19937_64 rng(41);
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  std::vector<layertest::RankInput> in(P);
-  for (auto& r : in) {
-    const int B = 40;
-    r.x.resize(static_cast<std::size_t>(B * D));
-    for (float& v : r.x) v = static_cast<float>(u(rng));
-    r.ids.resize(static_cast<std::size_t>(B * K));
-    r.gates.resize(r.ids.size());
-    llep::sim::random_routing(rng(), N, K, llep::sim::Skew{1, 0.8}, std::span<std::int32_t>(r.ids),
-                              std::span<float>(r.gates));
-  }
-  return in;
+  return layertest::make_inputs(P, N, K, D, llep::sim::Skew{1, 0.8}, 41, layertest::TokenRange{40, 40});
 }
 
 // Expert 0 is hot; every rank holds one or two replicas.

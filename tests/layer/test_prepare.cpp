@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <random>
 #include <span>
 #include <string>
 #include <vector>
@@ -69,22 +68,13 @@ static_assert(llep::WeightsPathTransport<DeferredWeights> && llep::RecoverableTr
 
 constexpr int K = 2, D = 12, H = 8;
 
-// Two steps of routing per rank; the second is skewed toward expert `hot` so LLEP spills.
+// One step's inputs (layertest::make_inputs, 10-29 tokens per rank, odd ranks empty at
+// P = 4), skewed toward expert `hot` so LLEP spills.
 std::vector<RankInput> make_step(int P, int N, std::uint64_t seed, int hot, double share) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  std::vector<RankInput> in(static_cast<std::size_t>(P));
-  for (int p = 0; p < P; ++p) {
-    auto& r = in[static_cast<std::size_t>(p)];
-    const int B = p == P - 1 && P > 2 ? 0 : 10 + static_cast<int>(rng() % 20);  // an empty rank at P = 3, 4
-    r.x.resize(static_cast<std::size_t>(B * D));
-    for (float& v : r.x) v = static_cast<float>(u(rng));
-    r.ids.resize(static_cast<std::size_t>(B * K));
-    r.gates.resize(r.ids.size());
-    llep::sim::random_routing(rng(), N, K, llep::sim::Skew{1, share}, std::span<std::int32_t>(r.ids),
-                              std::span<float>(r.gates));
+  auto in = layertest::make_inputs(P, N, K, D, share > 0 ? llep::sim::Skew{1, share} : llep::sim::Skew{}, seed,
+                                   layertest::TokenRange{10, 29, P == 4});
+  for (auto& r : in)
     for (auto& id : r.ids) id = (id + hot) % N;
-  }
   return in;
 }
 
@@ -245,7 +235,7 @@ TEST_CASE("the prefetch really moves the weights: LLEP under skew prefetches byt
 
 template <class Tr>
 void check_mismatch() {
-  // Rank 1 announces one routing and forwards another: every rank re-plans, and the
+  // Rank P - 2 announces one routing and forwards another: every rank re-plans, and the
   // result is a plain forward's, bit for bit.
   for (const int P : {2, 3, 4}) {
     const int N = 4 * P;
@@ -253,7 +243,7 @@ void check_mismatch() {
     const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 31);
     const auto first = make_step(P, N, 7, 0, 0.0), second = make_step(P, N, 8, 2, 0.9);
     auto announced = second;
-    auto& ids = announced[1].ids;
+    auto& ids = announced[static_cast<std::size_t>(P - 2)].ids;  // a rank with tokens
     REQUIRE(ids.size() >= 2);
     ids[0] = (ids[0] + 1) % N;  // one pair moved to another expert: the counts differ on rank 1
     if (ids[0] == ids[1]) ids[0] = (ids[0] + 1) % N;
