@@ -18,6 +18,8 @@
 
 #include "../common/dense_moe.hpp"
 #include "device_array.hpp"
+#include "llep/codec/block_scaled.hpp"
+#include "llep/codec/exchange.cuh"
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
@@ -152,11 +154,13 @@ struct Outcome {
   bool deterministic = true;
 };
 
-// Two steps on P logical ranks; returns rank outputs (as float) of the second.
-template <class T, llep::GemmMode Mode, class Plnr>
-Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std::vector<RankInput>& in, Plnr planner) {
+// Two steps on P logical ranks; returns rank outputs (as float) of the second. With
+// `prepare`, the second step's routing is prepared (MoeLayer::prepare) before it.
+template <class T, llep::GemmMode Mode, class Plnr, class Codec = llep::Identity<T>>
+Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std::vector<RankInput>& in, Plnr planner,
+                                 Codec codec = {}, bool prepare = false) {
   using Experts = llep::CublasSwiGlu<T, llep::SiluGlu, Mode>;
-  using Layer = llep::MoeLayer<llep::ExactCounts, Plnr, llep::PeerCopy, Experts, llep::CudaExec>;
+  using Layer = llep::MoeLayer<llep::ExactCounts, Plnr, llep::PeerCopy, Experts, llep::CudaExec, Codec>;
   const llep::Topology topo(P, moe.experts);
   const llep::ExpertShape shape{moe.hidden, moe.intermediate, false};
   Streams streams(P);
@@ -170,8 +174,13 @@ Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std:
     RankOnDevice<T> d(moe, t.rank(), P, in[p]);
     Layer layer(topo, K, planner, Experts(shape), t, llep::CudaExec(streams.s[p]));
     layer.set_native_weights(d.weights());
+    layer.set_codec(codec);
+    DeviceArray<std::byte> ahead(Layer::prepare_bytes(layer.limits(96)));  // make_inputs: at most 96 tokens
     std::vector<T> first;
     for (int s = 0; s < 2; ++s) {
+      if (prepare && s == 1)
+        layer.prepare(std::span<const std::int32_t>(d.ids.get(), d.ids.size()),
+                      std::span<std::byte>(ahead.get(), ahead.size()));
       res.reports[p] = d.forward(layer);
       LLEP_CUDA_CHECK(cudaStreamSynchronize(streams.s[p]));
       auto got = d.out.download();
@@ -353,3 +362,61 @@ TEST_CASE("GPU MoeLayer over the Nccl transport, one rank, equals the dense MoE"
   CHECK(err <= tolerance<__nv_bfloat16>() * std::max(scale, 1e-3));
 }
 #endif
+
+TEST_CASE("GPU MoeLayer::prepare (PeerCopy): the same bits as forward alone, the plan and weights prepared") {
+  REQUIRE(have_device());
+  const int D = 64, H = 32, K = 2;
+  for (const int P : {1, 2, 4}) {
+    const int N = 4 * P;
+    const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 70 + static_cast<std::uint64_t>(P));
+    const auto in = make_inputs(P, N, K, D, Routing::hot_one_expert, 71);
+    auto check = [&](auto planner, const char* what) {
+      INFO(what, ", P = ", P);
+      const auto plain = run_layer<float, llep::GemmMode::per_expert>(moe, P, K, in, planner);
+      const auto ahead = run_layer<float, llep::GemmMode::per_expert>(moe, P, K, in, planner, llep::Identity<float>{},
+                                                                      true);
+      for (int p = 0; p < P; ++p) {
+        const auto up = static_cast<std::size_t>(p);
+        CHECK(std::memcmp(plain.out[up].data(), ahead.out[up].data(), plain.out[up].size() * sizeof(float)) == 0);
+        CHECK(ahead.reports[up].prepared);
+        CHECK(ahead.reports[up].weight_bytes_prefetched == plain.reports[up].weight_bytes_received);
+      }
+    };
+    check(llep::StandardEp{}, "ep");
+    check(kSmallGemm, "llep");
+    check(llep::Adaptive<llep::LeastLoaded>{1.3, kSmallGemm}, "adaptive");
+  }
+}
+
+TEST_CASE("GPU MoeLayer with a lossy weight codec (fp32): within the host codec tests' tolerance of the exact layer") {
+  REQUIRE(have_device());
+  const int P = 4, N = 16, K = 2, D = 64, H = 32;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 81);
+  const auto in = make_inputs(P, N, K, D, Routing::hot_one_expert, 82);
+  const auto exact = run_layer<float, llep::GemmMode::per_expert>(moe, P, K, in, kSmallGemm);
+  REQUIRE(exact.reports[0].weight_transfers > 0);
+  auto check = [&](auto codec, double tolerance, const char* what) {
+    INFO(what);
+    const auto got = run_layer<float, llep::GemmMode::per_expert>(moe, P, K, in, kSmallGemm, codec);
+    double err = 0, scale = 0;
+    std::size_t sent = 0;
+    for (int p = 0; p < P; ++p) {
+      const auto up = static_cast<std::size_t>(p);
+      for (std::size_t i = 0; i < exact.out[up].size(); ++i) {
+        scale = std::max(scale, std::fabs(static_cast<double>(exact.out[up][i])));
+        err = std::max(err, std::fabs(static_cast<double>(got.out[up][i]) - exact.out[up][i]));
+      }
+      sent += got.reports[up].weight_bytes_sent;
+    }
+    CHECK(err > 0);  // the spilled slices used decoded weights
+    CHECK(err <= tolerance * scale);
+    CHECK(got.deterministic);
+    // Wire bytes: encoded experts (about a quarter of fp32's), where the exact layer sends fp32.
+    std::size_t exact_sent = 0;
+    for (const auto& r : exact.reports) exact_sent += r.weight_bytes_sent;
+    CHECK(sent > 0);
+    CHECK(sent < exact_sent / 3);
+  };
+  check(llep::Int8Rows<float>::for_expert({D, H, false}), 0.01, "int8 rows");
+  check(llep::Fp8Blocks<float>(32), 0.05, "fp8 blocks");
+}

@@ -26,6 +26,7 @@
 #include <exception>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "llep/exec/execution_space.hpp"
@@ -212,6 +213,19 @@ class MoeLayer {
     const auto words = static_cast<std::size_t>(std::max(limits.ranks + 1, limits.experts + 1)) * sizeof(std::int64_t);
     return std::max(llep::workspace_bytes(limits), words);
   }
+  /// What reserve() sizes the exec's workspace to (an engine-owned buffer must hold it):
+  /// workspace_bytes(limits), plus, for a lossy codec in a device layer, the encoded
+  /// buffers of the worst step (codec/exchange.cuh).
+  [[nodiscard]] std::size_t step_workspace_bytes(const LayerLimits& limits) const {
+    if constexpr (device_codec) {
+      const std::size_t sends = static_cast<std::size_t>(topo_.slots_per_rank());
+      const auto receives = static_cast<std::size_t>(limits.plan.foreign_experts_per_rank);
+      return align_up(workspace_bytes(limits)) +
+             device_codec_scratch_bytes(codec_, experts_.weight_elems(), CodecExchangeCounts{sends, receives});
+    } else {
+      return workspace_bytes(limits);
+    }
+  }
   /// Bytes of the caller memory prepare() needs for any step within `limits`: the foreign
   /// experts' weights (and, on a device exec, the ids prepare_counts expands), in the
   /// execution space's memory.
@@ -263,7 +277,7 @@ class MoeLayer {
       encoded_.received.reserve(foreign * eb);
       encoded_.ops.reserve(weight_ops_.capacity());
     }
-    (void)exec_.workspace(workspace_bytes(limits));
+    (void)exec_.workspace(step_workspace_bytes(limits));
     limits_ = limits;
   }
   /// The limits of the last reserve(), if any.
@@ -405,16 +419,39 @@ class MoeLayer {
     layout_stage(stats_.counts(), plan_, topo_, rank_, layout_);
   }
 
-  // Stage 4a: the plan's weight transfers, exact or through a lossy codec.
-  void move_weights(const WeightsOnRank<T>& weights) {
+  // A lossy codec in a device layer encodes into device scratch after the step's
+  // workspace carve (codec/exchange.cuh); every other layer needs none.
+  static constexpr bool device_codec = !Codec::exact && Exec::memory == MemorySpace::device;
+
+  // Device scratch of this plan's codec exchange (0 unless device_codec).
+  [[nodiscard]] std::size_t codec_scratch_bytes() const {
+    if constexpr (device_codec) {
+      static_assert(
+          requires { device_codec_scratch_bytes(std::declval<const Codec&>(), std::size_t{}, CodecExchangeCounts{}); },
+          "llep: a lossy codec in a device layer needs llep/codec/exchange.cuh; include it (nvcc) with the layer");
+      return device_codec_scratch_bytes(codec_, experts_.weight_elems(),
+                                        codec_exchange_counts(plan_.weight_transfers(), rank_));
+    } else {
+      return 0;
+    }
+  }
+
+  // Stage 4a: the plan's weight transfers, exact or through a lossy codec (encoded on the
+  // wire, decoded on arrival: codec/exchange.hpp on the host, codec/exchange.cuh on a device).
+  void move_weights(const WeightsOnRank<T>& weights, std::span<std::byte> codec_scratch) {
     if constexpr (Codec::exact) {
       dispatch_weights(*transport_, plan_, rank_, weights, weight_ops_);
-    } else {  // a lossy codec (codec/exchange.hpp): encoded on the wire, decoded on arrival
-      static_assert(Exec::memory == MemorySpace::host, "llep: lossy weight codecs run in host layers only for now");
-      encode_exchange_decode(
-          codec_, *transport_, plan_.weight_transfers(), rank_, weights.elems,
-          [&](int e) { return weights.held_expert(e); }, [&](int e) { return weights.foreign_expert(e); }, encoded_);
-      weight_ops_.assign(encoded_.ops.begin(), encoded_.ops.end());  // the report counts wire bytes
+    } else {
+      auto held = [&](int e) { return weights.held_expert(e); };
+      auto foreign = [&](int e) { return weights.foreign_expert(e); };
+      if constexpr (device_codec) {
+        device_encode_exchange_decode(codec_, *transport_, exec_, plan_.weight_transfers(), rank_, weights.elems, held,
+                                      foreign, codec_scratch, weight_ops_);
+      } else {
+        encode_exchange_decode(codec_, *transport_, plan_.weight_transfers(), rank_, weights.elems, held, foreign,
+                               encoded_);
+        weight_ops_.assign(encoded_.ops.begin(), encoded_.ops.end());  // the report counts wire bytes
+      }
     }
   }
 
@@ -453,7 +490,10 @@ class MoeLayer {
     LLEP_EXPECTS(need == 0 || reinterpret_cast<std::uintptr_t>(memory.data()) % alignof(T) == 0, "rank ", rank_,
                  ": prepare memory is not aligned for the layer's element type (", alignof(T), " bytes)");
     T* foreign = reinterpret_cast<T*>(memory.data());
-    move_weights(WeightsOnRank<T>{native_weights_, foreign, native_slot_, incoming_, welems, held_at_});
+    const std::size_t cx = codec_scratch_bytes();  // the workspace is free here: the counts are on the host
+    std::byte* scratch = cx > 0 ? exec_.workspace(cx) : nullptr;
+    move_weights(WeightsOnRank<T>{native_weights_, foreign, native_slot_, incoming_, welems, held_at_},
+                 std::span<std::byte>(scratch, cx));
     prepared_.active = true;
     prepared_.weights_pending = WeightsPathTransport<Tr> && Codec::exact;  // on every rank alike
     prepared_.foreign = foreign;
@@ -529,7 +569,8 @@ class MoeLayer {
     LLEP_EXPECTS(!handle || hs.total() <= handle->memory.size(), "rank ", rank_, ": the forward handle's memory holds ",
                  handle ? handle->memory.size() : 0, " bytes but this step keeps ", hs.total(),
                  " (size it with MoeLayer::handle_bytes(limits, handle.keeps()))");
-    std::byte* base = exec_.workspace(ws.total());
+    const std::size_t cx = use_prepared ? 0 : codec_scratch_bytes();
+    std::byte* base = exec_.workspace(cx > 0 ? align_up(ws.total()) + cx : ws.total());
     const StepBuffers<T> buf = StepBuffers<T>::carve(ws, base, ws.total(), hs, handle ? handle->memory.data() : nullptr,
                                                      handle ? handle->memory.size() : 0, kept);
     const WeightsOnRank<T> weights{native_weights_, use_prepared ? prefetched : buf.foreign_weights, native_slot_,
@@ -543,7 +584,7 @@ class MoeLayer {
     bytes_.assign(layout_, row_bytes);
 
     // 4. Dispatch: the plan's weight transfers (already under way when prepared), then the tokens.
-    if (!use_prepared) move_weights(weights);
+    if (!use_prepared) move_weights(weights, std::span<std::byte>(cx > 0 ? base + align_up(ws.total()) : nullptr, cx));
     dispatch_tokens(exec_, *transport_, layout_, buf, hidden.data(), ids.data(), N, top_k_, row_bytes, bytes_);
     if (replicas_encoded_) decode_replicas();
     // 5. Compute: natives, then foreign experts once their weights are here.
