@@ -16,6 +16,7 @@
 #include "../common/dense_moe.hpp"
 #include "../common/layer_helpers.hpp"
 #include "llep/codec/block_scaled.hpp"
+#include "llep/layer/backward.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/cost_aware.hpp"
@@ -362,5 +363,68 @@ TEST_CASE("ranks with different codecs fail the step on every rank (configuratio
     INFO("rank ", p, ": ", errors[static_cast<std::size_t>(p)]);
     CHECK(errors[static_cast<std::size_t>(p)].find("rank 2's configuration fingerprint") != std::string::npos);
     CHECK(errors[static_cast<std::size_t>(p)].find("weight codec") != std::string::npos);
+  }
+}
+
+TEST_CASE("a prepared forward with a handle, then backward: the gradients of a plain forward, bit for bit") {
+  const int P = 4, N = 16;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 21);
+  const auto first = make_step(P, N, 3, 0, 0.0), second = make_step(P, N, 4, 5, 0.9);
+  struct Grads {
+    std::vector<float> out, hidden, gates, weights;
+    bool prepared = false;
+    std::size_t foreign_tasks = 0;
+  };
+  auto run_grads = [&](bool prepare, bool save_inputs) {
+    llep::HostGroup group(P);
+    std::vector<Grads> res(P);
+    llep::run_ranks(group, [&](llep::HostThreads& t) {
+      const auto p = static_cast<std::size_t>(t.rank());
+      using Layer = llep::HostMoeLayer<llep::LeastLoaded>;
+      const auto weights = moe.packed_rank<float>(t.rank(), P);
+      Layer layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 2}, llep::HostSwiGlu<float>({D, H, false}), t);
+      layer.set_native_weights(weights);
+      const auto limits = layer.limits(64);
+      std::vector<std::byte> memory(Layer::handle_bytes(limits, save_inputs)), ahead(Layer::prepare_bytes(limits));
+      llep::ForwardHandle<float> handle(memory, save_inputs);
+      auto& g = res[p];
+      std::vector<float> out(first[p].x.size());
+      layer.forward(std::span<const float>(first[p].x), std::span<const std::int32_t>(first[p].ids),
+                    std::span<const float>(first[p].gates), std::span<float>(out));
+      const auto& in = second[p];
+      if (prepare) layer.prepare(std::span<const std::int32_t>(in.ids), ahead);
+      g.out.assign(in.x.size(), 0.0f);
+      g.prepared = layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids),
+                                 std::span<const float>(in.gates), std::span<float>(g.out), handle)
+                       .prepared;
+      for (const auto& task : handle.tasks) g.foreign_tasks += task.native ? 0 : 1;
+      std::vector<float> grad_out(in.x.size());
+      for (std::size_t i = 0; i < grad_out.size(); ++i) grad_out[i] = static_cast<float>((i % 7) - 3) / 8.0f;
+      g.hidden.assign(in.x.size(), -7.0f);
+      g.gates.assign(in.gates.size(), -7.0f);
+      g.weights.assign(weights.size(), 0.0f);
+      const std::span<const float> hidden = save_inputs ? std::span<const float>() : std::span<const float>(in.x);
+      const llep::BackwardArgs<float, float, float> args{hidden, in.gates, grad_out, g.hidden, g.gates, g.weights,
+                                                         llep::GradMode::overwrite};
+      (void)llep::backward(layer, handle, args);
+    });
+    return res;
+  };
+  for (const bool save_inputs : {false, true}) {
+    INFO("save_inputs = ", save_inputs);
+    const auto plain = run_grads(false, save_inputs), ahead = run_grads(true, save_inputs);
+    std::size_t foreign = 0;
+    for (int p = 0; p < P; ++p) {
+      const auto& a = ahead[static_cast<std::size_t>(p)];
+      const auto& b = plain[static_cast<std::size_t>(p)];
+      CHECK(a.prepared);
+      CHECK_FALSE(b.prepared);
+      CHECK(same_bits(a.out, b.out));
+      CHECK(same_bits(a.hidden, b.hidden));
+      CHECK(same_bits(a.gates, b.gates));
+      CHECK(same_bits(a.weights, b.weights));
+      foreign += a.foreign_tasks;
+    }
+    CHECK(foreign > 0);  // helpers computed with the prefetched weights, kept for backward
   }
 }
