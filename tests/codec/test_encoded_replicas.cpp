@@ -19,7 +19,9 @@
 #include "llep/codec/identity.hpp"
 #include "llep/exec/host.hpp"
 #include "llep/experts/host_swiglu.hpp"
+#include "llep/layer/backward.hpp"
 #include "llep/layer/moe_layer.hpp"
+#include "llep/plan/least_loaded.hpp"
 #include "llep/plan/replicated.hpp"
 #include "llep/sim/routing.hpp"
 #include "llep/stats/exact_counts.hpp"
@@ -31,6 +33,7 @@ constexpr int P = 4, N = 8, K = 2, D = 16, H = 12;
 
 struct Run {
   std::vector<std::vector<float>> out;
+  std::vector<std::vector<float>> grad_hidden, grad_weights;  // with `backward`
   std::vector<llep::StepReport> reports;
   llep::Plan plan;  // rank 0's
 };
@@ -47,18 +50,20 @@ llep::Topology topology() {
   return llep::Replicated::place(history, P, N / P + 2);
 }
 
-template <class Codec>
+template <class Codec, class Plnr = llep::Replicated>
 Run run(const dense::Moe& moe, const llep::Topology& topo, const std::vector<layertest::RankInput>& in, Codec codec,
-        bool encoded) {
+        bool encoded, int grads = -1, Plnr planner = {}) {  // grads: -1 none, 0 weights in the handle, 1 refetched
   llep::HostGroup group(P);
   Run r;
   r.out.resize(P);
   r.reports.resize(P);
+  r.grad_hidden.resize(P);
+  r.grad_weights.resize(P);
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const auto p = static_cast<std::size_t>(t.rank());
-    using Layer = llep::MoeLayer<llep::ExactCounts, llep::Replicated, llep::HostThreads, llep::HostSwiGlu<float>,
-                                 llep::HostExec, Codec>;
-    Layer layer(topo, K, llep::Replicated{}, llep::HostSwiGlu<float>({D, H, false}), t);
+    using Layer =
+        llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec, Codec>;
+    Layer layer(topo, K, planner, llep::HostSwiGlu<float>({D, H, false}), t);
     layer.set_codec(codec);
     const auto held = layertest::held_weights(moe, topo, t.rank());
     std::vector<float> natives, decode;
@@ -83,9 +88,22 @@ Run run(const dense::Moe& moe, const llep::Topology& topo, const std::vector<lay
     }
     auto& out = r.out[p];
     out.assign(in[p].x.size(), -7.0f);
+    llep::ForwardHandle<float> handle;
+    handle.refetch_weights = grads == 1;
+    std::vector<std::byte> memory(Layer::handle_bytes(layer.limits(64), handle.keeps()));
+    handle.memory = memory;
     r.reports[p] = layer.forward(std::span<const float>(in[p].x), std::span<const std::int32_t>(in[p].ids),
-                                 std::span<const float>(in[p].gates), std::span<float>(out));
+                                 std::span<const float>(in[p].gates), std::span<float>(out), handle);
     if (p == 0) r.plan = layer.plan();
+    if (grads >= 0) {  // gradients: one per held expert, laid out as set_native_weights' weights
+      std::vector<float> grad_out(out.size()), grad_gates(in[p].gates.size());
+      for (std::size_t i = 0; i < grad_out.size(); ++i) grad_out[i] = static_cast<float>(i % 5) / 4.0f - 0.5f;
+      r.grad_hidden[p].assign(out.size(), 0.0f);
+      r.grad_weights[p].assign(held.size(), 0.0f);
+      const llep::BackwardArgs<float, float, float> args{in[p].x, in[p].gates, grad_out, r.grad_hidden[p], grad_gates,
+                                                         r.grad_weights[p], llep::GradMode::overwrite};
+      (void)llep::backward(layer, handle, args);
+    }
   });
   return r;
 }
@@ -119,6 +137,26 @@ TEST_CASE("encoded replicas: Identity gives the bits of plain replicas, and save
   llep::count_t replica_rows = 0;
   for (const auto& seg : enc.plan.segments(0)) replica_rows += topo.holds_replica(0, seg.rank) ? seg.size() : 0;
   CHECK(replica_rows > 0);
+}
+
+TEST_CASE("encoded replicas, then backward (weights kept or refetched): the gradients of plain replicas") {
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 12);
+  const auto topo = topology();
+  auto in = inputs();  // hot on expert 5, which has no replica: LeastLoaded spills it
+  for (auto& r : in)
+    for (auto& id : r.ids) id = (id + 5) % N;
+  for (const int refetch : {0, 1}) {
+    INFO("refetch_weights = ", refetch);
+    // LeastLoaded on the replicated placement spills from the natives: refetching sends them.
+    const llep::LeastLoaded planner{1.0, 2};
+    const auto plain = run(moe, topo, in, llep::Identity<float>{}, false, refetch, planner);
+    const auto enc = run(moe, topo, in, llep::Identity<float>{}, true, refetch, planner);
+    REQUIRE(enc.plan.weight_transfers().size() > 0);
+    for (int p = 0; p < P; ++p) {
+      CHECK(plain.grad_hidden[p] == enc.grad_hidden[p]);
+      CHECK(plain.grad_weights[p] == enc.grad_weights[p]);
+    }
+  }
 }
 
 TEST_CASE("encoded replicas: Int8Rows and Fp8Blocks stay within the codec's layer tolerance and save bytes") {

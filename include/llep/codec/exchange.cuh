@@ -55,8 +55,8 @@ void device_encode_exchange_decode(const C& codec, Tr& transport, CudaExec& exec
     exec.to_host(&bad, flag, sizeof bad);
     exec.synchronize();
     if (bad != 0) {
-      const std::string why = detail::concat("rank ", rank, ": a weight it sends is not finite (NaN or Inf); the lossy codec '",
-                                     C::name, "' refuses it");
+      const std::string why = detail::concat("rank ", rank, ": a weight it sends is not finite (NaN or Inf); ",
+                                             "the lossy codec '", C::name, "' refuses it");
       transport.abort(why);  // release the peers waiting for these bytes
       LLEP_FAIL(why);
     }

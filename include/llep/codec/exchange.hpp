@@ -51,7 +51,8 @@ void codec_exchange_ops(std::span<const WeightTransfer> transfers, int rank, std
   for (std::size_t i = 0; i < transfers.size(); ++i) {
     const WeightTransfer& t = transfers[i];
     if (t.src == rank) {
-      if (i == 0 || transfers[i - 1].expert != t.expert || transfers[i - 1].src != rank) encode(t.expert, sent + s++ * eb);
+      const bool first = i == 0 || transfers[i - 1].expert != t.expert || transfers[i - 1].src != rank;
+      if (first) encode(t.expert, sent + s++ * eb);
       ops.push_back(P2pOp{P2pOp::Kind::send, t.dst, sent + (s - 1) * eb, eb});
     }
     if (t.dst == rank) ops.push_back(P2pOp{P2pOp::Kind::recv, t.src, received + r++ * eb, eb});

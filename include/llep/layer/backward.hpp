@@ -310,7 +310,7 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   GW* temp = at(c.temp, static_cast<GW*>(nullptr));
   GW* received = at(c.received, static_cast<GW*>(nullptr));
   const WeightsOnRank<T> again{layer.native_weights(), at(c.fetched, static_cast<T*>(nullptr)), book.slot,
-                               book.incoming, W};
+                               book.incoming, W, layer.held_weights_at()};
   void* scratch = ws + c.scratch;
 
   {  // Agreement, through the execution space's memory (the transport's).

@@ -108,8 +108,8 @@ class MoeLayer {
     const auto held_replicas = topo_.replica_experts(rank_);
     const std::size_t R = held_replicas.size(), natives_held = static_cast<std::size_t>(topo_.slots_per_rank()) - R;
     LLEP_EXPECTS(natives.size() == natives_held * welems && (natives.data() != nullptr || natives.empty()), "rank ",
-                 rank_, "'s natives hold ", natives.size(), " elements but it has ", natives_held, " native experts of ",
-                 welems, " elements each");
+                 rank_, "'s natives hold ", natives.size(), " elements but it has ", natives_held,
+                 " native experts of ", welems, " elements each");
     LLEP_EXPECTS(replicas.size() == R * eb, "rank ", rank_, "'s encoded replicas hold ", replicas.size(),
                  " bytes but it holds ", R, " replicas of ", eb, " encoded bytes each (codec '", Codec::name, "')");
     LLEP_EXPECTS(decode_memory.size() >= R * welems, "rank ", rank_, "'s replica decode memory holds ",
@@ -175,6 +175,9 @@ class MoeLayer {
   [[nodiscard]] const Codec& codec() const noexcept { return codec_; }
   [[nodiscard]] int top_k() const noexcept { return top_k_; }
   [[nodiscard]] Tr& transport() noexcept { return *transport_; }
+  /// With encoded replicas (set_encoded_replicas), where each held expert's weights are
+  /// (N entries: the natives, the replicas' decode slots); empty otherwise.
+  [[nodiscard]] std::span<const T* const> held_weights_at() const noexcept { return held_at_; }
   /// What set_native_weights / set_placement gave (null before).
   [[nodiscard]] const T* native_weights() const noexcept { return native_weights_; }
 
@@ -506,7 +509,8 @@ class MoeLayer {
     prepared_.active = false;
     prepared_.weights_pending = false;
     const auto hist = local_histogram(ids, pairs);
-    const bool mine = !p.stale && std::equal(hist.begin(), hist.end(), prepared_counts_.begin(), prepared_counts_.end());
+    const bool mine =
+        !p.stale && std::equal(hist.begin(), hist.end(), prepared_counts_.begin(), prepared_counts_.end());
     const std::int64_t word = mine ? kPreparedMatch : kPreparedMismatch;
     const auto P = static_cast<std::size_t>(topo_.ranks());
     agree_.resize(P);
@@ -564,7 +568,8 @@ class MoeLayer {
     // A prepared step's foreign weights are in the prepare memory: no region for them.
     const std::uint32_t skip = use_prepared ? WorkspaceLayout::bit(WorkspaceRegion::foreign_weights) : 0u;
     const std::uint32_t kept = handle ? handle_regions(handle->keeps()) & ~skip : 0u;
-    const WorkspaceLayout ws(sizes, row_bytes, welems * sizeof(T), scratch, WorkspaceLayout::all_regions & ~kept & ~skip);
+    const WorkspaceLayout ws(sizes, row_bytes, welems * sizeof(T), scratch,
+                             WorkspaceLayout::all_regions & ~kept & ~skip);
     const WorkspaceLayout hs(sizes, row_bytes, welems * sizeof(T), scratch, kept);
     LLEP_EXPECTS(!handle || hs.total() <= handle->memory.size(), "rank ", rank_, ": the forward handle's memory holds ",
                  handle ? handle->memory.size() : 0, " bytes but this step keeps ", hs.total(),

@@ -102,7 +102,7 @@ struct WeightsOnRank {
   std::span<const int> slot;    ///< N entries: slot of a held expert, -1 otherwise
   std::span<const int> incoming;  ///< experts received this step, ascending
   std::size_t elems = 0;        ///< elements of one expert
-  std::span<const T* const> held_at;  ///< optional, N entries: each held expert's weights (encoded replicas)
+  std::span<const T* const> held_at = {};  ///< optional, N entries: each held expert's weights
 
   [[nodiscard]] const T* held_expert(int e) const {
     if (!held_at.empty()) return held_at[static_cast<std::size_t>(e)];
