@@ -7,7 +7,7 @@
 #          host suites (not the packaging consumers), the tools and demos, and a few seconds
 #          of each libFuzzer target;
 #   tsan   g++ with ThreadSanitizer, any report fatal: the multi-rank suites (transport,
-#          layer, replicated, device).
+#          layer, replicated, device) but their single-thread tests.
 # LLEP_BUILDS="build" (or any subset, space-separated) runs only those builds; LLEP_JOBS=N
 # limits parallel compile jobs (default: Ninja's).
 set -uo pipefail
@@ -68,7 +68,7 @@ for b in $builds; do
       [ -f build-tsan/build.ninja ] ||
         CXX=g++ meson setup build-tsan "${sanitize_args[@]}" -Dtools=false -Dexamples=false -Db_sanitize=thread ||
         { logs+=("tsan=build-tsan/missing"); continue; }
-      run tsan build-tsan transport layer replicated device
+      run tsan build-tsan transport layer replicated device '!single-thread'
       ;;
     *) echo "llep: unknown build '$b' in LLEP_BUILDS"; logs+=("$b=unknown/testlog.json") ;;
   esac

@@ -331,6 +331,43 @@ TEST_CASE("prepare errors: too little memory and bad ids fail on every rank, and
                     [](const std::string& e) { return e.find("prepare_bytes") != std::string::npos; }));
 }
 
+TEST_CASE("one rank prepares while the others forward: llep::Error on every rank, then clean steps") {
+  const int P = 3, N = 6;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 5);
+  const auto in = make_step(P, N, 6, 0, 0.9);
+  llep::HostGroup group(P);
+  std::vector<std::string> errors(P);
+  std::vector<int> clean(P, 0);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const auto p = static_cast<std::size_t>(t.rank());
+    const auto weights = moe.packed_rank<float>(t.rank(), P);
+    llep::HostMoeLayer<llep::LeastLoaded> layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 2},
+                                                llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}), t);
+    layer.set_native_weights(weights);
+    std::vector<std::byte> memory(decltype(layer)::prepare_bytes(layer.limits(64)));
+    std::vector<float> out(in[p].x.size());
+    const auto forward = [&] {
+      return layer.forward(std::span<const float>(in[p].x), std::span<const std::int32_t>(in[p].ids),
+                           std::span<const float>(in[p].gates), std::span<float>(out));
+    };
+    try {
+      if (p == 1) layer.prepare(std::span<const std::int32_t>(in[p].ids), memory);
+      else (void)forward();
+    } catch (const llep::Error& e) {
+      errors[p] = e.what();
+    }
+    // Nothing stays prepared: every rank runs plain steps afterwards.
+    const auto& rep = forward();
+    clean[p] = !layer.prepared() && !rep.prepared ? 1 : 0;
+  });
+  for (int p = 0; p < P; ++p) {
+    INFO("rank ", p, ": ", errors[static_cast<std::size_t>(p)]);
+    CHECK(errors[static_cast<std::size_t>(p)].find("configuration fingerprint") != std::string::npos);
+    CHECK(errors[static_cast<std::size_t>(p)].find("prepare()") != std::string::npos);
+    CHECK(clean[static_cast<std::size_t>(p)] == 1);
+  }
+}
+
 TEST_CASE("ranks with different codecs fail the step on every rank (configuration fingerprint)") {
   const int P = 3, N = 6;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 9);

@@ -415,9 +415,13 @@ class MoeLayer {
     return B;
   }
 
-  // Stages 1-3 of a step: count (collective), plan, layout.
-  void count_plan_layout(std::span<const std::int32_t> ids, std::size_t B) {
-    count_stage(stats_, exec_, *transport_, ids, StepShape{topo_.experts(), top_k_, static_cast<count_t>(B), config_});
+  // Stages 1-3 of a step: count (collective), plan, layout. A prepare sends a different
+  // fingerprint than a forward, so a rank that prepares while another forwards fails the
+  // counts exchange on every rank instead of pairing mismatched collectives later.
+  void count_plan_layout(std::span<const std::int32_t> ids, std::size_t B, bool preparing) {
+    constexpr std::uint64_t kPrepareSalt = 0x9e3779b97f4a7c15ULL;
+    const std::uint64_t config = preparing ? config_ ^ kPrepareSalt : config_;
+    count_stage(stats_, exec_, *transport_, ids, StepShape{topo_.experts(), top_k_, static_cast<count_t>(B), config});
     plan_stage(planner_, stats_.loads(), topo_, plan_, check_);
     layout_stage(stats_.counts(), plan_, topo_, rank_, layout_);
   }
@@ -481,7 +485,7 @@ class MoeLayer {
     const std::size_t B = check_routing(pairs);
     const auto hist = local_histogram(ids, pairs);
     prepared_counts_.assign(hist.begin(), hist.end());
-    count_plan_layout(std::span<const std::int32_t>(ids, pairs), B);
+    count_plan_layout(std::span<const std::int32_t>(ids, pairs), B, true);
     const StepSizes sizes = step_sizes(layout_, plan_, rank_, incoming_);
     if (limits_) check_within_limits(sizes);
     // Every local check before the transfers: once they start, no rank may fail alone.
@@ -554,7 +558,7 @@ class MoeLayer {
     const bool use_prepared = was_prepared && take_prepared(ids.data(), ids.size());
     T* const prefetched = use_prepared ? prepared_.foreign : nullptr;
     // 1-3. Count (one device-to-host copy), plan (the same on every rank), layout.
-    if (!use_prepared) count_plan_layout(ids, B);
+    if (!use_prepared) count_plan_layout(ids, B, false);
 
     // Step memory: the workspace, and the regions a handle keeps in its own memory.
     const StepSizes sizes = step_sizes(layout_, plan_, rank_, incoming_);

@@ -175,7 +175,8 @@ class ExactCounts {
       LLEP_EXPECTS(h.config == h0.config, "rank ", r, "'s configuration fingerprint ",
                    static_cast<std::uint64_t>(h.config), " differs from rank 0's ", static_cast<std::uint64_t>(h0.config),
                    ": P, N, K, the native placement and replicas, the expert shape, the weight codec, and the "
-                   "planner and its settings must be the same on every rank");
+                   "planner and its settings must be the same on every rank, and every rank must be in prepare() "
+                   "or every rank in forward()");
       LLEP_EXPECTS(!h.nonfinite_weights, "rank ", r, " has non-finite (NaN or Inf) top-k weights");
     }
   }
