@@ -55,7 +55,12 @@ sanitize_args=(-Dcuda=disabled -Dnccl=disabled -Dmpi=disabled -Dbench=false -Dop
 for b in $builds; do
   case "$b" in
     build)
-      bash scripts/configure.sh || { echo "0 passed, 1 failed"; exit 1; }
+      # CI has no GPU: one architecture (sm_80, the oldest supported) proves that the device
+      # code compiles in about two thirds of the nvcc time. Elsewhere the build keeps the
+      # default (sm_80 + sm_90a), so its GPU tests run on Ampere and Hopper alike.
+      arch_args=()
+      [ "${CI:-}" = true ] && [ ! -f build/build.ninja ] && arch_args=(-Dgpu_arch=80)
+      bash scripts/configure.sh "${arch_args[@]}" || { echo "0 passed, 1 failed"; exit 1; }
       run build build
       ;;
     asan)
