@@ -48,6 +48,17 @@ std::vector<std::string> fenced_blocks(const std::string& text, const std::strin
   return blocks;
 }
 
+// What `command` prints on stdout; the command must exit 0.
+std::string output_of(const std::string& command) {
+  std::FILE* p = ::popen(command.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  CHECK(::pclose(p) == 0);
+  return out;
+}
+
 bool contains(const std::vector<std::string>& blocks, const std::string& s) {
   for (const auto& b : blocks)
     if (b == s) return true;
@@ -72,13 +83,7 @@ TEST_CASE("README shows what choose-planner prints") {
     MESSAGE("examples are not built: choose-planner's output is not checked");
     return;
   }
-  std::FILE* p = ::popen((std::string("'") + exe + "'").c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  const int status = ::pclose(p);
-  CHECK(status == 0);
+  const std::string out = output_of(std::string("'") + exe + "'");
   REQUIRE(!out.empty());
   const auto blocks = fenced_blocks(read_file(env_path("LLEP_README")), "");
   CHECK_MESSAGE(contains(blocks, out), "no plain ``` block of README.md equals choose-planner's output:\n", out);
@@ -90,12 +95,7 @@ TEST_CASE("README shows the memory bound table that llep-model --bounds prints")
     MESSAGE("tools are not built: the memory bound table is not checked");
     return;
   }
-  std::FILE* p = ::popen((std::string("'") + exe + "' --bounds").c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  CHECK(::pclose(p) == 0);
+  const std::string out = output_of(std::string("'") + exe + "' --bounds");
   const std::string readme = read_file(env_path("LLEP_README"));
   std::istringstream in(out);
   int rows = 0;

@@ -282,6 +282,12 @@ TEST_CASE("a routing that differs from the prepared one on any rank: every rank 
   check_mismatch<DeferredWeights>();
 }
 
+// A LeastLoaded{1, 2} host layer of P ranks and N experts (D, H, K of this file).
+llep::HostMoeLayer<llep::LeastLoaded> lla_layer(llep::HostThreads& t, int P, int N) {
+  return {llep::Topology(P, N), K, llep::LeastLoaded{1.0, 2}, llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}),
+          t};
+}
+
 TEST_CASE("prepare errors: too little memory and bad ids fail on every rank, and nothing stays prepared") {
   const int P = 3, N = 12;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 3);
@@ -292,8 +298,7 @@ TEST_CASE("prepare errors: too little memory and bad ids fail on every rank, and
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const auto p = static_cast<std::size_t>(t.rank());
     const auto weights = moe.packed_rank<float>(t.rank(), P);
-    llep::HostMoeLayer<llep::LeastLoaded> layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 2},
-                                                llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}), t);
+    auto layer = lla_layer(t, P, N);
     layer.set_native_weights(weights);
     std::vector<std::byte> none;  // holds no foreign expert: the spill receivers fail
     try {
@@ -341,8 +346,7 @@ TEST_CASE("one rank prepares while the others forward: llep::Error on every rank
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const auto p = static_cast<std::size_t>(t.rank());
     const auto weights = moe.packed_rank<float>(t.rank(), P);
-    llep::HostMoeLayer<llep::LeastLoaded> layer(llep::Topology(P, N), K, llep::LeastLoaded{1.0, 2},
-                                                llep::HostSwiGlu<float>(llep::ExpertShape{D, H, false}), t);
+    auto layer = lla_layer(t, P, N);
     layer.set_native_weights(weights);
     std::vector<std::byte> memory(decltype(layer)::prepare_bytes(layer.limits(64)));
     std::vector<float> out(in[p].x.size());
