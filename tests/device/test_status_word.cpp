@@ -48,7 +48,7 @@ std::pair<std::int64_t, std::int32_t> first_bad(const std::vector<std::int32_t>&
 
 TEST_CASE("a status word decodes to what was noted, and the smaller word is the earlier pair") {
   for (const std::int32_t id : {-1, 0, 5, INT32_MIN, INT32_MAX, -300})
-    for (const std::size_t i : {std::size_t{0}, std::size_t{1}, std::size_t{123456}, std::size_t{0x7fffffff}}) {
+    for (const std::size_t i : {std::size_t{0}, std::size_t{1}, std::size_t{123456}, std::size_t{0x7ffffffe}}) {
       const llep::BadExpert b = llep::decode_status(llep::bad_expert_word(i, id));
       CHECK(b.found);
       CHECK(b.id == id);

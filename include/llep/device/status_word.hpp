@@ -6,9 +6,16 @@
 // share the scan (FindBadExperts) and the encoding; on the host the same code runs with
 // HostExec and any host transport.
 //
-// Encoding: the pair index in the high 32 bits, the id (as uint32) in the low 32; the
-// smallest word is the first bad pair, so an atomicMin keeps the same id whatever order
-// the device's threads run in (the one the host's ExactCounts check names first).
+// Encoding (here only: every code is made and read by the functions below):
+//   bad id       bit 63 clear: the pair index (at most 2^31 - 1) in bits 32-62, the id (as
+//                uint32) in the low 32
+//   peer timeout bits 63-62 = 10: the peer that did not signal in bits 32-61, the step's
+//                epoch (low 32 bits) in the low 32 (device/signal.hpp)
+//   overflow     bits 63-62 = 11: the peer whose rows do not fit in bits 32-61, the rows
+//                (low 32 bits) in the low 32 (device/symmetric_exchange.hpp)
+// The smallest word wins (atomicMin), so the first bad pair is kept whatever order the
+// device's threads run in (the one the host's ExactCounts check names first), a bad id
+// is named before a timeout it may have caused, and the lowest silent peer before others.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -25,10 +32,35 @@ using status_word_t = unsigned long long;
 /// A word with nothing recorded.
 inline constexpr status_word_t kStatusClear = ~status_word_t{0};
 
-/// The word for a bad id at pair `index` (indices past 2^32 - 2 share the last slot).
+/// The word for a bad id at pair `index` (indices past 2^31 - 1 share the last slot).
 [[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t bad_expert_word(std::size_t index, std::int32_t id) noexcept {
-  const status_word_t i = index < 0xFFFFFFFEull ? static_cast<status_word_t>(index) : 0xFFFFFFFEull;
+  const status_word_t i = index < 0x7FFFFFFFull ? static_cast<status_word_t>(index) : 0x7FFFFFFFull;
   return (i << 32) | static_cast<std::uint32_t>(id);
+}
+
+namespace detail {
+inline constexpr status_word_t kStatusTimeout = status_word_t{2} << 62, kStatusOverflow = status_word_t{3} << 62;
+// Peers past 2^30 - 2 share the last slot, so no code equals kStatusClear.
+[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t peer_code(status_word_t kind, int peer,
+                                                                 std::uint64_t value) noexcept {
+  const status_word_t p = peer < 0x3FFFFFFE ? static_cast<status_word_t>(peer) : 0x3FFFFFFEull;
+  return kind | (p << 32) | static_cast<std::uint32_t>(value);
+}
+}  // namespace detail
+
+/// The word for "peer `peer` did not signal step `epoch`" (a signal wait's timeout).
+[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t peer_timeout_word(int peer, std::uint64_t epoch) noexcept {
+  return detail::peer_code(detail::kStatusTimeout, peer, epoch);
+}
+
+/// The word for "`rows` rows from peer `peer` do not fit the receive buffer".
+[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t overflow_word(int peer, std::uint64_t rows) noexcept {
+  return detail::peer_code(detail::kStatusOverflow, peer, rows);
+}
+
+/// True when `w` records a timeout: later signal waits of the step give up at once.
+[[nodiscard]] LLEP_HOST_DEVICE constexpr bool is_timeout_word(status_word_t w) noexcept {
+  return w != kStatusClear && (w >> 62) == 2;
 }
 
 /// Keeps the smaller of `*word` and `w`: atomic on the device; on the host the caller's
@@ -52,26 +84,47 @@ struct FindBadExperts {
   }
 };
 
-/// A decoded word.
+/// A decoded word: `found` when anything is recorded; `kind` says what.
 struct BadExpert {
+  enum Kind : std::uint8_t { none, bad_id, peer_timeout, overflow };
   bool found = false;
-  std::int64_t pair = 0;
-  std::int32_t id = 0;
+  std::int64_t pair = 0;  ///< bad_id: the pair
+  std::int32_t id = 0;    ///< bad_id: the id
+  Kind kind = none;
+  std::int32_t peer = 0;       ///< peer_timeout, overflow: the peer
+  std::uint32_t value = 0;     ///< peer_timeout: the step (low 32 bits); overflow: the rows
 };
 [[nodiscard]] LLEP_HOST_DEVICE constexpr BadExpert decode_status(status_word_t w) noexcept {
   if (w == kStatusClear) return {};
-  return BadExpert{true, static_cast<std::int64_t>(w >> 32), static_cast<std::int32_t>(static_cast<std::uint32_t>(w))};
+  const auto low = static_cast<std::uint32_t>(w);
+  if ((w >> 63) == 0)
+    return BadExpert{true, static_cast<std::int64_t>(w >> 32), static_cast<std::int32_t>(low), BadExpert::bad_id};
+  BadExpert b;
+  b.found = true;
+  b.kind = (w >> 62) == 2 ? BadExpert::peer_timeout : BadExpert::overflow;
+  b.peer = static_cast<std::int32_t>((w >> 32) & 0x3FFFFFFFull);
+  b.value = low;
+  return b;
+}
+
+/// Throws for the word of `rank` when it records anything (the message names the rank).
+inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
+  const BadExpert b = decode_status(word);
+  if (!b.found) return;
+  if (b.kind == BadExpert::peer_timeout)
+    LLEP_FAIL("rank ", rank, ": peer ", b.peer, " did not signal step ", b.value,
+              " within the signal timeout (found on the device); the step's results are not valid");
+  if (b.kind == BadExpert::overflow)
+    LLEP_FAIL("rank ", rank, ": the ", b.value, " rows from peer ", b.peer,
+              " do not fit the receive buffer (found on the device); the step's results are not valid");
+  LLEP_FAIL("rank ", rank, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
+            ", found on the device); the step's results are not valid");
 }
 
 /// Throws, on every rank that calls it with the same gathered words, the same llep::Error
 /// for the lowest rank whose word is set; returns when none is.
 inline void throw_if_bad(std::span<const status_word_t> words, int experts) {
-  for (std::size_t r = 0; r < words.size(); ++r) {
-    const BadExpert b = decode_status(words[r]);
-    if (b.found)
-      LLEP_FAIL("rank ", r, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
-                ", found on the device); the step's results are not valid");
-  }
+  for (std::size_t r = 0; r < words.size(); ++r) throw_if_set(words[r], r, experts);
 }
 
 /// One rank's status word and the room to gather every rank's: bytes(P) of the exec's
@@ -118,6 +171,18 @@ class StatusWords {
     }
     clear(exec);
     throw_if_bad(host_, experts);
+  }
+
+  /// The host check of this rank alone, with no collective: for a step whose peers may be
+  /// dead or absent (a signal wait's timeout is recorded here). Synchronises the exec,
+  /// clears the word and throws llep::Error naming `rank` when it records anything.
+  template <class Exec>
+  void check_mine(Exec& exec, int rank, int experts) {
+    status_word_t mine = kStatusClear;
+    exec.to_host(&mine, words_, sizeof mine);
+    exec.synchronize();
+    clear(exec);
+    throw_if_set(mine, static_cast<std::size_t>(rank), experts);
   }
 
   /// The words of the last check, one per rank.

@@ -1,0 +1,291 @@
+#pragma once
+// Sync-free exchanges over symmetric memory (issue 14): the counts all-gather, the
+// all-to-all-v of rows (dispatch, and combine with the tables swapped) and the pull of
+// foreign experts' weights. Each is a few `for_each_n` launches of LLEP_HOST_DEVICE
+// functors on the rank's exec: with HostExec they run on the rank's thread (the tests, under
+// ThreadSanitizer), with CudaExec they are kernels on its stream; only the launch differs.
+// Nothing waits on the host: sizes and offsets are read from memory, ranks are ordered by
+// signals (device/signal.hpp), so a rank can capture its calls in a CUDA graph.
+//
+// Protocol (docs/device-step.md):
+//   begin_step      the rank's epoch += 1 (in memory, so a replayed graph gets a new one)
+//   signal round    one worker sets the channel's word of every peer to the epoch, then
+//                   waits for every peer's word in its own region to reach it. Waits are
+//                   one thread and the copies never wait, so P logical ranks of one GPU
+//                   cannot starve each other's blocks.
+//   counts          publish my row to slot (epoch & 1), ready round, pull every row. Reuse
+//                   by parity: a peer reads my slot e & 1 in step e before it signals step
+//                   e + 1, which I wait for before I write that slot again in step e + 2.
+//   rows, weights   publish my (count, offset) table, ready round, pull, done round: the
+//                   send buffer is the caller's and too large to double, so its reuse
+//                   waits for every reader's "done".
+// A wait past SignalOptions::timeout_ns records "peer q did not signal step e" in the
+// rank's status word and the step goes on with invalid results; the host check
+// (StatusWords::check, or check_mine when peers may be dead) throws llep::Error.
+#include <cstddef>
+#include <cstdint>
+
+#include "llep/core/config.hpp"
+#include "llep/core/error.hpp"
+#include "llep/core/plan_view.hpp"
+#include "llep/device/gather_counts.hpp"
+#include "llep/device/signal.hpp"
+#include "llep/device/status_word.hpp"
+#include "llep/device/symmetric.hpp"
+
+namespace llep {
+
+/// How long a signal wait may take before it records a timeout (default 10 s).
+struct SignalOptions {
+  std::uint64_t timeout_ns = 10'000'000'000ull;
+};
+
+namespace detail::sym {
+
+/// 16 bytes, copied as one load and one store on the device.
+struct alignas(16) Word16 {
+  std::uint64_t lo, hi;
+};
+
+/// Copies words [w, n) step `workers` of src into dst: worker w's share of one block.
+template <class Word>
+LLEP_HOST_DEVICE inline void copy_share(Word* dst, const Word* src, std::size_t n, std::size_t w,
+                                        std::size_t workers) noexcept {
+  for (std::size_t i = w; i < n; i += workers) dst[i] = src[i];
+}
+
+struct BeginStep {
+  signal_t* epoch;
+  LLEP_HOST_DEVICE void operator()(std::size_t) const noexcept { *epoch += 1; }
+};
+
+/// One worker: puts this step's epoch in every peer's word, then waits for every peer's.
+struct SignalRound {
+  SymmetricView v;
+  int channel;
+  SignalKind kind;
+  std::uint64_t timeout_ns;
+  status_word_t* status;
+  LLEP_HOST_DEVICE void operator()(std::size_t) const noexcept {
+    const signal_t e = *v.epoch();
+    for (int q = 0; q < v.ranks; ++q) signal_put(v.signal(q, channel, kind, v.rank), e);
+    for (int q = 0; q < v.ranks; ++q) signal_wait(v.signal(v.rank, channel, kind, q), e, q, timeout_ns, status);
+  }
+};
+
+/// counts: my histogram's first N bins into my slot (epoch & 1).
+struct PublishCounts {
+  SymmetricView v;
+  std::size_t slots;
+  const count_t* local;
+  int experts;
+  LLEP_HOST_DEVICE void operator()(std::size_t e) const noexcept {
+    const std::size_t slot = static_cast<std::size_t>(*v.epoch() & 1) * static_cast<std::size_t>(experts);
+    v.at<count_t>(v.rank, slots)[slot + e] = local[e];
+  }
+};
+
+/// counts: element i of C (rank i / N, expert i % N) from that rank's slot.
+struct PullCounts {
+  SymmetricView v;
+  std::size_t slots;
+  count_t* counts;
+  int experts;
+  LLEP_HOST_DEVICE void operator()(std::size_t i) const noexcept {
+    const auto N = static_cast<std::size_t>(experts);
+    const std::size_t slot = static_cast<std::size_t>(*v.epoch() & 1) * N;
+    counts[i] = v.at<const count_t>(static_cast<int>(i / N), slots)[slot + i % N];
+  }
+};
+
+/// rows: my (count, first row) for rank q into my table, where q reads them.
+struct PublishTable {
+  SymmetricView v;
+  std::size_t table;
+  const count_t* send_counts;
+  const count_t* send_offsets;
+  LLEP_HOST_DEVICE void operator()(std::size_t q) const noexcept {
+    count_t* t = v.at<count_t>(v.rank, table);
+    t[2 * q] = send_counts[q];
+    t[2 * q + 1] = send_offsets[q];
+  }
+};
+
+/// rows: worker w's share of every peer's rows for me, through the peer table; rows that
+/// would fall outside either buffer are not copied and noted as an overflow.
+template <class Word>
+struct PullRows {
+  SymmetricView v;
+  std::size_t table, send;
+  count_t send_capacity;  // rows of every rank's send buffer
+  const count_t* recv_offsets;
+  std::byte* recv;
+  count_t recv_capacity;
+  std::size_t row_bytes;
+  std::size_t workers;
+  status_word_t* status;
+  LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
+    for (int q = 0; q < v.ranks; ++q) {
+      const count_t* t = v.at<const count_t>(q, table);
+      const count_t rows = t[2 * v.rank], from = t[2 * v.rank + 1], to = recv_offsets[q];
+      if (rows == 0) continue;
+      if (rows < 0 || from < 0 || to < 0 || from + rows > send_capacity || to + rows > recv_capacity) {
+        if (w == 0) note_status(status, overflow_word(q, static_cast<std::uint64_t>(rows)));
+        continue;
+      }
+      const std::size_t n = static_cast<std::size_t>(rows) * row_bytes / sizeof(Word);
+      copy_share(reinterpret_cast<Word*>(recv + static_cast<std::size_t>(to) * row_bytes),
+                 reinterpret_cast<const Word*>(v.at<const std::byte>(q, send) + static_cast<std::size_t>(from) * row_bytes),
+                 n, w, workers);
+    }
+  }
+};
+
+/// weights: worker w's share of every transfer to me, in plan order: the k-th lands in
+/// foreign slot k, from the native rank's weights at slot native_slot[expert].
+template <class Word>
+struct PullWeights {
+  SymmetricView v;
+  const PlanView* plan;
+  const std::int32_t* native_slot;
+  std::size_t weights;
+  std::size_t expert_bytes;
+  std::byte* foreign;
+  std::int32_t foreign_capacity;
+  std::size_t workers;
+  status_word_t* status;
+  LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
+    const std::size_t n = expert_bytes / sizeof(Word);
+    std::int32_t k = 0;
+    for (std::int32_t i = 0; i < plan->num_transfers; ++i) {
+      const WeightTransfer tr = plan->transfers[i];
+      if (tr.dst != v.rank) continue;
+      if (k == foreign_capacity) {
+        if (w == 0) note_status(status, overflow_word(tr.src, static_cast<std::uint64_t>(k) + 1));
+        return;
+      }
+      const std::byte* src = v.at<const std::byte>(tr.src, weights) +
+                             static_cast<std::size_t>(native_slot[tr.expert]) * expert_bytes;
+      copy_share(reinterpret_cast<Word*>(foreign + static_cast<std::size_t>(k) * expert_bytes),
+                 reinterpret_cast<const Word*>(src), n, w, workers);
+      ++k;
+    }
+  }
+};
+
+template <class Exec>
+void signal_round(Exec& exec, const SymmetricView& v, SignalChannel channel, SignalKind kind,
+                  const SignalOptions& options, StatusWords& status) {
+  exec.for_each_n(1, SignalRound{v, static_cast<int>(channel), kind, options.timeout_ns, status.word()});
+}
+
+[[nodiscard]] inline bool aligned16(const void* p, std::size_t offset = 0) noexcept {
+  return (reinterpret_cast<std::uintptr_t>(p) + offset) % 16 == 0;
+}
+
+}  // namespace detail::sym
+
+/// Starts a step: this rank's epoch += 1 in memory. Call once per step before its exchanges
+/// (inside the captured region when the step is a graph).
+template <class Exec>
+void begin_step(Exec& exec, const SymmetricView& v) {
+  exec.for_each_n(1, detail::sym::BeginStep{v.epoch()});
+}
+
+/// Region bytes the counts gather publishes in (reserve them in the SymmetricLayout).
+[[nodiscard]] constexpr std::size_t symmetric_counts_bytes(int experts) noexcept {
+  return 2 * static_cast<std::size_t>(experts) * sizeof(count_t);
+}
+
+/// This rank's histogram of `pairs` ids into out.local (bad ids last and in `status`), and
+/// every rank's first N bins into out.counts (P x N), read from the peers' regions at
+/// `slots` (symmetric_counts_bytes(N)). The same result as gather_counts.
+template <class Exec>
+void gather_counts_symmetric(Exec& exec, const SymmetricView& v, std::size_t slots, const std::int32_t* ids,
+                             std::size_t pairs, int experts, const GatheredCounts& out, StatusWords& status,
+                             const SignalOptions& options = {}) {
+  LLEP_EXPECTS(experts >= 1, "gather_counts_symmetric with N = ", experts, " experts; must be >= 1");
+  exec.histogram(ids, pairs, experts, out.local);
+  status.scan(exec, ids, pairs, experts);
+  exec.for_each_n(static_cast<std::size_t>(experts), detail::sym::PublishCounts{v, slots, out.local, experts});
+  detail::sym::signal_round(exec, v, SignalChannel::counts, SignalKind::ready, options, status);
+  exec.for_each_n(static_cast<std::size_t>(v.ranks) * static_cast<std::size_t>(experts),
+                  detail::sym::PullCounts{v, slots, out.counts, experts});
+}
+
+/// Region bytes of one rank's (count, offset) table for rows_all_to_all.
+[[nodiscard]] constexpr std::size_t symmetric_table_bytes(int ranks) noexcept {
+  return 2 * static_cast<std::size_t>(ranks) * sizeof(count_t);
+}
+
+/// One all-to-all-v of rows. Sizes in rows; tables of P entries in this rank's exec memory.
+/// Dispatch: the layout's send_counts / send_offsets / recv_offsets. Combine (the reverse):
+/// recv_counts / recv_offsets as the send side and send_offsets as recv_offsets.
+struct RowsExchange {
+  std::size_t send = 0;        ///< region offset of every rank's send rows
+  count_t send_capacity = 0;   ///< rows there
+  std::size_t table = 0;       ///< region offset of symmetric_table_bytes(P)
+  const count_t* send_counts = nullptr;
+  const count_t* send_offsets = nullptr;
+  const count_t* recv_offsets = nullptr;
+  std::byte* recv = nullptr;   ///< this rank's receive rows (any exec memory)
+  count_t recv_capacity = 0;   ///< rows there
+  std::size_t row_bytes = 0;
+  SignalChannel channel = SignalChannel::dispatch;
+};
+
+/// This rank's share of one all-to-all-v: it pulls every peer's rows for it through the
+/// peer table once the peer signalled them ready, then signals "done" and waits for every
+/// reader's, so when the call completes in the exec's order the send rows may be rewritten.
+/// `workers` bounds the copy's parallelism (threads on the device); the real sizes are read
+/// from memory. Rows that would land outside a buffer are not copied: an overflow status.
+template <class Exec>
+void rows_all_to_all(Exec& exec, const SymmetricView& v, const RowsExchange& x, StatusWords& status,
+                     std::size_t workers, const SignalOptions& options = {}) {
+  LLEP_EXPECTS(x.row_bytes > 0 && workers > 0, "rows_all_to_all of ", x.row_bytes, "-byte rows with ", workers,
+               " workers; both must be > 0");
+  using namespace detail::sym;
+  exec.for_each_n(static_cast<std::size_t>(v.ranks), PublishTable{v, x.table, x.send_counts, x.send_offsets});
+  signal_round(exec, v, x.channel, SignalKind::ready, options, status);
+  if (x.row_bytes % 16 == 0 && x.send % 16 == 0 && aligned16(x.recv))
+    exec.for_each_n(workers, PullRows<Word16>{v, x.table, x.send, x.send_capacity, x.recv_offsets, x.recv,
+                                              x.recv_capacity, x.row_bytes, workers, status.word()});
+  else
+    exec.for_each_n(workers, PullRows<std::byte>{v, x.table, x.send, x.send_capacity, x.recv_offsets, x.recv,
+                                                 x.recv_capacity, x.row_bytes, workers, status.word()});
+  signal_round(exec, v, x.channel, SignalKind::done, options, status);
+}
+
+/// The pull of foreign experts' weights: the plan's transfers to this rank, in plan order,
+/// into `foreign` (the k-th transfer at k * expert_bytes). Every rank's native weights are
+/// at region offset `weights`, expert e at native_slot[e] * expert_bytes.
+struct WeightsExchange {
+  const PlanView* plan = nullptr;            ///< exec memory (the device plan)
+  const std::int32_t* native_slot = nullptr; ///< N entries, exec memory
+  std::size_t weights = 0;
+  std::size_t expert_bytes = 0;
+  std::byte* foreign = nullptr;
+  std::int32_t foreign_capacity = 0;         ///< experts `foreign` holds
+};
+
+/// Weights do not change within a step, so they need only step-boundary ordering: the
+/// native rank's "ready" (its weights for this step are written: after a load or an
+/// optimizer update in its exec order) before the pull, and every reader's "done" before
+/// the native may update them again (the call's end, as rows_all_to_all).
+template <class Exec>
+void pull_weights(Exec& exec, const SymmetricView& v, const WeightsExchange& x, StatusWords& status,
+                  std::size_t workers, const SignalOptions& options = {}) {
+  LLEP_EXPECTS(x.expert_bytes > 0 && workers > 0, "pull_weights of ", x.expert_bytes, "-byte experts with ",
+               workers, " workers; both must be > 0");
+  using namespace detail::sym;
+  signal_round(exec, v, SignalChannel::weights, SignalKind::ready, options, status);
+  if (x.expert_bytes % 16 == 0 && x.weights % 16 == 0 && aligned16(x.foreign))
+    exec.for_each_n(workers, PullWeights<Word16>{v, x.plan, x.native_slot, x.weights, x.expert_bytes, x.foreign,
+                                                 x.foreign_capacity, workers, status.word()});
+  else
+    exec.for_each_n(workers, PullWeights<std::byte>{v, x.plan, x.native_slot, x.weights, x.expert_bytes, x.foreign,
+                                                    x.foreign_capacity, workers, status.word()});
+  signal_round(exec, v, SignalChannel::weights, SignalKind::done, options, status);
+}
+
+}  // namespace llep
