@@ -196,8 +196,8 @@ void upload_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, const
   for (const auto* part : {&t.send_offsets, &t.recv_counts, &t.recv_offsets}) all.insert(all.end(), part->begin(), part->end());
   exec.from_host(b.tables, all.data(), all.size() * sizeof(count_t));
   const std::vector<std::byte> send = send_rows(c, p, rig.row_bytes), native = native_weights(c, p, rig.expert_bytes);
-  exec.from_host(v.at<std::byte>(p, rig.send_dispatch), send.data(), send.size());
-  exec.from_host(v.at<std::byte>(p, rig.weights), native.data(), native.size());
+  exec.from_host(v.self + rig.send_dispatch, send.data(), send.size());
+  exec.from_host(v.self + rig.weights, native.data(), native.size());
   exec.from_host(b.transfers, c.transfers.data(), c.transfers.size() * sizeof(llep::WeightTransfer));
   llep::PlanView plan;
   plan.transfers = b.transfers;
@@ -228,7 +228,7 @@ void enqueue_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, cons
   dispatch.recv_capacity = rig.capacity_rows();
   dispatch.row_bytes = rig.row_bytes;
   llep::rows_all_to_all(exec, v, dispatch, status, workers, options);
-  exec.for_each_n(rig.rows_bytes(), TransformRows{b.recv, v.at<std::byte>(v.rank, rig.send_combine)});
+  exec.for_each_n(rig.rows_bytes(), TransformRows{b.recv, v.self + rig.send_combine});
   llep::RowsExchange combine = dispatch;  // the reverse: receive tables as the send side
   combine.send = rig.send_combine;
   combine.table = rig.table_combine;

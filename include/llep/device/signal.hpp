@@ -8,10 +8,10 @@
 // st.release.sys / ld.acquire.sys, so peers on other GPUs see the data the signal covers).
 //
 // A wait never hangs: past `timeout_ns` it records "peer q did not signal step e" in the
-// rank's status word (device/status_word.hpp) and returns false; every later wait of a rank
-// whose word already holds a timeout returns false at once, so a dead peer costs one
-// timeout per step, not one per wait. The results of such a step are not valid; the host
-// check (StatusWords::check or check_mine) turns the word into llep::Error.
+// rank's status word (device/status_word.hpp) and returns false; later waits on the peer
+// the word names return false at once, so a dead peer costs one timeout, not one per wait.
+// The results of such a step are not valid; the host check (StatusWords::check, or
+// check_mine when peers may be dead) turns the word into llep::Error.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -67,12 +67,14 @@ LLEP_HOST_DEVICE inline void signal_put(signal_t* word, signal_t value) noexcept
 }
 
 /// Waits until `*word >= epoch` (acquire). Past `timeout_ns`, or at once when `status`
-/// already records a timeout, notes peer_timeout_word(peer, epoch) in `status` and
-/// returns false.
+/// already records that this peer timed out, notes peer_timeout_word(peer, epoch) in
+/// `status` and returns false. Waits on other peers still wait, so the live ranks stay
+/// ordered among themselves (no race on their buffers) while a dead one is skipped.
 LLEP_HOST_DEVICE inline bool signal_wait(const signal_t* word, signal_t epoch, int peer, std::uint64_t timeout_ns,
                                          status_word_t* status) noexcept {
   if (signal_load(word) >= epoch) return true;
-  if (is_timeout_word(read_status(status))) return false;
+  const status_word_t now = read_status(status);
+  if (is_timeout_word(now) && decode_status(now).peer == peer) return false;
   const std::uint64_t start = monotonic_ns();
   unsigned backoff = 32;
   while (signal_load(word) < epoch) {

@@ -58,7 +58,7 @@ inline constexpr status_word_t kStatusTimeout = status_word_t{2} << 62, kStatusO
   return detail::peer_code(detail::kStatusOverflow, peer, rows);
 }
 
-/// True when `w` records a timeout: later signal waits of the step give up at once.
+/// True when `w` records a timeout: later waits on that peer give up at once.
 [[nodiscard]] LLEP_HOST_DEVICE constexpr bool is_timeout_word(status_word_t w) noexcept {
   return w != kStatusClear && (w >> 62) == 2;
 }

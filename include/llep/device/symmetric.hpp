@@ -63,9 +63,11 @@ class SymmetricLayout {
 };
 
 /// One rank's view of the symmetric regions: trivially copyable, passed by value into the
-/// exchanges' functors. `peers` (P entries) is in the rank's exec memory.
+/// exchanges' functors. `peers` (P entries) is in the rank's exec memory; host code may
+/// compute addresses from `self` (for the exec's copies) but never read through `peers`.
 struct SymmetricView {
   std::byte* const* peers = nullptr;
+  std::byte* self = nullptr;  ///< this rank's region (peers[rank]), usable from the host side
   int rank = 0;
   int ranks = 1;
   int channels = kSignalChannels;
@@ -84,7 +86,7 @@ struct SymmetricView {
   }
   /// This rank's step counter (its own region, never read by peers).
   [[nodiscard]] LLEP_HOST_DEVICE signal_t* epoch() const noexcept {
-    return reinterpret_cast<signal_t*>(peers[rank]) + static_cast<std::size_t>(channels) * 2 * ranks;
+    return reinterpret_cast<signal_t*>(self) + static_cast<std::size_t>(channels) * 2 * ranks;
   }
 };
 
@@ -109,7 +111,8 @@ class HostSymmetricMemory {
 
   [[nodiscard]] SymmetricView view(int rank) const {
     LLEP_EXPECTS(rank >= 0 && rank < layout_.ranks(), "rank ", rank, " is outside [0, ", layout_.ranks(), ")");
-    return SymmetricView{bases_.data(), rank, layout_.ranks(), layout_.channels()};
+    return SymmetricView{bases_.data(), bases_[static_cast<std::size_t>(rank)], rank, layout_.ranks(),
+                         layout_.channels()};
   }
   [[nodiscard]] const SymmetricLayout& layout() const noexcept { return layout_; }
 

@@ -55,8 +55,8 @@ LLEP_HOST_DEVICE inline void copy_share(Word* dst, const Word* src, std::size_t 
 }
 
 struct BeginStep {
-  signal_t* epoch;
-  LLEP_HOST_DEVICE void operator()(std::size_t) const noexcept { *epoch += 1; }
+  SymmetricView v;
+  LLEP_HOST_DEVICE void operator()(std::size_t) const noexcept { *v.epoch() += 1; }
 };
 
 /// One worker: puts this step's epoch in every peer's word, then waits for every peer's.
@@ -189,7 +189,7 @@ void signal_round(Exec& exec, const SymmetricView& v, SignalChannel channel, Sig
 /// (inside the captured region when the step is a graph).
 template <class Exec>
 void begin_step(Exec& exec, const SymmetricView& v) {
-  exec.for_each_n(1, detail::sym::BeginStep{v.epoch()});
+  exec.for_each_n(1, detail::sym::BeginStep{v});
 }
 
 /// Region bytes the counts gather publishes in (reserve them in the SymmetricLayout).
