@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "../layer/layout_reference.hpp"
 #include "device_array.hpp"
 #include "streams.hpp"
+#include "symmetric_steps.hpp"
 #include "llep/device/device_layout.cuh"
 #include "llep/device/gather_counts.hpp"
 #include "llep/device/status_word.hpp"
@@ -36,6 +38,11 @@
 namespace {
 
 using llep::count_t;
+
+// Logical ranks spin-wait on each other's signals from their own streams: give each
+// stream its own hardware queue (the default is 8), so no rank's wait sits in front of
+// another rank's signal. Set before the first CUDA call of the process.
+[[maybe_unused]] const int kConnections = setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
 
 
 std::vector<std::vector<std::int32_t>> routing(std::mt19937_64& rng, int P, int N, bool skewed, int bad_rank) {
@@ -153,28 +160,6 @@ TEST_CASE("a bad id on one rank's device sets its status word; the host check fa
 
 namespace {
 
-// One rank's exec memory on the device, sized by the Rig.
-struct DeviceBuffers {
-  gputest::DeviceArray<std::int32_t> ids;
-  gputest::DeviceArray<std::byte> counts_memory, recv, back, foreign;
-  gputest::DeviceArray<count_t> tables;
-  gputest::DeviceArray<llep::PlanView> plan;
-  gputest::DeviceArray<llep::WeightTransfer> transfers;
-  gputest::DeviceArray<std::int32_t> native_slot;
-  gputest::DeviceArray<llep::status_word_t> words;
-  DeviceBuffers(const symtest::Rig& rig, std::size_t max_ids)
-      : ids(max_ids), counts_memory(llep::gather_counts_bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
-        back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes), tables(4 * static_cast<std::size_t>(rig.P)),
-        plan(1), transfers(rig.max_transfers()), native_slot(symtest::native_slots(rig.P, rig.N)),
-        words(llep::StatusWords::bytes(rig.P) / sizeof(llep::status_word_t)) {}
-  [[nodiscard]] symtest::RankBuffers view() const {
-    return {ids.get(), counts_memory.get(), tables.get(), recv.get(), back.get(), plan.get(), transfers.get(),
-            native_slot.get(), foreign.get()};
-  }
-};
-
-constexpr std::size_t kPairs = 150;  // fixed: a captured histogram's size
-
 // Every rank's results of every step; eager, or one graph per rank captured on the first
 // step and replayed for each (new inputs uploaded before each replay, outside the graph).
 std::vector<std::vector<symtest::StepResult>> symmetric_steps(const symtest::Rig& rig,
@@ -188,31 +173,11 @@ std::vector<std::vector<symtest::StepResult>> symmetric_steps(const symtest::Rig
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const int p = t.rank();
     llep::CudaExec exec(t.stream());
-    DeviceBuffers mem(rig, kPairs);
+    gputest::SymmetricBuffers mem(rig, gputest::kPairs);
     const symtest::RankBuffers b = mem.view();
     llep::StatusWords status(exec, mem.words.get(), P);
     llep::PeerSymmetricMemory sym(t, rig.layout);
-    const llep::SymmetricView v = sym.view();
-    const llep::SignalOptions options;
-    cudaGraphExec_t replay = nullptr;
-    for (const symtest::StepCase& c : cases) {
-      symtest::upload_step(exec, v, rig, c, b);
-      if (!graph) {
-        symtest::enqueue_step(exec, v, rig, b, kPairs, status, 1024, options);
-      } else {
-        if (replay == nullptr) {
-          cudaGraph_t g = nullptr;
-          LLEP_CUDA_CHECK(cudaStreamBeginCapture(t.stream(), cudaStreamCaptureModeThreadLocal));
-          symtest::enqueue_step(exec, v, rig, b, kPairs, status, 1024, options);
-          LLEP_CUDA_CHECK(cudaStreamEndCapture(t.stream(), &g));
-          LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, g, 0));
-          LLEP_CUDA_CHECK(cudaGraphDestroy(g));
-        }
-        LLEP_CUDA_CHECK(cudaGraphLaunch(replay, t.stream()));
-      }
-      out[static_cast<std::size_t>(p)].push_back(symtest::download_step(exec, rig, c, p, b));
-    }
-    if (replay != nullptr) LLEP_CUDA_CHECK(cudaGraphExecDestroy(replay));
+    out[static_cast<std::size_t>(p)] = gputest::rank_steps(exec, sym.view(), rig, cases, graph, b, status);
     try {
       status.check(exec, t, rig.N);  // also the last collective: no rank frees its region early
     } catch (const llep::Error& e) {
@@ -232,7 +197,7 @@ TEST_CASE("symmetric exchanges on logical ranks, eager and replayed from a CUDA 
       CAPTURE(row_bytes);
       const symtest::Rig rig(P, 2 * P, 6, row_bytes, 4 * row_bytes);
       std::vector<symtest::StepCase> cases;
-      for (int s = 0; s < 6; ++s) cases.push_back(symtest::make_step(rng, P, rig.N, s, rig.max_rows, -1, kPairs));
+      for (int s = 0; s < 6; ++s) cases.push_back(symtest::make_step(rng, P, rig.N, s, rig.max_rows, -1, gputest::kPairs));
       std::vector<std::string> eager_errors, graph_errors;
       const auto eager = symmetric_steps(rig, cases, false, eager_errors);
       const auto replayed = symmetric_steps(rig, cases, true, graph_errors);
@@ -255,21 +220,21 @@ TEST_CASE("a logical rank that never arrives gives the waiting ranks the timeout
   const int P = 2;
   const symtest::Rig rig(P, P, 3, 16, 16);
   std::mt19937_64 rng(8);
-  const symtest::StepCase c = symtest::make_step(rng, P, rig.N, 0, rig.max_rows, -1, kPairs);
+  const symtest::StepCase c = symtest::make_step(rng, P, rig.N, 0, rig.max_rows, -1, gputest::kPairs);
   gputest::Streams streams(P, 0);
   llep::PeerCopyGroup group(streams.ranks(0));
   std::vector<std::string> errors(static_cast<std::size_t>(P));
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const int p = t.rank();
     llep::CudaExec exec(t.stream());
-    DeviceBuffers mem(rig, kPairs);
+    gputest::SymmetricBuffers mem(rig, gputest::kPairs);
     llep::StatusWords status(exec, mem.words.get(), P);
     llep::PeerSymmetricMemory sym(t, rig.layout);
     if (p == 0) {
       llep::SignalOptions quick;
       quick.timeout_ns = 50'000'000;
       symtest::upload_step(exec, sym.view(), rig, c, mem.view());
-      symtest::enqueue_step(exec, sym.view(), rig, mem.view(), kPairs, status, 256, quick);
+      symtest::enqueue_step(exec, sym.view(), rig, mem.view(), gputest::kPairs, status, 256, quick);
       errors[0] = testutil::error_of([&] { status.check_mine(exec, p, rig.N); });
     }
     t.barrier();  // rank 1 keeps its region until rank 0 is done

@@ -2,6 +2,8 @@
 // split of it for the weights) and stream carry the layer's step, which equals the dense
 // MoE; Nccl creates no communicator and, once gone, leaves the engine's usable and for the
 // engine to destroy. One rank: NCCL refuses two ranks on one GPU (tests/mpi has P > 1).
+// NcclSymmetricMemory (NCCL 2.28 symmetric window and LSA pointers) carries the symmetric
+// exchanges of tests/device/symmetric_cases.hpp, eager and replayed from a CUDA graph.
 #include <doctest/doctest.h>
 
 #include <cuda_runtime.h>
@@ -10,12 +12,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <span>
 #include <vector>
 
 #include "../common/dense_moe.hpp"
+#include "../common/errors.hpp"
 #include "device_array.hpp"
+#include "symmetric_steps.hpp"
 #include "llep/core/cuda_check.hpp"
+#include "llep/device/symmetric_exchange.hpp"
+#include "llep/device/symmetric_nccl.cuh"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
 #include "llep/layer/moe_layer.hpp"
@@ -99,5 +106,24 @@ TEST_CASE("Nccl::adopt runs the layer on the engine's communicator and stream, a
       CHECK(err <= 1e-4 * scale);  // fp32 cuBLAS, as tests/gpu/test_gpu_layer.cu
     }
     CHECK(engine.usable());
+  }
+}
+
+TEST_CASE("symmetric exchanges over an NCCL symmetric window (one rank), eager and from a CUDA graph") {
+  Engine engine(false);
+  auto t = llep::Nccl::adopt(engine.comm, engine.stream);
+  const symtest::Rig rig(1, 4, 6, 48, 96);
+  std::mt19937_64 rng(28);
+  std::vector<symtest::StepCase> cases;
+  for (int s = 0; s < 5; ++s) cases.push_back(symtest::make_step(rng, 1, rig.N, s, rig.max_rows, -1, gputest::kPairs));
+  for (const bool graph : {false, true}) {
+    CAPTURE(graph);
+    llep::CudaExec exec(engine.stream);
+    gputest::SymmetricBuffers mem(rig, gputest::kPairs);
+    llep::StatusWords status(exec, mem.words.get(), 1);
+    const llep::NcclSymmetricMemory sym(t, rig.layout);
+    const auto got = gputest::rank_steps(exec, sym.view(), rig, cases, graph, mem.view(), status);
+    CHECK(testutil::error_of([&] { status.check_mine(exec, 0, rig.N); }) == testutil::kNoError);
+    for (const symtest::StepCase& c : cases) CHECK(got[static_cast<std::size_t>(c.step)] == symtest::expected_step(rig, c, 0));
   }
 }

@@ -11,8 +11,9 @@
 //   PeerSymmetricMemory          one region of device memory per PeerCopy rank (logical
 //     (device/symmetric_peer.cuh) ranks of one GPU, or GPUs with peer access), its table
 //                                gathered with one host collective
-// An NCCL provider (NCCL 2.28 ncclMemAlloc + ncclCommWindowRegister + ncclGetLsaPointer for
-// the table) is the next step: the view is the same, only the setup differs.
+//   NcclSymmetricMemory          an NCCL 2.28 symmetric window per rank of an Nccl
+//     (device/symmetric_nccl.cuh) communicator in one NVLink domain, the table from its
+//                                load/store (LSA) pointers
 #include <cstddef>
 #include <cstdint>
 #include <cstring>

@@ -1,0 +1,69 @@
+#pragma once
+// One rank's side of the symmetric-exchange GPU tests (tests/device/symmetric_cases.hpp's
+// steps on the device): its device buffers, and its steps run eagerly or captured once in
+// a CUDA graph (thread-local capture) and replayed with each step's new inputs, uploaded
+// before each replay, outside the graph.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <vector>
+
+#include "../device/symmetric_cases.hpp"
+#include "device_array.hpp"
+#include "llep/core/cuda_check.hpp"
+#include "llep/exec/cuda.cuh"
+
+namespace gputest {
+
+inline constexpr std::size_t kPairs = 150;  // fixed: a captured histogram's size
+
+/// One rank's exec memory on the device, sized by the Rig.
+struct SymmetricBuffers {
+  DeviceArray<std::int32_t> ids;
+  DeviceArray<std::byte> counts_memory, recv, back, foreign;
+  DeviceArray<llep::count_t> tables;
+  DeviceArray<llep::PlanView> plan;
+  DeviceArray<llep::WeightTransfer> transfers;
+  DeviceArray<std::int32_t> native_slot;
+  DeviceArray<llep::status_word_t> words;
+  SymmetricBuffers(const symtest::Rig& rig, std::size_t max_ids)
+      : ids(max_ids), counts_memory(llep::gather_counts_bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
+        back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes),
+        tables(4 * static_cast<std::size_t>(rig.P)), plan(1), transfers(rig.max_transfers()),
+        native_slot(symtest::native_slots(rig.P, rig.N)),
+        words(llep::StatusWords::bytes(rig.P) / sizeof(llep::status_word_t)) {}
+  [[nodiscard]] symtest::RankBuffers view() const {
+    return {ids.get(), counts_memory.get(), tables.get(), recv.get(), back.get(), plan.get(), transfers.get(),
+            native_slot.get(), foreign.get()};
+  }
+};
+
+/// This rank's results of every step (kPairs ids each), eager or replayed from a graph.
+inline std::vector<symtest::StepResult> rank_steps(llep::CudaExec& exec, const llep::SymmetricView& v,
+                                                   const symtest::Rig& rig, const std::vector<symtest::StepCase>& cases,
+                                                   bool graph, const symtest::RankBuffers& b, llep::StatusWords& status,
+                                                   const llep::SignalOptions& options = {}) {
+  std::vector<symtest::StepResult> out;
+  cudaGraphExec_t replay = nullptr;
+  for (const symtest::StepCase& c : cases) {
+    symtest::upload_step(exec, v, rig, c, b);
+    if (!graph) {
+      symtest::enqueue_step(exec, v, rig, b, kPairs, status, 1024, options);
+    } else {
+      if (replay == nullptr) {
+        cudaGraph_t g = nullptr;
+        LLEP_CUDA_CHECK(cudaStreamBeginCapture(exec.stream(), cudaStreamCaptureModeThreadLocal));
+        symtest::enqueue_step(exec, v, rig, b, kPairs, status, 1024, options);
+        LLEP_CUDA_CHECK(cudaStreamEndCapture(exec.stream(), &g));
+        LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, g, 0));
+        LLEP_CUDA_CHECK(cudaGraphDestroy(g));
+      }
+      LLEP_CUDA_CHECK(cudaGraphLaunch(replay, exec.stream()));
+    }
+    out.push_back(symtest::download_step(exec, rig, c, v.rank, b));
+  }
+  if (replay != nullptr) LLEP_CUDA_CHECK(cudaGraphExecDestroy(replay));
+  return out;
+}
+
+}  // namespace gputest
