@@ -89,22 +89,22 @@ inline std::byte payload(int step, int src, int dst, count_t row, std::size_t b)
   return static_cast<std::byte>((h ^ (h >> 8) ^ (h >> 16)) & 0xFF);
 }
 
-/// Rank p's send rows of a step (row_bytes each), in destination order.
-inline std::vector<std::byte> send_rows(const StepCase& c, int p, std::size_t row_bytes) {
+/// Rank p's send rows of a step (row_bytes each) in destination order, or (incoming) what
+/// it receives in the dispatch: every source's rows for p, in source order.
+inline std::vector<std::byte> rows_of(const StepCase& c, int p, std::size_t row_bytes, bool incoming) {
   std::vector<std::byte> out;
-  for (int q = 0; q < c.P; ++q)
-    for (count_t j = 0; j < c.rows_of(p, q); ++j)
-      for (std::size_t b = 0; b < row_bytes; ++b) out.push_back(payload(c.step, p, q, j, b));
+  for (int q = 0; q < c.P; ++q) {
+    const int src = incoming ? q : p, dst = incoming ? p : q;
+    for (count_t j = 0; j < c.rows_of(src, dst); ++j)
+      for (std::size_t b = 0; b < row_bytes; ++b) out.push_back(payload(c.step, src, dst, j, b));
+  }
   return out;
 }
-
-/// What rank p receives in the dispatch: every source's rows for p, in source order.
+inline std::vector<std::byte> send_rows(const StepCase& c, int p, std::size_t row_bytes) {
+  return rows_of(c, p, row_bytes, false);
+}
 inline std::vector<std::byte> recv_rows(const StepCase& c, int p, std::size_t row_bytes) {
-  std::vector<std::byte> out;
-  for (int q = 0; q < c.P; ++q)
-    for (count_t j = 0; j < c.rows_of(q, p); ++j)
-      for (std::size_t b = 0; b < row_bytes; ++b) out.push_back(payload(c.step, q, p, j, b));
-  return out;
+  return rows_of(c, p, row_bytes, true);
 }
 
 /// The brute-force counts matrix (P x N), ids outside [0, N) left out.

@@ -91,6 +91,32 @@ struct SymmetricView {
   }
 };
 
+/// What a device provider holds for its rank: its region and its table of the P regions
+/// (both device memory), and the view over them. The provider allocates and frees them.
+class SymmetricRegion {
+ public:
+  [[nodiscard]] SymmetricView view() const noexcept {
+    return SymmetricView{table_, region_, rank_, ranks_, layout_.channels()};
+  }
+  /// This rank's region.
+  [[nodiscard]] std::byte* region() const noexcept { return region_; }
+  [[nodiscard]] const SymmetricLayout& layout() const noexcept { return layout_; }
+
+ protected:
+  SymmetricRegion(int rank, int ranks, const SymmetricLayout& layout) : rank_(rank), ranks_(ranks), layout_(layout) {
+    LLEP_EXPECTS(layout.ranks() == ranks, "symmetric memory: a layout for ", layout.ranks(), " ranks in a group of ",
+                 ranks);
+  }
+  ~SymmetricRegion() = default;
+  SymmetricRegion(const SymmetricRegion&) = delete;
+  SymmetricRegion& operator=(const SymmetricRegion&) = delete;
+
+  int rank_, ranks_;
+  SymmetricLayout layout_;
+  std::byte* region_ = nullptr;
+  std::byte** table_ = nullptr;
+};
+
 /// P regions of host memory, zeroed, shared by the rank threads of one process. Create it
 /// before the threads start and destroy it after they end; view(p) is rank p's table.
 class HostSymmetricMemory {

@@ -40,12 +40,10 @@ LLEP_KERNEL void fill_lsa_table(Window window, int ranks, std::byte** table) {
 
 /// One rank's region and table over `nccl`'s communicator. Create it on every rank (a
 /// collective); destroy it on every rank only after every rank's last exchange is complete.
-class NcclSymmetricMemory {
+class NcclSymmetricMemory : public SymmetricRegion {
  public:
   NcclSymmetricMemory(Nccl& nccl, const SymmetricLayout& layout)
-      : comm_(nccl.comm()), rank_(nccl.rank()), ranks_(nccl.size()), layout_(layout) {
-    LLEP_EXPECTS(layout.ranks() == ranks_, "NcclSymmetricMemory: a layout for ", layout.ranks(),
-                 " ranks on a communicator of ", ranks_);
+      : SymmetricRegion(nccl.rank(), nccl.size(), layout), comm_(nccl.comm()) {
     const ncclTeam_t lsa = ncclTeamLsa(comm_);
     LLEP_EXPECTS(lsa.nRanks == ranks_, "NcclSymmetricMemory: only ", lsa.nRanks, " of the ", ranks_,
                  " ranks share load/store access (NCCL's LSA team) with rank ", rank_,
@@ -75,15 +73,7 @@ class NcclSymmetricMemory {
       throw;
     }
   }
-  NcclSymmetricMemory(const NcclSymmetricMemory&) = delete;
-  NcclSymmetricMemory& operator=(const NcclSymmetricMemory&) = delete;
   ~NcclSymmetricMemory() { release(); }
-
-  [[nodiscard]] SymmetricView view() const noexcept {
-    return SymmetricView{table_, region_, rank_, ranks_, layout_.channels()};
-  }
-  [[nodiscard]] std::byte* region() const noexcept { return region_; }
-  [[nodiscard]] const SymmetricLayout& layout() const noexcept { return layout_; }
 
  private:
   void release() noexcept {
@@ -96,11 +86,7 @@ class NcclSymmetricMemory {
   }
 
   ncclComm_t comm_;
-  int rank_, ranks_;
-  SymmetricLayout layout_;
-  std::byte* region_ = nullptr;
   ncclWindow_t window_ = nullptr;
-  std::byte** table_ = nullptr;
 };
 
 }  // namespace llep

@@ -22,11 +22,9 @@ namespace llep {
 /// One rank's region and table. Create it on every rank's thread (a collective); destroy it
 /// only after every rank's last exchange is complete (e.g. after a status check), since
 /// peers read the region until then.
-class PeerSymmetricMemory {
+class PeerSymmetricMemory : public SymmetricRegion {
  public:
-  PeerSymmetricMemory(PeerCopy& t, const SymmetricLayout& layout) : rank_(t.rank()), ranks_(t.size()), layout_(layout) {
-    LLEP_EXPECTS(layout.ranks() == ranks_, "PeerSymmetricMemory: a layout for ", layout.ranks(),
-                 " ranks in a group of ", ranks_);
+  PeerSymmetricMemory(PeerCopy& t, const SymmetricLayout& layout) : SymmetricRegion(t.rank(), t.size(), layout) {
     const int device = t.group().where(rank_).device;
     detail::peer::ScopedDevice on(device);
     for (int q = 0; q < ranks_; ++q) {
@@ -51,16 +49,7 @@ class PeerSymmetricMemory {
       throw;
     }
   }
-  PeerSymmetricMemory(const PeerSymmetricMemory&) = delete;
-  PeerSymmetricMemory& operator=(const PeerSymmetricMemory&) = delete;
   ~PeerSymmetricMemory() { release(); }
-
-  [[nodiscard]] SymmetricView view() const noexcept {
-    return SymmetricView{table_, region_, rank_, ranks_, layout_.channels()};
-  }
-  /// This rank's region (device memory).
-  [[nodiscard]] std::byte* region() const noexcept { return region_; }
-  [[nodiscard]] const SymmetricLayout& layout() const noexcept { return layout_; }
 
  private:
   void release() noexcept {
@@ -69,11 +58,6 @@ class PeerSymmetricMemory {
     table_ = nullptr;
     region_ = nullptr;
   }
-
-  int rank_, ranks_;
-  SymmetricLayout layout_;
-  std::byte* region_ = nullptr;
-  std::byte** table_ = nullptr;
 };
 
 }  // namespace llep
