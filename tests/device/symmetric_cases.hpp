@@ -4,6 +4,7 @@
 // GPU one (tests/gpu/test_device_step.cu): ids, rows each rank sends each rank, weight
 // transfers, and payload bytes that name (step, source, destination, row, byte), so a row
 // from the wrong step, rank or place cannot pass.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <random>
@@ -20,6 +21,11 @@ namespace symtest {
 
 using llep::count_t;
 
+/// Ids per rank and step: fewer than this.
+inline constexpr std::size_t kMaxIds = 150;
+/// enqueue_step's pair count when it is read from exec memory (RankBuffers::pairs).
+inline constexpr std::size_t kPairsOnDevice = ~std::size_t{0};
+
 struct StepCase {
   int P = 1, N = 1, step = 0;
   std::vector<std::vector<std::int32_t>> ids;       // [rank]
@@ -35,15 +41,13 @@ inline int experts_per_rank(int P, int N) { return N / P; }
 
 /// One step of every rank: up to `max_rows` rows per (src, dst), ids in [0, N) with one
 /// bad id on `bad_rank` (none when -1), up to 2P weight transfers (N a multiple of P).
-/// With fixed_pairs > 0 every rank has that many ids (a captured graph's histogram size).
-inline StepCase make_step(std::mt19937_64& rng, int P, int N, int step, count_t max_rows, int bad_rank = -1,
-                          std::size_t fixed_pairs = 0) {
+inline StepCase make_step(std::mt19937_64& rng, int P, int N, int step, count_t max_rows, int bad_rank = -1) {
   StepCase c;
   c.P = P;
   c.N = N;
   c.step = step;
   for (int r = 0; r < P; ++r) {
-    std::vector<std::int32_t> ids(fixed_pairs > 0 ? fixed_pairs : rng() % 150);
+    std::vector<std::int32_t> ids(rng() % kMaxIds);
     for (auto& id : ids) id = static_cast<std::int32_t>(rng() % static_cast<unsigned>(N));
     if (r == bad_rank) {
       if (ids.empty()) ids.push_back(0);
@@ -165,8 +169,9 @@ struct Rig {
 
 /// One rank's exec memory (host vectors or device arrays), sized by the Rig.
 struct RankBuffers {
-  std::int32_t* ids = nullptr;         // the step's ids
-  std::byte* counts_memory = nullptr;  // gather_counts_bytes(P, N)
+  std::int32_t* ids = nullptr;         // kMaxIds: the step's ids
+  count_t* pairs = nullptr;            // 1: how many
+  std::byte* counts_memory = nullptr;  // SymmetricCounts::bytes(P, N)
   count_t* tables = nullptr;           // 4P: send counts, send offsets, recv counts, recv offsets
   std::byte* recv = nullptr;           // rows_bytes(): the dispatch's result
   std::byte* back = nullptr;           // rows_bytes(): the combine's result
@@ -191,6 +196,8 @@ void upload_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, const
   const int p = v.rank;
   const auto& ids = c.ids[static_cast<std::size_t>(p)];
   exec.from_host(b.ids, ids.data(), ids.size() * sizeof(std::int32_t));
+  const auto pairs = static_cast<count_t>(ids.size());
+  exec.from_host(b.pairs, &pairs, sizeof pairs);
   const Tables t = tables(c, p);
   std::vector<count_t> all = t.send_counts;
   for (const auto* part : {&t.send_offsets, &t.recv_counts, &t.recv_offsets}) all.insert(all.end(), part->begin(), part->end());
@@ -208,15 +215,19 @@ void upload_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, const
   exec.synchronize();  // the host vectors above die here
 }
 
-/// Rank p's step, enqueue-only: counts gather, dispatch, transform, combine, weights.
+/// Rank p's step, enqueue-only: counts gather, dispatch, transform, combine, weights. The
+/// pair count is `pairs`, or with kPairsOnDevice read from b.pairs.
 template <class Exec>
 void enqueue_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, const RankBuffers& b, std::size_t pairs,
                   llep::StatusWords& status, std::size_t workers, const llep::SignalOptions& options) {
   const int P = rig.P;
   const count_t* t = b.tables;
   llep::begin_step(exec, v);
-  llep::gather_counts_symmetric(exec, v, rig.slots, b.ids, pairs, rig.N,
-                                llep::GatheredCounts::carve(b.counts_memory, rig.N), status, options);
+  const llep::SymmetricCounts counts = llep::SymmetricCounts::carve(b.counts_memory, P, rig.N);
+  if (pairs == kPairsOnDevice)
+    llep::gather_counts_symmetric(exec, v, rig.slots, b.ids, b.pairs, kMaxIds, rig.N, counts, status, options);
+  else
+    llep::gather_counts_symmetric(exec, v, rig.slots, b.ids, pairs, rig.N, counts, status, options);
   llep::RowsExchange dispatch;
   dispatch.send = rig.send_dispatch;
   dispatch.send_capacity = rig.capacity_rows();
@@ -250,7 +261,7 @@ void enqueue_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, cons
 
 /// What rank p's buffers hold after a step, read back (synchronises the exec).
 struct StepResult {
-  std::vector<count_t> counts;
+  std::vector<count_t> counts, bad;
   std::vector<std::byte> recv, back, foreign;
   friend bool operator==(const StepResult&, const StepResult&) = default;
 };
@@ -258,10 +269,13 @@ template <class Exec>
 StepResult download_step(Exec& exec, const Rig& rig, const StepCase& c, int p, const RankBuffers& b) {
   StepResult r;
   r.counts.resize(static_cast<std::size_t>(rig.P) * static_cast<std::size_t>(rig.N));
+  r.bad.resize(static_cast<std::size_t>(rig.P));
   r.recv.resize(recv_rows(c, p, rig.row_bytes).size());
   r.back.resize(send_rows(c, p, rig.row_bytes).size());
   r.foreign.resize(foreign_weights(c, p, rig.expert_bytes).size());
-  exec.to_host(r.counts.data(), llep::GatheredCounts::carve(b.counts_memory, rig.N).counts, r.counts.size() * sizeof(count_t));
+  const llep::SymmetricCounts counts = llep::SymmetricCounts::carve(b.counts_memory, rig.P, rig.N);
+  exec.to_host(r.counts.data(), counts.counts, r.counts.size() * sizeof(count_t));
+  exec.to_host(r.bad.data(), counts.bad, r.bad.size() * sizeof(count_t));
   exec.to_host(r.recv.data(), b.recv, r.recv.size());
   exec.to_host(r.back.data(), b.back, r.back.size());
   exec.to_host(r.foreign.data(), b.foreign, r.foreign.size());
@@ -273,6 +287,8 @@ StepResult download_step(Exec& exec, const Rig& rig, const StepCase& c, int p, c
 inline StepResult expected_step(const Rig& rig, const StepCase& c, int p) {
   StepResult r;
   r.counts = counts_matrix(c);
+  for (const auto& ids : c.ids)
+    r.bad.push_back(static_cast<count_t>(std::count_if(ids.begin(), ids.end(), [&](std::int32_t id) { return id < 0 || id >= c.N; })));
   r.recv = recv_rows(c, p, rig.row_bytes);
   r.back = send_rows(c, p, rig.row_bytes);
   for (auto& x : r.back) x = static_cast<std::byte>(static_cast<unsigned char>(x) ^ 0x5Au);

@@ -31,6 +31,7 @@ using llep::status_word_t;
 // One rank's exec memory on the host.
 struct HostBuffers {
   std::vector<std::int32_t> ids;
+  std::vector<count_t> pairs;
   std::vector<std::byte> counts_memory, recv, back, foreign;
   std::vector<count_t> tables;
   llep::PlanView plan;
@@ -38,17 +39,17 @@ struct HostBuffers {
   std::vector<std::int32_t> native_slot;
   std::vector<status_word_t> words;
   HostBuffers(const symtest::Rig& rig, std::size_t max_ids)
-      : ids(max_ids), counts_memory(llep::gather_counts_bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
+      : ids(max_ids), pairs(1), counts_memory(llep::SymmetricCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
         back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes),
         tables(4 * static_cast<std::size_t>(rig.P)), transfers(rig.max_transfers()),
         native_slot(symtest::native_slots(rig.P, rig.N)), words(llep::StatusWords::bytes(rig.P) / sizeof(status_word_t)) {}
   [[nodiscard]] symtest::RankBuffers view() {
-    return {ids.data(), counts_memory.data(), tables.data(), recv.data(), back.data(), &plan, transfers.data(),
+    return {ids.data(), pairs.data(), counts_memory.data(), tables.data(), recv.data(), back.data(), &plan, transfers.data(),
             native_slot.data(), foreign.data()};
   }
 };
 
-constexpr std::size_t kMaxIds = 200;
+using symtest::kMaxIds;
 
 }  // namespace
 
@@ -72,6 +73,21 @@ TEST_CASE("a timeout word decodes to its peer and step, sorts after bad ids, and
     }
   CHECK_FALSE(llep::is_timeout_word(llep::kStatusClear));
   CHECK(llep::decode_status(llep::bad_expert_word(5, 3)).kind == llep::BadExpert::bad_id);
+  // The plan's and the layout's failures, named by the one decoder.
+  const status_word_t plan = llep::status_code_word(llep::StatusCode::plan_failed, 3, 2),
+                      layout = llep::status_code_word(llep::StatusCode::layout_failed, 3, 4);
+  CHECK(llep::decode_status(plan).kind == llep::BadExpert::plan_failed);
+  CHECK(llep::decode_status(layout).kind == llep::BadExpert::layout_failed);
+  CHECK(llep::decode_status(layout).peer == 3);
+  CHECK(llep::decode_status(layout).value == 4);
+  CHECK(llep::peer_timeout_word(1000, 7) < llep::overflow_word(0, 0));
+  CHECK(llep::overflow_word(1000, 7) < plan);
+  CHECK(plan < layout);
+  CHECK(layout < llep::kStatusClear);
+  CHECK(testutil::error_of([&] { llep::throw_if_set(plan, 3, 8); })
+            .rfind("llep: rank 3: the device plan failed (StepStatus code 2", 0) == 0);
+  CHECK(testutil::error_of([&] { llep::throw_if_set(layout, 3, 8); })
+            .rfind("llep: rank 3: the device layout failed (LayoutStatus code 4", 0) == 0);
 }
 
 TEST_CASE("symmetric exchanges over many steps equal brute force and gather_counts, on every rank") {
@@ -105,7 +121,9 @@ TEST_CASE("symmetric exchanges over many steps equal brute force and gather_coun
         // ranks run steps apart, reusing buffers peers may still be reading.
         for (const symtest::StepCase& c : cases) {
           symtest::upload_step(exec, v, rig, c, b);
-          symtest::enqueue_step(exec, v, rig, b, c.ids[static_cast<std::size_t>(p)].size(), status, 3, {});
+          // Odd steps read the pair count from memory, as a replayed graph does.
+          const std::size_t pairs = c.step % 2 == 1 ? symtest::kPairsOnDevice : c.ids[static_cast<std::size_t>(p)].size();
+          symtest::enqueue_step(exec, v, rig, b, pairs, status, 3, {});
           const symtest::StepResult got = symtest::download_step(exec, rig, c, p, b);
           wrong[static_cast<std::size_t>(p)] += got == symtest::expected_step(rig, c, p) ? 0 : 1;
           matrices.push_back(got.counts);
@@ -230,7 +248,7 @@ TEST_CASE("counts gathers alone, step after step, reuse their slots by epoch par
       HostBuffers mem(rig, kMaxIds);
       llep::StatusWords status(exec, mem.words.data(), P);
       const llep::SymmetricView v = sym.view(p);
-      const llep::GatheredCounts g = llep::GatheredCounts::carve(mem.counts_memory.data(), N);
+      const llep::SymmetricCounts g = llep::SymmetricCounts::carve(mem.counts_memory.data(), P, N);
       for (const symtest::StepCase& c : cases) {
         const auto& ids = c.ids[static_cast<std::size_t>(p)];
         llep::begin_step(exec, v);

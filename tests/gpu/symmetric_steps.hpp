@@ -1,8 +1,8 @@
 #pragma once
 // One rank's side of the symmetric-exchange GPU tests (tests/device/symmetric_cases.hpp's
 // steps on the device): its device buffers, and its steps run eagerly or captured once in
-// a CUDA graph (thread-local capture) and replayed with each step's new inputs, uploaded
-// before each replay, outside the graph.
+// a CUDA graph (thread-local capture) and replayed with each step's new inputs (ids and
+// their count, rows, tables, weights), uploaded before each replay, outside the graph.
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -15,30 +15,30 @@
 
 namespace gputest {
 
-inline constexpr std::size_t kPairs = 150;  // fixed: a captured histogram's size
-
 /// One rank's exec memory on the device, sized by the Rig.
 struct SymmetricBuffers {
   DeviceArray<std::int32_t> ids;
+  DeviceArray<llep::count_t> pairs;
   DeviceArray<std::byte> counts_memory, recv, back, foreign;
   DeviceArray<llep::count_t> tables;
   DeviceArray<llep::PlanView> plan;
   DeviceArray<llep::WeightTransfer> transfers;
   DeviceArray<std::int32_t> native_slot;
   DeviceArray<llep::status_word_t> words;
-  SymmetricBuffers(const symtest::Rig& rig, std::size_t max_ids)
-      : ids(max_ids), counts_memory(llep::gather_counts_bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
+  explicit SymmetricBuffers(const symtest::Rig& rig)
+      : ids(symtest::kMaxIds), pairs(1), counts_memory(llep::SymmetricCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
         back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes),
         tables(4 * static_cast<std::size_t>(rig.P)), plan(1), transfers(rig.max_transfers()),
         native_slot(symtest::native_slots(rig.P, rig.N)),
         words(llep::StatusWords::bytes(rig.P) / sizeof(llep::status_word_t)) {}
   [[nodiscard]] symtest::RankBuffers view() const {
-    return {ids.get(), counts_memory.get(), tables.get(), recv.get(), back.get(), plan.get(), transfers.get(),
+    return {ids.get(), pairs.get(), counts_memory.get(), tables.get(), recv.get(), back.get(), plan.get(), transfers.get(),
             native_slot.get(), foreign.get()};
   }
 };
 
-/// This rank's results of every step (kPairs ids each), eager or replayed from a graph.
+/// This rank's results of every step, eager (the pair count from the host) or replayed from
+/// a graph (the pair count read from memory, so each replay has its own batch size).
 inline std::vector<symtest::StepResult> rank_steps(llep::CudaExec& exec, const llep::SymmetricView& v,
                                                    const symtest::Rig& rig, const std::vector<symtest::StepCase>& cases,
                                                    bool graph, const symtest::RankBuffers& b, llep::StatusWords& status,
@@ -48,12 +48,12 @@ inline std::vector<symtest::StepResult> rank_steps(llep::CudaExec& exec, const l
   for (const symtest::StepCase& c : cases) {
     symtest::upload_step(exec, v, rig, c, b);
     if (!graph) {
-      symtest::enqueue_step(exec, v, rig, b, kPairs, status, 1024, options);
+      symtest::enqueue_step(exec, v, rig, b, c.ids[static_cast<std::size_t>(v.rank)].size(), status, 1024, options);
     } else {
       if (replay == nullptr) {
         cudaGraph_t g = nullptr;
         LLEP_CUDA_CHECK(cudaStreamBeginCapture(exec.stream(), cudaStreamCaptureModeThreadLocal));
-        symtest::enqueue_step(exec, v, rig, b, kPairs, status, 1024, options);
+        symtest::enqueue_step(exec, v, rig, b, symtest::kPairsOnDevice, status, 1024, options);
         LLEP_CUDA_CHECK(cudaStreamEndCapture(exec.stream(), &g));
         LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, g, 0));
         LLEP_CUDA_CHECK(cudaGraphDestroy(g));

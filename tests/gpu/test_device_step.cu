@@ -173,7 +173,7 @@ std::vector<std::vector<symtest::StepResult>> symmetric_steps(const symtest::Rig
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const int p = t.rank();
     llep::CudaExec exec(t.stream());
-    gputest::SymmetricBuffers mem(rig, gputest::kPairs);
+    gputest::SymmetricBuffers mem(rig);
     const symtest::RankBuffers b = mem.view();
     llep::StatusWords status(exec, mem.words.get(), P);
     llep::PeerSymmetricMemory sym(t, rig.layout);
@@ -197,7 +197,7 @@ TEST_CASE("symmetric exchanges on logical ranks, eager and replayed from a CUDA 
       CAPTURE(row_bytes);
       const symtest::Rig rig(P, 2 * P, 6, row_bytes, 4 * row_bytes);
       std::vector<symtest::StepCase> cases;
-      for (int s = 0; s < 6; ++s) cases.push_back(symtest::make_step(rng, P, rig.N, s, rig.max_rows, -1, gputest::kPairs));
+      for (int s = 0; s < 6; ++s) cases.push_back(symtest::make_step(rng, P, rig.N, s, rig.max_rows));
       std::vector<std::string> eager_errors, graph_errors;
       const auto eager = symmetric_steps(rig, cases, false, eager_errors);
       const auto replayed = symmetric_steps(rig, cases, true, graph_errors);
@@ -220,21 +220,21 @@ TEST_CASE("a logical rank that never arrives gives the waiting ranks the timeout
   const int P = 2;
   const symtest::Rig rig(P, P, 3, 16, 16);
   std::mt19937_64 rng(8);
-  const symtest::StepCase c = symtest::make_step(rng, P, rig.N, 0, rig.max_rows, -1, gputest::kPairs);
+  const symtest::StepCase c = symtest::make_step(rng, P, rig.N, 0, rig.max_rows);
   gputest::Streams streams(P, 0);
   llep::PeerCopyGroup group(streams.ranks(0));
   std::vector<std::string> errors(static_cast<std::size_t>(P));
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const int p = t.rank();
     llep::CudaExec exec(t.stream());
-    gputest::SymmetricBuffers mem(rig, gputest::kPairs);
+    gputest::SymmetricBuffers mem(rig);
     llep::StatusWords status(exec, mem.words.get(), P);
     llep::PeerSymmetricMemory sym(t, rig.layout);
     if (p == 0) {
       llep::SignalOptions quick;
       quick.timeout_ns = 50'000'000;
       symtest::upload_step(exec, sym.view(), rig, c, mem.view());
-      symtest::enqueue_step(exec, sym.view(), rig, mem.view(), gputest::kPairs, status, 256, quick);
+      symtest::enqueue_step(exec, sym.view(), rig, mem.view(), symtest::kPairsOnDevice, status, 256, quick);
       errors[0] = testutil::error_of([&] { status.check_mine(exec, p, rig.N); });
     }
     t.barrier();  // rank 1 keeps its region until rank 0 is done

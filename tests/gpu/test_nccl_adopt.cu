@@ -115,11 +115,11 @@ TEST_CASE("symmetric exchanges over an NCCL symmetric window (one rank), eager a
   const symtest::Rig rig(1, 4, 6, 48, 96);
   std::mt19937_64 rng(28);
   std::vector<symtest::StepCase> cases;
-  for (int s = 0; s < 5; ++s) cases.push_back(symtest::make_step(rng, 1, rig.N, s, rig.max_rows, -1, gputest::kPairs));
+  for (int s = 0; s < 5; ++s) cases.push_back(symtest::make_step(rng, 1, rig.N, s, rig.max_rows));
   for (const bool graph : {false, true}) {
     CAPTURE(graph);
     llep::CudaExec exec(engine.stream);
-    gputest::SymmetricBuffers mem(rig, gputest::kPairs);
+    gputest::SymmetricBuffers mem(rig);
     llep::StatusWords status(exec, mem.words.get(), 1);
     const llep::NcclSymmetricMemory sym(t, rig.layout);
     const auto got = gputest::rank_steps(exec, sym.view(), rig, cases, graph, mem.view(), status);

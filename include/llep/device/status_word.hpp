@@ -9,10 +9,12 @@
 // Encoding (here only: every code is made and read by the functions below):
 //   bad id       bit 63 clear: the pair index (at most 2^31 - 1) in bits 32-62, the id (as
 //                uint32) in the low 32
-//   peer timeout bits 63-62 = 10: the peer that did not signal in bits 32-61, the step's
-//                epoch (low 32 bits) in the low 32 (device/signal.hpp)
-//   overflow     bits 63-62 = 11: the peer whose rows do not fit in bits 32-61, the rows
-//                (low 32 bits) in the low 32 (device/symmetric_exchange.hpp)
+//   other codes  bit 63 set, the StatusCode in bits 59-62, a rank in bits 32-58 and a value
+//                (low 32 bits) in the low 32:
+//     peer_timeout   the peer that did not signal, the step's epoch (device/signal.hpp)
+//     overflow       the peer whose rows do not fit, the rows (device/symmetric_exchange.hpp)
+//     plan_failed    this rank, the device plan's StepStatus code (plan/plan_step.hpp)
+//     layout_failed  this rank, the device layout's LayoutStatus code (layer/layout.hpp)
 // The smallest word wins (atomicMin), so the first bad pair is kept whatever order the
 // device's threads run in (the one the host's ExactCounts check names first), a bad id
 // is named before a timeout it may have caused, and the lowest silent peer before others.
@@ -38,29 +40,31 @@ inline constexpr status_word_t kStatusClear = ~status_word_t{0};
   return (i << 32) | static_cast<std::uint32_t>(id);
 }
 
-namespace detail {
-inline constexpr status_word_t kStatusTimeout = status_word_t{2} << 62, kStatusOverflow = status_word_t{3} << 62;
-// Peers past 2^30 - 2 share the last slot, so no code equals kStatusClear.
-[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t peer_code(status_word_t kind, int peer,
-                                                                 std::uint64_t value) noexcept {
-  const status_word_t p = peer < 0x3FFFFFFE ? static_cast<status_word_t>(peer) : 0x3FFFFFFEull;
-  return kind | (p << 32) | static_cast<std::uint32_t>(value);
+/// The codes other than a bad id, in the order they are named when several are noted.
+enum class StatusCode : std::uint32_t { peer_timeout = 0, overflow = 1, plan_failed = 2, layout_failed = 3 };
+
+/// The word for `code` about `rank` with `value` (ranks past 2^27 - 2 share the last slot,
+/// so no word equals kStatusClear).
+[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t status_code_word(StatusCode code, int rank,
+                                                                        std::uint64_t value) noexcept {
+  const status_word_t r = rank >= 0 && rank < 0x7FFFFFE ? static_cast<status_word_t>(rank) : 0x7FFFFFEull;
+  return (status_word_t{1} << 63) | (static_cast<status_word_t>(code) << 59) | (r << 32) |
+         static_cast<std::uint32_t>(value);
 }
-}  // namespace detail
 
 /// The word for "peer `peer` did not signal step `epoch`" (a signal wait's timeout).
 [[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t peer_timeout_word(int peer, std::uint64_t epoch) noexcept {
-  return detail::peer_code(detail::kStatusTimeout, peer, epoch);
+  return status_code_word(StatusCode::peer_timeout, peer, epoch);
 }
 
 /// The word for "`rows` rows from peer `peer` do not fit the receive buffer".
 [[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t overflow_word(int peer, std::uint64_t rows) noexcept {
-  return detail::peer_code(detail::kStatusOverflow, peer, rows);
+  return status_code_word(StatusCode::overflow, peer, rows);
 }
 
 /// True when `w` records a timeout: later waits on that peer give up at once.
 [[nodiscard]] LLEP_HOST_DEVICE constexpr bool is_timeout_word(status_word_t w) noexcept {
-  return w != kStatusClear && (w >> 62) == 2;
+  return w != kStatusClear && (w >> 59) == ((status_word_t{1} << 4) | static_cast<status_word_t>(StatusCode::peer_timeout));
 }
 
 /// Keeps the smaller of `*word` and `w`: atomic on the device; on the host the caller's
@@ -73,12 +77,15 @@ LLEP_HOST_DEVICE inline void note_status(status_word_t* word, status_word_t w) n
 #endif
 }
 
-/// for_each_n functor: notes every id outside [0, experts) in `word`.
+/// for_each_n functor: notes every id outside [0, experts) in `word`; with `pairs` (exec
+/// memory), only the first *pairs ids (a count that lives on the device).
 struct FindBadExperts {
   const std::int32_t* ids = nullptr;
   std::int32_t experts = 0;
   status_word_t* word = nullptr;
+  const count_t* pairs = nullptr;
   LLEP_HOST_DEVICE void operator()(std::size_t i) const {
+    if (pairs != nullptr && static_cast<count_t>(i) >= *pairs) return;
     const std::int32_t id = ids[i];
     if (id < 0 || id >= experts) note_status(word, bad_expert_word(i, id));
   }
@@ -86,13 +93,13 @@ struct FindBadExperts {
 
 /// A decoded word: `found` when anything is recorded; `kind` says what.
 struct BadExpert {
-  enum Kind : std::uint8_t { none, bad_id, peer_timeout, overflow };
+  enum Kind : std::uint8_t { none, bad_id, peer_timeout, overflow, plan_failed, layout_failed };
   bool found = false;
-  std::int64_t pair = 0;  ///< bad_id: the pair
-  std::int32_t id = 0;    ///< bad_id: the id
+  std::int64_t pair = 0;   ///< bad_id: the pair
+  std::int32_t id = 0;     ///< bad_id: the id
   Kind kind = none;
-  std::int32_t peer = 0;       ///< peer_timeout, overflow: the peer
-  std::uint32_t value = 0;     ///< peer_timeout: the step (low 32 bits); overflow: the rows
+  std::int32_t peer = 0;   ///< the rank a StatusCode names
+  std::uint32_t value = 0; ///< the StatusCode's value (low 32 bits)
 };
 [[nodiscard]] LLEP_HOST_DEVICE constexpr BadExpert decode_status(status_word_t w) noexcept {
   if (w == kStatusClear) return {};
@@ -101,8 +108,8 @@ struct BadExpert {
     return BadExpert{true, static_cast<std::int64_t>(w >> 32), static_cast<std::int32_t>(low), BadExpert::bad_id};
   BadExpert b;
   b.found = true;
-  b.kind = (w >> 62) == 2 ? BadExpert::peer_timeout : BadExpert::overflow;
-  b.peer = static_cast<std::int32_t>((w >> 32) & 0x3FFFFFFFull);
+  b.kind = static_cast<BadExpert::Kind>(BadExpert::peer_timeout + ((w >> 59) & 0xF));
+  b.peer = static_cast<std::int32_t>((w >> 32) & 0x7FFFFFFull);
   b.value = low;
   return b;
 }
@@ -111,14 +118,24 @@ struct BadExpert {
 inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
   const BadExpert b = decode_status(word);
   if (!b.found) return;
-  if (b.kind == BadExpert::peer_timeout)
-    LLEP_FAIL("rank ", rank, ": peer ", b.peer, " did not signal step ", b.value,
-              " within the signal timeout (found on the device); the step's results are not valid");
-  if (b.kind == BadExpert::overflow)
-    LLEP_FAIL("rank ", rank, ": the ", b.value, " rows from peer ", b.peer,
-              " do not fit the receive buffer (found on the device); the step's results are not valid");
-  LLEP_FAIL("rank ", rank, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
-            ", found on the device); the step's results are not valid");
+  const char* invalid = " (found on the device); the step's results are not valid";
+  switch (b.kind) {
+    case BadExpert::peer_timeout:
+      LLEP_FAIL("rank ", rank, ": peer ", b.peer, " did not signal step ", b.value, " within the signal timeout",
+                invalid);
+    case BadExpert::overflow:
+      LLEP_FAIL("rank ", rank, ": the ", b.value, " rows from peer ", b.peer, " do not fit the receive buffer",
+                invalid);
+    case BadExpert::plan_failed:
+      LLEP_FAIL("rank ", rank, ": the device plan failed (StepStatus code ", static_cast<std::int32_t>(b.value),
+                ", plan/plan_step.hpp)", invalid);
+    case BadExpert::layout_failed:
+      LLEP_FAIL("rank ", rank, ": the device layout failed (LayoutStatus code ", static_cast<std::int32_t>(b.value),
+                ", layer/layout.hpp)", invalid);
+    default:
+      LLEP_FAIL("rank ", rank, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
+                ", found on the device); the step's results are not valid");
+  }
 }
 
 /// Throws, on every rank that calls it with the same gathered words, the same llep::Error
@@ -150,6 +167,11 @@ class StatusWords {
   template <class Exec>
   void scan(Exec& exec, const std::int32_t* ids, std::size_t n, int experts) const {
     exec.for_each_n(n, FindBadExperts{ids, experts, words_});
+  }
+  /// The same for the first *pairs (exec memory) of at most max_pairs ids.
+  template <class Exec>
+  void scan(Exec& exec, const std::int32_t* ids, const count_t* pairs, std::size_t max_pairs, int experts) const {
+    exec.for_each_n(max_pairs, FindBadExperts{ids, experts, words_, pairs});
   }
 
   /// The host check, a collective of every rank: gathers the words (synchronises the

@@ -73,28 +73,58 @@ struct SignalRound {
   }
 };
 
-/// counts: my histogram's first N bins into my slot (epoch & 1).
+/// counts: zeroes the N + 1 bins (a histogram sized on the device).
+struct ZeroBins {
+  count_t* bins;
+  LLEP_HOST_DEVICE void operator()(std::size_t b) const noexcept { bins[b] = 0; }
+};
+
+/// counts: bin of id i when i < *pairs; ids outside [0, N) in the last bin.
+struct CountIds {
+  const std::int32_t* ids;
+  const count_t* pairs;
+  int experts;
+  count_t* bins;
+  LLEP_HOST_DEVICE void operator()(std::size_t i) const noexcept {
+    if (static_cast<count_t>(i) >= *pairs) return;
+    const std::int32_t id = ids[i];
+    count_t* bin = bins + ((id >= 0 && id < experts) ? id : experts);
+#if defined(__CUDA_ARCH__)
+    atomicAdd(reinterpret_cast<unsigned long long*>(bin), 1ull);  // non-negative counts: same bits
+#else
+    ++*bin;  // HostExec: serial
+#endif
+  }
+};
+
+/// counts: my N + 1 bins into my slot (epoch & 1).
 struct PublishCounts {
   SymmetricView v;
   std::size_t slots;
   const count_t* local;
   int experts;
   LLEP_HOST_DEVICE void operator()(std::size_t e) const noexcept {
-    const std::size_t slot = static_cast<std::size_t>(*v.epoch() & 1) * static_cast<std::size_t>(experts);
+    const std::size_t slot = static_cast<std::size_t>(*v.epoch() & 1) * (static_cast<std::size_t>(experts) + 1);
     v.at<count_t>(v.rank, slots)[slot + e] = local[e];
   }
 };
 
-/// counts: element i of C (rank i / N, expert i % N) from that rank's slot.
+/// counts: bin i % (N + 1) of rank i / (N + 1) from that rank's slot: into C, or the last
+/// (ids outside [0, N)) into bad[rank].
 struct PullCounts {
   SymmetricView v;
   std::size_t slots;
   count_t* counts;
+  count_t* bad;
   int experts;
   LLEP_HOST_DEVICE void operator()(std::size_t i) const noexcept {
     const auto N = static_cast<std::size_t>(experts);
-    const std::size_t slot = static_cast<std::size_t>(*v.epoch() & 1) * N;
-    counts[i] = v.at<const count_t>(static_cast<int>(i / N), slots)[slot + i % N];
+    const std::size_t q = i / (N + 1), e = i % (N + 1);
+    const count_t c = v.at<const count_t>(static_cast<int>(q), slots)[static_cast<std::size_t>(*v.epoch() & 1) * (N + 1) + e];
+    if (e < N)
+      counts[q * N + e] = c;
+    else
+      bad[q] = c;
   }
 };
 
@@ -194,23 +224,62 @@ void begin_step(Exec& exec, const SymmetricView& v) {
 
 /// Region bytes the counts gather publishes in (reserve them in the SymmetricLayout).
 [[nodiscard]] constexpr std::size_t symmetric_counts_bytes(int experts) noexcept {
-  return 2 * static_cast<std::size_t>(experts) * sizeof(count_t);
+  return 2 * (static_cast<std::size_t>(experts) + 1) * sizeof(count_t);
 }
 
-/// This rank's histogram of `pairs` ids into out.local (bad ids last and in `status`), and
-/// every rank's first N bins into out.counts (P x N), read from the peers' regions at
-/// `slots` (symmetric_counts_bytes(N)). The same result as gather_counts.
+/// Where gather_counts_symmetric puts its results (bytes(P, N) of exec memory): this rank's
+/// histogram (N + 1 bins, ids outside [0, N) last), C (P x N, row-major) and every rank's
+/// count of ids outside [0, N) (P), so that every rank sees when any rank had a bad id and
+/// all can skip the rest of the step alike.
+struct SymmetricCounts {
+  count_t* local = nullptr;
+  count_t* counts = nullptr;
+  count_t* bad = nullptr;
+  [[nodiscard]] static constexpr std::size_t bytes(int ranks, int experts) noexcept {
+    return gather_counts_bytes(ranks, experts) + static_cast<std::size_t>(ranks) * sizeof(count_t);
+  }
+  [[nodiscard]] static SymmetricCounts carve(std::byte* memory, int ranks, int experts) noexcept {
+    const GatheredCounts g = GatheredCounts::carve(memory, experts);
+    return SymmetricCounts{g.local, g.counts, g.counts + static_cast<std::size_t>(ranks) * static_cast<std::size_t>(experts)};
+  }
+};
+
+namespace detail::sym {
+// Publish out.local's N + 1 bins, a ready round, pull every rank's.
+template <class Exec>
+void share_counts(Exec& exec, const SymmetricView& v, std::size_t slots, int experts, const SymmetricCounts& out,
+                  StatusWords& status, const SignalOptions& options) {
+  const auto bins = static_cast<std::size_t>(experts) + 1;
+  exec.for_each_n(bins, PublishCounts{v, slots, out.local, experts});
+  signal_round(exec, v, SignalChannel::counts, SignalKind::ready, options, status);
+  exec.for_each_n(static_cast<std::size_t>(v.ranks) * bins, PullCounts{v, slots, out.counts, out.bad, experts});
+}
+}  // namespace detail::sym
+
+/// This rank's histogram of `pairs` ids into out.local (bad ids last and in `status`), then
+/// every rank's bins, read from the peers' regions at `slots` (symmetric_counts_bytes(N)),
+/// into out.counts and out.bad. out.counts is what gather_counts gives.
 template <class Exec>
 void gather_counts_symmetric(Exec& exec, const SymmetricView& v, std::size_t slots, const std::int32_t* ids,
-                             std::size_t pairs, int experts, const GatheredCounts& out, StatusWords& status,
+                             std::size_t pairs, int experts, const SymmetricCounts& out, StatusWords& status,
                              const SignalOptions& options = {}) {
   LLEP_EXPECTS(experts >= 1, "gather_counts_symmetric with N = ", experts, " experts; must be >= 1");
   exec.histogram(ids, pairs, experts, out.local);
   status.scan(exec, ids, pairs, experts);
-  exec.for_each_n(static_cast<std::size_t>(experts), detail::sym::PublishCounts{v, slots, out.local, experts});
-  detail::sym::signal_round(exec, v, SignalChannel::counts, SignalKind::ready, options, status);
-  exec.for_each_n(static_cast<std::size_t>(v.ranks) * static_cast<std::size_t>(experts),
-                  detail::sym::PullCounts{v, slots, out.counts, experts});
+  detail::sym::share_counts(exec, v, slots, experts, out, status, options);
+}
+
+/// The same with the pair count in exec memory (*pairs <= max_pairs), so a captured graph
+/// replays with a new batch size: `max_pairs` only sizes the launches.
+template <class Exec>
+void gather_counts_symmetric(Exec& exec, const SymmetricView& v, std::size_t slots, const std::int32_t* ids,
+                             const count_t* pairs, std::size_t max_pairs, int experts, const SymmetricCounts& out,
+                             StatusWords& status, const SignalOptions& options = {}) {
+  LLEP_EXPECTS(experts >= 1, "gather_counts_symmetric with N = ", experts, " experts; must be >= 1");
+  exec.for_each_n(static_cast<std::size_t>(experts) + 1, detail::sym::ZeroBins{out.local});
+  exec.for_each_n(max_pairs, detail::sym::CountIds{ids, pairs, experts, out.local});
+  status.scan(exec, ids, pairs, max_pairs, experts);
+  detail::sym::share_counts(exec, v, slots, experts, out, status, options);
 }
 
 /// Region bytes of one rank's (count, offset) table for rows_all_to_all.
