@@ -227,7 +227,7 @@ TEST_CASE("rows that do not fit the receive buffer are not written and give an o
   CHECK(untouched[0] == 0);
   CHECK(untouched[1] == 4 * 16);  // rows 4..7 from rank 1 would pass row 6: none written
   for (const std::string& e : errors)
-    CHECK(e.rfind("llep: rank 1: the 4 rows from peer 1 do not fit the receive buffer", 0) == 0);
+    CHECK(e.rfind("llep: rank 1: the 4 rows (or experts' weights) from peer 1 do not fit the receive buffer", 0) == 0);
 }
 
 TEST_CASE("counts gathers alone, step after step, reuse their slots by epoch parity safely") {

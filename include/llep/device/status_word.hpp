@@ -124,8 +124,8 @@ inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
       LLEP_FAIL("rank ", rank, ": peer ", b.peer, " did not signal step ", b.value, " within the signal timeout",
                 invalid);
     case BadExpert::overflow:
-      LLEP_FAIL("rank ", rank, ": the ", b.value, " rows from peer ", b.peer, " do not fit the receive buffer",
-                invalid);
+      LLEP_FAIL("rank ", rank, ": the ", b.value, " rows (or experts' weights) from peer ", b.peer,
+                " do not fit the receive buffer", invalid);
     case BadExpert::plan_failed:
       LLEP_FAIL("rank ", rank, ": the device plan failed (StepStatus code ", static_cast<std::int32_t>(b.value),
                 ", plan/plan_step.hpp)", invalid);

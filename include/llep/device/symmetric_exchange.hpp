@@ -13,9 +13,9 @@
 //                   waits for every peer's word in its own region to reach it. Waits are
 //                   one thread and the copies never wait, so P logical ranks of one GPU
 //                   cannot starve each other's blocks.
-//   counts          publish my row to slot (epoch & 1), ready round, pull every row. Reuse
-//                   by parity: a peer reads my slot e & 1 in step e before it signals step
-//                   e + 1, which I wait for before I write that slot again in step e + 2.
+//   counts          publish my N + 1 bins to slot (epoch & 1), ready round, pull every
+//                   rank's. Reuse by parity: a peer reads my slot e & 1 in step e before it
+//                   signals step e + 1, which I wait for before I write it again in e + 2.
 //   rows, weights   publish my (count, offset) table, ready round, pull, done round: the
 //                   send buffer is the caller's and too large to double, so its reuse
 //                   waits for every reader's "done".
