@@ -332,14 +332,9 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   using Tr = std::remove_cvref_t<decltype(tr)>;
   if (refetch) {
     using Codec = std::remove_cvref_t<decltype(layer.codec())>;
-    if constexpr (Codec::exact) {
-      dispatch_weights(tr, plan, rank, again, book.weight_ops);
-    } else {
-      encode_exchange_decode(
-          layer.codec(), tr, plan.weight_transfers(), rank, W, [&](int e) { return again.held_expert(e); },
-          [&](int e) { return again.foreign_expert(e); }, book.encoded);
-      book.weight_ops.assign(book.encoded.ops.begin(), book.encoded.ops.end());  // wire bytes
-    }
+    static_assert(Codec::exact || std::remove_cvref_t<decltype(exec)>::memory == MemorySpace::host,
+                  "llep: backward's memory holds no device codec scratch; a lossy codec runs on the host only");
+    move_weights(layer.codec(), exec, tr, plan, rank, again, {}, book.encoded, book.weight_ops);
     for (const P2pOp& op : book.weight_ops)
       (op.kind == P2pOp::Kind::send ? report.refetch_bytes_sent : report.refetch_bytes_received) += op.bytes;
   }

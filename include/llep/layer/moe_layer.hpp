@@ -446,20 +446,7 @@ class MoeLayer {
   // Stage 4a: the plan's weight transfers, exact or through a lossy codec (encoded on the
   // wire, decoded on arrival: codec/exchange.hpp on the host, codec/exchange.cuh on a device).
   void move_weights(const WeightsOnRank<T>& weights, std::span<std::byte> codec_scratch) {
-    if constexpr (Codec::exact) {
-      dispatch_weights(*transport_, plan_, rank_, weights, weight_ops_);
-    } else {
-      auto held = [&](int e) { return weights.held_expert(e); };
-      auto foreign = [&](int e) { return weights.foreign_expert(e); };
-      if constexpr (device_codec) {
-        device_encode_exchange_decode(codec_, *transport_, exec_, plan_.weight_transfers(), rank_, weights.elems, held,
-                                      foreign, codec_scratch, weight_ops_);
-      } else {
-        encode_exchange_decode(codec_, *transport_, plan_.weight_transfers(), rank_, weights.elems, held, foreign,
-                               encoded_);
-        weight_ops_.assign(encoded_.ops.begin(), encoded_.ops.end());  // the report counts wire bytes
-      }
-    }
+    llep::move_weights(codec_, exec_, *transport_, plan_, rank_, weights, codec_scratch, encoded_, weight_ops_);
   }
 
   // This rank's histogram of `ids` (N bins and one for ids outside [0, N)), on the host.

@@ -10,6 +10,8 @@
 #include <span>
 #include <vector>
 
+#include "llep/codec/exchange.hpp"
+#include "llep/core/memory_space.hpp"
 #include "llep/exec/execution_space.hpp"
 #include "llep/experts/expert_compute.hpp"
 #include "llep/core/plan.hpp"
@@ -160,6 +162,30 @@ void dispatch_weights(Tr& transport, const Plan& plan, int rank, const WeightsOn
   }
   if constexpr (WeightsPathTransport<Tr>) transport.exchange_weights(ops);
   else transport.exchange(ops);
+}
+
+// 4a with the layer's codec: dispatch_weights when it is exact; otherwise encoded on the
+//     wire, decoded on arrival (codec/exchange.hpp on the host; codec/exchange.cuh on a
+//     device, in `codec_scratch` of device_codec_scratch_bytes). `encoded` is the host
+//     exchange's reused storage; `ops` receives the wire ops. Forward's dispatch and
+//     backward's refetch both move weights through here.
+template <WeightCodec Codec, class Exec, class Tr, class T>
+void move_weights(const Codec& codec, Exec& exec, Tr& transport, const Plan& plan, int rank,
+                  const WeightsOnRank<T>& weights, std::span<std::byte> codec_scratch, EncodedWeights& encoded,
+                  std::vector<P2pOp>& ops) {
+  if constexpr (Codec::exact) {
+    dispatch_weights(transport, plan, rank, weights, ops);
+  } else {
+    auto held = [&](int e) { return weights.held_expert(e); };
+    auto foreign = [&](int e) { return weights.foreign_expert(e); };
+    if constexpr (Exec::memory == MemorySpace::device) {
+      device_encode_exchange_decode(codec, transport, exec, plan.weight_transfers(), rank, weights.elems, held,
+                                    foreign, codec_scratch, ops);
+    } else {
+      encode_exchange_decode(codec, transport, plan.weight_transfers(), rank, weights.elems, held, foreign, encoded);
+      ops.assign(encoded.ops.begin(), encoded.ops.end());  // the reports count wire bytes
+    }
+  }
 }
 
 // 4b. Dispatch tokens: sort pairs by expert, permute the K-repeated token rows into send
