@@ -46,10 +46,9 @@
 #include <utility>
 #include <vector>
 
-#include "llep/transport/transport.hpp"
 #include "llep/core/error.hpp"
-#include "llep/transport/host_threads.hpp"  // the shared per-rank argument checks
 #include "llep/transport/transport.hpp"
+#include "llep/transport/transport_rank.hpp"
 
 namespace llep {
 
@@ -68,14 +67,15 @@ struct MpiOptions {
 
 /// One rank of an MPI communicator; models llep::Transport over host memory. Move-only;
 /// the destructor frees its duplicate communicator (not after an abort) and never throws.
-class Mpi {
+class Mpi : public detail::TransportRank<Mpi, MpiOptions> {
  public:
   static constexpr MemorySpace memory = MemorySpace::host;
   static constexpr std::string_view name = "mpi";
 
   /// Duplicates `comm` (collective over it; MPI must be initialised) and sets
   /// MPI_ERRORS_RETURN on the duplicate; `comm` itself is not touched.
-  explicit Mpi(MPI_Comm comm, MpiOptions options = {}) : options_(options) {
+  explicit Mpi(MPI_Comm comm, MpiOptions options = {}) {
+    options_ = options;
     LLEP_EXPECTS(options.timeout.count() > 0, "MpiOptions::timeout = ", options.timeout.count(), " ms must be > 0");
     LLEP_EXPECTS(options.max_count >= 1 && options.max_count <= static_cast<std::size_t>(INT_MAX),
                  "MpiOptions::max_count = ", options.max_count, " must be in [1, INT_MAX]");
@@ -97,31 +97,19 @@ class Mpi {
   }
 
   Mpi(Mpi&& o) noexcept { swap(o); }
-  Mpi& operator=(Mpi&& o) noexcept {
-    if (this != &o) {
-      release();
-      swap(o);
-    }
-    return *this;
-  }
-  Mpi(const Mpi&) = delete;
-  Mpi& operator=(const Mpi&) = delete;
+  Mpi& operator=(Mpi&& o) noexcept { return move_assign(o); }
   ~Mpi() { release(); }
 
-  [[nodiscard]] int rank() const noexcept { return rank_; }
-  [[nodiscard]] int size() const noexcept { return size_; }
+  // rank(), size(), options(), aborted(): detail::TransportRank.
   /// The duplicate this transport communicates on.
   [[nodiscard]] MPI_Comm comm() const noexcept { return comm_; }
-  [[nodiscard]] const MpiOptions& options() const noexcept { return options_; }
-  [[nodiscard]] bool aborted() const noexcept { return aborted_; }
   [[nodiscard]] const std::string& abort_reason() const noexcept { return reason_; }
 
   /// dst[q * bytes, (q + 1) * bytes) = rank q's src. In place (src == dst + rank() * bytes)
   /// is allowed.
   void all_gather(const void* src, std::size_t bytes, void* dst) {
     begin("all_gather");
-    LLEP_EXPECTS(bytes == 0 || (src != nullptr && dst != nullptr), "all_gather: rank ", rank_, " passed a null ",
-                 src ? "dst" : "src", " for ", bytes, " bytes");
+    check_all_gather_args(src, bytes, dst);
     auto* out = static_cast<std::byte*>(dst);
     const void* in = bytes > 0 && src == out + static_cast<std::size_t>(rank_) * bytes ? MPI_IN_PLACE : src;
     if (bytes == 0) {  // nothing moves; distinct bases so MPI sees no aliasing
@@ -151,9 +139,7 @@ class Mpi {
   void all_to_all_v(const void* src, std::span<const std::size_t> send_sizes, std::span<const std::size_t> send_offsets,
                     void* dst, std::span<const std::size_t> recv_sizes, std::span<const std::size_t> recv_offsets) {
     begin("all_to_all_v");
-    const std::string problem = detail::all_to_all_v_args_problem(rank_, size_, src, dst, send_sizes, send_offsets,
-                                                                  recv_sizes, recv_offsets);
-    if (!problem.empty()) throw Error(problem);
+    check_all_to_all_v_args(src, send_sizes, send_offsets, dst, recv_sizes, recv_offsets);
     const auto P = static_cast<std::size_t>(size_);
     counts_.assign(2 * P, 0);
     displs_.assign(2 * P, 0);
@@ -233,14 +219,13 @@ class Mpi {
   }
 
  private:
+  friend class detail::TransportRank<Mpi, MpiOptions>;  // move_assign: release, swap
   static constexpr int kNoticeTag = 0x11e9;
   static constexpr int kExchangeTag = 1;
   static constexpr int kWeightsTag = 2;
 
   void swap(Mpi& o) noexcept {
-    std::swap(rank_, o.rank_);
-    std::swap(size_, o.size_);
-    std::swap(options_, o.options_);
+    swap_rank(o);
     std::swap(comm_, o.comm_);
     std::swap(notice_, o.notice_);
     std::swap(notice_req_, o.notice_req_);
@@ -253,9 +238,6 @@ class Mpi {
     std::swap(counts_, o.counts_);
     std::swap(displs_, o.displs_);
     std::swap(peer_types_, o.peer_types_);
-    std::swap(aborted_, o.aborted_);
-    std::swap(reason_, o.reason_);
-    std::swap(last_call_, o.last_call_);
   }
 
   void begin(const char* call) {
@@ -301,8 +283,7 @@ class Mpi {
     types.clear();
   }
   void post(std::span<const P2pOp> ops, int tag, std::vector<MPI_Request>& reqs, std::vector<MPI_Datatype>& types) {
-    const std::string problem = detail::exchange_args_problem(rank_, size_, ops);
-    if (!problem.empty()) throw Error(problem);
+    check_exchange_args(ops);
     for (const P2pOp& op : ops) {
       if (op.bytes == 0) continue;  // skipped on both sides alike
       const MPI_Datatype t = byte_type(0, op.bytes);
@@ -426,9 +407,7 @@ class Mpi {
     comm_ = MPI_COMM_NULL;
   }
 
-  int rank_ = 0;
-  int size_ = 0;
-  MpiOptions options_{};
+  // rank_, size_, options_, aborted_, reason_, last_call_: detail::TransportRank.
   MPI_Comm comm_ = MPI_COMM_NULL;
   // Buffers MPI writes or reads in the background: on the heap, so a move keeps them in place.
   using Notice = std::array<char, 512>;
@@ -442,9 +421,6 @@ class Mpi {
   std::vector<MPI_Datatype> peer_types_;
   std::vector<MPI_Status> statuses_;
   char empty_[2] = {};  // distinct bases for a side of all_to_all_v that moves nothing
-  bool aborted_ = false;
-  std::string reason_;
-  const char* last_call_ = "init";
 };
 
 static_assert(check_transport<Mpi>());

@@ -38,8 +38,8 @@
 
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
-#include "llep/transport/host_threads.hpp"  // the shared per-rank argument checks
 #include "llep/transport/transport.hpp"
+#include "llep/transport/transport_rank.hpp"
 
 namespace llep::detail {
 [[noreturn]] inline void nccl_fail(ncclResult_t r, const char* call, const char* file, int line) {
@@ -80,7 +80,7 @@ struct NcclOptions {
 
 /// One rank of an NCCL communicator; models llep::Transport over device memory. Move-only;
 /// the destructor finalises (or, after a failure, aborts) the communicators and never throws.
-class Nccl {
+class Nccl : public detail::TransportRank<Nccl, NcclOptions> {
  public:
   static constexpr MemorySpace memory = MemorySpace::device;
   static constexpr std::string_view name = "nccl";
@@ -178,33 +178,21 @@ class Nccl {
   [[nodiscard]] bool owns_comms() const noexcept { return owns_comms_; }
 
   Nccl(Nccl&& o) noexcept { swap(o); }
-  Nccl& operator=(Nccl&& o) noexcept {
-    if (this != &o) {
-      release();
-      swap(o);
-    }
-    return *this;
-  }
-  Nccl(const Nccl&) = delete;
-  Nccl& operator=(const Nccl&) = delete;
+  Nccl& operator=(Nccl&& o) noexcept { return move_assign(o); }
   ~Nccl() { release(); }
 
-  [[nodiscard]] int rank() const noexcept { return rank_; }
-  [[nodiscard]] int size() const noexcept { return size_; }
+  // rank(), size(), options(), aborted(): detail::TransportRank.
   [[nodiscard]] int device() const noexcept { return device_; }
   [[nodiscard]] cudaStream_t stream() const noexcept { return stream_; }
   /// Where exchange_weights() runs; stream() when overlap_weights is off.
   [[nodiscard]] cudaStream_t weights_stream() const noexcept { return weights_stream_; }
   [[nodiscard]] ncclComm_t comm() const noexcept { return comm_; }
-  [[nodiscard]] const NcclOptions& options() const noexcept { return options_; }
-  [[nodiscard]] bool aborted() const noexcept { return aborted_; }
 
   /// dst[q * bytes, (q + 1) * bytes) = rank q's src (ncclAllGather of bytes). In place
   /// (src == dst + rank() * bytes) is allowed.
   void all_gather(const void* src, std::size_t bytes, void* dst) {
     begin("all_gather");
-    LLEP_EXPECTS(bytes == 0 || (src != nullptr && dst != nullptr), "all_gather: rank ", rank_, " passed a null ",
-                 src ? "dst" : "src", " for ", bytes, " bytes");
+    check_all_gather_args(src, bytes, dst);
     if (bytes > 0) issue(ncclAllGather(src, dst, bytes, ncclUint8, comm_, stream_), comm_);
     end();
   }
@@ -214,9 +202,7 @@ class Nccl {
   void all_to_all_v(const void* src, std::span<const std::size_t> send_sizes, std::span<const std::size_t> send_offsets,
                     void* dst, std::span<const std::size_t> recv_sizes, std::span<const std::size_t> recv_offsets) {
     begin("all_to_all_v");
-    const std::string problem = detail::all_to_all_v_args_problem(rank_, size_, src, dst, send_sizes, send_offsets,
-                                                                  recv_sizes, recv_offsets);
-    if (!problem.empty()) throw Error(problem);
+    check_all_to_all_v_args(src, send_sizes, send_offsets, dst, recv_sizes, recv_offsets);
     const auto me = static_cast<std::size_t>(rank_);
     LLEP_EXPECTS(send_sizes[me] == recv_sizes[me], "all_to_all_v: rank ", rank_, " sends ", send_sizes[me],
                  " bytes to itself but expects ", recv_sizes[me]);
@@ -306,6 +292,7 @@ class Nccl {
   }
 
  private:
+  friend class detail::TransportRank<Nccl, NcclOptions>;  // move_assign: release, swap
   Nccl() = default;
 
   void check_stream_device([[maybe_unused]] const char* who) const {
@@ -328,11 +315,9 @@ class Nccl {
   }
 
   void swap(Nccl& o) noexcept {
+    swap_rank(o);
     std::swap(owns_comms_, o.owns_comms_);
-    std::swap(rank_, o.rank_);
-    std::swap(size_, o.size_);
     std::swap(device_, o.device_);
-    std::swap(options_, o.options_);
     std::swap(comm_, o.comm_);
     std::swap(weights_comm_, o.weights_comm_);
     std::swap(stream_, o.stream_);
@@ -341,9 +326,6 @@ class Nccl {
     std::swap(weights_ready_, o.weights_ready_);
     std::swap(weights_done_, o.weights_done_);
     std::swap(scratch_, o.scratch_);
-    std::swap(aborted_, o.aborted_);
-    std::swap(reason_, o.reason_);
-    std::swap(last_call_, o.last_call_);
   }
 
   void alive() const {
@@ -417,8 +399,7 @@ class Nccl {
   }
 
   void exchange_on(std::span<const P2pOp> ops, ncclComm_t comm, cudaStream_t stream) {
-    const std::string problem = detail::exchange_args_problem(rank_, size_, ops);
-    if (!problem.empty()) throw Error(problem);
+    check_exchange_args(ops);
     // Sends to itself: the k-th send to self fills the k-th recv from self.
     std::size_t next_send = 0;
     for (std::size_t i = 0; i < ops.size(); ++i) {
@@ -488,11 +469,9 @@ class Nccl {
     scratch_ = nullptr;
   }
 
+  // rank_, size_, options_, aborted_, reason_, last_call_: detail::TransportRank.
   bool owns_comms_ = true;  // false: adopted from the engine, never finalised or destroyed
-  int rank_ = 0;
-  int size_ = 0;
   int device_ = -1;
-  NcclOptions options_{};
   ncclComm_t comm_ = nullptr;
   ncclComm_t weights_comm_ = nullptr;  // == comm_ without overlap_weights
   cudaStream_t stream_ = nullptr;
@@ -501,9 +480,6 @@ class Nccl {
   cudaEvent_t weights_ready_ = nullptr;  // stream() -> weights_stream()
   cudaEvent_t weights_done_ = nullptr;   // weights_stream() -> stream()
   void* scratch_ = nullptr;              // barrier's one int
-  bool aborted_ = false;
-  std::string reason_;
-  const char* last_call_ = "init";
 };
 
 static_assert(check_transport<Nccl>());
