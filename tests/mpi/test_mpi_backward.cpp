@@ -4,6 +4,8 @@
 // experts run: the path the host-thread tests (tests/layer/test_backward.cpp) do not take.
 // Every memory option gives the default's bits, and the default's gradients equal the dense
 // MoE's: this process's input and gate gradients, and each expert it holds summed over all.
+// Forward and backward each join the weights they post: none is in flight when they return
+// (the data would arrive anyway while the all-to-all polls, so the bits alone cannot tell).
 #include <doctest/doctest.h>
 #include <mpi.h>
 
@@ -77,6 +79,7 @@ TEST_CASE("Mpi backward: refetched weights and kept outputs give the default's b
     std::vector<float> out(in.x.size());
     layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
                   std::span<float>(out), h);
+    CHECK(transport.weights_in_flight() == 0);
     Result r;
     r.hidden.assign(in.x.size(), -7.0f);
     r.gates.assign(in.gates.size(), -7.0f);
@@ -84,6 +87,7 @@ TEST_CASE("Mpi backward: refetched weights and kept outputs give the default's b
     r.report = llep::backward(layer, h,
                               llep::BackwardArgs<float, float, float>{in.x, in.gates, grad_out, r.hidden, r.gates,
                                                                       r.weights});
+    CHECK(transport.weights_in_flight() == 0);
     return r;
   };
   const Result ref = run(false, false);

@@ -4,6 +4,7 @@
 // exercised with small buffers; the abort notice and the deadline.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <random>
@@ -118,9 +119,13 @@ TEST_CASE("Mpi exchange and exchange_weights/join_weights match the k-th send to
           ops.push_back({llep::P2pOp::Kind::send, q, o.data(), o.size()});
         }
       if (weights) {
+        const auto posted = static_cast<std::size_t>(
+            std::count_if(ops.begin(), ops.end(), [](const llep::P2pOp& op) { return op.bytes > 0; }));
         t.exchange_weights(ops);
+        CHECK(t.weights_in_flight() == posted);
         t.barrier();  // another call in between, as the layer's token exchange
         t.join_weights();
+        CHECK(t.weights_in_flight() == 0);
       } else {
         t.exchange(ops);
       }

@@ -199,6 +199,10 @@ class Mpi : public detail::TransportRank<Mpi, MpiOptions> {
     free_types(weight_types_);
   }
 
+  /// Operations exchange_weights() posted that join_weights() has not waited for yet
+  /// (zero-byte ops are not posted): 0 after every join_weights().
+  [[nodiscard]] std::size_t weights_in_flight() const noexcept { return weight_reqs_.size(); }
+
   void barrier() {
     begin("barrier");
     MPI_Request req = MPI_REQUEST_NULL;
