@@ -1,7 +1,8 @@
 #pragma once
-// What the device benchmarks share: `--reps N --rounds R` parsing, the device check (exit
-// 77 without one), and the median device time per launch of a batch of back-to-back
-// launches, timed with CUDA events.
+// What the device benchmarks share: `--reps N --rounds R` parsing and usage text, the
+// device check (exit 77 without one), their scene (N = 384, P = 64, the paper's skews), the
+// counts matrix on the device, and the median device time per launch of a batch of
+// back-to-back launches, timed with CUDA events.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -10,7 +11,10 @@
 #include <cstring>
 #include <vector>
 
+#include "common/scenarios.hpp"
+#include "llep/core/config.hpp"
 #include "llep/core/cuda_check.hpp"
+#include "llep/core/topology.hpp"
 
 namespace llep::bench {
 
@@ -19,6 +23,16 @@ struct RepsRounds {
   int rounds = 21;   ///< timed batches; the median is reported
   int exit_code = -1;  ///< >= 0: main should return it (help printed, or a bad argument)
 };
+
+/// A device benchmark's help: its usage line, `about` (its own lines), then the options
+/// start_device_bench reads.
+inline void print_device_bench_usage(std::FILE* to, const char* tool, const char* about) {
+  std::fprintf(to,
+               "usage: %s [--reps N] [--rounds R]\n%s"
+               "  --reps N    launches per timed batch (default 200)\n"
+               "  --rounds R  timed batches; the median is reported (default 21)\n",
+               tool, about);
+}
 
 /// Parses --reps N, --rounds R and --help (`usage` prints the tool's help to a stream),
 /// then asks for a CUDA device: without one, prints SKIP and sets exit_code 77.
@@ -53,6 +67,45 @@ inline RepsRounds start_device_bench(int argc, char** argv, void (*usage)(std::F
     r.exit_code = 77;
   }
   return r;
+}
+
+/// The device benchmarks' scene: N = 384 experts over P = 64 ranks of 8 slots, each rank
+/// routing GPT-OSS-120B's tokens x K under each of the paper's skews.
+struct PaperScene {
+  static constexpr int N = 384, P = 64;
+  Topology topo{P, N, 8};
+  const LayerShape& shape = kGptOss120b;
+
+  /// Calls f(skew, counts) for each of the paper's skews (counts: P x N, llep::sim).
+  template <class F>
+  void for_each_skew(F&& f) const {
+    for (const sim::Skew& skew : paper_routings()) f(skew, sim::skewed_counts(P, N, shape.pairs_per_rank(), skew));
+  }
+};
+
+/// A device benchmark's main: the arguments (start_device_bench; its exit code if it
+/// gives one), then body(reps, rounds, scene); 0.
+template <class F>
+int device_bench_main(int argc, char** argv, void (*usage)(std::FILE*), F&& body) {
+  const RepsRounds args = start_device_bench(argc, argv, usage);
+  if (args.exit_code >= 0) return args.exit_code;
+  const PaperScene scene;
+  body(args.reps, args.rounds, scene);
+  return 0;
+}
+
+/// Calls body(stream, d_counts) with `counts` copied to the device and a new stream; frees
+/// both after.
+template <class F>
+void with_device_counts(const std::vector<count_t>& counts, F&& body) {
+  count_t* d_counts = nullptr;
+  LLEP_CUDA_CHECK(cudaMalloc(&d_counts, counts.size() * sizeof(count_t)));
+  LLEP_CUDA_CHECK(cudaMemcpy(d_counts, counts.data(), counts.size() * sizeof(count_t), cudaMemcpyHostToDevice));
+  cudaStream_t s = nullptr;
+  LLEP_CUDA_CHECK(cudaStreamCreate(&s));
+  body(s, d_counts);
+  LLEP_CUDA_CHECK(cudaStreamDestroy(s));
+  LLEP_CUDA_CHECK(cudaFree(d_counts));
 }
 
 /// Median over `rounds` batches of `reps` launches on `s` of the device time per launch,

@@ -30,61 +30,49 @@ template <class P>
 std::vector<double> times(const P& planner, const llep::Topology& topo, const std::vector<count_t>& counts, int reps,
                           int rounds) {
   const llep::DevicePlanner<P> dp(planner, topo);
-  count_t* d_counts = nullptr;
-  LLEP_CUDA_CHECK(cudaMalloc(&d_counts, counts.size() * sizeof(count_t)));
-  LLEP_CUDA_CHECK(cudaMemcpy(d_counts, counts.data(), counts.size() * sizeof(count_t), cudaMemcpyHostToDevice));
-  cudaStream_t s = nullptr;
-  LLEP_CUDA_CHECK(cudaStreamCreate(&s));
-  dp.plan_from_counts(s, d_counts);
-  llep::Plan plan;
-  dp.download(s, plan);  // throws if the step failed
-  const auto loads = plan.rank_loads();
-  const int busiest = static_cast<int>(std::max_element(loads.begin(), loads.end()) - loads.begin());
   std::vector<double> out;
-  for (const int rank : {0, busiest}) {
-    const llep::DeviceLayout dl(topo, rank);
-    out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.plan_and_build(s, dp, d_counts); }));
-    out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.build(s, d_counts, dp.view(), dp.status()); }));
-    (void)dl.download(s);  // throws if the layout failed
-  }
-  LLEP_CUDA_CHECK(cudaStreamDestroy(s));
-  LLEP_CUDA_CHECK(cudaFree(d_counts));
+  llep::bench::with_device_counts(counts, [&](cudaStream_t s, count_t* d_counts) {
+    dp.plan_from_counts(s, d_counts);
+    llep::Plan plan;
+    dp.download(s, plan);  // throws if the step failed
+    const auto loads = plan.rank_loads();
+    const int busiest = static_cast<int>(std::max_element(loads.begin(), loads.end()) - loads.begin());
+    for (const int rank : {0, busiest}) {
+      const llep::DeviceLayout dl(topo, rank);
+      out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.plan_and_build(s, dp, d_counts); }));
+      out.push_back(llep::bench::median_us(s, reps, rounds, [&] { dl.build(s, d_counts, dp.view(), dp.status()); }));
+      (void)dl.download(s);  // throws if the layout failed
+    }
+  });
   return out;
 }
 
 void usage(std::FILE* to) {
-  std::fprintf(to,
-               "usage: llep-device-step-bench [--reps N] [--rounds R]\n"
-               "  Median device time of plan_from_counts + one rank's DeviceLayout::build, and of\n"
-               "  the layout alone, at N = 384, P = 64 over the paper's skews (rank 0 and the\n"
-               "  busiest rank).\n"
-               "  --reps N    launches per timed batch (default 200)\n"
-               "  --rounds R  timed batches; the median is reported (default 21)\n");
+  llep::bench::print_device_bench_usage(
+      to, "llep-device-step-bench",
+      "  Median device time of plan_from_counts + one rank's DeviceLayout::build, and of\n"
+      "  the layout alone, at N = 384, P = 64 over the paper's skews (rank 0 and the\n"
+      "  busiest rank).\n");
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const llep::bench::RepsRounds args = llep::bench::start_device_bench(argc, argv, usage);
-  if (args.exit_code >= 0) return args.exit_code;
-  const int reps = args.reps, rounds = args.rounds;
-  const int N = 384, P = 64;
-  const llep::Topology topo(P, N, 8);
-  const llep::bench::LayerShape& shape = llep::bench::kGptOss120b;
+void run(int reps, int rounds, const llep::bench::PaperScene& scene) {
+  const llep::bench::LayerShape& shape = scene.shape;
   std::printf("# llep-device-step-bench: median us (%d rounds of %d launches), N=%d P=%d, %lld tokens x K=%d per rank\n",
-              rounds, reps, N, P, static_cast<long long>(shape.tokens_per_rank), shape.top_k);
+              rounds, reps, scene.N, scene.P, static_cast<long long>(shape.tokens_per_rank), shape.top_k);
   std::printf("# plan+layout = plan_from_counts then DeviceLayout::build; layout = build alone\n");
   std::printf("%-12s %-9s %13s %9s %13s %9s\n", "scenario", "planner", "r0_plan+lay", "r0_lay", "max_plan+lay",
               "max_lay");
-  for (const llep::sim::Skew& skew : llep::bench::paper_routings()) {
-    const auto counts = llep::sim::skewed_counts(P, N, shape.pairs_per_rank(), skew);
+  scene.for_each_skew([&](const llep::sim::Skew& skew, const std::vector<count_t>& counts) {
     auto row = [&](const char* name, const std::vector<double>& t) {
       std::printf("%-12s %-9s %13.2f %9.2f %13.2f %9.2f\n", skew.name().c_str(), name, t[0], t[1], t[2], t[3]);
       std::fflush(stdout);
     };
-    row("ep", times(llep::StandardEp{}, topo, counts, reps, rounds));
-    row("llep", times(llep::bench::paper_lla(), topo, counts, reps, rounds));
-    row("adaptive", times(llep::bench::paper_llep(), topo, counts, reps, rounds));
-  }
-  return 0;
+    row("ep", times(llep::StandardEp{}, scene.topo, counts, reps, rounds));
+    row("llep", times(llep::bench::paper_lla(), scene.topo, counts, reps, rounds));
+    row("adaptive", times(llep::bench::paper_llep(), scene.topo, counts, reps, rounds));
+  });
 }
+
+}  // namespace
+
+int main(int argc, char** argv) { return llep::bench::device_bench_main(argc, argv, usage, run); }

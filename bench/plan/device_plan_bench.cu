@@ -29,54 +29,43 @@ double median_us(const P& planner, const llep::Topology& topo, const std::vector
   const llep::DevicePlanner<P> dp(planner, topo);
   std::vector<count_t> loads(static_cast<std::size_t>(topo.experts()), 0);
   llep::loads_from_counts(llep::CountsView(counts, topo.ranks(), topo.experts()), loads);
-  count_t* d_counts = nullptr;
-  LLEP_CUDA_CHECK(cudaMalloc(&d_counts, counts.size() * sizeof(count_t)));
-  LLEP_CUDA_CHECK(cudaMemcpy(d_counts, counts.data(), counts.size() * sizeof(count_t), cudaMemcpyHostToDevice));
-  LLEP_CUDA_CHECK(cudaMemcpy(dp.loads(), loads.data(), loads.size() * sizeof(count_t), cudaMemcpyHostToDevice));
-  cudaStream_t s = nullptr;
-  LLEP_CUDA_CHECK(cudaStreamCreate(&s));
-  auto launch = [&] { from_counts ? dp.plan_from_counts(s, d_counts) : dp.plan(s); };
-  launch();
-  llep::Plan check;
-  dp.download(s, check);  // throws if the step failed
-  const double us = llep::bench::median_us(s, reps, rounds, launch);
-  LLEP_CUDA_CHECK(cudaStreamDestroy(s));
-  LLEP_CUDA_CHECK(cudaFree(d_counts));
+  double us = 0;
+  llep::bench::with_device_counts(counts, [&](cudaStream_t s, count_t* d_counts) {
+    LLEP_CUDA_CHECK(cudaMemcpy(dp.loads(), loads.data(), loads.size() * sizeof(count_t), cudaMemcpyHostToDevice));
+    auto launch = [&] { from_counts ? dp.plan_from_counts(s, d_counts) : dp.plan(s); };
+    launch();
+    llep::Plan check;
+    dp.download(s, check);  // throws if the step failed
+    us = llep::bench::median_us(s, reps, rounds, launch);
+  });
   return us;
 }
 
 void usage(std::FILE* to) {
-  std::fprintf(to,
-               "usage: llep-device-plan-bench [--reps N] [--rounds R]\n"
-               "  Median device time of one plan (ep, llep, adaptive) at N = 384, P = 64 over the\n"
-               "  paper's skews; 'loads' excludes the count gather, 'counts' includes it.\n"
-               "  --reps N    launches per timed batch (default 200)\n"
-               "  --rounds R  timed batches; the median is reported (default 21)\n");
+  llep::bench::print_device_bench_usage(
+      to, "llep-device-plan-bench",
+      "  Median device time of one plan (ep, llep, adaptive) at N = 384, P = 64 over the\n"
+      "  paper's skews; 'loads' excludes the count gather, 'counts' includes it.\n");
+}
+
+void run(int reps, int rounds, const llep::bench::PaperScene& scene) {
+  const llep::bench::LayerShape& shape = scene.shape;
+  std::printf("# llep-device-plan-bench: median us per device plan (%d rounds of %d launches), N=%d P=%d\n", rounds,
+              reps, scene.N, scene.P);
+  std::printf("# loads: per rank %lld tokens x K=%d; 'loads' = count gather excluded, 'counts' = included\n",
+              static_cast<long long>(shape.tokens_per_rank), shape.top_k);
+  std::printf("%-12s %-7s %9s %9s %9s\n", "scenario", "mode", "ep_us", "llep_us", "adapt_us");
+  scene.for_each_skew([&](const llep::sim::Skew& skew, const std::vector<count_t>& counts) {
+    for (const bool from_counts : {false, true}) {
+      std::printf("%-12s %-7s %9.2f %9.2f %9.2f\n", skew.name().c_str(), from_counts ? "counts" : "loads",
+                  median_us(llep::StandardEp{}, scene.topo, counts, from_counts, reps, rounds),
+                  median_us(llep::bench::paper_lla(), scene.topo, counts, from_counts, reps, rounds),
+                  median_us(llep::bench::paper_llep(), scene.topo, counts, from_counts, reps, rounds));
+      std::fflush(stdout);
+    }
+  });
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const llep::bench::RepsRounds args = llep::bench::start_device_bench(argc, argv, usage);
-  if (args.exit_code >= 0) return args.exit_code;
-  const int reps = args.reps, rounds = args.rounds;
-  const int N = 384, P = 64;
-  const llep::Topology topo(P, N, 8);
-  const llep::bench::LayerShape& shape = llep::bench::kGptOss120b;
-  std::printf("# llep-device-plan-bench: median us per device plan (%d rounds of %d launches), N=%d P=%d\n", rounds,
-              reps, N, P);
-  std::printf("# loads: per rank %lld tokens x K=%d; 'loads' = count gather excluded, 'counts' = included\n",
-              static_cast<long long>(shape.tokens_per_rank), shape.top_k);
-  std::printf("%-12s %-7s %9s %9s %9s\n", "scenario", "mode", "ep_us", "llep_us", "adapt_us");
-  for (const llep::sim::Skew& skew : llep::bench::paper_routings()) {
-    const auto counts = llep::sim::skewed_counts(P, N, shape.pairs_per_rank(), skew);
-    for (const bool from_counts : {false, true}) {
-      std::printf("%-12s %-7s %9.2f %9.2f %9.2f\n", skew.name().c_str(), from_counts ? "counts" : "loads",
-                  median_us(llep::StandardEp{}, topo, counts, from_counts, reps, rounds),
-                  median_us(llep::bench::paper_lla(), topo, counts, from_counts, reps, rounds),
-                  median_us(llep::bench::paper_llep(), topo, counts, from_counts, reps, rounds));
-      std::fflush(stdout);
-    }
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return llep::bench::device_bench_main(argc, argv, usage, run); }
