@@ -52,6 +52,7 @@ struct GroupedTiles {
   /// prefix)` must fill prefix[0, n) with the inclusive sums of {tiles_of(rows), rows} of
   /// tasks [base, base + n) and return prefix[n - 1]. In a kernel every thread of the
   /// block calls this with the same arguments (the scan synchronises the block).
+  LLEP_EXEC_CHECK_DISABLE
   template <class RowsOf, class Scan>
   LLEP_HOST_DEVICE TileSlot find(RowsOf rows_of, int count, count_t tile, int chunk, TileCount* prefix,
                                  Scan scan) const {
@@ -88,6 +89,7 @@ template <class RowsOf>
 struct SequentialTileScan {
   RowsOf rows_of;
   GroupedTiles tiles;
+  LLEP_EXEC_CHECK_DISABLE
   LLEP_HOST_DEVICE TileCount operator()(int base, int n, TileCount* prefix) const {
     TileCount run;
     for (int i = 0; i < n; ++i) {
