@@ -64,6 +64,27 @@ constexpr double tolerance() {
   else return 1e-4;
 }
 
+template <class T>
+std::vector<double> as_double(const std::vector<T>& v) {
+  std::vector<double> d(v.size());
+  std::transform(v.begin(), v.end(), d.begin(), [](T x) { return to_double(x); });
+  return d;
+}
+
+// max|got - ref| / max|ref|, counting non-finite results; the reference must exceed
+// `floor` somewhere (the data is not degenerate).
+double max_ratio(const std::vector<double>& got, const std::vector<double>& ref, std::size_t& non_finite,
+                 double floor) {
+  double max_ref = 0, max_err = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) ++non_finite;
+    max_ref = std::max(max_ref, std::abs(ref[i]));
+    max_err = std::max(max_err, std::abs(got[i] - ref[i]));
+  }
+  REQUIRE(max_ref > floor);
+  return max_err / max_ref;
+}
+
 template <class T, class Act, llep::GemmMode Mode>
 struct Config {
   using type = T;
@@ -175,19 +196,11 @@ void check_against_host(llep::ExpertShape shape, std::vector<llep::count_t> task
   const std::vector<T> second = d_out.download();
   CHECK(std::memcmp(first.data(), second.data(), first.size() * sizeof(T)) == 0);
 
-  double max_ref = 0, max_err = 0;
   std::size_t non_finite = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double got = to_double(first[i]);
-    if (!std::isfinite(got)) ++non_finite;
-    max_ref = std::max(max_ref, std::abs(want[i]));
-    max_err = std::max(max_err, std::abs(got - want[i]));
-  }
+  const double ratio = max_ratio(as_double(first), want, non_finite, 0.1);
   CHECK(non_finite == 0);
-  REQUIRE(max_ref > 0.1);  // the data is not degenerate
-  CAPTURE(max_err);
-  CAPTURE(max_ref);
-  CHECK(max_err / max_ref <= tolerance<T>());
+  CAPTURE(ratio);
+  CHECK(ratio <= tolerance<T>());
 }
 
 }  // namespace
@@ -294,14 +307,7 @@ void check_backward(llep::ExpertShape shape, std::vector<llep::count_t> task_row
   const auto second = run();
   CHECK(first == second);  // bit-identical (no NaN is expected; a NaN also fails below)
   auto ratio = [](const std::vector<double>& got, const std::vector<double>& ref, std::size_t& bad) {
-    double max_ref = 0, max_err = 0;
-    for (std::size_t i = 0; i < ref.size(); ++i) {
-      if (!std::isfinite(got[i])) ++bad;
-      max_ref = std::max(max_ref, std::abs(ref[i]));
-      max_err = std::max(max_err, std::abs(got[i] - ref[i]));
-    }
-    REQUIRE(max_ref > 0.05);
-    return max_err / max_ref;
+    return max_ratio(got, ref, bad, 0.05);
   };
   std::size_t non_finite = 0;
   const double e_dx = ratio(first.first, want_dx, non_finite);
@@ -447,24 +453,6 @@ constexpr double vs_cublas_tolerance() {
   else return 2e-5;
 }
 
-double max_ratio(const std::vector<double>& got, const std::vector<double>& ref, std::size_t& non_finite) {
-  double max_ref = 0, max_err = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(got[i])) ++non_finite;
-    max_ref = std::max(max_ref, std::abs(ref[i]));
-    max_err = std::max(max_err, std::abs(got[i] - ref[i]));
-  }
-  REQUIRE(max_ref > 0.1);
-  return max_err / max_ref;
-}
-
-template <class T>
-std::vector<double> as_double(const std::vector<T>& v) {
-  std::vector<double> d(v.size());
-  std::transform(v.begin(), v.end(), d.begin(), [](T x) { return to_double(x); });
-  return d;
-}
-
 // The device-sized path: the task array in device memory carries `past` more tasks after
 // the count (their rows would write into `guard`, which must stay untouched); the count is
 // written on the exec's stream right before each call; the bounds exceed the real sizes.
@@ -515,7 +503,7 @@ void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, 
   const std::vector<T> got = run(n);
   CHECK(std::memcmp(got.data(), plain.data(), got.size() * sizeof(T)) == 0);
   std::size_t non_finite = 0;
-  const double ratio = max_ratio(as_double(got), as_double(want), non_finite);
+  const double ratio = max_ratio(as_double(got), as_double(want), non_finite, 0.1);
   CHECK(non_finite == 0);
   CAPTURE(ratio);
   CHECK(ratio <= vs_cublas_tolerance<T>());
