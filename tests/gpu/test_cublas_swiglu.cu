@@ -457,7 +457,8 @@ constexpr double vs_cublas_tolerance() {
 // the count (their rows would write into `guard`, which must stay untouched); the count is
 // written on the exec's stream right before each call; the bounds exceed the real sizes.
 // compute_sized must give the bits of compute over the same tasks, agree with cuBLAS, and
-// with a smaller count leave the later tasks' output rows as they were.
+// with a smaller count leave the later tasks' output rows as they were; a CUDA graph of
+// one call replays both counts.
 template <class T, class Act>
 void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, int past, std::uint32_t seed) {
   CAPTURE(shape.hidden);
@@ -492,10 +493,11 @@ void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, 
   DeviceArray<std::int32_t> d_count(1);
   DeviceArray<std::byte> sized_scratch(grouped.sized_scratch_bytes(max_tasks, max_rows) + 8);
   const llep::SizedTasks<T> sized{d_tasks.get(), d_count.get(), max_tasks, max_rows, max_task_rows};
-  auto run = [&](std::int32_t count) {
+  auto run = [&](std::int32_t count, cudaGraphExec_t graph = nullptr) {
     sized_out.fill_bytes(0xff);
     exec.from_host(d_count.get(), &count, sizeof count);
-    grouped.compute_sized(exec, sized, sized_scratch.get() + 8);
+    if (graph != nullptr) LLEP_CUDA_CHECK(cudaGraphLaunch(graph, exec.stream()));
+    else grouped.compute_sized(exec, sized, sized_scratch.get() + 8);
     exec.synchronize();
     return sized_out.download();
   };
@@ -521,6 +523,20 @@ void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, 
       else wrong += std::isfinite(to_double(part[at]));
     }
   CHECK(wrong == 0);
+
+  // Captured once in a CUDA graph (a host sync or an allocation inside would break the
+  // capture), then replayed with either count: the bits of the eager calls.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t replay = nullptr;
+  LLEP_CUDA_CHECK(cudaStreamBeginCapture(exec.stream(), cudaStreamCaptureModeThreadLocal));
+  grouped.compute_sized(exec, sized, sized_scratch.get() + 8);
+  LLEP_CUDA_CHECK(cudaStreamEndCapture(exec.stream(), &graph));
+  LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, graph, 0));
+  const std::vector<T> replay_part = run(k, replay), replay_all = run(n, replay);
+  CHECK(std::memcmp(replay_part.data(), part.data(), part.size() * sizeof(T)) == 0);
+  CHECK(std::memcmp(replay_all.data(), got.data(), got.size() * sizeof(T)) == 0);
+  (void)cudaGraphExecDestroy(replay);
+  (void)cudaGraphDestroy(graph);
 }
 
 }  // namespace
