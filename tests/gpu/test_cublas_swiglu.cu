@@ -511,6 +511,18 @@ void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, 
   CHECK(ratio <= vs_cublas_tolerance<T>());
   const std::vector<T> guard_after = guard.download();
   CHECK(std::memcmp(guard_before.data(), guard_after.data(), guard_before.size() * sizeof(T)) == 0);
+  // One or three blocks along the rows, each looping over row tiles: the same bits.
+  for (int row_blocks : {1, 3}) {
+    CAPTURE(row_blocks);
+    const llep::GroupedSwiGlu<T, Act> looping(shape, act, row_blocks);
+    sized_out.fill_bytes(0xff);
+    const std::int32_t all = static_cast<std::int32_t>(task_rows.size());
+    exec.from_host(d_count.get(), &all, sizeof all);
+    looping.compute_sized(exec, sized, sized_scratch.get() + 8);
+    exec.synchronize();
+    const std::vector<T> looped = sized_out.download();
+    CHECK(std::memcmp(looped.data(), got.data(), got.size() * sizeof(T)) == 0);
+  }
 
   // Half the tasks: theirs are the same bits, the others' rows stay NaN (0xff bytes).
   const std::int32_t k = n / 2;
@@ -557,6 +569,7 @@ TEST_CASE_TEMPLATE("GroupedSwiGlu::compute_sized: count in device memory, bounds
 TEST_CASE("GroupedSwiGlu: shapes, scratch and no-work calls") {
   using E = llep::GroupedSwiGlu<__nv_bfloat16, llep::SiluGlu>;
   CHECK_THROWS_AS(E(llep::ExpertShape{64, 32, true}), llep::Error);  // SiluGlu has no biases
+  CHECK_THROWS_AS(E(llep::ExpertShape{64, 32, false}, llep::SiluGlu{}, -1), llep::Error);
   const E e(llep::ExpertShape{64, 32, false});
   CHECK(e.weight_elems() == llep::ExpertShape{64, 32, false}.elems());
   CHECK(e.scratch_bytes(0, 0) == 0);

@@ -6,11 +6,13 @@
 // from the host. The math and the weight layout are CublasSwiGlu's (per_expert mode):
 //   launch 1   gu = x W_gu (fp32 accumulate, kept in fp32), h = Act(gu + b_gu) -> T
 //   launch 2   out = h W_down + b_down (fp32 accumulate, one rounding to T)
-// Each launch is a grouped GEMM over 128-row tiles of every task: block (x, y) takes tile
-// x of the tasks' row tiles (experts/grouped_tiles.hpp finds which task and rows; blocks
-// past the real tile count exit at once) and column tile y (launch 1: 32 columns of h,
-// from the matching gate and up columns of W_gu; launch 2: 64 columns of out). The grid
-// is sized from the host bounds only. bf16 / fp16 run on tensor cores (WMMA 16x16x16,
+// Each launch is a grouped GEMM over 128-row tiles of every task: block (x, y) takes row
+// tiles x, x + gridDim.x, ... of all tasks' row tiles (experts/grouped_tiles.hpp finds
+// which task and rows, and when there are no more) and column tile y (launch 1: 32 columns
+// of h, from the matching gate and up columns of W_gu; launch 2: 64 columns of out). The
+// grid is sized on the host from the bounds (never more row blocks than
+// GroupedTiles::grid_bound) and the device (about two waves of resident blocks), so a
+// loose bound costs no empty blocks. bf16 / fp16 run on tensor cores (WMMA 16x16x16,
 // fp32 accumulation; sm_80 and later); float runs fp32 FMAs (no TF32, as cuBLAS's default).
 // Operands are staged in shared memory, double-buffered through registers; 16-byte loads
 // when D and H are multiples of 16 bytes and the pointers are aligned, element loads
@@ -114,26 +116,13 @@ struct BlockTileScan {
   }
 };
 
-/// One grouped GEMM launch; Gate: launch 1 (x W_gu, activation into h), else launch 2
-/// (h W_down into out).
+/// One (row tile, column tile blockIdx.y) of a launch: the operands through shared memory
+/// (`smem`, Tuning<T>::smem_bytes), fp32 accumulation, then the epilogue.
 template <bool Gate, class T, class Act>
-LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_swiglu_gemm(Args<T, Act> a) {
+__device__ void gemm_tile(const Args<T, Act>& a, const TileSlot& slot, unsigned char* smem) {
   using Tn = Tuning<T>;
   using E = element<T>;
   constexpr int threads = Tn::threads, bm = Tn::bm, bn = Tn::bn, bk = Tn::bk, vec = Tn::vec, half_n = bn / 2;
-  __shared__ typename BlockTileScan<T, threads>::Scan::TempStorage scan_storage;
-  __shared__ __align__(16) unsigned char prefix_bytes[threads * sizeof(TileCount)];
-  auto* prefix = reinterpret_cast<TileCount*>(prefix_bytes);
-  __shared__ __align__(128) unsigned char smem[Tn::smem_bytes];
-
-  // Which rows: the tile scheduler, shared with the host tests.
-  const GroupedTiles tiles{bm};
-  std::int32_t count = *a.count;
-  count = count < 0 ? 0 : (count > a.max_tasks ? a.max_tasks : count);
-  const TaskRowsOf<T> rows_of{a.tasks};
-  const TileSlot slot = tiles.find(rows_of, count, static_cast<count_t>(blockIdx.x), threads, prefix,
-                                   BlockTileScan<T, threads>{&scan_storage, rows_of, tiles});
-  if (slot.task < 0 || slot.row_offset + slot.row_begin + slot.rows > a.max_rows) return;  // block-uniform
   const ExpertTask<T> task = a.tasks[slot.task];
   const int D = a.shape.hidden, H = a.shape.intermediate;
   const auto Hz = static_cast<std::size_t>(H), Dz = static_cast<std::size_t>(D);
@@ -299,6 +288,35 @@ LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_swiglu_gemm(Args<
   }
 }
 
+/// One grouped GEMM launch; Gate: launch 1 (x W_gu, activation into h), else launch 2
+/// (h W_down into out). Block (x, y) runs row tiles x, x + gridDim.x, ... of column tile y
+/// until the scheduler says there are no more, so a grid smaller than the tile count (the
+/// host caps it at a few waves) covers them all, and a loose bound costs one scan a block.
+template <bool Gate, class T, class Act>
+LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_swiglu_gemm(Args<T, Act> a) {
+  using Tn = Tuning<T>;
+  constexpr int threads = Tn::threads;
+  __shared__ typename BlockTileScan<T, threads>::Scan::TempStorage scan_storage;
+  __shared__ __align__(16) unsigned char prefix_bytes[threads * sizeof(TileCount)];
+  auto* prefix = reinterpret_cast<TileCount*>(prefix_bytes);
+  __shared__ __align__(128) unsigned char smem[Tn::smem_bytes];
+
+  // Which rows: the tile scheduler, shared with the host tests. Every branch below is
+  // block-uniform (the scan's result is in shared memory); the scan's barriers also order
+  // one tile's epilogue before the next tile's loads into the same shared memory.
+  const GroupedTiles tiles{Tn::bm};
+  std::int32_t count = *a.count;
+  count = count < 0 ? 0 : (count > a.max_tasks ? a.max_tasks : count);
+  const TaskRowsOf<T> rows_of{a.tasks};
+  for (count_t tile = blockIdx.x;; tile += gridDim.x) {
+    const TileSlot slot =
+        tiles.find(rows_of, count, tile, threads, prefix, BlockTileScan<T, threads>{&scan_storage, rows_of, tiles});
+    if (slot.task < 0) return;
+    if (slot.row_offset + slot.row_begin + slot.rows > a.max_rows) continue;  // past the bound: not computed
+    gemm_tile<Gate>(a, slot, smem);
+  }
+}
+
 inline constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 256; }
 
 }  // namespace detail::grouped_swiglu
@@ -315,7 +333,12 @@ class GroupedSwiGlu : public SwiGluBase<T, Act> {
   /// Rows of one tile: the grid has GroupedTiles{tile_rows}.grid_bound(...) row tiles.
   static constexpr int tile_rows = Tn::bm;
 
-  explicit GroupedSwiGlu(ExpertShape shape, Act act = Act{}) : SwiGluBase<T, Act>(shape, act) {
+  /// `row_blocks`: at most this many blocks along the rows of each launch, each looping
+  /// over row tiles; 0 (the default) sizes them to about two waves of the device's
+  /// resident blocks. Every value gives the same bits (tests use 1-3 to exercise the loop).
+  explicit GroupedSwiGlu(ExpertShape shape, Act act = Act{}, int row_blocks = 0)
+      : SwiGluBase<T, Act>(shape, act), row_blocks_(row_blocks) {
+    LLEP_EXPECTS(row_blocks >= 0, "row_blocks = ", row_blocks, " must be >= 0 (0: from the device)");
     LLEP_EXPECTS(2 * shape_.h() <= static_cast<std::size_t>(std::numeric_limits<int>::max()), "2H = ", 2 * shape_.h(),
                  " exceeds int");
     LLEP_EXPECTS(shape_.h() / (Tn::bn / 2) < 65535 && shape_.d() / Tn::bn < 65535, "D = ", shape_.d(), ", H = ",
@@ -357,13 +380,8 @@ class GroupedSwiGlu : public SwiGluBase<T, Act> {
     base += (256 - reinterpret_cast<std::uintptr_t>(base) % 256) % 256;
     const detail::grouped_swiglu::Args<T, Act> args{sized.tasks,      sized.count, sized.max_tasks, sized.max_rows,
                                                     reinterpret_cast<T*>(base), shape_,   act_};
-    const auto rows = static_cast<unsigned>(grid);
-    const dim3 gate_grid(rows, static_cast<unsigned>((shape_.h() + Tn::bn / 2 - 1) / (Tn::bn / 2)));
-    const dim3 down_grid(rows, static_cast<unsigned>((shape_.d() + Tn::bn - 1) / Tn::bn));
-    detail::grouped_swiglu::grouped_swiglu_gemm<true, T, Act><<<gate_grid, Tn::threads, 0, exec.stream()>>>(args);
-    LLEP_CUDA_CHECK(cudaGetLastError());
-    detail::grouped_swiglu::grouped_swiglu_gemm<false, T, Act><<<down_grid, Tn::threads, 0, exec.stream()>>>(args);
-    LLEP_CUDA_CHECK(cudaGetLastError());
+    launch<true>(exec, args, grid, static_cast<unsigned>((shape_.h() + Tn::bn / 2 - 1) / (Tn::bn / 2)));
+    launch<false>(exec, args, grid, static_cast<unsigned>((shape_.d() + Tn::bn - 1) / Tn::bn));
   }
 
   /// ExpertCompute: uploads the tasks with rows and their count to `scratch`
@@ -394,6 +412,26 @@ class GroupedSwiGlu : public SwiGluBase<T, Act> {
  private:
   using SwiGluBase<T, Act>::shape_;
   using SwiGluBase<T, Act>::act_;
+
+  int row_blocks_ = 0;
+
+  // Host calls only (attribute and occupancy queries, a launch): legal in stream capture.
+  template <bool Gate>
+  void launch(CudaExec& exec, const detail::grouped_swiglu::Args<T, Act>& args, count_t tiles, unsigned cols) const {
+    auto* kernel = detail::grouped_swiglu::grouped_swiglu_gemm<Gate, T, Act>;
+    count_t x = row_blocks_;
+    if (x == 0) {
+      int device = 0, sms = 0, per_sm = 0;
+      LLEP_CUDA_CHECK(cudaGetDevice(&device));
+      LLEP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      LLEP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Tn::threads, 0));
+      const count_t resident = static_cast<count_t>(std::max(sms, 1)) * std::max(per_sm, 1);
+      x = (2 * resident + cols - 1) / cols;
+    }
+    x = std::min(x, tiles);
+    kernel<<<dim3(static_cast<unsigned>(x), cols), Tn::threads, 0, exec.stream()>>>(args);
+    LLEP_CUDA_CHECK(cudaGetLastError());
+  }
 
   static std::size_t task_image_bytes(std::size_t tasks) {
     return detail::grouped_swiglu::align_up(tasks * sizeof(ExpertTask<T>) + sizeof(std::int32_t));
