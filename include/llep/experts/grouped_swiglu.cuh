@@ -20,7 +20,7 @@
 //
 // Forward only: backward stays with CublasSwiGlu (the layer's backward asks for
 // ExpertBackward, which this functor does not model). Scratch holds h for max_rows rows.
-// Tasks past *count, rows past max_rows (a broken bound) and tiles past the grid are not
+// Tasks past *count and tiles whose rows end past max_rows (a broken bound) are not
 // computed and leave their out rows untouched; the caller keeps to the bounds.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -330,7 +330,7 @@ class GroupedSwiGlu : public SwiGluBase<T, Act> {
 
  public:
   using value_type = T;
-  /// Rows of one tile: the grid has GroupedTiles{tile_rows}.grid_bound(...) row tiles.
+  /// Rows of one tile (GroupedTiles{tile_rows} schedules them).
   static constexpr int tile_rows = Tn::bm;
 
   /// `row_blocks`: at most this many blocks along the rows of each launch, each looping
@@ -372,7 +372,6 @@ class GroupedSwiGlu : public SwiGluBase<T, Act> {
                  " must be >= 0");
     const count_t grid = GroupedTiles{tile_rows}.grid_bound(sized.max_tasks, sized.max_rows, sized.max_task_rows);
     if (grid == 0) return;
-    LLEP_EXPECTS(grid <= std::numeric_limits<int>::max(), "the bounds need ", grid, " row tiles; at most 2^31 - 1");
     LLEP_EXPECTS(sized.tasks != nullptr && sized.count != nullptr && scratch != nullptr,
                  "compute_sized needs the device task array, count and scratch (sized_scratch_bytes = ",
                  sized_scratch_bytes(sized.max_tasks, sized.max_rows), ")");
