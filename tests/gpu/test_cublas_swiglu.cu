@@ -112,7 +112,8 @@ struct Problem {
   std::vector<std::size_t> in_row, out_row;
   llep::count_t total = 0, max_rows = 0;
 
-  Problem(const llep::ExpertShape& shape, const std::vector<llep::count_t>& task_rows, std::mt19937& rng) {
+  Problem(const llep::ExpertShape& shape, const std::vector<llep::count_t>& task_rows, std::uint32_t seed) {
+    std::mt19937 rng(seed);
     const std::size_t D = shape.d(), H = shape.h(), W = shape.elems();
     w.resize(experts * W);
     w_ref.resize(w.size());
@@ -159,10 +160,9 @@ template <class T, class Act, class Experts>
 void check_against_host(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, std::uint32_t seed) {
   CAPTURE(shape.hidden);
   CAPTURE(shape.intermediate);
-  std::mt19937 rng(seed);
   const std::size_t D = shape.d();
   const Act act = test_activation<Act>();
-  const Problem<T> pb(shape, task_rows, rng);
+  const Problem<T> pb(shape, task_rows, seed);
   const llep::count_t total = pb.total, max_rows = pb.max_rows;
   const auto rows = static_cast<std::size_t>(total);
 
@@ -463,10 +463,9 @@ template <class T, class Act>
 void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, int past, std::uint32_t seed) {
   CAPTURE(shape.hidden);
   CAPTURE(shape.intermediate);
-  std::mt19937 rng(seed);
   const std::size_t D = shape.d();
   const Act act = test_activation<Act>();
-  const Problem<T> pb(shape, task_rows, rng);
+  const Problem<T> pb(shape, task_rows, seed);
   const auto rows = static_cast<std::size_t>(pb.total);
   DeviceArray<T> d_w(pb.w), d_x(pb.x), ref_out(rows * D), plain_out(rows * D), sized_out(rows * D), guard(64 * D);
   guard.fill_bytes(0x5a);
