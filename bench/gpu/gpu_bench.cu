@@ -4,6 +4,14 @@
 //   llep-gpu-bench curve --csv curve.csv            achieved TFLOP/s of one expert's FFN vs rows
 //   llep-gpu-bench table --csv t.csv --markdown t.md  EP vs LLEP per paper scenario
 //   llep-gpu-bench table --backward ...               the same, plus forward + backward (training)
+//   llep-gpu-bench experts --csv g.csv [--experts E]  GroupedSwiGlu vs cuBLAS per expert
+//
+// experts: E tasks (experts with their own weights) of R rows each, R = 16 .. 4096, per
+// paper shape: CublasSwiGlu per_expert (one cuBLAS GEMM pair per task) against
+// GroupedSwiGlu::compute_sized (two launches; the task list and count stay in device
+// memory, as in a sync-free step), medians of --reps in the same run; the ratio is the
+// cuBLAS time over the grouped time (> 1: the grouped functor is faster). grouped_loose_ms:
+// the same call with max_rows = max_task_rows = 8 x the rows, as a step's worst-case bounds.
 //
 // table: for every shape and routing, EP's and LLEP's plans are made from the expected
 // counts; each rank's real work (gather its rows into task order, the SwiGLU GEMMs of exactly
@@ -28,10 +36,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -39,6 +49,7 @@
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
+#include "llep/experts/grouped_swiglu.cuh"
 #include "llep/layer/backward.hpp"
 #include "llep/layer/layout.hpp"
 #include "llep/layer/row_ops.hpp"
@@ -58,22 +69,24 @@ struct Args {
   long long tokens = 0;  // tokens per rank; 0: the shape's own
   bool verbose = false;
   bool backward = false;  // also time forward + backward per rank (training)
+  int experts = 8;        // experts: tasks per call
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
-               "error: %s\nusage: llep-gpu-bench curve|table [--csv F] [--markdown F] [--reps N] [--warmup N]\n"
+               "error: %s\nusage: llep-gpu-bench curve|table|experts [--csv F] [--markdown F] [--reps N] [--warmup N]\n"
                "       [--link-gbps G] [--latency-us U] [--grouped] [--shape NAME] [--routing NAME] [--tokens N] [--verbose]\n"
-               "       [--backward]   (table: also forward + backward per rank, the training columns)\n",
+               "       [--backward]   (table: also forward + backward per rank, the training columns)\n"
+               "       [--experts E]  (experts: tasks per call, default 8)\n",
                why.c_str());
   std::exit(2);
 }
 
 Args parse(int argc, char** argv) {
   Args a;
-  if (argc < 2) usage("give a mode: curve or table");
+  if (argc < 2) usage("give a mode: curve, table or experts");
   a.mode = argv[1];
-  if (a.mode != "curve" && a.mode != "table") usage("unknown mode '" + a.mode + "'");
+  if (a.mode != "curve" && a.mode != "table" && a.mode != "experts") usage("unknown mode '" + a.mode + "'");
   for (int i = 2; i < argc; ++i) {
     const std::string f = argv[i];
     auto value = [&]() -> std::string {
@@ -93,6 +106,7 @@ Args parse(int argc, char** argv) {
       else if (f == "--verbose") a.verbose = true;
       else if (f == "--grouped") a.grouped = true;
       else if (f == "--backward") a.backward = true;
+      else if (f == "--experts") a.experts = std::stoi(value());
       else usage("unknown flag " + f);
     } catch (const std::logic_error&) {
       usage("bad value for " + f);
@@ -101,6 +115,7 @@ Args parse(int argc, char** argv) {
   if (a.reps < 1 || a.warmup < 0 || a.link_gbps <= 0 || a.latency_us < 0 || a.tokens < 0)
     usage("reps >= 1, warmup >= 0, link > 0, tokens >= 0");
   if (a.backward && a.mode != "table") usage("--backward is a flag of table");
+  if (a.experts < 1) usage("--experts >= 1");
   return a;
 }
 
@@ -169,6 +184,49 @@ void curve(const Args& a, std::FILE* csv) {
       const double flops = 6.0 * double(rows) * double(es.d()) * double(es.h());
       std::fprintf(csv, "%.*s,%s,%lld,%.6f,%.3f\n", int(shape.name.size()), shape.name.data(), mode,
                    static_cast<long long>(rows), ms, flops / (ms * 1e-3) / 1e12);
+      std::fflush(csv);
+    }
+  }
+}
+
+// GroupedSwiGlu against CublasSwiGlu per expert on the same E tasks (see the header).
+void grouped_vs_cublas(const Args& a, std::FILE* csv) {
+  llep::CudaExec exec;
+  for (const auto& shape : llep::bench::kPaperShapes) {
+    if (!a.only_shape.empty() && a.only_shape != shape.name) continue;
+    const llep::ExpertShape es{shape.hidden, shape.intermediate, false};
+    const llep::CublasSwiGlu<T, llep::SiluGlu> cublas(es);
+    const llep::GroupedSwiGlu<T, llep::SiluGlu> grouped(es);
+    const auto E = static_cast<std::size_t>(a.experts);
+    const Buf w(E * es.elems() * sizeof(T));
+    for (count_t rows = 16; rows <= 4096; rows *= 2) {
+      const std::size_t total = E * static_cast<std::size_t>(rows);
+      const Buf in(total * es.d() * sizeof(T)), out(total * es.d() * sizeof(T));
+      const auto loose = static_cast<count_t>(8 * total);  // a sync-free step's worst-case bound
+      const Buf scratch(std::max(cublas.scratch_bytes(rows, static_cast<count_t>(total)),
+                                 grouped.sized_scratch_bytes(a.experts, loose)));
+      std::vector<llep::ExpertTask<T>> tasks;
+      for (std::size_t e = 0; e < E; ++e)
+        tasks.push_back({static_cast<int>(e), w.as<T>() + e * es.elems(), in.as<T>() + e * rows * es.d(),
+                         out.as<T>() + e * rows * es.d(), rows});
+      const Buf d_tasks(E * sizeof(llep::ExpertTask<T>) + sizeof(std::int32_t));
+      const auto n = static_cast<std::int32_t>(E);
+      LLEP_CUDA_CHECK(cudaMemcpy(d_tasks.p, tasks.data(), E * sizeof(llep::ExpertTask<T>), cudaMemcpyHostToDevice));
+      auto* d_count = reinterpret_cast<std::int32_t*>(d_tasks.as<std::byte>() + E * sizeof(llep::ExpertTask<T>));
+      LLEP_CUDA_CHECK(cudaMemcpy(d_count, &n, sizeof n, cudaMemcpyHostToDevice));
+      LLEP_CUDA_CHECK(cudaDeviceSynchronize());  // the fills ran on the legacy stream
+      const llep::SizedTasks<T> sized{d_tasks.as<llep::ExpertTask<T>>(), d_count, a.experts,
+                                      static_cast<count_t>(total), rows};
+      const double ms_cublas = time_ms(a, exec.stream(), [&] {
+        cublas.compute(exec, std::span<const llep::ExpertTask<T>>(tasks), scratch.p);
+      });
+      const double ms_grouped = time_ms(a, exec.stream(), [&] { grouped.compute_sized(exec, sized, scratch.p); });
+      const llep::SizedTasks<T> sized_loose{sized.tasks, d_count, a.experts, loose, loose};
+      const double ms_loose = time_ms(a, exec.stream(), [&] { grouped.compute_sized(exec, sized_loose, scratch.p); });
+      const double flops = 6.0 * double(total) * double(es.d()) * double(es.h());
+      std::fprintf(csv, "%.*s,%d,%lld,%.6f,%.6f,%.6f,%.3f,%.3f,%.3f\n", int(shape.name.size()), shape.name.data(),
+                   a.experts, static_cast<long long>(rows), ms_cublas, ms_grouped, ms_loose, ms_cublas / ms_grouped,
+                   flops / (ms_cublas * 1e-3) / 1e12, flops / (ms_grouped * 1e-3) / 1e12);
       std::fflush(csv);
     }
   }
@@ -462,6 +520,10 @@ int main(int argc, char** argv) {
       std::fprintf(csv, "shape,mode,rows,ms,tflops\n");
       curve<llep::GemmMode::per_expert>(a, csv);
       curve<llep::GemmMode::grouped>(a, csv);
+    } else if (a.mode == "experts") {
+      std::fprintf(csv, "shape,experts,rows_per_expert,cublas_ms,grouped_ms,grouped_loose_ms,ratio,cublas_tflops,"
+                        "grouped_tflops\n");
+      grouped_vs_cublas(a, csv);
     } else if (a.grouped) {
       table<llep::GemmMode::grouped>(a, csv, md);
     } else {

@@ -333,3 +333,58 @@ TEST_CASE_TEMPLATE("the gate half and the up half are not interchangeable", T, f
     CHECK(to_swapped > 1e3 * tolerance<T>());
   }
 }
+
+// The host reference of the device-sized contract: compute_sized over the first *count
+// tasks gives the bits of compute over those tasks; the entries past the count (here with
+// rows and null pointers, which compute would refuse) are never read; bounds are checked.
+TEST_CASE_TEMPLATE("HostSwiGlu::compute_sized equals compute on random task lists", T, float, double) {
+  static_assert(llep::SizedExpertCompute<llep::HostSwiGlu<T>, llep::HostExec>);
+  std::mt19937_64 rng(1414);
+  for (int trial = 0; trial < 30; ++trial) {
+    CAPTURE(trial);
+    const llep::SiluGlu act;
+    const auto r = testexperts::random_tasks(act, trial, rng);
+    const int D = r.moe.hidden, H = r.moe.intermediate;
+    const llep::HostSwiGlu<T> ex(llep::ExpertShape{D, H, false}, act);
+    const auto weights = r.moe.packed_rank<T>(0, 1);
+    count_t total = 0, max_rows = 0;
+    for (const auto& s : r.spec) total += s.second, max_rows = std::max(max_rows, s.second);
+    const auto Dz = static_cast<std::size_t>(D);
+    std::vector<T> x(static_cast<std::size_t>(total) * Dz);
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    for (T& v : x) v = static_cast<T>(u(rng));
+    std::vector<T> plain(x.size(), T(-1)), sized(x.size(), T(-2));
+    auto tasks_into = [&](std::vector<T>& out) {
+      std::vector<llep::ExpertTask<T>> tasks;
+      std::size_t row = 0;
+      for (const auto& [e, rows] : r.spec) {
+        tasks.push_back({e, weights.data() + static_cast<std::size_t>(e) * ex.weight_elems(), x.data() + row * Dz,
+                         out.data() + row * Dz, rows});
+        row += static_cast<std::size_t>(rows);
+      }
+      return tasks;
+    };
+    llep::HostExec exec;
+    std::vector<std::byte> scratch(std::max(ex.scratch_bytes(max_rows, total),
+                                            ex.sized_scratch_bytes(static_cast<int>(r.spec.size()), total)));
+    const auto a = tasks_into(plain);
+    ex.compute(exec, std::span<const llep::ExpertTask<T>>(a), scratch.data());
+    auto b = tasks_into(sized);
+    const auto count = static_cast<std::int32_t>(b.size());
+    b.push_back({0, nullptr, nullptr, nullptr, 5});  // past the count: ignored
+    const llep::SizedTasks<T> st{b.data(), &count, static_cast<int>(b.size()), total, max_rows};
+    ex.compute_sized(exec, st, scratch.data());
+    CHECK(plain == sized);
+    // The count and the bounds are checked on the host.
+    const std::int32_t too_many = static_cast<std::int32_t>(b.size()) + 1;
+    CHECK_THROWS_AS(ex.compute_sized(exec, {b.data(), &too_many, static_cast<int>(b.size()), total, max_rows},
+                                     scratch.data()),
+                    llep::Error);
+    if (total > 0) {
+      CHECK_THROWS_AS(ex.compute_sized(exec, {b.data(), &count, count, total - 1, max_rows}, scratch.data()),
+                      llep::Error);
+      CHECK_THROWS_AS(ex.compute_sized(exec, {b.data(), &count, count, total, max_rows - 1}, scratch.data()),
+                      llep::Error);
+    }
+  }
+}

@@ -1,5 +1,5 @@
 // CublasSwiGlu (bf16, fp16, fp32; SiluGlu and GptOssGlu; per_expert and grouped GEMMs)
-// against HostSwiGlu<double>, the independent host reference, on the same T-valued inputs
+// and GroupedSwiGlu (llep's own device-sized grouped GEMMs) against HostSwiGlu<double>, the independent host reference, on the same T-valued inputs
 // and weights. Tasks include empty ones, repeated experts and outputs in a different order
 // than inputs; every output element must be written; the same call twice gives the same
 // bits. Backward likewise against HostSwiGlu<double>::backward: weight gradients in T and
@@ -27,6 +27,7 @@
 #include "llep/experts/activation.hpp"
 #include "llep/experts/expert_backward.hpp"
 #include "llep/experts/cublas_swiglu.cuh"
+#include "llep/experts/grouped_swiglu.cuh"
 #include "llep/experts/host_swiglu.hpp"
 #include "llep/experts/weight_layout.hpp"
 
@@ -63,6 +64,27 @@ constexpr double tolerance() {
   else return 1e-4;
 }
 
+template <class T>
+std::vector<double> as_double(const std::vector<T>& v) {
+  std::vector<double> d(v.size());
+  std::transform(v.begin(), v.end(), d.begin(), [](T x) { return to_double(x); });
+  return d;
+}
+
+// max|got - ref| / max|ref|, counting non-finite results; the reference must exceed
+// `floor` somewhere (the data is not degenerate).
+double max_ratio(const std::vector<double>& got, const std::vector<double>& ref, std::size_t& non_finite,
+                 double floor) {
+  double max_ref = 0, max_err = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) ++non_finite;
+    max_ref = std::max(max_ref, std::abs(ref[i]));
+    max_err = std::max(max_err, std::abs(got[i] - ref[i]));
+  }
+  REQUIRE(max_ref > floor);
+  return max_err / max_ref;
+}
+
 template <class T, class Act, llep::GemmMode Mode>
 struct Config {
   using type = T;
@@ -77,71 +99,91 @@ Act test_activation() {
   else return Act{};
 }
 
-template <class T, class Act, llep::GemmMode Mode>
+// One random problem: 3 experts' weights and the tasks' inputs, rounded to T once (the
+// references read exactly those values). Weights are scaled by 1/sqrt(fan-in) so every
+// stage stays O(1). Task i reads input rows in order but writes its output rows at the
+// mirrored position, so outputs are not in input order (the grouped kernels must find each
+// task's out).
+template <class T>
+struct Problem {
+  static constexpr int experts = 3;
+  std::vector<T> w, x;
+  std::vector<double> w_ref, x_ref;
+  std::vector<std::size_t> in_row, out_row;
+  llep::count_t total = 0, max_rows = 0;
+
+  Problem(const llep::ExpertShape& shape, const std::vector<llep::count_t>& task_rows, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    const std::size_t D = shape.d(), H = shape.h(), W = shape.elems();
+    w.resize(experts * W);
+    w_ref.resize(w.size());
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int e = 0; e < experts; ++e)
+      for (std::size_t i = 0; i < W; ++i) {
+        const std::size_t at = static_cast<std::size_t>(e) * W + i;
+        float scale = 1.0f;
+        if (i < shape.down_offset()) scale = 1.7f / std::sqrt(static_cast<float>(D));
+        else if (i < shape.gate_up_bias_offset()) scale = 1.7f / std::sqrt(static_cast<float>(H));
+        else scale = 0.5f;
+        w[at] = from_float<T>(u(rng) * scale);
+        w_ref[at] = to_double(w[at]);
+      }
+    for (llep::count_t r : task_rows) total += r, max_rows = std::max(max_rows, r);
+    x.resize(static_cast<std::size_t>(total) * D);
+    x_ref.resize(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      x[i] = from_float<T>(u(rng));
+      x_ref[i] = to_double(x[i]);
+    }
+    const std::size_t n_tasks = task_rows.size();
+    in_row.resize(n_tasks);
+    out_row.resize(n_tasks);
+    for (std::size_t i = 0, at = 0; i < n_tasks; at += static_cast<std::size_t>(task_rows[i]), ++i) in_row[i] = at;
+    for (std::size_t i = n_tasks, at = 0; i-- > 0; at += static_cast<std::size_t>(task_rows[i])) out_row[i] = at;
+  }
+
+  /// Task i is expert i % 3 reading x at in_row[i] and writing `out` at out_row[i].
+  template <class V>
+  std::vector<llep::ExpertTask<V>> tasks(const llep::ExpertShape& shape, const std::vector<llep::count_t>& task_rows,
+                                         const V* weights, const V* in, V* out) const {
+    const std::size_t D = shape.d(), W = shape.elems();
+    std::vector<llep::ExpertTask<V>> t;
+    for (std::size_t i = 0; i < task_rows.size(); ++i)
+      t.push_back({static_cast<int>(i % experts), weights + (i % experts) * W, in + in_row[i] * D, out + out_row[i] * D,
+                   task_rows[i]});
+    return t;
+  }
+};
+
+// Experts: CublasSwiGlu in either mode, or GroupedSwiGlu.
+template <class T, class Act, class Experts>
 void check_against_host(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, std::uint32_t seed) {
   CAPTURE(shape.hidden);
   CAPTURE(shape.intermediate);
-  std::mt19937 rng(seed);
-  const std::size_t D = shape.d(), H = shape.h(), W = shape.elems();
-  const int experts = 3;
+  const std::size_t D = shape.d();
   const Act act = test_activation<Act>();
-
-  // Weights scaled by 1/sqrt(fan-in) so every stage stays O(1); rounded to T once, and the
-  // reference reads exactly those values.
-  std::vector<T> w(experts * W);
-  std::vector<double> w_ref(w.size());
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (int e = 0; e < experts; ++e)
-    for (std::size_t i = 0; i < W; ++i) {
-      const std::size_t at = static_cast<std::size_t>(e) * W + i;
-      float scale = 1.0f;
-      if (i < shape.down_offset()) scale = 1.7f / std::sqrt(static_cast<float>(D));
-      else if (i < shape.gate_up_bias_offset()) scale = 1.7f / std::sqrt(static_cast<float>(H));
-      else scale = 0.5f;
-      w[at] = from_float<T>(u(rng) * scale);
-      w_ref[at] = to_double(w[at]);
-    }
-  llep::count_t total = 0, max_rows = 0;
-  for (llep::count_t r : task_rows) total += r, max_rows = std::max(max_rows, r);
+  const Problem<T> pb(shape, task_rows, seed);
+  const llep::count_t total = pb.total, max_rows = pb.max_rows;
   const auto rows = static_cast<std::size_t>(total);
-  std::vector<T> x(rows * D);
-  std::vector<double> x_ref(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    x[i] = from_float<T>(u(rng));
-    x_ref[i] = to_double(x[i]);
-  }
-
-  // Task i reads input rows in order but writes its output rows at the mirrored position,
-  // so outputs are not in input order (the grouped kernel must find each task's out).
-  const std::size_t n_tasks = task_rows.size();
-  std::vector<std::size_t> in_row(n_tasks), out_row(n_tasks);
-  for (std::size_t i = 0, at = 0; i < n_tasks; at += static_cast<std::size_t>(task_rows[i]), ++i) in_row[i] = at;
-  for (std::size_t i = n_tasks, at = 0; i-- > 0; at += static_cast<std::size_t>(task_rows[i])) out_row[i] = at;
 
   // Reference.
   std::vector<double> want(rows * D, 0.0);
   {
     llep::ExpertShape ref_shape = shape;
     llep::HostSwiGlu<double, Act> ref(ref_shape, act);
-    std::vector<llep::ExpertTask<double>> tasks;
-    for (std::size_t i = 0; i < n_tasks; ++i)
-      tasks.push_back({static_cast<int>(i % experts), w_ref.data() + (i % experts) * W, x_ref.data() + in_row[i] * D,
-                       want.data() + out_row[i] * D, task_rows[i]});
+    const auto tasks = pb.tasks(shape, task_rows, pb.w_ref.data(), pb.x_ref.data(), want.data());
     std::vector<std::byte> scratch(ref.scratch_bytes(max_rows, total));
     llep::HostExec host;
     ref.compute(host, std::span<const llep::ExpertTask<double>>(tasks), scratch.data());
   }
 
   // Device.
-  DeviceArray<T> d_w(w), d_x(x), d_out(rows * D);
+  DeviceArray<T> d_w(pb.w), d_x(pb.x), d_out(rows * D);
   d_out.fill_bytes(0xff);  // NaN in every type: each output element must be written
-  std::vector<llep::ExpertTask<T>> tasks;
-  for (std::size_t i = 0; i < n_tasks; ++i)
-    tasks.push_back({static_cast<int>(i % experts), d_w.get() + (i % experts) * W, d_x.get() + in_row[i] * D,
-                     d_out.get() + out_row[i] * D, task_rows[i]});
-  const llep::CublasSwiGlu<T, Act, Mode> experts_fn(shape, act);
-  // A copy gets its own handle and must compute the same.
-  const llep::CublasSwiGlu<T, Act, Mode> gpu = experts_fn;
+  const auto tasks = pb.tasks(shape, task_rows, d_w.get(), d_x.get(), d_out.get());
+  const Experts experts_fn(shape, act);
+  // A copy (for cuBLAS: with its own handle) must compute the same.
+  const Experts gpu = experts_fn;
   const std::size_t scratch_bytes = gpu.scratch_bytes(max_rows, total);
   // Offset by 8 bytes: the functor must align the scratch itself.
   DeviceArray<std::byte> scratch(scratch_bytes + 8);
@@ -154,19 +196,11 @@ void check_against_host(llep::ExpertShape shape, std::vector<llep::count_t> task
   const std::vector<T> second = d_out.download();
   CHECK(std::memcmp(first.data(), second.data(), first.size() * sizeof(T)) == 0);
 
-  double max_ref = 0, max_err = 0;
   std::size_t non_finite = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double got = to_double(first[i]);
-    if (!std::isfinite(got)) ++non_finite;
-    max_ref = std::max(max_ref, std::abs(want[i]));
-    max_err = std::max(max_err, std::abs(got - want[i]));
-  }
+  const double ratio = max_ratio(as_double(first), want, non_finite, 0.1);
   CHECK(non_finite == 0);
-  REQUIRE(max_ref > 0.1);  // the data is not degenerate
-  CAPTURE(max_err);
-  CAPTURE(max_ref);
-  CHECK(max_err / max_ref <= tolerance<T>());
+  CAPTURE(ratio);
+  CHECK(ratio <= tolerance<T>());
 }
 
 }  // namespace
@@ -273,14 +307,7 @@ void check_backward(llep::ExpertShape shape, std::vector<llep::count_t> task_row
   const auto second = run();
   CHECK(first == second);  // bit-identical (no NaN is expected; a NaN also fails below)
   auto ratio = [](const std::vector<double>& got, const std::vector<double>& ref, std::size_t& bad) {
-    double max_ref = 0, max_err = 0;
-    for (std::size_t i = 0; i < ref.size(); ++i) {
-      if (!std::isfinite(got[i])) ++bad;
-      max_ref = std::max(max_ref, std::abs(ref[i]));
-      max_err = std::max(max_err, std::abs(got[i] - ref[i]));
-    }
-    REQUIRE(max_ref > 0.05);
-    return max_err / max_ref;
+    return max_ratio(got, ref, bad, 0.05);
   };
   std::size_t non_finite = 0;
   const double e_dx = ratio(first.first, want_dx, non_finite);
@@ -321,15 +348,15 @@ TEST_CASE_TEMPLATE("CublasSwiGlu matches HostSwiGlu<double>", C, LLEP_SWIGLU_CON
                    LLEP_SWIGLU_CONFIGS(__half), LLEP_SWIGLU_CONFIGS(float)) {
   using T = typename C::type;
   using Act = typename C::act;
-  constexpr llep::GemmMode mode = C::mode;
+  using E = llep::CublasSwiGlu<T, Act, C::mode>;
   const bool bias = Act::has_bias;
   // Sizes a tensor-core kernel likes, then odd ones (no multiple of 8 anywhere).
   SUBCASE("D = 128, H = 64") {
-    check_against_host<T, Act, mode>(llep::ExpertShape{128, 64, bias}, {5, 0, 33, 1, 64, 17, 0}, 1);
+    check_against_host<T, Act, E>(llep::ExpertShape{128, 64, bias}, {5, 0, 33, 1, 64, 17, 0}, 1);
   }
-  SUBCASE("D = 72, H = 40") { check_against_host<T, Act, mode>(llep::ExpertShape{72, 40, bias}, {7, 130, 2}, 2); }
-  SUBCASE("D = 33, H = 21") { check_against_host<T, Act, mode>(llep::ExpertShape{33, 21, bias}, {1, 1, 0, 9}, 3); }
-  SUBCASE("one task") { check_against_host<T, Act, mode>(llep::ExpertShape{64, 96, bias}, {250}, 4); }
+  SUBCASE("D = 72, H = 40") { check_against_host<T, Act, E>(llep::ExpertShape{72, 40, bias}, {7, 130, 2}, 2); }
+  SUBCASE("D = 33, H = 21") { check_against_host<T, Act, E>(llep::ExpertShape{33, 21, bias}, {1, 1, 0, 9}, 3); }
+  SUBCASE("one task") { check_against_host<T, Act, E>(llep::ExpertShape{64, 96, bias}, {250}, 4); }
 }
 
 TEST_CASE_TEMPLATE("CublasSwiGlu::backward matches HostSwiGlu<double>::backward", C,
@@ -377,5 +404,187 @@ TEST_CASE("CublasSwiGlu: shapes, scratch and no-work calls") {
   CHECK_THROWS_AS(e.backward(exec, std::span<const GT>(no_dy), llep::GradMode::overwrite, nullptr), llep::Error);
   std::vector<GT> empty{{0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0}};
   e.backward(exec, std::span<const GT>(empty), llep::GradMode::overwrite, nullptr);  // nothing to write
+  exec.synchronize();
+}
+
+// GroupedSwiGlu: the same host-reference checks as CublasSwiGlu (ExpertCompute path), on
+// shapes around its 128 x 64 tiles and 16-byte loads: D, H multiples of 8 (vector loads),
+// and not (element loads); several row and column tiles, empty tasks, K tails.
+template <class T, class Act>
+struct GroupedConfig {
+  using type = T;
+  using act = Act;
+};
+#define LLEP_GROUPED_CONFIGS(T) GroupedConfig<T, llep::SiluGlu>, GroupedConfig<T, llep::GptOssGlu>
+
+TEST_CASE_TEMPLATE("GroupedSwiGlu matches HostSwiGlu<double>", C, LLEP_GROUPED_CONFIGS(__nv_bfloat16),
+                   LLEP_GROUPED_CONFIGS(__half), LLEP_GROUPED_CONFIGS(float)) {
+  using T = typename C::type;
+  using Act = typename C::act;
+  using E = llep::GroupedSwiGlu<T, Act>;
+  static_assert(llep::SizedExpertCompute<E, llep::CudaExec>);
+  const bool bias = Act::has_bias;
+  SUBCASE("D = 128, H = 64") {
+    check_against_host<T, Act, E>(llep::ExpertShape{128, 64, bias}, {5, 0, 33, 1, 64, 17, 0}, 21);
+  }
+  SUBCASE("D = 72, H = 40") { check_against_host<T, Act, E>(llep::ExpertShape{72, 40, bias}, {7, 130, 2}, 22); }
+  SUBCASE("D = 33, H = 21") { check_against_host<T, Act, E>(llep::ExpertShape{33, 21, bias}, {1, 1, 0, 9}, 23); }
+  SUBCASE("D = 200, H = 150: several column tiles, element loads") {
+    check_against_host<T, Act, E>(llep::ExpertShape{200, 150, bias}, {300, 0, 129, 1, 128}, 24);
+  }
+  SUBCASE("D = 256, H = 96: tiles of exactly 128 rows") {
+    check_against_host<T, Act, E>(llep::ExpertShape{256, 96, bias}, {128, 256, 0, 127}, 25);
+  }
+}
+
+namespace {
+
+// GroupedSwiGlu against CublasSwiGlu (per_expert: gate|up kept in fp32, h and out rounded
+// to T once each, as GroupedSwiGlu does). Both accumulate in fp32 in different orders, so
+// they differ where that order moves a rounding to T: at most one ulp of out (u * max|out|)
+// plus h elements one ulp apart entering the down projection (u * |h| * O(1/sqrt(H)) each,
+// random signs). Expected ~1-2 u; the bound is 4 u (bf16 u = 2^-8, fp16 u = 2^-11). fp32:
+// only the summation order differs (~sqrt(K) * 6e-8 ~ 1e-6); 2e-5 also fails with TF32
+// (u = 2^-11 ~ 5e-4).
+template <class T>
+constexpr double vs_cublas_tolerance() {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return 4.0 / 256;
+  else if constexpr (std::is_same_v<T, __half>) return 4.0 / 2048;
+  else return 2e-5;
+}
+
+// The device-sized path: the task array in device memory carries `past` more tasks after
+// the count (their rows would write into `guard`, which must stay untouched); the count is
+// written on the exec's stream right before each call; the bounds exceed the real sizes.
+// compute_sized must give the bits of compute over the same tasks, agree with cuBLAS, and
+// with a smaller count leave the later tasks' output rows as they were; a CUDA graph of
+// one call replays both counts.
+template <class T, class Act>
+void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, int past, std::uint32_t seed) {
+  CAPTURE(shape.hidden);
+  CAPTURE(shape.intermediate);
+  const std::size_t D = shape.d();
+  const Act act = test_activation<Act>();
+  const Problem<T> pb(shape, task_rows, seed);
+  const auto rows = static_cast<std::size_t>(pb.total);
+  DeviceArray<T> d_w(pb.w), d_x(pb.x), ref_out(rows * D), plain_out(rows * D), sized_out(rows * D), guard(64 * D);
+  guard.fill_bytes(0x5a);
+  const std::vector<T> guard_before = guard.download();
+  llep::CudaExec exec;
+
+  const llep::CublasSwiGlu<T, Act> cublas(shape, act);
+  const llep::GroupedSwiGlu<T, Act> grouped(shape, act);
+  DeviceArray<std::byte> scratch(std::max(cublas.scratch_bytes(pb.max_rows, pb.total),
+                                          grouped.scratch_bytes(pb.max_rows, pb.total)) + 8);
+  const auto ref_tasks = pb.tasks(shape, task_rows, d_w.get(), d_x.get(), ref_out.get());
+  cublas.compute(exec, std::span<const llep::ExpertTask<T>>(ref_tasks), scratch.get() + 8);
+  plain_out.fill_bytes(0xff);
+  const auto plain_tasks = pb.tasks(shape, task_rows, d_w.get(), d_x.get(), plain_out.get());
+  grouped.compute(exec, std::span<const llep::ExpertTask<T>>(plain_tasks), scratch.get() + 8);
+  exec.synchronize();
+  const std::vector<T> want = ref_out.download(), plain = plain_out.download();
+
+  auto tasks = pb.tasks(shape, task_rows, d_w.get(), d_x.get(), sized_out.get());
+  for (int i = 0; i < past; ++i) tasks.push_back({0, d_w.get(), d_x.get(), guard.get(), 1 + 17 * i % 64});
+  const int max_tasks = static_cast<int>(tasks.size());
+  const llep::count_t max_rows = pb.total + 300, max_task_rows = pb.max_rows + 5;
+  DeviceArray<llep::ExpertTask<T>> d_tasks(tasks);
+  DeviceArray<std::int32_t> d_count(1);
+  DeviceArray<std::byte> sized_scratch(grouped.sized_scratch_bytes(max_tasks, max_rows) + 8);
+  const llep::SizedTasks<T> sized{d_tasks.get(), d_count.get(), max_tasks, max_rows, max_task_rows};
+  auto run = [&](std::int32_t count, cudaGraphExec_t graph = nullptr) {
+    sized_out.fill_bytes(0xff);
+    exec.from_host(d_count.get(), &count, sizeof count);
+    if (graph != nullptr) LLEP_CUDA_CHECK(cudaGraphLaunch(graph, exec.stream()));
+    else grouped.compute_sized(exec, sized, sized_scratch.get() + 8);
+    exec.synchronize();
+    return sized_out.download();
+  };
+  const auto n = static_cast<std::int32_t>(task_rows.size());
+  const std::vector<T> got = run(n);
+  CHECK(std::memcmp(got.data(), plain.data(), got.size() * sizeof(T)) == 0);
+  std::size_t non_finite = 0;
+  const double ratio = max_ratio(as_double(got), as_double(want), non_finite, 0.1);
+  CHECK(non_finite == 0);
+  CAPTURE(ratio);
+  CHECK(ratio <= vs_cublas_tolerance<T>());
+  const std::vector<T> guard_after = guard.download();
+  CHECK(std::memcmp(guard_before.data(), guard_after.data(), guard_before.size() * sizeof(T)) == 0);
+  // One or three blocks along the rows, each looping over row tiles: the same bits.
+  for (int row_blocks : {1, 3}) {
+    CAPTURE(row_blocks);
+    const llep::GroupedSwiGlu<T, Act> looping(shape, act, row_blocks);
+    sized_out.fill_bytes(0xff);
+    const std::int32_t all = static_cast<std::int32_t>(task_rows.size());
+    exec.from_host(d_count.get(), &all, sizeof all);
+    looping.compute_sized(exec, sized, sized_scratch.get() + 8);
+    exec.synchronize();
+    const std::vector<T> looped = sized_out.download();
+    CHECK(std::memcmp(looped.data(), got.data(), got.size() * sizeof(T)) == 0);
+  }
+
+  // Half the tasks: theirs are the same bits, the others' rows stay NaN (0xff bytes).
+  const std::int32_t k = n / 2;
+  const std::vector<T> part = run(k);
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < task_rows.size(); ++i)
+    for (std::size_t e = 0; e < static_cast<std::size_t>(task_rows[i]) * D; ++e) {
+      const std::size_t at = pb.out_row[i] * D + e;
+      if (static_cast<std::int32_t>(i) < k) wrong += std::memcmp(&part[at], &got[at], sizeof(T)) != 0;
+      else wrong += std::isfinite(to_double(part[at]));
+    }
+  CHECK(wrong == 0);
+
+  // Captured once in a CUDA graph (a host sync or an allocation inside would break the
+  // capture), then replayed with either count: the bits of the eager calls.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t replay = nullptr;
+  LLEP_CUDA_CHECK(cudaStreamBeginCapture(exec.stream(), cudaStreamCaptureModeThreadLocal));
+  grouped.compute_sized(exec, sized, sized_scratch.get() + 8);
+  LLEP_CUDA_CHECK(cudaStreamEndCapture(exec.stream(), &graph));
+  LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, graph, 0));
+  const std::vector<T> replay_part = run(k, replay), replay_all = run(n, replay);
+  CHECK(std::memcmp(replay_part.data(), part.data(), part.size() * sizeof(T)) == 0);
+  CHECK(std::memcmp(replay_all.data(), got.data(), got.size() * sizeof(T)) == 0);
+  (void)cudaGraphExecDestroy(replay);
+  (void)cudaGraphDestroy(graph);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("GroupedSwiGlu::compute_sized: count in device memory, bounds above the sizes, vs CublasSwiGlu", C,
+                   LLEP_GROUPED_CONFIGS(__nv_bfloat16), LLEP_GROUPED_CONFIGS(__half), LLEP_GROUPED_CONFIGS(float)) {
+  using T = typename C::type;
+  using Act = typename C::act;
+  const bool bias = Act::has_bias;
+  SUBCASE("D = 256, H = 192") { check_sized<T, Act>(llep::ExpertShape{256, 192, bias}, {300, 0, 129, 1, 64}, 3, 31); }
+  SUBCASE("D = 100, H = 70") { check_sized<T, Act>(llep::ExpertShape{100, 70, bias}, {0, 5, 200, 0, 77, 1}, 2, 32); }
+  SUBCASE("many one-row tasks") {
+    check_sized<T, Act>(llep::ExpertShape{64, 32, bias}, std::vector<llep::count_t>(300, 1), 1, 33);
+  }
+  SUBCASE("one task over many tiles") { check_sized<T, Act>(llep::ExpertShape{128, 256, bias}, {1000}, 4, 34); }
+}
+
+TEST_CASE("GroupedSwiGlu: shapes, scratch and no-work calls") {
+  using E = llep::GroupedSwiGlu<__nv_bfloat16, llep::SiluGlu>;
+  CHECK_THROWS_AS(E(llep::ExpertShape{64, 32, true}), llep::Error);  // SiluGlu has no biases
+  CHECK_THROWS_AS(E(llep::ExpertShape{64, 32, false}, llep::SiluGlu{}, -1), llep::Error);
+  const E e(llep::ExpertShape{64, 32, false});
+  CHECK(e.weight_elems() == llep::ExpertShape{64, 32, false}.elems());
+  CHECK(e.scratch_bytes(0, 0) == 0);
+  CHECK(e.sized_scratch_bytes(0, 100) == 0);
+  CHECK(e.sized_scratch_bytes(4, 100) >= 100 * 32 * sizeof(__nv_bfloat16));
+  CHECK(e.scratch_bytes(10, 1000) > e.scratch_bytes(10, 10));  // h for every row
+  CHECK_THROWS_AS((void)e.scratch_bytes(5, 4), llep::Error);
+  CHECK_THROWS_AS((void)e.sized_scratch_bytes(-1, 4), llep::Error);
+  llep::CudaExec exec;
+  std::vector<llep::ExpertTask<__nv_bfloat16>> none{{0, nullptr, nullptr, nullptr, 0}};
+  e.compute(exec, std::span<const llep::ExpertTask<__nv_bfloat16>>(none), nullptr);  // no rows: nothing to do
+  std::vector<llep::ExpertTask<__nv_bfloat16>> bad{{0, nullptr, nullptr, nullptr, 3}};
+  CHECK_THROWS_AS(e.compute(exec, std::span<const llep::ExpertTask<__nv_bfloat16>>(bad), nullptr), llep::Error);
+  // Zero bounds launch nothing and read nothing; positive bounds need the pointers.
+  e.compute_sized(exec, llep::SizedTasks<__nv_bfloat16>{nullptr, nullptr, 0, 0, 0}, nullptr);
+  CHECK_THROWS_AS(e.compute_sized(exec, llep::SizedTasks<__nv_bfloat16>{nullptr, nullptr, 2, 10, 5}, nullptr),
+                  llep::Error);
   exec.synchronize();
 }

@@ -23,6 +23,7 @@
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
+#include "llep/experts/grouped_swiglu.cuh"
 #include "llep/layer/moe_layer.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -156,10 +157,10 @@ struct Outcome {
 
 // Two steps on P logical ranks; returns rank outputs (as float) of the second. With
 // `prepare`, the second step's routing is prepared (MoeLayer::prepare) before it.
-template <class T, llep::GemmMode Mode, class Plnr, class Codec = llep::Identity<T>>
+template <class T, llep::GemmMode Mode, class Plnr, class Codec = llep::Identity<T>,
+          class Experts = llep::CublasSwiGlu<T, llep::SiluGlu, Mode>>
 Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std::vector<RankInput>& in, Plnr planner,
                                  Codec codec = {}, bool prepare = false) {
-  using Experts = llep::CublasSwiGlu<T, llep::SiluGlu, Mode>;
   using Layer = llep::MoeLayer<llep::ExactCounts, Plnr, llep::PeerCopy, Experts, llep::CudaExec, Codec>;
   const llep::Topology topo(P, moe.experts);
   const llep::ExpertShape shape{moe.hidden, moe.intermediate, false};
@@ -196,12 +197,12 @@ Outcome<T, Mode, Plnr> run_layer(const dense::Moe& moe, int P, int K, const std:
   return res;
 }
 
-template <class T, llep::GemmMode Mode, class Plnr>
+template <class T, llep::GemmMode Mode, class Plnr, class Experts = llep::CublasSwiGlu<T, llep::SiluGlu, Mode>>
 void check_against_dense(int P, int N, int K, Routing routing, Plnr planner, std::uint64_t seed) {
   const int D = 64, H = 32;  // multiples of 8: the 16-byte alignment cuBLAS prefers
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
   const auto in = make_inputs(P, N, K, D, routing, seed * 13 + 1);
-  const auto got = run_layer<T, Mode>(moe, P, K, in, planner);
+  const auto got = run_layer<T, Mode, Plnr, llep::Identity<T>, Experts>(moe, P, K, in, planner);
   double err = 0, scale = 0;
   for (int p = 0; p < P; ++p) {
     const auto& r = in[static_cast<std::size_t>(p)];
@@ -260,6 +261,19 @@ TEST_CASE("GPU MoeLayer: grouped GEMMs, fp16 and fp32 agree with the dense MoE u
       check_against_dense<__nv_bfloat16, llep::GemmMode::grouped>(P, 4 * P, 4, r, kSmallGemm, seed);
       check_against_dense<__half, llep::GemmMode::per_expert>(P, 4 * P, 4, r, kSmallGemm, seed);
       check_against_dense<float, llep::GemmMode::grouped>(P, 4 * P, 4, r, kSmallGemm, seed);
+    }
+}
+
+TEST_CASE("GPU MoeLayer with GroupedSwiGlu as its experts equals the dense MoE") {
+  REQUIRE(have_device());
+  std::uint64_t seed = 700;
+  for (int P : {1, 4})
+    for (Routing r : {Routing::hot_one_expert, Routing::empty_ranks}) {
+      ++seed;
+      check_against_dense<__nv_bfloat16, llep::GemmMode::per_expert, llep::LeastLoaded,
+                          llep::GroupedSwiGlu<__nv_bfloat16>>(P, 4 * P, 4, r, kSmallGemm, seed);
+      check_against_dense<float, llep::GemmMode::per_expert, llep::LeastLoaded, llep::GroupedSwiGlu<float>>(
+          P, 4 * P, 4, r, kSmallGemm, seed);
     }
 }
 

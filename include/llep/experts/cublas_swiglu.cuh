@@ -55,6 +55,7 @@
 #include "llep/core/error.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/activation.hpp"
+#include "llep/experts/device_element.cuh"
 #include "llep/experts/expert_backward.hpp"
 #include "llep/experts/swiglu_base.hpp"
 #include "llep/experts/weight_layout.hpp"
@@ -66,26 +67,7 @@ enum class GemmMode { per_expert, grouped };
 
 namespace detail::cublas_swiglu {
 
-template <class T>
-struct element;
-template <>
-struct element<float> {
-  static constexpr cudaDataType_t type = CUDA_R_32F;
-  static __device__ float to_float(float v) { return v; }
-  static __device__ float from_float(float v) { return v; }
-};
-template <>
-struct element<__half> {
-  static constexpr cudaDataType_t type = CUDA_R_16F;
-  static __device__ float to_float(__half v) { return __half2float(v); }
-  static __device__ __half from_float(float v) { return __float2half_rn(v); }
-};
-template <>
-struct element<__nv_bfloat16> {
-  static constexpr cudaDataType_t type = CUDA_R_16BF;
-  static __device__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-};
+using llep::detail::element;
 
 /// Where a run of rows (one task) starts in the gu / h buffers, and its biases and output.
 template <class T>

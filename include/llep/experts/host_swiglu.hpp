@@ -81,6 +81,29 @@ class HostSwiGlu : public SwiGluBase<T, Act> {
       }
   }
 
+  /// Scratch of compute_sized: compute's at the bounds (a block of rows, whatever the tasks).
+  [[nodiscard]] std::size_t sized_scratch_bytes(int max_tasks, count_t max_rows) const {
+    LLEP_EXPECTS(max_tasks >= 0, "max_tasks = ", max_tasks, " must be >= 0");
+    return scratch_bytes(max_rows, max_rows);
+  }
+
+  /// The host reference of the device-sized contract (SizedTasks): reads the count from
+  /// memory, checks it and the rows against the bounds, then runs compute.
+  void compute_sized(HostExec& exec, SizedTasks<T> sized, void* scratch) const {
+    LLEP_EXPECTS(sized.count != nullptr, "compute_sized needs a count pointer");
+    const std::int32_t n = *sized.count;
+    LLEP_EXPECTS(n >= 0 && n <= sized.max_tasks, "task count = ", n, " must be in [0, max_tasks = ", sized.max_tasks,
+                 "]");
+    LLEP_EXPECTS(n == 0 || sized.tasks != nullptr, "compute_sized has ", n, " tasks but a null task array");
+    const std::span<const ExpertTask<T>> tasks(sized.tasks, static_cast<std::size_t>(n));
+    count_t max_rows = 0, total = 0;
+    this->scan_tasks(tasks, max_rows, total);
+    LLEP_EXPECTS(max_rows <= sized.max_task_rows && total <= sized.max_rows, "tasks of up to ", max_rows,
+                 " rows, ", total, " in all, exceed the bounds max_task_rows = ", sized.max_task_rows,
+                 ", max_rows = ", sized.max_rows);
+    compute(exec, tasks, scratch);
+  }
+
   /// Scratch of backward: (gate|up, h) accumulators for one block of rows, plus alignment.
   [[nodiscard]] std::size_t backward_scratch_bytes(count_t max_task_rows, count_t total_rows) const {
     this->check_scratch_request(max_task_rows, total_rows);
@@ -260,6 +283,7 @@ class HostSwiGlu : public SwiGluBase<T, Act> {
 };
 
 static_assert(ExpertBackward<HostSwiGlu<float>, HostExec>);
+static_assert(check_sized_expert_compute<HostSwiGlu<float>, HostExec>());
 static_assert(ExpertBackward<HostSwiGlu<double, GptOssGlu>, HostExec>);
 
 }  // namespace llep
