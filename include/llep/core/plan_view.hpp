@@ -45,6 +45,22 @@ struct WeightTransfer {
   return 2 * std::int64_t{experts} + 2 * std::int64_t{ranks} + std::int64_t{ranks} * replicas_per_rank;
 }
 
+/// How a planning step on plain data ended (plan/plan_step.hpp).
+struct StepStatus {
+  enum Code : std::int32_t {
+    ok = 0,
+    capacity_overflow = 1,  ///< LeastLoaded's capacity does not fit count_t
+    cap_too_small = 2,      ///< Capped: the loads need more rows than the ranks hold
+    cap_stuck = 3,          ///< Capped: the fill found no rank with room (expert, rows_left)
+    segments_overflow = 4,  ///< a bound was broken: the plan view ran out of segments
+  };
+  std::int32_t code = ok;
+  std::int32_t expert = -1;
+  count_t rows_left = 0;
+  count_t copies = 0;
+  [[nodiscard]] LLEP_HOST_DEVICE bool good() const noexcept { return code == ok; }
+};
+
 /// The plan as plain data. Buffers: segments, spare and transfers hold max_segments
 /// entries each, expert_offsets experts + 1, rank_loads ranks.
 struct PlanView {

@@ -1,6 +1,6 @@
 #pragma once
-// The layout on the device (issue 14 item 3): layout_prefix + layout_tables
-// (layer/layout.hpp), the routine Layout::build runs on the host, run by one small kernel
+// The layout on the device (issue 14 item 3): BuildLayout (layer/layout.hpp), the routine
+// Layout::build runs on the host on one thread, run by one block
 // after the device planner, from the counts matrix and the plan in device memory, into
 // worst-case buffers allocated once. No host round trip: the send and receive counts and
 // offsets it writes are what a device-sized all-to-all reads (device/peer_all_to_all.cuh).
@@ -16,47 +16,11 @@
 #include "llep/core/error.hpp"
 #include "llep/core/plan_view.hpp"
 #include "llep/core/topology.hpp"
+#include "llep/exec/cuda.cuh"
 #include "llep/layer/layout.hpp"
 #include "llep/plan/plan_step.hpp"
 
 namespace llep {
-
-namespace detail {
-/// The phases of layout_tables (layer/layout.hpp) in one block: the prefix one expert a
-/// thread, layout_front on thread 0, the receive side one source a thread around thread
-/// 0's scan. A failed plan before it (plan_status not ok) leaves the layout empty with
-/// LayoutStatus::no_plan.
-template <class Holds>
-__global__ void layout_kernel(const count_t* counts, const PlanView* plan, const StepStatus* plan_status, Holds holds,
-                              LayoutView* out, LayoutStatus* status) {
-  __shared__ int good;  // thread 0's verdict on the last one-thread phase, for every thread
-  const int tid = static_cast<int>(threadIdx.x), threads = static_cast<int>(blockDim.x);
-  if (plan_status != nullptr && !plan_status->good()) {
-    if (tid == 0) {
-      out->num_send_blocks = out->num_tasks = out->num_recv_chunks = 0;
-      *status = LayoutStatus{LayoutStatus::no_plan, out->rank, plan_status->code};
-    }
-    return;
-  }
-  const int P = plan->ranks, N = plan->experts;
-  for (int e = tid; e < N; e += threads) layout_prefix(counts, P, N, e, e + 1, out->prefix);
-  __syncthreads();
-  auto one_thread = [&](auto phase) {
-    if (tid == 0) {
-      const LayoutStatus st = phase();
-      *status = st;
-      good = st.good() ? 1 : 0;
-    }
-    __syncthreads();
-    return good != 0;
-  };
-  if (!one_thread([&] { return layout_front(counts, *plan, holds, *out); })) return;
-  for (int s = tid; s < P; s += threads) layout_recv_count(counts, N, s, *out);
-  __syncthreads();
-  if (!one_thread([&] { return layout_recv_scan(P, *out); })) return;
-  for (int s = tid; s < P; s += threads) layout_recv_write(counts, N, s, *out);
-}
-}  // namespace detail
 
 /// One rank's layout in device memory, sized once for plans of at most `max_segments`
 /// segments (default: max_plan_segments(P, N), what DevicePlanner allocates).
@@ -77,48 +41,21 @@ class DeviceLayout {
     LLEP_EXPECTS(rank >= 0 && rank < topo.ranks(), "rank ", rank, " is outside [0, ", topo.ranks(), ")");
     const int P = topo.ranks(), N = topo.experts();
     if (max_segments < 0) max_segments = max_plan_segments(P, N);
-    const LayoutCapacity cap = layout_capacity(P, N, max_segments);
-    LLEP_EXPECTS(cap.recv_chunks <= INT32_MAX, "a layout of ", cap.recv_chunks, " receive chunks needs 32-bit room");
-    const auto sP = static_cast<std::size_t>(P), sN = static_cast<std::size_t>(N);
-    auto at = [&](std::size_t n) {
-      const std::size_t o = bytes_;
-      bytes_ += (n + 255) / 256 * 256;
-      return o;
-    };
-    const std::size_t o_prefix = at(sP * sN * sizeof(count_t)), o_counts = at(4 * sP * sizeof(count_t)),
-                      o_blocks = at(static_cast<std::size_t>(cap.send_blocks) * sizeof(SendBlock)),
-                      o_tasks = at(static_cast<std::size_t>(cap.tasks) * sizeof(ComputeTask)),
-                      o_chunks = at(static_cast<std::size_t>(cap.recv_chunks) * sizeof(RecvChunk)),
-                      o_first = at((sP + 1) * sizeof(std::int32_t)),
-                      o_view = at(sizeof(LayoutView)), o_status = at(sizeof(LayoutStatus)),
-                      o_native = at(sN * sizeof(std::int32_t));
+    LLEP_EXPECTS(layout_capacity(P, N, max_segments).recv_chunks <= INT32_MAX, "a layout of ",
+                 layout_capacity(P, N, max_segments).recv_chunks, " receive chunks needs 32-bit room");
+    bytes_ = LayoutTables::carve(nullptr, P, N, max_segments, rank).bytes;
     LLEP_CUDA_CHECK(cudaMalloc(&base_, bytes_));
-    auto* b = static_cast<std::byte*>(base_);
-    auto* counts = reinterpret_cast<count_t*>(b + o_counts);
-    LayoutView v;
-    v.prefix = reinterpret_cast<count_t*>(b + o_prefix);
-    v.send_counts = counts;
-    v.send_offsets = counts + P;
-    v.recv_counts = counts + 2 * sP;
-    v.recv_offsets = counts + 3 * sP;
-    v.send_blocks = reinterpret_cast<SendBlock*>(b + o_blocks);
-    v.tasks = reinterpret_cast<ComputeTask*>(b + o_tasks);
-    v.recv_chunks = reinterpret_cast<RecvChunk*>(b + o_chunks);
-    v.recv_chunk_first = reinterpret_cast<std::int32_t*>(b + o_first);
-    v.max_send_blocks = static_cast<std::int32_t>(cap.send_blocks);
-    v.max_tasks = static_cast<std::int32_t>(cap.tasks);
-    v.max_recv_chunks = static_cast<std::int32_t>(cap.recv_chunks);
-    v.rank = rank;
-    fields_ = v;
-    view_ = reinterpret_cast<LayoutView*>(b + o_view);
-    status_ = reinterpret_cast<LayoutStatus*>(b + o_status);
-    native_ = reinterpret_cast<std::int32_t*>(b + o_native);
-    std::vector<std::int32_t> native(sN);
+    const LayoutTables t = LayoutTables::carve(static_cast<std::byte*>(base_), P, N, max_segments, rank);
+    fields_ = t.fields;
+    view_ = t.view;
+    status_ = t.status;
+    native_ = t.native;
+    std::vector<std::int32_t> native(static_cast<std::size_t>(N));
     for (int e = 0; e < N; ++e) native[static_cast<std::size_t>(e)] = topo.native_rank(e);
     const LayoutStatus none{LayoutStatus::no_plan, rank, 0};
-    LLEP_CUDA_CHECK(cudaMemcpy(view_, &v, sizeof v, cudaMemcpyHostToDevice));
+    LLEP_CUDA_CHECK(cudaMemcpy(view_, &fields_, sizeof fields_, cudaMemcpyHostToDevice));
     LLEP_CUDA_CHECK(cudaMemcpy(status_, &none, sizeof none, cudaMemcpyHostToDevice));
-    LLEP_CUDA_CHECK(cudaMemcpy(native_, native.data(), sN * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+    LLEP_CUDA_CHECK(cudaMemcpy(native_, native.data(), native.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
   }
   DeviceLayout(const DeviceLayout&) = delete;
   DeviceLayout& operator=(const DeviceLayout&) = delete;
@@ -128,9 +65,8 @@ class DeviceLayout {
   /// (`plan_status`, when given, is checked first on the device); no sync.
   void build(cudaStream_t stream, const count_t* counts, const PlanView* plan,
              const StepStatus* plan_status = nullptr) const {
-    detail::layout_kernel<<<1, 256, 0, stream>>>(counts, plan, plan_status, NativeHolds{native_, rank_}, view_,
-                                                 status_);
-    LLEP_CUDA_CHECK(cudaGetLastError());
+    CudaExec::launch_block(stream, BuildLayout<NativeHolds>{counts, plan, plan_status, NativeHolds{native_, rank_},
+                                                            view_, status_});
   }
 
   /// Plans from the device counts with `planner` (DevicePlanner, device/device_planner.cuh),

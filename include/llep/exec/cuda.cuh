@@ -38,6 +38,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "llep/core/block.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
@@ -58,6 +59,14 @@ template <class F>
 LLEP_KERNEL void for_each_n(std::size_t n, F f) {
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+/// f(block) by every thread of one block (core/block.hpp).
+template <class F>
+LLEP_KERNEL void run_block(F f) {
+  __shared__ int word;
+  const CudaBlock block{static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x), &word};
+  f(block);
 }
 
 // Kernels are templates (on the id type) so that the header can be included by several
@@ -202,6 +211,22 @@ class CudaExec {
     if (n == 0) return;
     clear_last_error();
     detail::device_kernels::for_each_n<<<blocks_for(n), threads_per_block, 0, stream_>>>(n, f);
+    LLEP_CUDA_CHECK(cudaGetLastError());
+  }
+
+  /// Runs f(block) by the `threads` threads of one block on the stream (core/block.hpp): a
+  /// single-block routine, such as the device planner's and the layout's.
+  template <class F>
+  void run_block(F f, unsigned threads = threads_per_block) const {
+    launch_block(stream_, f, threads);
+  }
+
+  /// run_block on any stream (for the classes that hold a stream, not an exec).
+  template <class F>
+  static void launch_block(cudaStream_t stream, F f, unsigned threads = threads_per_block) {
+    static_assert(std::is_trivially_copyable_v<F>, "llep: run_block needs a trivially copyable functor");
+    (void)cudaGetLastError();
+    detail::device_kernels::run_block<<<1, threads, 0, stream>>>(f);
     LLEP_CUDA_CHECK(cudaGetLastError());
   }
 

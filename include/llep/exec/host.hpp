@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "llep/core/block.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
 #include "llep/core/memory_space.hpp"
@@ -33,6 +34,13 @@ class HostExec {
   template <class F>
   void for_each_n(std::size_t n, F f) const {
     for (std::size_t i = 0; i < n; ++i) f(i);
+  }
+
+  /// Runs f(block) once with a one-thread block (core/block.hpp): a single-block routine.
+  template <class F>
+  void run_block(F f) const {
+    const SerialBlock block;
+    f(block);
   }
 
   /// counts[b] = #{i : ids[i] == b} for b in [0, bins); counts[bins] = ids outside [0, bins).

@@ -22,6 +22,8 @@
 #include <span>
 #include <vector>
 
+#include "llep/core/block.hpp"
+#include "llep/core/carve.hpp"
 #include "llep/core/counts.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/plan.hpp"
@@ -261,32 +263,111 @@ LLEP_HOST_DEVICE inline void layout_recv_write(const count_t* counts, int N, int
   });
 }
 
-/// The layout of `out.rank` on one thread: layout_front, then the receive side source by
-/// source (prefix filled first, see layout_step). A device runs the same phases with the
-/// per-source loops spread over threads (device/device_layout.cuh).
+/// The layout of `out.rank` by one block of threads (core/block.hpp): layout_prefix one
+/// expert a thread (all at once on a one-thread block), layout_front on thread 0, the
+/// receive side one source a thread around thread 0's scan. Thread 0 returns the status;
+/// the others return it too when a phase failed, and ok otherwise.
 LLEP_EXEC_CHECK_DISABLE
-template <class Holds>
-LLEP_HOST_DEVICE LayoutStatus layout_tables(const count_t* counts, const PlanView& plan, Holds holds,
-                                            LayoutView& out) noexcept {
-  const LayoutStatus front = layout_front(counts, plan, holds, out);
-  if (!front.good()) return front;
-  for (int s = 0; s < plan.ranks; ++s) layout_recv_count(counts, plan.experts, s, out);
-  const LayoutStatus scan = layout_recv_scan(plan.ranks, out);
-  if (!scan.good()) return scan;
-  for (int s = 0; s < plan.ranks; ++s) layout_recv_write(counts, plan.experts, s, out);
-  return {};
+template <class Block, class Holds>
+LLEP_HOST_DEVICE LayoutStatus layout_block(const Block& b, const count_t* counts, const PlanView& plan, Holds holds,
+                                           LayoutView& out) noexcept {
+  const int P = plan.ranks, N = plan.experts;
+  if (b.threads == 1) layout_prefix(counts, P, N, 0, N, out.prefix);  // row by row through memory
+  else
+    for (int e = b.tid; e < N; e += b.threads) layout_prefix(counts, P, N, e, e + 1, out.prefix);
+  b.sync();
+  LayoutStatus st{};
+  if (b.tid == 0) st = layout_front(counts, plan, holds, out);
+  if (b.broadcast(st.good() ? 1 : 0) == 0) return b.tid == 0 ? st : LayoutStatus{LayoutStatus::no_plan, out.rank, 0};
+  for (int s = b.tid; s < P; s += b.threads) layout_recv_count(counts, N, s, out);
+  b.sync();
+  if (b.tid == 0) st = layout_recv_scan(P, out);
+  if (b.broadcast(st.good() ? 1 : 0) == 0) return b.tid == 0 ? st : LayoutStatus{LayoutStatus::no_plan, out.rank, 0};
+  for (int s = b.tid; s < P; s += b.threads) layout_recv_write(counts, N, s, out);
+  return st;
 }
 
-/// layout_prefix for every expert, then layout_tables: the whole layout on one thread.
+/// The whole layout on one thread (layout_block on a SerialBlock): what Layout::build runs.
 LLEP_EXEC_CHECK_DISABLE
 template <class Holds>
 LLEP_HOST_DEVICE LayoutStatus layout_step(const count_t* counts, const PlanView& plan, Holds holds,
                                           LayoutView& out) noexcept {
-  layout_prefix(counts, plan.ranks, plan.experts, 0, plan.experts, out.prefix);
-  return layout_tables(counts, plan, holds, out);
+  return layout_block(SerialBlock{}, counts, plan, holds, out);
 }
 
-/// Throws the llep::Error a failed layout_tables stands for (host side of either path).
+/// A layout after a plan made in exec memory, as one single-block routine (exec.run_block):
+/// nothing when the plan failed (`plan_status`, when given, not ok: LayoutStatus::no_plan
+/// with the plan's code), else layout_block; thread 0 writes the status.
+template <class Holds>
+struct BuildLayout {
+  const count_t* counts = nullptr;
+  const PlanView* plan = nullptr;
+  const StepStatus* plan_status = nullptr;
+  Holds holds;
+  LayoutView* out = nullptr;
+  LayoutStatus* status = nullptr;
+  LLEP_EXEC_CHECK_DISABLE
+  template <class Block>
+  LLEP_HOST_DEVICE void operator()(const Block& b) const {
+    if (plan_status != nullptr && !plan_status->good()) {
+      if (b.tid == 0) {
+        out->num_send_blocks = out->num_tasks = out->num_recv_chunks = 0;
+        *status = LayoutStatus{LayoutStatus::no_plan, out->rank, plan_status->code};
+      }
+      return;
+    }
+    const LayoutStatus st = layout_block(b, counts, *plan, holds, *out);
+    if (b.tid == 0) *status = st;
+  }
+};
+
+/// Where one rank's layout lives in a region of exec memory (carved by LayoutTables::carve
+/// for plans of at most `max_segments` segments): its tables, its view, a status and the
+/// natives. `fields` is what *view must hold (the caller uploads it, and the natives, once).
+struct LayoutTables {
+  LayoutView fields;
+  LayoutView* view = nullptr;
+  LayoutStatus* status = nullptr;
+  std::int32_t* native = nullptr;
+  std::size_t bytes = 0;
+
+  [[nodiscard]] static LayoutTables carve(std::byte* base, int ranks, int experts, std::int64_t max_segments,
+                                          int rank) {
+    const auto P = static_cast<std::size_t>(ranks), N = static_cast<std::size_t>(experts);
+    const LayoutCapacity cap = layout_capacity(ranks, experts, max_segments);
+    Carve c;
+    const std::size_t o_prefix = c.take(P * N * sizeof(count_t)), o_counts = c.take(4 * P * sizeof(count_t)),
+                      o_blocks = c.take(static_cast<std::size_t>(cap.send_blocks) * sizeof(SendBlock)),
+                      o_tasks = c.take(static_cast<std::size_t>(cap.tasks) * sizeof(ComputeTask)),
+                      o_chunks = c.take(static_cast<std::size_t>(cap.recv_chunks) * sizeof(RecvChunk)),
+                      o_first = c.take((P + 1) * sizeof(std::int32_t)), o_view = c.take(sizeof(LayoutView)),
+                      o_status = c.take(sizeof(LayoutStatus)), o_native = c.take(N * sizeof(std::int32_t));
+    LayoutTables t;
+    t.bytes = c.bytes;
+    if (base == nullptr) return t;
+    auto* counts = reinterpret_cast<count_t*>(base + o_counts);
+    LayoutView& v = t.fields;
+    v.prefix = reinterpret_cast<count_t*>(base + o_prefix);
+    v.send_counts = counts;
+    v.send_offsets = counts + P;
+    v.recv_counts = counts + 2 * P;
+    v.recv_offsets = counts + 3 * P;
+    v.send_blocks = reinterpret_cast<SendBlock*>(base + o_blocks);
+    v.tasks = reinterpret_cast<ComputeTask*>(base + o_tasks);
+    v.recv_chunks = reinterpret_cast<RecvChunk*>(base + o_chunks);
+    v.recv_chunk_first = reinterpret_cast<std::int32_t*>(base + o_first);
+    v.max_send_blocks = static_cast<std::int32_t>(cap.send_blocks);
+    v.max_tasks = static_cast<std::int32_t>(cap.tasks);
+    v.max_recv_chunks = static_cast<std::int32_t>(cap.recv_chunks);
+    v.rank = rank;
+    t.view = reinterpret_cast<LayoutView*>(base + o_view);
+    t.status = reinterpret_cast<LayoutStatus*>(base + o_status);
+    t.native = reinterpret_cast<std::int32_t*>(base + o_native);
+    return t;
+  }
+};
+
+/// Throws the llep::Error a failed layout_block stands for (host side of either path).
 inline void check_layout_status(const LayoutStatus& s) {
   if (s.good()) return;
   LLEP_EXPECTS(s.code != LayoutStatus::pairs_overflow, "rank ", s.rank, " has ", s.value,

@@ -16,6 +16,7 @@
 #include "llep/core/error.hpp"
 #include "llep/core/plan.hpp"
 #include "llep/core/topology.hpp"
+#include "llep/exec/cuda.cuh"
 #include "llep/plan/plan_step.hpp"
 #include "llep/plan/planner.hpp"
 
@@ -28,19 +29,6 @@ __global__ void plan_kernel(P planner, const count_t* loads, alg::TopoView topo,
   if (blockIdx.x == 0 && threadIdx.x == 0) *status = plan_step(planner, loads, topo, scratch, *out);
 }
 
-/// loads[e] = sum over ranks of counts[p][e] (row-major P x N), one thread an expert; then
-/// the plan, once every load is in.
-template <class P>
-__global__ void plan_from_counts_kernel(P planner, const count_t* counts, count_t* loads, alg::TopoView topo,
-                                        std::byte* scratch, PlanView* out, StepStatus* status) {
-  for (int e = static_cast<int>(threadIdx.x); e < topo.experts; e += static_cast<int>(blockDim.x)) {
-    count_t l = 0;
-    for (int p = 0; p < topo.ranks; ++p) l += counts[static_cast<std::size_t>(p) * topo.experts + e];
-    loads[e] = l;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) *status = plan_step(planner, loads, topo, scratch, *out);
-}
 }  // namespace detail
 
 /// Device memory for one plan of a topology, sized for the worst case once: the plan's
@@ -58,40 +46,13 @@ class DevicePlanner {
     LLEP_EXPECTS(!topo.has_replicas(), "the device planner takes topologies without replicas (S = ",
                  topo.replicas_per_rank(), ")");
     const int N = topo.experts(), R = topo.ranks();
-    max_segments_ = static_cast<std::size_t>(max_plan_segments(R, N));
-    scratch_bytes_ = plan_step_scratch_bytes<P>(R, N);
+    bytes_ = plan_tables_bytes<P>(R, N);
+    LLEP_CUDA_CHECK(cudaMalloc(&base_, bytes_));
+    t_ = PlanTables::carve<P>(static_cast<std::byte*>(base_), R, N);
     std::vector<std::int32_t> native(static_cast<std::size_t>(N));
     for (int e = 0; e < N; ++e) native[static_cast<std::size_t>(e)] = topo.native_rank(e);
-    bytes_ = 0;
-    auto at = [&](std::size_t n) {
-      const std::size_t o = bytes_;
-      bytes_ += (n + 255) / 256 * 256;
-      return o;
-    };
-    const std::size_t o_seg = at(max_segments_ * sizeof(Segment)), o_spare = at(max_segments_ * sizeof(Segment)),
-                      o_tr = at(max_segments_ * sizeof(WeightTransfer)),
-                      o_off = at((static_cast<std::size_t>(N) + 1) * sizeof(std::int32_t)),
-                      o_rl = at(static_cast<std::size_t>(R) * sizeof(count_t)), o_view = at(sizeof(PlanView)),
-                      o_status = at(sizeof(StepStatus)), o_native = at(native.size() * sizeof(std::int32_t)),
-                      o_loads = at(static_cast<std::size_t>(N) * sizeof(count_t)), o_scratch = at(scratch_bytes_);
-    LLEP_CUDA_CHECK(cudaMalloc(&base_, bytes_));
-    auto* b = static_cast<std::byte*>(base_);
-    PlanView v;
-    v.segments = reinterpret_cast<Segment*>(b + o_seg);
-    v.spare = reinterpret_cast<Segment*>(b + o_spare);
-    v.transfers = reinterpret_cast<WeightTransfer*>(b + o_tr);
-    v.expert_offsets = reinterpret_cast<std::int32_t*>(b + o_off);
-    v.rank_loads = reinterpret_cast<count_t*>(b + o_rl);
-    v.max_segments = static_cast<std::int32_t>(max_segments_);
-    v.ranks = R;
-    v.experts = N;
-    view_ = reinterpret_cast<PlanView*>(b + o_view);
-    status_ = reinterpret_cast<StepStatus*>(b + o_status);
-    native_ = reinterpret_cast<std::int32_t*>(b + o_native);
-    loads_ = reinterpret_cast<count_t*>(b + o_loads);
-    scratch_ = b + o_scratch;
-    LLEP_CUDA_CHECK(cudaMemcpy(view_, &v, sizeof v, cudaMemcpyHostToDevice));
-    LLEP_CUDA_CHECK(cudaMemcpy(native_, native.data(), native.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+    LLEP_CUDA_CHECK(cudaMemcpy(t_.view, &t_.fields, sizeof t_.fields, cudaMemcpyHostToDevice));
+    LLEP_CUDA_CHECK(cudaMemcpy(t_.native, native.data(), native.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
   }
   DevicePlanner(const DevicePlanner&) = delete;
   DevicePlanner& operator=(const DevicePlanner&) = delete;
@@ -100,23 +61,22 @@ class DevicePlanner {
   /// Device memory this planner holds, in bytes.
   [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
   /// Where plan() reads the loads (N entries) unless given others.
-  [[nodiscard]] count_t* loads() const noexcept { return loads_; }
+  [[nodiscard]] count_t* loads() const noexcept { return t_.loads; }
   /// The plan's view (device memory; its pointers are device pointers).
-  [[nodiscard]] PlanView* view() const noexcept { return view_; }
-  [[nodiscard]] StepStatus* status() const noexcept { return status_; }
+  [[nodiscard]] PlanView* view() const noexcept { return t_.view; }
+  [[nodiscard]] StepStatus* status() const noexcept { return t_.status; }
 
   /// Plans from device loads (N entries; default: loads()) on `stream`; no sync.
   void plan(cudaStream_t stream, const count_t* loads = nullptr) const {
-    detail::plan_kernel<<<1, 1, 0, stream>>>(planner_, loads != nullptr ? loads : loads_, topo_view(), scratch_,
-                                             view_, status_);
+    detail::plan_kernel<<<1, 1, 0, stream>>>(planner_, loads != nullptr ? loads : t_.loads, topo_view(), t_.scratch,
+                                             t_.view, t_.status);
     LLEP_CUDA_CHECK(cudaGetLastError());
   }
 
   /// Sums the device counts matrix C[P][N] into loads(), then plans, in one kernel; no sync.
   void plan_from_counts(cudaStream_t stream, const count_t* counts) const {
-    detail::plan_from_counts_kernel<<<1, 256, 0, stream>>>(planner_, counts, loads_, topo_view(), scratch_, view_,
-                                                           status_);
-    LLEP_CUDA_CHECK(cudaGetLastError());
+    CudaExec::launch_block(stream, PlanFromCounts<P>{planner_, counts, t_.loads, topo_view(), t_.scratch, t_.view,
+                                                     t_.status});
   }
 
   /// Copies the last plan to the host (synchronises `stream`); throws llep::Error with the
@@ -124,8 +84,8 @@ class DevicePlanner {
   void download(cudaStream_t stream, Plan& out) const {
     PlanView v;
     StepStatus st;
-    LLEP_CUDA_CHECK(cudaMemcpyAsync(&v, view_, sizeof v, cudaMemcpyDeviceToHost, stream));
-    LLEP_CUDA_CHECK(cudaMemcpyAsync(&st, status_, sizeof st, cudaMemcpyDeviceToHost, stream));
+    LLEP_CUDA_CHECK(cudaMemcpyAsync(&v, t_.view, sizeof v, cudaMemcpyDeviceToHost, stream));
+    LLEP_CUDA_CHECK(cudaMemcpyAsync(&st, t_.status, sizeof st, cudaMemcpyDeviceToHost, stream));
     LLEP_CUDA_CHECK(cudaStreamSynchronize(stream));
     LLEP_EXPECTS(st.good(), "device plan failed: status ", st.code, " (expert ", st.expert, ", ", st.rows_left,
                  " rows left)");
@@ -141,22 +101,13 @@ class DevicePlanner {
   }
 
  private:
-  [[nodiscard]] alg::TopoView topo_view() const noexcept {
-    return alg::TopoView{topo_.ranks(), topo_.experts(), topo_.ranks_per_node(), native_,
-                         topo_.default_placement() ? topo_.experts() / topo_.ranks() : 0};
-  }
+  [[nodiscard]] alg::TopoView topo_view() const noexcept { return t_.topo_view(topo_); }
 
   P planner_;
   Topology topo_;
-  std::size_t max_segments_ = 0;
-  std::size_t scratch_bytes_ = 0;
   std::size_t bytes_ = 0;
   void* base_ = nullptr;
-  PlanView* view_ = nullptr;
-  StepStatus* status_ = nullptr;
-  std::int32_t* native_ = nullptr;
-  count_t* loads_ = nullptr;
-  std::byte* scratch_ = nullptr;
+  PlanTables t_;
 };
 
 }  // namespace llep

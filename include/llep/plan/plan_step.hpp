@@ -11,8 +11,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "llep/core/carve.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/plan_view.hpp"
+#include "llep/core/topology.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/alg.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -20,22 +22,6 @@
 #include "llep/plan/standard_ep.hpp"
 
 namespace llep {
-
-/// How a plan_step ended.
-struct StepStatus {
-  enum Code : std::int32_t {
-    ok = 0,
-    capacity_overflow = 1,  ///< LeastLoaded's capacity does not fit count_t
-    cap_too_small = 2,      ///< Capped: the loads need more rows than the ranks hold
-    cap_stuck = 3,          ///< Capped: the fill found no rank with room (expert, rows_left)
-    segments_overflow = 4,  ///< a bound was broken: the plan view ran out of segments
-  };
-  std::int32_t code = ok;
-  std::int32_t expert = -1;
-  count_t rows_left = 0;
-  count_t copies = 0;
-  [[nodiscard]] LLEP_HOST_DEVICE bool good() const noexcept { return code == ok; }
-};
 
 /// The device form of a planner: `available`, scratch_bytes(P, N) and run(...). A planner
 /// without one keeps the primary template, which plan_step refuses at compile time.
@@ -161,6 +147,88 @@ LLEP_HOST_DEVICE StepStatus plan_step(const P& planner, const count_t* loads, al
                 "llep: this planner has no device form (DeviceStep<P>): only StandardEp, LeastLoaded, and "
                 "Adaptive and Capped over them plan on the device; plan on the host with planner.plan()");
   return DeviceStep<P>::run(planner, loads, topo, scratch, out);
+}
+
+/// loads[e] = sum over ranks of counts[p][e] (row-major P x N), one expert a thread, then
+/// plan_step on thread 0 once every load is in: the device planner's kernel (one block,
+/// exec.run_block) and, through a SerialBlock, the host's run of the same code.
+template <class P>
+struct PlanFromCounts {
+  P planner;
+  const count_t* counts = nullptr;
+  count_t* loads = nullptr;
+  alg::TopoView topo;
+  std::byte* scratch = nullptr;
+  PlanView* out = nullptr;
+  StepStatus* status = nullptr;
+  LLEP_EXEC_CHECK_DISABLE
+  template <class Block>
+  LLEP_HOST_DEVICE void operator()(const Block& b) const {
+    for (int e = b.tid; e < topo.experts; e += b.threads) {
+      count_t l = 0;
+      for (int p = 0; p < topo.ranks; ++p) l += counts[static_cast<std::size_t>(p) * topo.experts + e];
+      loads[e] = l;
+    }
+    b.sync();
+    if (b.tid == 0) *status = plan_step(planner, loads, topo, scratch, *out);
+  }
+};
+
+/// Where one plan of P ranks and N experts lives in a region of exec memory (carved by
+/// PlanTables::carve from plan_tables_bytes): the plan's buffers, its view, a status, the
+/// natives, the loads and the planner's scratch. `fields` is what *view must hold (the
+/// caller uploads it, and `natives`, once).
+struct PlanTables {
+  PlanView fields;
+  PlanView* view = nullptr;
+  StepStatus* status = nullptr;
+  std::int32_t* native = nullptr;
+  count_t* loads = nullptr;
+  std::byte* scratch = nullptr;
+  std::size_t bytes = 0;
+
+  template <class P>
+  [[nodiscard]] static PlanTables carve(std::byte* base, int ranks, int experts) {
+    const auto R = static_cast<std::size_t>(ranks), N = static_cast<std::size_t>(experts);
+    const auto segs = static_cast<std::size_t>(max_plan_segments(ranks, experts));
+    Carve c;
+    const std::size_t o_seg = c.take(segs * sizeof(Segment)), o_spare = c.take(segs * sizeof(Segment)),
+                      o_tr = c.take(segs * sizeof(WeightTransfer)), o_off = c.take((N + 1) * sizeof(std::int32_t)),
+                      o_rl = c.take(R * sizeof(count_t)), o_view = c.take(sizeof(PlanView)),
+                      o_status = c.take(sizeof(StepStatus)), o_native = c.take(N * sizeof(std::int32_t)),
+                      o_loads = c.take(N * sizeof(count_t)),
+                      o_scratch = c.take(plan_step_scratch_bytes<P>(ranks, experts));
+    PlanTables t;
+    t.bytes = c.bytes;
+    if (base == nullptr) return t;
+    PlanView& v = t.fields;
+    v.segments = reinterpret_cast<Segment*>(base + o_seg);
+    v.spare = reinterpret_cast<Segment*>(base + o_spare);
+    v.transfers = reinterpret_cast<WeightTransfer*>(base + o_tr);
+    v.expert_offsets = reinterpret_cast<std::int32_t*>(base + o_off);
+    v.rank_loads = reinterpret_cast<count_t*>(base + o_rl);
+    v.max_segments = static_cast<std::int32_t>(segs);
+    v.ranks = ranks;
+    v.experts = experts;
+    t.view = reinterpret_cast<PlanView*>(base + o_view);
+    t.status = reinterpret_cast<StepStatus*>(base + o_status);
+    t.native = reinterpret_cast<std::int32_t*>(base + o_native);
+    t.loads = reinterpret_cast<count_t*>(base + o_loads);
+    t.scratch = base + o_scratch;
+    return t;
+  }
+
+  /// The topology as the planner reads it, natives from `native`.
+  [[nodiscard]] alg::TopoView topo_view(const Topology& topo) const noexcept {
+    return alg::TopoView{topo.ranks(), topo.experts(), topo.ranks_per_node(), native,
+                         topo.default_placement() ? topo.experts() / topo.ranks() : 0};
+  }
+};
+
+/// Bytes of exec memory for PlanTables of P ranks and N experts.
+template <class P>
+[[nodiscard]] std::size_t plan_tables_bytes(int ranks, int experts) {
+  return PlanTables::carve<P>(nullptr, ranks, experts).bytes;
 }
 
 }  // namespace llep
