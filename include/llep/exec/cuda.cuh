@@ -61,6 +61,15 @@ LLEP_KERNEL void for_each_n(std::size_t n, F f) {
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
 }
 
+/// for_each_n over min(*n x scale, bound) items, n read on the device.
+template <class C, class F>
+LLEP_KERNEL void for_each_counted(const C* n, std::size_t scale, std::size_t bound, F f) {
+  const C c = *n;
+  const std::size_t want = c > 0 ? static_cast<std::size_t>(c) * scale : 0, m = want < bound ? want : bound;
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < m; i += stride) f(i);
+}
+
 /// f(block) by every thread of one block (core/block.hpp).
 template <class F>
 LLEP_KERNEL void run_block(F f) {
@@ -211,6 +220,17 @@ class CudaExec {
     if (n == 0) return;
     clear_last_error();
     detail::device_kernels::for_each_n<<<blocks_for(n), threads_per_block, 0, stream_>>>(n, f);
+    LLEP_CUDA_CHECK(cudaGetLastError());
+  }
+
+  /// Runs f(i) for i in [0, min(*n x scale, bound)) on the stream, n (device memory) read
+  /// by the kernel: the grid is sized for `bound`, the work for the real count.
+  template <class C, class F>
+  void for_each_counted(const C* n, std::size_t scale, std::size_t bound, F f) const {
+    static_assert(std::is_trivially_copyable_v<F>, "llep: CudaExec::for_each_counted needs a trivially copyable functor");
+    if (bound == 0) return;
+    clear_last_error();
+    detail::device_kernels::for_each_counted<<<blocks_for(bound), threads_per_block, 0, stream_>>>(n, scale, bound, f);
     LLEP_CUDA_CHECK(cudaGetLastError());
   }
 

@@ -36,6 +36,14 @@ class HostExec {
     for (std::size_t i = 0; i < n; ++i) f(i);
   }
 
+  /// Runs f(i) for i in [0, min(*n x scale, bound)): a size that lives in the exec's memory
+  /// (a layout's row count, say), read when the work runs.
+  template <class C, class F>
+  void for_each_counted(const C* n, std::size_t scale, std::size_t bound, F f) const {
+    const C c = *n;
+    for_each_n(c > 0 ? std::min(static_cast<std::size_t>(c) * scale, bound) : 0, f);
+  }
+
   /// Runs f(block) once with a one-thread block (core/block.hpp): a single-block routine.
   template <class F>
   void run_block(F f) const {

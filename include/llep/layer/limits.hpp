@@ -53,6 +53,36 @@ struct LayerLimits {
   }
 };
 
+/// Bytes of one expert's serialised weights: the functor's weight_bytes() when it has one
+/// (a packed format), else weight_elems() elements.
+template <class Experts>
+[[nodiscard]] std::size_t expert_weight_bytes(const Experts& experts) {
+  if constexpr (requires { experts.weight_bytes(); }) return experts.weight_bytes();
+  else return experts.weight_elems() * sizeof(typename Experts::value_type);
+}
+
+/// The limits of a layer of this configuration when no rank has more than
+/// `max_tokens_per_rank` tokens in a step, but for the scratch and staging that depend on
+/// how the layer runs (each layer's make_limits adds them).
+template <class Plnr, class Experts>
+[[nodiscard]] LayerLimits base_limits(const Topology& topo, int top_k, const Plnr& planner, const Experts& experts,
+                                      count_t max_tokens_per_rank) {
+  LLEP_EXPECTS(max_tokens_per_rank >= 0 && max_tokens_per_rank <= INT32_MAX / std::max(top_k, 1),
+               "max tokens per rank = ", max_tokens_per_rank, " must be in [0, 2^31 / K] (K = ", top_k, ")");
+  LayerLimits l;
+  l.max_tokens_per_rank = max_tokens_per_rank;
+  l.top_k = top_k;
+  l.hidden = experts.hidden();
+  l.intermediate = experts.intermediate();
+  l.ranks = topo.ranks();
+  l.experts = topo.experts();
+  l.row_bytes = static_cast<std::size_t>(experts.hidden()) * sizeof(typename Experts::value_type);
+  l.weight_bytes = expert_weight_bytes(experts);
+  l.plan = llep::plan_bounds(planner, topo, max_tokens_per_rank * top_k);
+  l.plan.rows_per_rank = std::min<std::int64_t>(l.plan.rows_per_rank, INT32_MAX);
+  return l;
+}
+
 /// The named regions of one step's workspace, in carve order.
 enum class WorkspaceRegion {
   send,             ///< pairs x row: tokens in send order; combine's receive buffer

@@ -187,19 +187,7 @@ class MoeLayer {
   /// `max_tokens_per_rank` tokens in a step.
   [[nodiscard]] static LayerLimits make_limits(const Topology& topo, int top_k, const Plnr& planner,
                                                const Experts& experts, count_t max_tokens_per_rank) {
-    LLEP_EXPECTS(max_tokens_per_rank >= 0 && max_tokens_per_rank <= INT32_MAX / std::max(top_k, 1),
-                 "max tokens per rank = ", max_tokens_per_rank, " must be in [0, 2^31 / K] (K = ", top_k, ")");
-    LayerLimits l;
-    l.max_tokens_per_rank = max_tokens_per_rank;
-    l.top_k = top_k;
-    l.hidden = experts.hidden();
-    l.intermediate = experts.intermediate();
-    l.ranks = topo.ranks();
-    l.experts = topo.experts();
-    l.row_bytes = static_cast<std::size_t>(experts.hidden()) * sizeof(T);
-    l.weight_bytes = expert_bytes(experts);
-    l.plan = llep::plan_bounds(planner, topo, max_tokens_per_rank * top_k);
-    l.plan.rows_per_rank = std::min<std::int64_t>(l.plan.rows_per_rank, INT32_MAX);
+    LayerLimits l = base_limits(topo, top_k, planner, experts, max_tokens_per_rank);
     l.scratch_bytes = std::max(experts.scratch_bytes(l.plan.rows_per_rank, l.plan.rows_per_rank),
                                exec_sort_scratch_bytes<Exec>(static_cast<std::size_t>(l.max_pairs_per_rank()), l.experts));
     if constexpr (requires { Stats::workspace_bytes(topo.ranks(), topo.experts()); })
@@ -662,11 +650,6 @@ class MoeLayer {
     h.expert_inputs = h.save_inputs ? b.expert_in : nullptr;
     h.expert_outputs = h.save_outputs ? b.expert_out : nullptr;
     h.filled = true;
-  }
-
-  [[nodiscard]] static std::size_t expert_bytes(const Experts& experts) {
-    if constexpr (requires { experts.weight_bytes(); }) return experts.weight_bytes();
-    else return experts.weight_elems() * sizeof(T);
   }
 
   void fill_report(std::size_t workspace, std::size_t row_bytes, std::size_t weight_bytes) {

@@ -105,28 +105,72 @@ struct CombineTopK {
   }
 };
 
+/// Calls f(W{}) with the widest word W that divides the row size and both pointers.
+template <class F>
+void with_row_word(const void* dst, const void* src, std::size_t row_bytes, F f) {
+  const auto aligned = [&](std::size_t w) {
+    return row_bytes % w == 0 && reinterpret_cast<std::uintptr_t>(dst) % w == 0 &&
+           reinterpret_cast<std::uintptr_t>(src) % w == 0;
+  };
+  if (aligned(16)) f(detail::Word16{});
+  else if (aligned(8)) f(std::uint64_t{});
+  else if (aligned(4)) f(std::uint32_t{});
+  else if (aligned(2)) f(std::uint16_t{});
+  else f(std::uint8_t{});
+}
+
 /// Runs a row copy with the widest word that divides the row size and both pointers.
 template <class Exec>
 void copy_rows(Exec& exec, bool gather, void* dst, const void* src, const std::int32_t* index, std::size_t rows,
                std::size_t row_bytes, std::int32_t divisor = 1) {
   if (rows == 0 || row_bytes == 0) return;
-  const auto aligned = [&](std::size_t w) {
-    return row_bytes % w == 0 && reinterpret_cast<std::uintptr_t>(dst) % w == 0 &&
-           reinterpret_cast<std::uintptr_t>(src) % w == 0;
-  };
-  auto run = [&](auto word) {
+  with_row_word(dst, src, row_bytes, [&](auto word) {
     using W = decltype(word);
     const std::size_t words = row_bytes / sizeof(W);
     if (gather)
       exec.for_each_n(rows * words, CopyRows<W, true>{static_cast<W*>(dst), static_cast<const W*>(src), index, words, divisor});
     else
       exec.for_each_n(rows * words, CopyRows<W, false>{static_cast<W*>(dst), static_cast<const W*>(src), index, words, divisor});
-  };
-  if (aligned(16)) run(detail::Word16{});
-  else if (aligned(8)) run(std::uint64_t{});
-  else if (aligned(4)) run(std::uint32_t{});
-  else if (aligned(2)) run(std::uint16_t{});
-  else run(std::uint8_t{});
+  });
 }
+
+/// copy_rows of `*rows` rows (exec memory, at most max_rows), the count read when it runs.
+template <class Exec, class C>
+void copy_rows_counted(Exec& exec, bool gather, void* dst, const void* src, const std::int32_t* index, const C* rows,
+                       std::size_t max_rows, std::size_t row_bytes, std::int32_t divisor = 1) {
+  if (max_rows == 0 || row_bytes == 0) return;
+  with_row_word(dst, src, row_bytes, [&](auto word) {
+    using W = decltype(word);
+    const std::size_t words = row_bytes / sizeof(W);
+    if (gather)
+      exec.for_each_counted(rows, words, max_rows * words,
+                            CopyRows<W, true>{static_cast<W*>(dst), static_cast<const W*>(src), index, words, divisor});
+    else
+      exec.for_each_counted(rows, words, max_rows * words,
+                            CopyRows<W, false>{static_cast<W*>(dst), static_cast<const W*>(src), index, words, 1});
+  });
+}
+
+/// AssignSendRows with the send blocks of a layout in exec memory (a step whose host never
+/// sees the layout): over the rank's pairs, which the host knows.
+struct AssignSendRowsFrom {
+  const LayoutView* layout;
+  const std::int32_t* order;
+  std::int32_t* pair_row;
+  std::int32_t* row_pair;
+  LLEP_HOST_DEVICE void operator()(std::size_t i) const {
+    AssignSendRows{layout->send_blocks, layout->num_send_blocks, order, pair_row, row_pair}(i);
+  }
+};
+
+/// AssignComputeRows with the receive chunks of a layout in exec memory; run it over the
+/// layout's compute_rows with for_each_counted.
+struct AssignComputeRowsFrom {
+  const LayoutView* layout;
+  std::int32_t* compute_row_of_recv;
+  LLEP_HOST_DEVICE void operator()(std::size_t i) const {
+    AssignComputeRows{layout->recv_chunks, layout->num_recv_chunks, compute_row_of_recv}(i);
+  }
+};
 
 }  // namespace llep

@@ -1,0 +1,485 @@
+#pragma once
+// SyncFreeLayer: one rank's forward step in which the host only enqueues (issue 14). The
+// counts, the plan, the layout, the transfer sizes and the GEMM sizes live in the exec's
+// memory; every stage reads them there, so nothing waits for the host between stages and
+// a step on a CUDA stream can be captured in a graph and replayed with new inputs, new
+// routing and a new batch size (a word in exec memory) each time.
+//
+// The stages are those of MoeLayer (layer/stages.hpp) with the sizes read where they live:
+//   count    the exchange's sync-free gather of every rank's histogram (N + 1 bins)
+//   plan     PlanFromCounts (plan/plan_step.hpp), one block, the host planners' plan
+//   layout   BuildLayout (layer/layout.hpp), one block, Layout::build's tables
+//   gate     StepGate: a bad id on any rank, a failed plan or layout close the step on
+//            every rank alike (all counts it reads become 0) and note it in the status word
+//   dispatch sort by expert over B_max x K padded keys, AssignSendRowsFrom, the token rows
+//            into send order, the exchange's all-to-all; the plan's weight pulls
+//   compute  received rows into task order, TasksFromLayout, one compute_sized launch
+//   combine  rows back to receive order, the reverse all-to-all, CombineTopK
+// Every loop is exec.for_each_counted over a bound from the limits (a grid sized once)
+// and a count read when it runs; every single-thread phase is exec.run_block. HostExec runs
+// the same functors on the rank's thread, which is how the host suite tests this file.
+//
+// Errors: what can be checked on the host (shapes, limits, the configuration) throws
+// llep::Error before anything is enqueued. What only the step knows (a bad id, a failed
+// plan, a peer that never signals) goes to the rank's status word; check(), a collective
+// host call, throws the same llep::Error on every rank. Until check() has passed, the
+// outputs of the steps since the last check are not to be used.
+//
+// Scope: planners with a device form (has_device_form), topologies without replicas, exact
+// weights (no codec), forward only. MoeLayer covers the rest with a host round trip.
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "llep/core/carve.hpp"
+#include "llep/core/config.hpp"
+#include "llep/core/error.hpp"
+#include "llep/core/plan_view.hpp"
+#include "llep/core/topology.hpp"
+#include "llep/device/status_word.hpp"
+#include "llep/device/symmetric_exchange.hpp"
+#include "llep/exec/execution_space.hpp"
+#include "llep/experts/expert_compute.hpp"
+#include "llep/layer/layout.hpp"
+#include "llep/layer/limits.hpp"
+#include "llep/layer/row_ops.hpp"
+#include "llep/plan/plan_step.hpp"
+#include "llep/plan/planner.hpp"
+
+namespace llep {
+
+/// The live sizes of one sync-free step, in exec memory: what every counted loop after the
+/// gate reads. All zero when the step is closed.
+struct LiveSizes {
+  count_t pairs = 0;   ///< this rank's pairs (B x K)
+  count_t rows = 0;    ///< rows this rank computes
+  count_t tokens = 0;  ///< this rank's tokens (B)
+};
+
+/// Why a sync-free step closed (StepGate), before the status word records it.
+struct GateStatus {
+  enum Code : std::int32_t { open = 0, plan_failed = 1, layout_failed = 2 };
+  std::int32_t code = open;
+  std::int32_t rank = -1;  ///< layout_failed: this rank
+  std::int64_t value = 0;  ///< the StepStatus / LayoutStatus code
+};
+
+/// One thread, after count, plan and layout: the live sizes of the step.
+/// - A plan or layout that failed closes the step: every live size and every send and
+///   receive count 0, so the exchanges move nothing (yet still signal their peers) and
+///   nothing reads past what was written. A plan fails on every rank alike (same counts).
+/// - Bad ids on this rank (the histogram's last bin) leave the step open for the others:
+///   the counts leave those pairs out on every rank, so the exchanges stay consistent; only
+///   this rank's combine is skipped (its `out` is not written) and the scan has already
+///   recorded the id for check().
+struct StepGate {
+  const count_t* bad = nullptr;  ///< this rank's ids outside [0, N)
+  const StepStatus* plan_status = nullptr;
+  const LayoutStatus* layout_status = nullptr;
+  LayoutView* layout = nullptr;
+  const count_t* tokens = nullptr;
+  LiveSizes* live = nullptr;
+  GateStatus* status = nullptr;
+  std::int32_t ranks = 0;
+  template <class Block>
+  LLEP_HOST_DEVICE void operator()(const Block& b) const {
+    if (b.tid != 0) return;
+    GateStatus g;
+    if (!plan_status->good()) g = GateStatus{GateStatus::plan_failed, -1, plan_status->code};
+    else if (!layout_status->good()) g = GateStatus{GateStatus::layout_failed, layout->rank, layout_status->code};
+    *status = g;
+    if (g.code == GateStatus::open) {
+      *live = LiveSizes{layout->pairs, layout->compute_rows, *bad == 0 ? *tokens : 0};
+      return;
+    }
+    *live = LiveSizes{};
+    layout->num_send_blocks = layout->num_tasks = layout->num_recv_chunks = 0;
+    for (std::int32_t r = 0; r < ranks; ++r)
+      layout->send_counts[r] = layout->send_offsets[r] = layout->recv_counts[r] = layout->recv_offsets[r] = 0;
+  }
+};
+
+/// One thread: the layout's tasks as ExpertTask<T> for compute_sized, natives reading the
+/// rank's weights at their slot, foreign experts the j-th received expert's weights (the
+/// plan's transfers to this rank, ascending expert, as WeightsOnRank orders them).
+template <class T>
+struct TasksFromLayout {
+  const LayoutView* layout = nullptr;
+  const PlanView* plan = nullptr;
+  const std::int32_t* slot = nullptr;  ///< N entries: slot of a native expert, -1 otherwise
+  const T* natives = nullptr;
+  const T* foreign = nullptr;
+  std::size_t weight_elems = 0;
+  const T* in = nullptr;
+  T* out = nullptr;
+  std::size_t hidden = 0;
+  ExpertTask<T>* tasks = nullptr;
+  std::int32_t* count = nullptr;
+  template <class Block>
+  LLEP_HOST_DEVICE void operator()(const Block& b) const {
+    if (b.tid != 0) return;
+    const std::int32_t n = layout->num_tasks;
+    std::int32_t j = 0;  // the next transfer to this rank
+    std::int32_t received = 0;
+    for (std::int32_t i = 0; i < n; ++i) {
+      const ComputeTask& t = layout->tasks[i];
+      const T* w = nullptr;
+      if (t.native) {
+        w = natives + static_cast<std::size_t>(slot[t.expert]) * weight_elems;
+      } else {
+        // Transfers and tasks both ascend by expert: advance to this expert's transfer.
+        while (j < plan->num_transfers && !(plan->transfers[j].dst == layout->rank && plan->transfers[j].expert == t.expert)) {
+          if (plan->transfers[j].dst == layout->rank) ++received;
+          ++j;
+        }
+        w = foreign + static_cast<std::size_t>(received) * weight_elems;
+      }
+      const std::size_t off = static_cast<std::size_t>(t.row) * hidden;
+      tasks[i] = ExpertTask<T>{t.expert, w, in + off, out + off, t.rows};
+    }
+    *count = n;
+  }
+};
+
+/// for_each_n over this rank's pairs: the sort keys, the id of a valid pair and `experts`
+/// (after every expert) for a pair whose id is outside [0, N), so that the sort puts the
+/// valid pairs first in the order of a sort without them: the counts (which leave bad ids
+/// out) and the layout then describe exactly the first layout->pairs sorted pairs.
+struct SortKeys {
+  const std::int32_t* ids = nullptr;
+  std::int32_t experts = 0;
+  std::int32_t* keys = nullptr;
+  LLEP_HOST_DEVICE void operator()(std::size_t i) const {
+    const std::int32_t id = ids[i];
+    keys[i] = id >= 0 && id < experts ? id : experts;
+  }
+};
+
+/// One word of exec memory set when the work runs (a captured graph keeps the value).
+struct SetCount {
+  count_t* word = nullptr;
+  count_t value = 0;
+  LLEP_HOST_DEVICE void operator()(std::size_t) const { *word = value; }
+};
+
+/// One rank's sync-free MoE forward (see the top of this file). Collective: every rank's
+/// layer is built from the same topology, planner, functor shape and limits, each over
+/// its own view of the same symmetric memory (device/symmetric.hpp), and every rank calls
+/// forward() for the same steps.
+template <Planner Plnr, class Experts, ExecutionSpace Exec>
+class SyncFreeLayer {
+ public:
+  using value_type = typename Experts::value_type;
+  using T = value_type;
+  static_assert(has_device_form<Plnr>,
+                "llep: SyncFreeLayer plans in the step (PlanFromCounts): use a planner with a device form "
+                "(StandardEp, LeastLoaded, Adaptive or Capped over them), or MoeLayer for the others");
+  static_assert(check_sized_expert_compute<Experts, Exec>());
+
+  /// The limits of this configuration for at most `max_tokens_per_rank` tokens a rank.
+  [[nodiscard]] static LayerLimits make_limits(const Topology& topo, int top_k, const Plnr& planner,
+                                               const Experts& experts, count_t max_tokens_per_rank) {
+    LayerLimits l = base_limits(topo, top_k, planner, experts, max_tokens_per_rank);
+    const auto pairs = static_cast<std::size_t>(l.max_pairs_per_rank());
+    l.scratch_bytes = std::max(experts.sized_scratch_bytes(max_tasks(topo), l.plan.rows_per_rank),
+                               exec_sort_scratch_bytes<Exec>(pairs, topo.experts() + 1));
+    return l;
+  }
+
+  /// The layout of every rank's symmetric region (the same on every rank): the counts
+  /// slots, the two row tables, the rows this rank sends in dispatch and in combine, and
+  /// its native experts' weights. Build the symmetric memory from it.
+  [[nodiscard]] static SymmetricLayout symmetric_layout(const Topology& topo, const LayerLimits& l) {
+    return shared_offsets(topo, l).layout;
+  }
+
+  /// Bytes of this rank's own step memory (exec memory, `workspace` of the constructor).
+  [[nodiscard]] static std::size_t workspace_bytes(const Topology& topo, const LayerLimits& l) {
+    return Local::carve(nullptr, topo, l).bytes;
+  }
+
+  /// `exec` runs the steps (its workspace is not used: the layer's memory is `workspace`,
+  /// workspace_bytes(topo, limits) of exec memory, 256-byte aligned, kept until the layer
+  /// is gone). `view` is this rank's view of symmetric memory laid out as
+  /// symmetric_layout(topo, limits). The configuration is checked here, on the host.
+  SyncFreeLayer(const Topology& topo, int top_k, Plnr planner, Experts experts, Exec exec, SymmetricView view,
+                const LayerLimits& limits, std::span<std::byte> workspace, SignalOptions signals = {})
+      : topo_(topo),
+        top_k_(top_k),
+        planner_(std::move(planner)),
+        experts_(std::move(experts)),
+        exec_(std::move(exec)),
+        view_(view),
+        limits_(limits),
+        signals_(signals) {
+    LLEP_EXPECTS(!topo.has_replicas(), "SyncFreeLayer takes topologies without replicas (S = ",
+                 topo.replicas_per_rank(), "); use MoeLayer");
+    LLEP_EXPECTS(view.ranks == topo.ranks() && view.rank >= 0 && view.rank < topo.ranks(), "the symmetric view is rank ",
+                 view.rank, " of ", view.ranks, " but the topology has P = ", topo.ranks());
+    LLEP_EXPECTS(limits == make_limits(topo, top_k, planner_, experts_, limits.max_tokens_per_rank), "rank ", view.rank,
+                 ": ", limits, " does not describe this layer; build them with SyncFreeLayer::make_limits");
+    if constexpr (requires { planner_.check(); }) planner_.check();
+    const std::size_t need = workspace_bytes(topo, limits);
+    LLEP_EXPECTS(workspace.size() >= need && reinterpret_cast<std::uintptr_t>(workspace.data()) % Carve::alignment == 0,
+                 "rank ", view.rank, ": the sync-free workspace holds ", workspace.size(), " bytes at ",
+                 static_cast<const void*>(workspace.data()), "; it needs ", need, ", ", Carve::alignment,
+                 "-byte aligned (SyncFreeLayer::workspace_bytes)");
+    rank_ = view.rank;
+    shared_ = shared_offsets(topo, limits);
+    mem_ = Local::carve(workspace.data(), topo, limits);
+    // Tables that never change: the plan's and the layout's views, the natives, the slots.
+    const int N = topo.experts();
+    std::vector<std::int32_t> native(static_cast<std::size_t>(N)), slot(static_cast<std::size_t>(N), -1);
+    int next = 0;
+    for (int e = 0; e < N; ++e) {
+      native[static_cast<std::size_t>(e)] = topo.native_rank(e);
+      if (topo.native_rank(e) == rank_) slot[static_cast<std::size_t>(e)] = next++;
+    }
+    exec_.from_host(mem_.plan.view, &mem_.plan.fields, sizeof(PlanView));
+    exec_.from_host(mem_.layout.view, &mem_.layout.fields, sizeof(LayoutView));
+    exec_.from_host(mem_.plan.native, native.data(), native.size() * sizeof(std::int32_t));
+    exec_.from_host(mem_.layout.native, native.data(), native.size() * sizeof(std::int32_t));
+    exec_.from_host(mem_.slot, slot.data(), slot.size() * sizeof(std::int32_t));
+    exec_.synchronize();  // the host vectors above go out of scope
+    status_.emplace(exec_, mem_.status, topo.ranks());
+  }
+
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+  [[nodiscard]] const Topology& topology() const noexcept { return topo_; }
+  [[nodiscard]] const LayerLimits& limits() const noexcept { return limits_; }
+  [[nodiscard]] Exec& exec() noexcept { return exec_; }
+
+  /// This rank's native experts' weights, where peers read them: in its symmetric region
+  /// (exec memory), natives x weight_elems() elements in ascending expert id. Write them
+  /// there (or call set_native_weights) before the first step; an update between steps
+  /// is ordered by the exec like any other write.
+  [[nodiscard]] std::span<T> native_weights() const noexcept {
+    return {reinterpret_cast<T*>(view_.self + shared_.weights), static_cast<std::size_t>(topo_.slots_per_rank()) * experts_.weight_elems()};
+  }
+  /// Copies `weights` (exec memory, natives x weight_elems()) into native_weights().
+  void set_native_weights(std::span<const T> weights) {
+    const auto mine = native_weights();
+    LLEP_EXPECTS(weights.size() == mine.size(), "rank ", rank_, "'s weights hold ", weights.size(),
+                 " elements; its ", topo_.slots_per_rank(), " natives of ", experts_.weight_elems(), " need ", mine.size());
+    exec_.copy(mine.data(), weights.data(), weights.size_bytes());
+  }
+
+  /// hidden [B x D], topk_ids [B x K], topk_weights [B x K] -> out [B x D], in exec memory,
+  /// B <= B_max of the limits. Enqueues the whole step on the exec and returns: nothing
+  /// waits for the host (a CUDA exec's step can be captured). Results are valid once the
+  /// exec has run the step and check() passed.
+  template <class G>
+  void forward(std::span<const T> hidden, std::span<const std::int32_t> topk_ids, std::span<const G> topk_weights,
+               std::span<T> out) {
+    const auto D = static_cast<std::size_t>(experts_.hidden()), K = static_cast<std::size_t>(top_k_);
+    LLEP_EXPECTS(hidden.size() % D == 0, "hidden has ", hidden.size(), " elements, not a multiple of D = ", D);
+    const std::size_t B = hidden.size() / D;
+    LLEP_EXPECTS(topk_ids.size() == B * K && topk_weights.size() == B * K && out.size() == B * D, "rank ", rank_,
+                 ": B = ", B, " tokens need ", B * K, " ids and gates and ", B * D, " outputs; got ", topk_ids.size(),
+                 ", ", topk_weights.size(), " and ", out.size());
+    LLEP_EXPECTS(static_cast<count_t>(B) <= limits_.max_tokens_per_rank, "rank ", rank_, " has B = ", B,
+                 " tokens but the layer was built for at most B_max = ", limits_.max_tokens_per_rank);
+    const std::size_t pairs = B * K, row_bytes = limits_.row_bytes;
+    const int N = topo_.experts();
+    const Local& m = mem_;
+
+    // 1-3. Count (sync-free gather), plan, layout: all in exec memory.
+    begin_step(exec_, view_);
+    gather_counts_symmetric(exec_, view_, shared_.counts, topk_ids.data(), pairs, N, GatheredCounts{m.local, m.counts},
+                            *status_, signals_);
+    exec_.run_block(PlanFromCounts<Plnr>{planner_, m.counts, m.plan.loads, m.plan.topo_view(topo_), m.plan.scratch,
+                                         m.plan.view, m.plan.status});
+    exec_.run_block(BuildLayout<NativeHolds>{m.counts, m.plan.view, m.plan.status, NativeHolds{m.layout.native, rank_},
+                                             m.layout.view, m.layout.status});
+    exec_.for_each_n(1, SetCount{m.tokens, static_cast<count_t>(B)});
+    exec_.run_block(StepGate{m.local + N, m.plan.status, m.layout.status, m.layout.view, m.tokens, m.live, m.gate,
+                             topo_.ranks()});
+    exec_.run_block(NoteGate{m.gate, status_->word()});
+
+    // 4. Dispatch: pairs by expert (bad ids last), send rows, the all-to-all, the weights.
+    exec_.for_each_n(pairs, SortKeys{topk_ids.data(), N, m.keys});
+    sort_by_expert_in(exec_, m.keys, pairs, N + 1, m.order, std::span<std::byte>(m.scratch, m.scratch_bytes));
+    exec_.for_each_counted(&m.live->pairs, 1, pairs, AssignSendRowsFrom{m.layout.view, m.order, m.pair_row, m.row_pair});
+    std::byte* send = view_.self + shared_.send;
+    copy_rows_counted(exec_, true, send, hidden.data(), m.row_pair, &m.live->pairs, pairs, row_bytes,
+                      static_cast<std::int32_t>(K));
+    const LayoutView& f = m.layout.fields;  // the table pointers (their contents are the device's)
+    rows_all_to_all(exec_, view_,
+                    RowsExchange{shared_.send, limits_.max_pairs_per_rank(), shared_.dispatch_table, f.send_counts,
+                                 f.send_offsets, f.recv_offsets, m.recv, limits_.plan.rows_per_rank, row_bytes,
+                                 SignalChannel::dispatch},
+                    *status_, workers(), signals_);
+    pull_weights(exec_, view_,
+                 WeightsExchange{m.plan.view, m.slot, shared_.weights, limits_.weight_bytes,
+                                 reinterpret_cast<std::byte*>(m.foreign), limits_.plan.foreign_experts_per_rank},
+                 *status_, workers(), signals_);
+
+    // 5. Compute: received rows into task order, the tasks, one sized launch.
+    const auto max_rows = static_cast<std::size_t>(limits_.plan.rows_per_rank);
+    exec_.for_each_counted(&m.live->rows, 1, max_rows, AssignComputeRowsFrom{m.layout.view, m.compute_row});
+    copy_rows_counted(exec_, false, m.expert_in, m.recv, m.compute_row, &m.live->rows, max_rows, row_bytes);
+    exec_.run_block(TasksFromLayout<T>{m.layout.view, m.plan.view, m.slot, native_weights().data(), m.foreign,
+                                       experts_.weight_elems(), m.expert_in, m.expert_out, D, m.tasks, m.task_count});
+    experts_.compute_sized(exec_,
+                           SizedTasks<T>{m.tasks, m.task_count, max_tasks(topo_), limits_.plan.rows_per_rank,
+                                         limits_.plan.rows_per_rank},
+                           m.scratch);
+
+    // 6. Combine: outputs back to receive order, the reverse all-to-all, the sum over K.
+    std::byte* back = view_.self + shared_.back;
+    copy_rows_counted(exec_, true, back, m.expert_out, m.compute_row, &m.live->rows, max_rows, row_bytes);
+    rows_all_to_all(exec_, view_,
+                    RowsExchange{shared_.back, limits_.plan.rows_per_rank, shared_.combine_table, f.recv_counts,
+                                 f.recv_offsets, f.send_offsets, m.gathered, limits_.max_pairs_per_rank(), row_bytes,
+                                 SignalChannel::combine},
+                    *status_, workers(), signals_);
+    exec_.for_each_counted(&m.live->tokens, D, B * D,
+                           CombineTopK<T, G>{out.data(), reinterpret_cast<const T*>(m.gathered), m.pair_row,
+                                             topk_weights.data(), top_k_, D});
+  }
+
+  /// The host check, a collective of every rank over a host-synchronising transport (the
+  /// one the ranks were set up with: HostThreads, PeerCopy, Nccl): waits for this rank's
+  /// steps, gathers every rank's status word and throws the same llep::Error on every rank
+  /// when any rank recorded a bad id, a failed plan or layout, or a peer that never
+  /// signalled since the last check.
+  template <class Tr>
+  void check(Tr& transport) {
+    status_->check(exec_, transport, topo_.experts());
+  }
+
+  /// The last step's plan, layout and gate, in exec memory (for tests and tools).
+  [[nodiscard]] const PlanView* plan_view() const noexcept { return mem_.plan.view; }
+  [[nodiscard]] const StepStatus* plan_status() const noexcept { return mem_.plan.status; }
+  [[nodiscard]] const LayoutView* layout_view() const noexcept { return mem_.layout.view; }
+  [[nodiscard]] const count_t* counts() const noexcept { return mem_.counts; }
+
+ private:
+  // Records a closed gate in the status word (a bad id is already there, from the scan).
+  struct NoteGate {
+    const GateStatus* gate = nullptr;
+    status_word_t* word = nullptr;
+    template <class Block>
+    LLEP_HOST_DEVICE void operator()(const Block& b) const {
+      if (b.tid != 0) return;
+      if (gate->code == GateStatus::plan_failed) note_status(word, plan_failed_word(gate->value));
+      if (gate->code == GateStatus::layout_failed) note_status(word, layout_failed_word(gate->rank, gate->value));
+    }
+  };
+
+  [[nodiscard]] static int max_tasks(const Topology& topo) {
+    return static_cast<int>(layout_capacity(topo.ranks(), topo.experts(), max_plan_segments(topo.ranks(), topo.experts())).tasks);
+  }
+  [[nodiscard]] static std::size_t workers() noexcept {
+    return Exec::memory == MemorySpace::host ? 1 : 16 * 256;
+  }
+
+  // Offsets in every rank's symmetric region.
+  struct Shared {
+    SymmetricLayout layout{1};
+    std::size_t counts = 0, dispatch_table = 0, combine_table = 0, send = 0, back = 0, weights = 0;
+  };
+  [[nodiscard]] static Shared shared_offsets(const Topology& topo, const LayerLimits& l) {
+    Shared s;
+    s.layout = SymmetricLayout(topo.ranks());
+    s.counts = s.layout.reserve(symmetric_counts_bytes(topo.experts()));
+    s.dispatch_table = s.layout.reserve(symmetric_table_bytes(topo.ranks()));
+    s.combine_table = s.layout.reserve(symmetric_table_bytes(topo.ranks()));
+    s.send = s.layout.reserve(static_cast<std::size_t>(l.max_pairs_per_rank()) * l.row_bytes);
+    s.back = s.layout.reserve(static_cast<std::size_t>(l.plan.rows_per_rank) * l.row_bytes);
+    s.weights = s.layout.reserve(static_cast<std::size_t>(topo.slots_per_rank()) * l.weight_bytes);
+    return s;
+  }
+
+  // This rank's own step memory.
+  struct Local {
+    PlanTables plan;
+    LayoutTables layout;
+    count_t* local = nullptr;   // N + 1: this rank's histogram
+    count_t* counts = nullptr;  // P x N
+    std::int32_t *keys = nullptr, *order = nullptr, *pair_row = nullptr, *row_pair = nullptr;
+    std::int32_t* compute_row = nullptr;
+    std::int32_t* slot = nullptr;
+    std::byte *recv = nullptr, *gathered = nullptr;
+    T *expert_in = nullptr, *expert_out = nullptr, *foreign = nullptr;
+    ExpertTask<T>* tasks = nullptr;
+    std::int32_t* task_count = nullptr;
+    LiveSizes* live = nullptr;
+    GateStatus* gate = nullptr;
+    count_t* tokens = nullptr;
+    status_word_t* status = nullptr;
+    std::byte* scratch = nullptr;
+    std::size_t scratch_bytes = 0;
+    std::size_t bytes = 0;
+
+    [[nodiscard]] static Local carve(std::byte* base, const Topology& topo, const LayerLimits& l) {
+      const int P = topo.ranks(), N = topo.experts();
+      const auto pairs = static_cast<std::size_t>(l.max_pairs_per_rank());
+      const auto rows = static_cast<std::size_t>(l.plan.rows_per_rank);
+      const auto segs = max_plan_segments(P, N);
+      Carve c;
+      const std::size_t o_plan = c.take(PlanTables::carve<Plnr>(nullptr, P, N).bytes),
+                        o_layout = c.take(LayoutTables::carve(nullptr, P, N, segs, 0).bytes),
+                        o_local = c.take((static_cast<std::size_t>(N) + 1) * sizeof(count_t)),
+                        o_counts = c.take(static_cast<std::size_t>(P) * static_cast<std::size_t>(N) * sizeof(count_t)),
+                        o_keys = c.take(pairs * sizeof(std::int32_t)), o_order = c.take(pairs * sizeof(std::int32_t)),
+                        o_pair_row = c.take(pairs * sizeof(std::int32_t)),
+                        o_row_pair = c.take(pairs * sizeof(std::int32_t)),
+                        o_compute_row = c.take(rows * sizeof(std::int32_t)),
+                        o_slot = c.take(static_cast<std::size_t>(N) * sizeof(std::int32_t)),
+                        o_recv = c.take(rows * l.row_bytes), o_gathered = c.take(pairs * l.row_bytes),
+                        o_in = c.take(rows * l.row_bytes), o_out = c.take(rows * l.row_bytes),
+                        o_foreign = c.take(static_cast<std::size_t>(l.plan.foreign_experts_per_rank) * l.weight_bytes),
+                        o_tasks = c.take(static_cast<std::size_t>(max_tasks(topo)) * sizeof(ExpertTask<T>)),
+                        o_small = c.take(sizeof(std::int32_t) + sizeof(LiveSizes) + sizeof(GateStatus) + 64),
+                        o_status = c.take(StatusWords::bytes(P)), o_scratch = c.take(l.scratch_bytes);
+      Local m;
+      m.bytes = c.bytes;
+      m.scratch_bytes = l.scratch_bytes;
+      if (base == nullptr) return m;
+      m.plan = PlanTables::carve<Plnr>(base + o_plan, P, N);
+      m.layout = LayoutTables::carve(base + o_layout, P, N, segs, 0);
+      auto at = [&]<class U>(std::size_t o, U*& p) { p = reinterpret_cast<U*>(base + o); };
+      at(o_local, m.local);
+      at(o_counts, m.counts);
+      at(o_keys, m.keys);
+      at(o_order, m.order);
+      at(o_pair_row, m.pair_row);
+      at(o_row_pair, m.row_pair);
+      at(o_compute_row, m.compute_row);
+      at(o_slot, m.slot);
+      at(o_recv, m.recv);
+      at(o_gathered, m.gathered);
+      at(o_in, m.expert_in);
+      at(o_out, m.expert_out);
+      at(o_foreign, m.foreign);
+      at(o_tasks, m.tasks);
+      at(o_status, m.status);
+      at(o_scratch, m.scratch);
+      std::byte* small = base + o_small;  // three small records, each aligned for itself
+      m.live = reinterpret_cast<LiveSizes*>(small);
+      m.gate = reinterpret_cast<GateStatus*>(small + 32);
+      m.tokens = reinterpret_cast<count_t*>(small + 64);
+      m.task_count = reinterpret_cast<std::int32_t*>(small + 72);
+      return m;
+    }
+  };
+
+  Topology topo_;
+  int top_k_;
+  Plnr planner_;
+  Experts experts_;
+  Exec exec_;
+  SymmetricView view_;
+  LayerLimits limits_;
+  SignalOptions signals_;
+  int rank_ = 0;
+  Shared shared_;
+  Local mem_;
+  std::optional<StatusWords> status_;
+};
+
+}  // namespace llep

@@ -1,0 +1,170 @@
+// SyncFreeLayer (layer/sync_free.hpp) on P rank threads with HostExec over host symmetric
+// memory: the functors a CUDA stream runs, run on the host. Each step equals MoeLayer's
+// bit for bit (same planner, same functor, same order of rows and of the sum over K) and
+// the dense MoE within float rounding; steps reuse every buffer with new routing and new
+// batch sizes; a bad id is the same llep::Error on every rank at check(), and the next
+// step after it is right again.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "../common/dense_moe.hpp"
+#include "../common/errors.hpp"
+#include "../common/layer_helpers.hpp"
+#include "llep/layer/host_layer.hpp"
+#include "llep/layer/sync_free.hpp"
+#include "llep/plan/adaptive.hpp"
+#include "llep/plan/least_loaded.hpp"
+#include "llep/plan/memory_cap.hpp"
+#include "llep/plan/standard_ep.hpp"
+#include "llep/sim/routing.hpp"
+
+namespace {
+
+constexpr int K = 2, D = 12, H = 6;
+
+struct Aligned {
+  explicit Aligned(std::size_t n) : bytes(n + 256) {}
+  std::span<std::byte> span(std::size_t n) {
+    auto p = reinterpret_cast<std::uintptr_t>(bytes.data());
+    return {bytes.data() + (256 - p % 256) % 256, n};
+  }
+  std::vector<std::byte> bytes;
+};
+
+// Every step's inputs: skewed toward a hot expert that moves, batch sizes that change.
+std::vector<std::vector<layertest::RankInput>> steps_of(int P, int N, int S, int b_max, std::uint64_t seed) {
+  std::vector<std::vector<layertest::RankInput>> steps;
+  for (int s = 0; s < S; ++s) {
+    const auto skew = s % 3 == 0 ? llep::sim::Skew{} : llep::sim::Skew{1, s % 2 ? 0.9 : 0.6};
+    layertest::TokenRange tokens{0, b_max, s == 2, s == 1};
+    steps.push_back(layertest::make_inputs(P, N, K, D, skew, seed + static_cast<std::uint64_t>(s), tokens));
+    for (auto& r : steps.back())
+      for (auto& id : r.ids) id = (id + 3 * s) % N;
+  }
+  return steps;
+}
+
+// Runs every step on a SyncFreeLayer and on a MoeLayer per rank; returns the sync-free outputs.
+template <class Plnr>
+void compare_with_moe_layer(int P, int N, Plnr planner, std::uint64_t seed) {
+  constexpr int S = 6, Bmax = 20;
+  const auto steps = steps_of(P, N, S, Bmax, seed);
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
+  const llep::Topology topo(P, N);
+  const llep::HostSwiGlu<float> experts({D, H, false});
+  using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec>;
+  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
+  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
+  std::vector<std::vector<std::vector<float>>> got(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
+  llep::HostGroup group(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const int p = t.rank();
+    const auto up = static_cast<std::size_t>(p);
+    const auto weights = layertest::held_weights(moe, topo, p);
+    Aligned ws(Layer::workspace_bytes(topo, limits));
+    Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits,
+                ws.span(Layer::workspace_bytes(topo, limits)));
+    layer.set_native_weights(weights);
+    llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
+        topo, K, planner, experts, t);
+    ref.set_native_weights(weights);
+    for (int s = 0; s < S; ++s) {
+      const auto& in = steps[static_cast<std::size_t>(s)][up];
+      std::vector<float> out(in.x.size(), -7.0f), want(in.x.size());
+      layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids),
+                    std::span<const float>(in.gates), std::span<float>(out));
+      layer.check(t);
+      ref.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
+                  std::span<float>(want));
+      CHECK(std::memcmp(out.data(), want.data(), out.size() * sizeof(float)) == 0);
+      got[static_cast<std::size_t>(s)][up] = out;
+    }
+  });
+  for (int s = 0; s < S; ++s)
+    CHECK(layertest::relative_error(moe, steps[static_cast<std::size_t>(s)], got[static_cast<std::size_t>(s)], K) < 1e-4);
+}
+
+}  // namespace
+
+TEST_CASE("SyncFreeLayer on host threads equals MoeLayer bit for bit, and the dense MoE") {
+  for (const int P : {1, 2, 3, 4}) {
+    CAPTURE(P);
+    const int N = 4 * P;
+    compare_with_moe_layer(P, N, llep::StandardEp{}, 11);
+    compare_with_moe_layer(P, N, llep::LeastLoaded{1.0, 2}, 12);
+    compare_with_moe_layer(P, N, llep::Adaptive<>{1.2, llep::LeastLoaded{1.0, 2}}, 13);
+    compare_with_moe_layer(P, N, llep::Capped<>{llep::LeastLoaded{1.0, 2}, llep::MemoryCap::rows(60)}, 15);
+  }
+  compare_with_moe_layer(8, 16, llep::LeastLoaded{1.1, 1}, 14);
+}
+
+TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at check(), then steps work again") {
+  constexpr int P = 3, N = 6, Bmax = 8;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 5);
+  const llep::Topology topo(P, N);
+  const llep::HostSwiGlu<float> experts({D, H, false});
+  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, llep::HostSwiGlu<float>, llep::HostExec>;
+  const llep::LeastLoaded planner{1.0, 1};
+  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
+  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
+  const auto inputs = layertest::make_inputs(P, N, K, D, llep::sim::Skew{1, 0.7}, 9, {Bmax, Bmax});
+  std::vector<std::string> errors(P);
+  std::vector<double> after(P, 1.0);
+  llep::HostGroup group(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const int p = t.rank();
+    const auto up = static_cast<std::size_t>(p);
+    Aligned ws(Layer::workspace_bytes(topo, limits));
+    Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits,
+                ws.span(Layer::workspace_bytes(topo, limits)));
+    layer.set_native_weights(layertest::held_weights(moe, topo, p));
+    auto in = inputs[up];
+    std::vector<float> out(in.x.size());
+    if (p == 1) in.ids[5] = N + 3;  // pair 5 of rank 1
+    layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
+                  std::span<float>(out));
+    errors[up] = error_of([&] { layer.check(t); });
+    const auto& good = inputs[up];
+    layer.forward(std::span<const float>(good.x), std::span<const std::int32_t>(good.ids),
+                  std::span<const float>(good.gates), std::span<float>(out));
+    layer.check(t);
+    after[up] = layertest::relative_error(moe, good, out, K);
+  });
+  for (int p = 0; p < P; ++p) {
+    CHECK(errors[static_cast<std::size_t>(p)] == errors[0]);
+    CHECK(after[static_cast<std::size_t>(p)] < 1e-4);
+  }
+  CHECK(errors[0].find("rank 1") != std::string::npos);
+  CHECK(errors[0].find(std::to_string(N + 3)) != std::string::npos);
+  CHECK(errors[0].find("pair 5") != std::string::npos);
+}
+
+TEST_CASE("SyncFreeLayer checks its configuration on the host") {
+  constexpr int P = 1, N = 4;
+  const llep::Topology topo(P, N);
+  const llep::HostSwiGlu<float> experts({D, H, false});
+  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, llep::HostSwiGlu<float>, llep::HostExec>;
+  const llep::LeastLoaded planner{1.0, 1};
+  const auto limits = Layer::make_limits(topo, K, planner, experts, 4);
+  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
+  const std::size_t need = Layer::workspace_bytes(topo, limits);
+  Aligned ws(need);
+  CHECK(error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), limits, ws.span(need - 1)); })
+            .find("needs " + std::to_string(need)) != std::string::npos);
+  auto other = limits;
+  other.max_tokens_per_rank = 5;
+  CHECK(error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), other, ws.span(need)); })
+            .find("does not describe this layer") != std::string::npos);
+  Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), limits, ws.span(need));
+  std::vector<float> x(5 * D), gates(5 * K), out(5 * D);
+  std::vector<std::int32_t> ids(5 * K, 0);
+  CHECK(error_of([&] {
+          layer.forward(std::span<const float>(x), std::span<const std::int32_t>(ids), std::span<const float>(gates),
+                        std::span<float>(out));
+        }).find("B_max = 4") != std::string::npos);
+}
