@@ -128,7 +128,7 @@ TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at chec
     if (p == 1) in.ids[5] = N + 3;  // pair 5 of rank 1
     layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
                   std::span<float>(out));
-    errors[up] = error_of([&] { layer.check(t); });
+    errors[up] = testutil::error_of([&] { layer.check(t); });
     const auto& good = inputs[up];
     layer.forward(std::span<const float>(good.x), std::span<const std::int32_t>(good.ids),
                   std::span<const float>(good.gates), std::span<float>(out));
@@ -154,16 +154,16 @@ TEST_CASE("SyncFreeLayer checks its configuration on the host") {
   llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
   const std::size_t need = Layer::workspace_bytes(topo, limits);
   Aligned ws(need);
-  CHECK(error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), limits, ws.span(need - 1)); })
+  CHECK(testutil::error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), limits, ws.span(need - 1)); })
             .find("needs " + std::to_string(need)) != std::string::npos);
   auto other = limits;
   other.max_tokens_per_rank = 5;
-  CHECK(error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), other, ws.span(need)); })
+  CHECK(testutil::error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), other, ws.span(need)); })
             .find("does not describe this layer") != std::string::npos);
   Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), limits, ws.span(need));
   std::vector<float> x(5 * D), gates(5 * K), out(5 * D);
   std::vector<std::int32_t> ids(5 * K, 0);
-  CHECK(error_of([&] {
+  CHECK(testutil::error_of([&] {
           layer.forward(std::span<const float>(x), std::span<const std::int32_t>(ids), std::span<const float>(gates),
                         std::span<float>(out));
         }).find("B_max = 4") != std::string::npos);

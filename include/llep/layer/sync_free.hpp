@@ -109,7 +109,7 @@ template <class T>
 struct TasksFromLayout {
   const LayoutView* layout = nullptr;
   const PlanView* plan = nullptr;
-  const std::int32_t* slot = nullptr;  ///< N entries: slot of a native expert, -1 otherwise
+  const std::int32_t* slot = nullptr;  ///< N entries: each expert's place among its native rank's
   const T* natives = nullptr;
   const T* foreign = nullptr;
   std::size_t weight_elems = 0;
@@ -229,14 +229,16 @@ class SyncFreeLayer {
                  "-byte aligned (SyncFreeLayer::workspace_bytes)");
     rank_ = view.rank;
     shared_ = shared_offsets(topo, limits);
-    mem_ = Local::carve(workspace.data(), topo, limits);
+    mem_ = Local::carve(workspace.data(), topo, limits, rank_);
     // Tables that never change: the plan's and the layout's views, the natives, the slots.
     const int N = topo.experts();
-    std::vector<std::int32_t> native(static_cast<std::size_t>(N)), slot(static_cast<std::size_t>(N), -1);
-    int next = 0;
+    // slot[e]: e's place among its native rank's experts, where that rank's region has it.
+    std::vector<std::int32_t> native(static_cast<std::size_t>(N)), slot(static_cast<std::size_t>(N));
+    std::vector<std::int32_t> next(static_cast<std::size_t>(topo.ranks()), 0);
     for (int e = 0; e < N; ++e) {
-      native[static_cast<std::size_t>(e)] = topo.native_rank(e);
-      if (topo.native_rank(e) == rank_) slot[static_cast<std::size_t>(e)] = next++;
+      const int q = topo.native_rank(e);
+      native[static_cast<std::size_t>(e)] = q;
+      slot[static_cast<std::size_t>(e)] = next[static_cast<std::size_t>(q)]++;
     }
     exec_.from_host(mem_.plan.view, &mem_.plan.fields, sizeof(PlanView));
     exec_.from_host(mem_.layout.view, &mem_.layout.fields, sizeof(LayoutView));
@@ -415,7 +417,7 @@ class SyncFreeLayer {
     std::size_t scratch_bytes = 0;
     std::size_t bytes = 0;
 
-    [[nodiscard]] static Local carve(std::byte* base, const Topology& topo, const LayerLimits& l) {
+    [[nodiscard]] static Local carve(std::byte* base, const Topology& topo, const LayerLimits& l, int rank = 0) {
       const int P = topo.ranks(), N = topo.experts();
       const auto pairs = static_cast<std::size_t>(l.max_pairs_per_rank());
       const auto rows = static_cast<std::size_t>(l.plan.rows_per_rank);
@@ -441,7 +443,7 @@ class SyncFreeLayer {
       m.scratch_bytes = l.scratch_bytes;
       if (base == nullptr) return m;
       m.plan = PlanTables::carve<Plnr>(base + o_plan, P, N);
-      m.layout = LayoutTables::carve(base + o_layout, P, N, segs, 0);
+      m.layout = LayoutTables::carve(base + o_layout, P, N, segs, rank);
       auto at = [&]<class U>(std::size_t o, U*& p) { p = reinterpret_cast<U*>(base + o); };
       at(o_local, m.local);
       at(o_counts, m.counts);
