@@ -6,6 +6,7 @@
 // step after it is right again.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -28,7 +29,8 @@ namespace {
 constexpr int K = 2, D = 12, H = 6;
 
 struct Aligned {
-  explicit Aligned(std::size_t n) : bytes(n + 256) {}
+  // 0xFF: any index read before the step wrote it is -1 (out of range under ASan).
+  explicit Aligned(std::size_t n) : bytes(n + 256, std::byte{0xFF}) {}
   std::span<std::byte> span(std::size_t n) {
     auto p = reinterpret_cast<std::uintptr_t>(bytes.data());
     return {bytes.data() + (256 - p % 256) % 256, n};
@@ -124,11 +126,16 @@ TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at chec
                 ws.span(Layer::workspace_bytes(topo, limits)));
     layer.set_native_weights(layertest::held_weights(moe, topo, p));
     auto in = inputs[up];
-    std::vector<float> out(in.x.size());
+    std::vector<float> out(in.x.size(), -7.0f);
     if (p == 1) in.ids[5] = N + 3;  // pair 5 of rank 1
     layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
                   std::span<float>(out));
     errors[up] = testutil::error_of([&] { layer.check(t); });
+    if (p == 1) {  // the rank with the bad id skips its combine: out is not written
+      CHECK(std::count(out.begin(), out.end(), -7.0f) == static_cast<std::ptrdiff_t>(out.size()));
+    } else {  // the others' steps are whole (their pairs never met the bad one)
+      CHECK(layertest::relative_error(moe, inputs[up], out, K) < 1e-4);
+    }
     const auto& good = inputs[up];
     layer.forward(std::span<const float>(good.x), std::span<const std::int32_t>(good.ids),
                   std::span<const float>(good.gates), std::span<float>(out));
