@@ -175,3 +175,54 @@ TEST_CASE("SyncFreeLayer checks its configuration on the host") {
                         std::span<float>(out));
         }).find("B_max = 4") != std::string::npos);
 }
+
+TEST_CASE("SyncFreeLayer with the batch size in exec memory: buffers of B_max, any B each step, bits of B alone") {
+  constexpr int P = 3, N = 9, Bmax = 16, S = 5;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 21);
+  const llep::Topology topo(P, N);
+  const llep::HostSwiGlu<float> experts({D, H, false});
+  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, llep::HostSwiGlu<float>, llep::HostExec>;
+  const llep::LeastLoaded planner{1.0, 2};
+  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
+  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
+  const auto steps = steps_of(P, N, S, Bmax, 31);
+  std::vector<std::string> too_many(P);
+  llep::HostGroup group(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const int p = t.rank();
+    const auto up = static_cast<std::size_t>(p);
+    const auto weights = layertest::held_weights(moe, topo, p);
+    const std::size_t need = Layer::workspace_bytes(topo, limits);
+    Aligned ws(need);
+    Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits, ws.span(need));
+    layer.set_native_weights(weights);
+    Aligned ws2(need);  // the same steps with B from the host, for the bits
+    Layer by_host(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits, ws2.span(need));
+    // Fixed buffers of B_max tokens, as a captured graph has them; stale data past B.
+    std::vector<float> x(Bmax * D, 9.0f), gates(Bmax * K, 9.0f), out(Bmax * D);
+    std::vector<std::int32_t> ids(Bmax * K, N + 7);  // past B: out of range, never read as pairs
+    llep::count_t tokens = 0;
+    for (int s = 0; s < S; ++s) {
+      const auto& in = steps[static_cast<std::size_t>(s)][up];
+      std::copy(in.x.begin(), in.x.end(), x.begin());
+      std::copy(in.ids.begin(), in.ids.end(), ids.begin());
+      std::copy(in.gates.begin(), in.gates.end(), gates.begin());
+      tokens = static_cast<llep::count_t>(in.x.size() / D);
+      layer.forward(&tokens, std::span<const float>(x), std::span<const std::int32_t>(ids), std::span<const float>(gates),
+                    std::span<float>(out));
+      layer.check(t);
+      std::vector<float> want(in.x.size());
+      by_host.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids),
+                      std::span<const float>(in.gates), std::span<float>(want));
+      by_host.check(t);
+      CHECK(std::memcmp(out.data(), want.data(), want.size() * sizeof(float)) == 0);
+    }
+    tokens = p == 2 ? Bmax + 1 : 1;
+    layer.forward(&tokens, std::span<const float>(x), std::span<const std::int32_t>(ids), std::span<const float>(gates),
+                  std::span<float>(out));
+    too_many[up] = testutil::error_of([&] { layer.check(t); });
+  });
+  for (int p = 0; p < P; ++p) CHECK(too_many[static_cast<std::size_t>(p)] == too_many[0]);
+  CHECK(too_many[0].find("rank 2: the step's token count in device memory, " + std::to_string(Bmax + 1)) !=
+        std::string::npos);
+}

@@ -15,6 +15,7 @@
 //     overflow       the peer whose rows do not fit, the rows (device/symmetric_exchange.hpp)
 //     plan_failed    this rank, the device plan's StepStatus code (plan/plan_step.hpp)
 //     layout_failed  this rank, the device layout's LayoutStatus code (layer/layout.hpp)
+//     batch_too_large  this rank, the token count found in device memory (layer/sync_free.hpp)
 // The smallest word wins (atomicMin), so the first bad pair is kept whatever order the
 // device's threads run in (the one the host's ExactCounts check names first), a bad id
 // is named before a timeout it may have caused, and the lowest silent peer before others.
@@ -41,7 +42,7 @@ inline constexpr status_word_t kStatusClear = ~status_word_t{0};
 }
 
 /// The codes other than a bad id, in the order they are named when several are noted.
-enum class StatusCode : std::uint32_t { peer_timeout = 0, overflow = 1, plan_failed = 2, layout_failed = 3 };
+enum class StatusCode : std::uint32_t { peer_timeout = 0, overflow = 1, plan_failed = 2, layout_failed = 3, batch_too_large = 4 };
 
 /// The word for `code` about `rank` with `value` (ranks past 2^27 - 2 share the last slot,
 /// so no word equals kStatusClear).
@@ -93,7 +94,7 @@ struct FindBadExperts {
 
 /// A decoded word: `found` when anything is recorded; `kind` says what.
 struct BadExpert {
-  enum Kind : std::uint8_t { none, bad_id, peer_timeout, overflow, plan_failed, layout_failed };
+  enum Kind : std::uint8_t { none, bad_id, peer_timeout, overflow, plan_failed, layout_failed, batch_too_large };
   bool found = false;
   std::int64_t pair = 0;   ///< bad_id: the pair
   std::int32_t id = 0;     ///< bad_id: the id
@@ -132,6 +133,9 @@ inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
     case BadExpert::layout_failed:
       LLEP_FAIL("rank ", rank, ": the device layout failed (LayoutStatus code ", static_cast<std::int32_t>(b.value),
                 ", layer/layout.hpp)", invalid);
+    case BadExpert::batch_too_large:
+      LLEP_FAIL("rank ", rank, ": the step's token count in device memory, ", static_cast<std::int32_t>(b.value),
+                ", is outside [0, B_max]; the step ran no tokens", invalid);
     default:
       LLEP_FAIL("rank ", rank, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
                 ", found on the device); the step's results are not valid");

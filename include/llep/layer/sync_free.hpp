@@ -59,22 +59,15 @@ struct LiveSizes {
   count_t tokens = 0;  ///< this rank's tokens (B)
 };
 
-/// Why a sync-free step closed (StepGate), before the status word records it.
-struct GateStatus {
-  enum Code : std::int32_t { open = 0, plan_failed = 1, layout_failed = 2 };
-  std::int32_t code = open;
-  std::int32_t rank = -1;  ///< layout_failed: this rank
-  std::int64_t value = 0;  ///< the StepStatus / LayoutStatus code
-};
-
 /// One thread, after count, plan and layout: the live sizes of the step.
-/// - A plan or layout that failed closes the step: every live size and every send and
-///   receive count 0, so the exchanges move nothing (yet still signal their peers) and
-///   nothing reads past what was written. A plan fails on every rank alike (same counts).
-/// - Bad ids on this rank (the histogram's last bin) leave the step open for the others:
-///   the counts leave those pairs out on every rank, so the exchanges stay consistent; only
-///   this rank's combine is skipped (its `out` is not written) and the scan has already
-///   recorded the id for check().
+/// - A plan or layout that failed closes the step: its code goes to the status word, every
+///   live size and every send and receive count becomes 0, so the exchanges move nothing
+///   (yet still signal their peers) and nothing reads past what was written. A plan fails
+///   on every rank alike (every rank plans the same counts).
+/// - Bad ids on this rank (the histogram's last bin; the scan has recorded the first) leave
+///   the step open for the others: the counts leave those pairs out on every rank, so the
+///   exchanges stay consistent; only this rank's combine is skipped (its `out` is not
+///   written).
 struct StepGate {
   const count_t* bad = nullptr;  ///< this rank's ids outside [0, N)
   const StepStatus* plan_status = nullptr;
@@ -82,19 +75,21 @@ struct StepGate {
   LayoutView* layout = nullptr;
   const count_t* tokens = nullptr;
   LiveSizes* live = nullptr;
-  GateStatus* status = nullptr;
   std::int32_t ranks = 0;
+  status_word_t* word = nullptr;
   template <class Block>
   LLEP_HOST_DEVICE void operator()(const Block& b) const {
     if (b.tid != 0) return;
-    GateStatus g;
-    if (!plan_status->good()) g = GateStatus{GateStatus::plan_failed, -1, plan_status->code};
-    else if (!layout_status->good()) g = GateStatus{GateStatus::layout_failed, layout->rank, layout_status->code};
-    *status = g;
-    if (g.code == GateStatus::open) {
+    const bool plan_ok = plan_status->good(), ok = plan_ok && layout_status->good();
+    if (ok) {
       *live = LiveSizes{layout->pairs, layout->compute_rows, *bad == 0 ? *tokens : 0};
       return;
     }
+    if (!plan_ok)
+      note_status(word, status_code_word(StatusCode::plan_failed, layout->rank, static_cast<std::uint32_t>(plan_status->code)));
+    else
+      note_status(word, status_code_word(StatusCode::layout_failed, layout->rank,
+                                         static_cast<std::uint32_t>(layout_status->code)));
     *live = LiveSizes{};
     layout->num_send_blocks = layout->num_tasks = layout->num_recv_chunks = 0;
     for (std::int32_t r = 0; r < ranks; ++r)
@@ -144,25 +139,42 @@ struct TasksFromLayout {
   }
 };
 
-/// for_each_n over this rank's pairs: the sort keys, the id of a valid pair and `experts`
-/// (after every expert) for a pair whose id is outside [0, N), so that the sort puts the
-/// valid pairs first in the order of a sort without them: the counts (which leave bad ids
-/// out) and the layout then describe exactly the first layout->pairs sorted pairs.
+/// for_each_n over the pair bound: the sort keys, the id of a valid pair and `experts`
+/// (after every expert) for a pair whose id is outside [0, N) or past *pairs, so that the
+/// sort puts the step's valid pairs first in the order of a sort of them alone: the counts
+/// (which leave bad ids out) and the layout then describe exactly the first layout->pairs
+/// sorted pairs.
 struct SortKeys {
   const std::int32_t* ids = nullptr;
+  const count_t* pairs = nullptr;
   std::int32_t experts = 0;
   std::int32_t* keys = nullptr;
   LLEP_HOST_DEVICE void operator()(std::size_t i) const {
-    const std::int32_t id = ids[i];
+    const std::int32_t id = static_cast<count_t>(i) < *pairs ? ids[i] : -1;
     keys[i] = id >= 0 && id < experts ? id : experts;
   }
 };
 
-/// One word of exec memory set when the work runs (a captured graph keeps the value).
-struct SetCount {
-  count_t* word = nullptr;
+/// The step's token and pair counts in exec memory: `value` (the host's B) when `from` is
+/// null, else *from, which must lie in [0, max] (else the step runs no tokens and the
+/// status word says so).
+struct StepCounts {
+  const count_t* from = nullptr;
   count_t value = 0;
-  LLEP_HOST_DEVICE void operator()(std::size_t) const { *word = value; }
+  count_t max = 0;
+  std::int32_t top_k = 1;
+  std::int32_t rank = 0;
+  count_t* tokens = nullptr;  ///< tokens[0] = B, tokens[1] = B x K
+  status_word_t* word = nullptr;
+  LLEP_HOST_DEVICE void operator()(std::size_t) const {
+    count_t b = from != nullptr ? *from : value;
+    if (b < 0 || b > max) {
+      note_status(word, status_code_word(StatusCode::batch_too_large, rank, static_cast<std::uint64_t>(b)));
+      b = 0;
+    }
+    tokens[0] = b;
+    tokens[1] = b * top_k;
+  }
 };
 
 /// One rank's sync-free MoE forward (see the top of this file). Collective: every rank's
@@ -271,44 +283,85 @@ class SyncFreeLayer {
 
   /// hidden [B x D], topk_ids [B x K], topk_weights [B x K] -> out [B x D], in exec memory,
   /// B <= B_max of the limits. Enqueues the whole step on the exec and returns: nothing
-  /// waits for the host (a CUDA exec's step can be captured). Results are valid once the
-  /// exec has run the step and check() passed.
+  /// waits for the host (a CUDA exec's step can be captured; a replay runs this B). Results
+  /// are valid once the exec has run the step and check() passed.
   template <class G>
   void forward(std::span<const T> hidden, std::span<const std::int32_t> topk_ids, std::span<const G> topk_weights,
                std::span<T> out) {
-    const auto D = static_cast<std::size_t>(experts_.hidden()), K = static_cast<std::size_t>(top_k_);
+    const auto D = static_cast<std::size_t>(experts_.hidden());
     LLEP_EXPECTS(hidden.size() % D == 0, "hidden has ", hidden.size(), " elements, not a multiple of D = ", D);
     const std::size_t B = hidden.size() / D;
-    LLEP_EXPECTS(topk_ids.size() == B * K && topk_weights.size() == B * K && out.size() == B * D, "rank ", rank_,
-                 ": B = ", B, " tokens need ", B * K, " ids and gates and ", B * D, " outputs; got ", topk_ids.size(),
-                 ", ", topk_weights.size(), " and ", out.size());
     LLEP_EXPECTS(static_cast<count_t>(B) <= limits_.max_tokens_per_rank, "rank ", rank_, " has B = ", B,
                  " tokens but the layer was built for at most B_max = ", limits_.max_tokens_per_rank);
-    const std::size_t pairs = B * K, row_bytes = limits_.row_bytes;
+    step(nullptr, B, hidden, topk_ids, topk_weights, out);
+  }
+
+  /// The same with the batch size in exec memory: *tokens (read when the step runs, in
+  /// [0, B_max]) tokens of buffers that hold B_max: hidden [B_max x D], topk_ids and
+  /// topk_weights [B_max x K], out [B_max x D]. A captured step replays with whatever
+  /// *tokens holds then; launches are sized for B_max. A count outside [0, B_max] runs no
+  /// tokens and check() names it.
+  template <class G>
+  void forward(const count_t* tokens, std::span<const T> hidden, std::span<const std::int32_t> topk_ids,
+               std::span<const G> topk_weights, std::span<T> out) {
+    LLEP_EXPECTS(tokens != nullptr, "rank ", rank_, ": forward with a null token count");
+    step(tokens, static_cast<std::size_t>(limits_.max_tokens_per_rank), hidden, topk_ids, topk_weights, out);
+  }
+
+  /// The host check, a collective of every rank over a host-synchronising transport (the
+  /// one the ranks were set up with: HostThreads, PeerCopy, Nccl): waits for this rank's
+  /// steps, gathers every rank's status word and throws the same llep::Error on every rank
+  /// when any rank recorded a bad id, a failed plan or layout, or a peer that never
+  /// signalled since the last check.
+  template <class Tr>
+  void check(Tr& transport) {
+    status_->check(exec_, transport, topo_.experts());
+  }
+
+  /// The last step's plan, layout and gate, in exec memory (for tests and tools).
+  [[nodiscard]] const PlanView* plan_view() const noexcept { return mem_.plan.view; }
+  [[nodiscard]] const StepStatus* plan_status() const noexcept { return mem_.plan.status; }
+  [[nodiscard]] const LayoutView* layout_view() const noexcept { return mem_.layout.view; }
+  [[nodiscard]] const count_t* counts() const noexcept { return mem_.counts.counts; }
+
+  // One step of at most `bound` tokens: B from the host (`tokens` null) or from exec memory.
+  template <class G>
+  void step(const count_t* tokens, std::size_t bound, std::span<const T> hidden, std::span<const std::int32_t> ids,
+            std::span<const G> gates, std::span<T> out) {
+    const auto D = static_cast<std::size_t>(experts_.hidden()), K = static_cast<std::size_t>(top_k_);
+    LLEP_EXPECTS(hidden.size() == bound * D && ids.size() == bound * K && gates.size() == bound * K &&
+                     out.size() == bound * D,
+                 "rank ", rank_, ": ", bound, " tokens need ", bound * D, " hidden values, ", bound * K,
+                 " ids and gates and ", bound * D, " outputs; got ", hidden.size(), ", ", ids.size(), ", ",
+                 gates.size(), " and ", out.size());
+    const std::size_t max_pairs = bound * K, row_bytes = limits_.row_bytes;
+    const auto max_rows = static_cast<std::size_t>(limits_.plan.rows_per_rank);
     const int N = topo_.experts();
     const Local& m = mem_;
+    const SymmetricCounts& c = m.counts;
 
-    // 1-3. Count (sync-free gather), plan, layout: all in exec memory.
+    // 1-3. Count (sync-free gather), plan, layout, gate: all in exec memory.
     begin_step(exec_, view_);
-    gather_counts_symmetric(exec_, view_, shared_.counts, topk_ids.data(), pairs, N, GatheredCounts{m.local, m.counts},
-                            *status_, signals_);
-    exec_.run_block(PlanFromCounts<Plnr>{planner_, m.counts, m.plan.loads, m.plan.topo_view(topo_), m.plan.scratch,
+    exec_.for_each_n(1, StepCounts{tokens, static_cast<count_t>(bound), limits_.max_tokens_per_rank, top_k_, rank_,
+                                   m.tokens, status_->word()});
+    gather_counts_symmetric(exec_, view_, shared_.counts, ids.data(), m.tokens + 1, max_pairs, N, c, *status_,
+                            signals_);
+    exec_.run_block(PlanFromCounts<Plnr>{planner_, c.counts, m.plan.loads, m.plan.topo_view(topo_), m.plan.scratch,
                                          m.plan.view, m.plan.status});
-    exec_.run_block(BuildLayout<NativeHolds>{m.counts, m.plan.view, m.plan.status, NativeHolds{m.layout.native, rank_},
+    exec_.run_block(BuildLayout<NativeHolds>{c.counts, m.plan.view, m.plan.status, NativeHolds{m.layout.native, rank_},
                                              m.layout.view, m.layout.status});
-    exec_.for_each_n(1, SetCount{m.tokens, static_cast<count_t>(B)});
-    exec_.run_block(StepGate{m.local + N, m.plan.status, m.layout.status, m.layout.view, m.tokens, m.live, m.gate,
-                             topo_.ranks()});
-    exec_.run_block(NoteGate{m.gate, status_->word()});
+    exec_.run_block(StepGate{c.local + N, m.plan.status, m.layout.status, m.layout.view, m.tokens, m.live,
+                             topo_.ranks(), status_->word()});
 
     // 4. Dispatch: pairs by expert (bad ids last), send rows, the all-to-all, the weights.
-    exec_.for_each_n(pairs, SortKeys{topk_ids.data(), N, m.keys});
-    sort_by_expert_in(exec_, m.keys, pairs, N + 1, m.order, std::span<std::byte>(m.scratch, m.scratch_bytes));
-    exec_.for_each_counted(&m.live->pairs, 1, pairs, AssignSendRowsFrom{m.layout.view, m.order, m.pair_row, m.row_pair});
+    exec_.for_each_n(max_pairs, SortKeys{ids.data(), m.tokens + 1, N, m.keys});
+    sort_by_expert_in(exec_, m.keys, max_pairs, N + 1, m.order, std::span<std::byte>(m.scratch, m.scratch_bytes));
+    exec_.for_each_counted(&m.live->pairs, 1, max_pairs,
+                           AssignSendRowsFrom{m.layout.view, m.order, m.pair_row, m.row_pair});
     std::byte* send = view_.self + shared_.send;
-    copy_rows_counted(exec_, true, send, hidden.data(), m.row_pair, &m.live->pairs, pairs, row_bytes,
+    copy_rows_counted(exec_, true, send, hidden.data(), m.row_pair, &m.live->pairs, max_pairs, row_bytes,
                       static_cast<std::int32_t>(K));
-    const LayoutView& f = m.layout.fields;  // the table pointers (their contents are the device's)
+    const LayoutView& f = m.layout.fields;  // the tables' addresses; their contents live in exec memory
     rows_all_to_all(exec_, view_,
                     RowsExchange{shared_.send, limits_.max_pairs_per_rank(), shared_.dispatch_table, f.send_counts,
                                  f.send_offsets, f.recv_offsets, m.recv, limits_.plan.rows_per_rank, row_bytes,
@@ -319,8 +372,7 @@ class SyncFreeLayer {
                                  reinterpret_cast<std::byte*>(m.foreign), limits_.plan.foreign_experts_per_rank},
                  *status_, workers(), signals_);
 
-    // 5. Compute: received rows into task order, the tasks, one sized launch.
-    const auto max_rows = static_cast<std::size_t>(limits_.plan.rows_per_rank);
+    // 5. Compute: received rows into task order, the tasks, one sized launch per GEMM.
     exec_.for_each_counted(&m.live->rows, 1, max_rows, AssignComputeRowsFrom{m.layout.view, m.compute_row});
     copy_rows_counted(exec_, false, m.expert_in, m.recv, m.compute_row, &m.live->rows, max_rows, row_bytes);
     exec_.run_block(TasksFromLayout<T>{m.layout.view, m.plan.view, m.slot, native_weights().data(), m.foreign,
@@ -338,40 +390,12 @@ class SyncFreeLayer {
                                  f.recv_offsets, f.send_offsets, m.gathered, limits_.max_pairs_per_rank(), row_bytes,
                                  SignalChannel::combine},
                     *status_, workers(), signals_);
-    exec_.for_each_counted(&m.live->tokens, D, B * D,
+    exec_.for_each_counted(&m.live->tokens, D, bound * D,
                            CombineTopK<T, G>{out.data(), reinterpret_cast<const T*>(m.gathered), m.pair_row,
-                                             topk_weights.data(), top_k_, D});
+                                             gates.data(), top_k_, D});
   }
-
-  /// The host check, a collective of every rank over a host-synchronising transport (the
-  /// one the ranks were set up with: HostThreads, PeerCopy, Nccl): waits for this rank's
-  /// steps, gathers every rank's status word and throws the same llep::Error on every rank
-  /// when any rank recorded a bad id, a failed plan or layout, or a peer that never
-  /// signalled since the last check.
-  template <class Tr>
-  void check(Tr& transport) {
-    status_->check(exec_, transport, topo_.experts());
-  }
-
-  /// The last step's plan, layout and gate, in exec memory (for tests and tools).
-  [[nodiscard]] const PlanView* plan_view() const noexcept { return mem_.plan.view; }
-  [[nodiscard]] const StepStatus* plan_status() const noexcept { return mem_.plan.status; }
-  [[nodiscard]] const LayoutView* layout_view() const noexcept { return mem_.layout.view; }
-  [[nodiscard]] const count_t* counts() const noexcept { return mem_.counts; }
 
  private:
-  // Records a closed gate in the status word (a bad id is already there, from the scan).
-  struct NoteGate {
-    const GateStatus* gate = nullptr;
-    status_word_t* word = nullptr;
-    template <class Block>
-    LLEP_HOST_DEVICE void operator()(const Block& b) const {
-      if (b.tid != 0) return;
-      if (gate->code == GateStatus::plan_failed) note_status(word, plan_failed_word(gate->value));
-      if (gate->code == GateStatus::layout_failed) note_status(word, layout_failed_word(gate->rank, gate->value));
-    }
-  };
-
   [[nodiscard]] static int max_tasks(const Topology& topo) {
     return static_cast<int>(layout_capacity(topo.ranks(), topo.experts(), max_plan_segments(topo.ranks(), topo.experts())).tasks);
   }
@@ -400,8 +424,7 @@ class SyncFreeLayer {
   struct Local {
     PlanTables plan;
     LayoutTables layout;
-    count_t* local = nullptr;   // N + 1: this rank's histogram
-    count_t* counts = nullptr;  // P x N
+    SymmetricCounts counts;  // this rank's histogram, C and every rank's bad count
     std::int32_t *keys = nullptr, *order = nullptr, *pair_row = nullptr, *row_pair = nullptr;
     std::int32_t* compute_row = nullptr;
     std::int32_t* slot = nullptr;
@@ -410,8 +433,7 @@ class SyncFreeLayer {
     ExpertTask<T>* tasks = nullptr;
     std::int32_t* task_count = nullptr;
     LiveSizes* live = nullptr;
-    GateStatus* gate = nullptr;
-    count_t* tokens = nullptr;
+    count_t* tokens = nullptr;  // 2: the step's B and B x K
     status_word_t* status = nullptr;
     std::byte* scratch = nullptr;
     std::size_t scratch_bytes = 0;
@@ -425,8 +447,7 @@ class SyncFreeLayer {
       Carve c;
       const std::size_t o_plan = c.take(PlanTables::carve<Plnr>(nullptr, P, N).bytes),
                         o_layout = c.take(LayoutTables::carve(nullptr, P, N, segs, 0).bytes),
-                        o_local = c.take((static_cast<std::size_t>(N) + 1) * sizeof(count_t)),
-                        o_counts = c.take(static_cast<std::size_t>(P) * static_cast<std::size_t>(N) * sizeof(count_t)),
+                        o_counts = c.take(SymmetricCounts::bytes(P, N)),
                         o_keys = c.take(pairs * sizeof(std::int32_t)), o_order = c.take(pairs * sizeof(std::int32_t)),
                         o_pair_row = c.take(pairs * sizeof(std::int32_t)),
                         o_row_pair = c.take(pairs * sizeof(std::int32_t)),
@@ -436,7 +457,7 @@ class SyncFreeLayer {
                         o_in = c.take(rows * l.row_bytes), o_out = c.take(rows * l.row_bytes),
                         o_foreign = c.take(static_cast<std::size_t>(l.plan.foreign_experts_per_rank) * l.weight_bytes),
                         o_tasks = c.take(static_cast<std::size_t>(max_tasks(topo)) * sizeof(ExpertTask<T>)),
-                        o_small = c.take(sizeof(std::int32_t) + sizeof(LiveSizes) + sizeof(GateStatus) + 64),
+                        o_small = c.take(128),
                         o_status = c.take(StatusWords::bytes(P)), o_scratch = c.take(l.scratch_bytes);
       Local m;
       m.bytes = c.bytes;
@@ -445,8 +466,7 @@ class SyncFreeLayer {
       m.plan = PlanTables::carve<Plnr>(base + o_plan, P, N);
       m.layout = LayoutTables::carve(base + o_layout, P, N, segs, rank);
       auto at = [&]<class U>(std::size_t o, U*& p) { p = reinterpret_cast<U*>(base + o); };
-      at(o_local, m.local);
-      at(o_counts, m.counts);
+      m.counts = SymmetricCounts::carve(base + o_counts, P, N);
       at(o_keys, m.keys);
       at(o_order, m.order);
       at(o_pair_row, m.pair_row);
@@ -463,9 +483,8 @@ class SyncFreeLayer {
       at(o_scratch, m.scratch);
       std::byte* small = base + o_small;  // three small records, each aligned for itself
       m.live = reinterpret_cast<LiveSizes*>(small);
-      m.gate = reinterpret_cast<GateStatus*>(small + 32);
-      m.tokens = reinterpret_cast<count_t*>(small + 64);
-      m.task_count = reinterpret_cast<std::int32_t*>(small + 72);
+      m.tokens = reinterpret_cast<count_t*>(small + 32);  // B, then B x K
+      m.task_count = reinterpret_cast<std::int32_t*>(small + 48);
       return m;
     }
   };
