@@ -8,6 +8,8 @@
 // The sync-free exchanges over symmetric memory (device/symmetric_exchange.hpp): the same
 // functors and the same steps as tests/device/test_symmetric.cpp, on logical ranks, eager
 // and captured in a CUDA graph per rank replayed with new ids, rows and weights.
+// The whole sync-free layer (layer/sync_free.hpp) on those exchanges with GroupedSwiGlu:
+// equal to the dense MoE, and with B in device memory and from graph replays, eager's bits.
 #include <doctest/doctest.h>
 
 #include <cuda_runtime.h>
@@ -17,7 +19,9 @@
 #include <string>
 #include <vector>
 
+#include "../common/dense_moe.hpp"
 #include "../common/errors.hpp"
+#include "../common/layer_helpers.hpp"
 #include "../device/symmetric_cases.hpp"
 #include "../layer/layout_reference.hpp"
 #include "device_array.hpp"
@@ -29,6 +33,8 @@
 #include "llep/device/symmetric_exchange.hpp"
 #include "llep/device/symmetric_peer.cuh"
 #include "llep/exec/cuda.cuh"
+#include "llep/experts/grouped_swiglu.cuh"
+#include "llep/layer/sync_free.hpp"
 #include "llep/plan/adaptive.hpp"
 #include "llep/plan/device_planner.cuh"
 #include "llep/plan/least_loaded.hpp"
@@ -240,4 +246,136 @@ TEST_CASE("a logical rank that never arrives gives the waiting ranks the timeout
     t.barrier();  // rank 1 keeps its region until rank 0 is done
   });
   CHECK(errors[0].rfind("llep: rank 0: peer 1 did not signal step 1", 0) == 0);
+}
+
+namespace {
+
+// The sync-free layer on P logical ranks of one GPU: CudaExec per rank, symmetric memory
+// through peer pointers, GroupedSwiGlu<float>. Every step's outputs per rank, run as
+//   host_b   forward(hidden, ids, gates, out): B from the host, eager;
+//   device_b forward(tokens, ...) over buffers of B_max, B in device memory, eager;
+//   graph    device_b captured once per rank, replayed each step after uploading that
+//            step's inputs and B (so replays change routing and batch size).
+enum class SyncFreeMode { host_b, device_b, graph };
+
+struct SyncFreeRun {
+  std::vector<std::vector<std::vector<float>>> out;  // [step][rank]
+  std::vector<std::string> errors;                   // per rank, from the last check()
+};
+
+template <class Plnr>
+SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
+                          const std::vector<std::vector<layertest::RankInput>>& steps, int b_max, SyncFreeMode mode) {
+  constexpr int K = 2, D = 16, H = 8;
+  using Experts = llep::GroupedSwiGlu<float>;
+  using Layer = llep::SyncFreeLayer<Plnr, Experts, llep::CudaExec>;
+  const llep::Topology topo(P, N);
+  const Experts experts({D, H, false});
+  const auto limits = Layer::make_limits(topo, K, planner, experts, b_max);
+  gputest::Streams streams(P, 0);
+  llep::PeerCopyGroup group(streams.ranks(0));
+  SyncFreeRun run;
+  run.out.assign(steps.size(), std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
+  run.errors.assign(static_cast<std::size_t>(P), {});
+  llep::run_ranks(group, [&](llep::PeerCopy& t) {
+    const int p = t.rank();
+    const auto up = static_cast<std::size_t>(p);
+    llep::PeerSymmetricMemory sym(t, Layer::symmetric_layout(topo, limits));
+    const std::size_t need = Layer::workspace_bytes(topo, limits);
+    gputest::DeviceArray<std::byte> ws(need);
+    Layer layer(topo, K, planner, experts, llep::CudaExec(t.stream()), sym.view(), limits,
+                std::span<std::byte>(ws.get(), need));
+    gputest::DeviceArray<float> weights(layertest::held_weights(moe, topo, p));
+    layer.set_native_weights(std::span<const float>(weights.get(), weights.size()));
+    llep::CudaExec& exec = layer.exec();
+    const auto B = static_cast<std::size_t>(b_max);
+    gputest::DeviceArray<float> x(B * D), gates(B * K), out(B * D);
+    gputest::DeviceArray<std::int32_t> ids(B * K);
+    gputest::DeviceArray<llep::count_t> tokens(1);
+    cudaGraphExec_t replay = nullptr;
+    auto device_b = [&] {
+      layer.forward(tokens.get(), std::span<const float>(x.get(), B * D), std::span<const std::int32_t>(ids.get(), B * K),
+                    std::span<const float>(gates.get(), B * K), std::span<float>(out.get(), B * D));
+    };
+    for (std::size_t s = 0; s < steps.size(); ++s) {
+      const auto& in = steps[s][up];
+      const std::size_t b = in.x.size() / D;
+      const auto count = static_cast<llep::count_t>(b);
+      exec.from_host(x.get(), in.x.data(), in.x.size() * sizeof(float));
+      exec.from_host(ids.get(), in.ids.data(), in.ids.size() * sizeof(std::int32_t));
+      exec.from_host(gates.get(), in.gates.data(), in.gates.size() * sizeof(float));
+      exec.from_host(tokens.get(), &count, sizeof count);
+      if (mode == SyncFreeMode::host_b) {
+        layer.forward(std::span<const float>(x.get(), b * D), std::span<const std::int32_t>(ids.get(), b * K),
+                      std::span<const float>(gates.get(), b * K), std::span<float>(out.get(), b * D));
+      } else if (mode == SyncFreeMode::device_b) {
+        device_b();
+      } else {
+        if (replay == nullptr) {
+          cudaGraph_t g = nullptr;
+          LLEP_CUDA_CHECK(cudaStreamBeginCapture(t.stream(), cudaStreamCaptureModeThreadLocal));
+          device_b();
+          LLEP_CUDA_CHECK(cudaStreamEndCapture(t.stream(), &g));
+          LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, g, 0));
+          LLEP_CUDA_CHECK(cudaGraphDestroy(g));
+        }
+        LLEP_CUDA_CHECK(cudaGraphLaunch(replay, t.stream()));
+      }
+      auto& o = run.out[s][up];
+      o.resize(b * D);
+      exec.to_host(o.data(), out.get(), o.size() * sizeof(float));
+      exec.synchronize();
+    }
+    if (replay != nullptr) LLEP_CUDA_CHECK(cudaGraphExecDestroy(replay));
+    try {
+      layer.check(t);  // also the last collective: no rank frees its region while a peer reads it
+    } catch (const llep::Error& e) {
+      run.errors[up] = e.what();
+    }
+  });
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("SyncFreeLayer on logical ranks equals the dense MoE; B in device memory and CUDA-graph replays give eager's bits") {
+  constexpr int K = 2, D = 16, H = 8, Bmax = 24, S = 5;
+  for (const int P : {1, 2, 4, 8}) {
+    CAPTURE(P);
+    const int N = 2 * P + 2;
+    const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 40 + static_cast<std::uint64_t>(P));
+    std::vector<std::vector<layertest::RankInput>> steps;
+    for (int s = 0; s < S; ++s) {
+      const auto skew = s == 0 ? llep::sim::Skew{} : llep::sim::Skew{1, s % 2 ? 0.9 : 0.6};
+      steps.push_back(layertest::make_inputs(P, N, K, D, skew, 70 + static_cast<std::uint64_t>(s), {0, Bmax}));
+    }
+    auto check_run = [&](const SyncFreeRun& r) {
+      for (int p = 0; p < P; ++p) CHECK(r.errors[static_cast<std::size_t>(p)].empty());
+      for (std::size_t s = 0; s < steps.size(); ++s) CHECK(layertest::relative_error(moe, steps[s], r.out[s], K) < 1e-4);
+    };
+    const llep::LeastLoaded lla{1.0, 2};
+    check_run(run_sync_free(P, N, llep::StandardEp{}, moe, steps, Bmax, SyncFreeMode::host_b));
+    check_run(run_sync_free(P, N, llep::Adaptive<>{1.2, lla}, moe, steps, Bmax, SyncFreeMode::host_b));
+    const auto eager = run_sync_free(P, N, lla, moe, steps, Bmax, SyncFreeMode::host_b);
+    const auto device_b = run_sync_free(P, N, lla, moe, steps, Bmax, SyncFreeMode::device_b);
+    const auto replayed = run_sync_free(P, N, lla, moe, steps, Bmax, SyncFreeMode::graph);
+    check_run(eager);
+    CHECK(device_b.out == eager.out);
+    CHECK(replayed.out == eager.out);
+  }
+}
+
+TEST_CASE("SyncFreeLayer on logical ranks: a bad id is the same llep::Error on every rank at check()") {
+  constexpr int P = 4, N = 8, K = 2, D = 16, H = 8, Bmax = 12;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 3);
+  auto in = layertest::make_inputs(P, N, K, D, llep::sim::Skew{1, 0.8}, 5, {Bmax, Bmax});
+  in[2].ids[7] = -4;
+  const auto r = run_sync_free(P, N, llep::LeastLoaded{1.0, 1}, moe, {in}, Bmax, SyncFreeMode::graph);
+  for (int p = 0; p < P; ++p) {
+    CHECK(r.errors[static_cast<std::size_t>(p)] == r.errors[0]);
+    if (p != 2)
+      CHECK(layertest::relative_error(moe, in[static_cast<std::size_t>(p)], r.out[0][static_cast<std::size_t>(p)], K) <
+            1e-4);
+  }
+  CHECK(r.errors[0].find("rank 2 routed expert id -4") != std::string::npos);
 }
