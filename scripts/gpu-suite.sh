@@ -139,6 +139,8 @@ stage "llep-device-plan-bench" 90 "$OUT/device-plan-bench.txt" "$BUILD/bench/pla
   --reps "${PLAN_REPS:-200}" --rounds "${PLAN_ROUNDS:-21}"
 stage "llep-device-step-bench" 60 "$OUT/device-step-bench.txt" "$BUILD/bench/device/llep-device-step-bench" \
   --reps "${PLAN_REPS:-200}" --rounds "${PLAN_ROUNDS:-21}"
+stage "llep-sync-free-bench" 90 "$OUT/sync-free-bench.txt" "$BUILD/bench/device/llep-sync-free-bench" \
+  --reps "${FREE_REPS:-20}" --rounds "${FREE_ROUNDS:-7}"
 stage "example 05 gpu-layer" 60 "$OUT/gpu-layer.txt" "$BUILD/examples/05-gpu-layer/gpu-layer"
 stage "llep-train-gpu" 60 "$OUT/train-gpu.txt" "$BUILD/examples/training/llep-train-gpu"
 stage "llep-gpu-bench curve" 90 "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" curve --csv "$OUT/gemm-curve.csv"

@@ -1,5 +1,5 @@
 #pragma once
-// The host layout as it was before the shared routine (layer/layout.hpp, layout_tables):
+// The host layout as it was before the shared routine (layer/layout.hpp, layout_block):
 // kept verbatim as the independent reference that test_layout_step.cpp compares the
 // shared routine with, bit for bit (and the GPU test its device run). Test code only.
 #include <doctest/doctest.h>

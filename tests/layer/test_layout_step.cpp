@@ -1,4 +1,4 @@
-// The shared layout routine (layout_prefix + layout_tables, layer/layout.hpp), which
+// The shared layout routine (layout_prefix + layout_block, layer/layout.hpp), which
 // Layout::build runs on the host and device/device_layout.cuh runs in a kernel, against
 // the host layout as it was before (tests/layer/layout_reference.hpp, kept verbatim):
 // every table of every rank is the same, bit for bit, for every planner over random and
@@ -181,7 +181,7 @@ TEST_CASE("the shared layout routine gives the reference host layout's tables, b
   CHECK(tally.layouts > 200000);
 }
 
-TEST_CASE("layout_tables reports a table too small instead of writing past it") {
+TEST_CASE("layout_block reports a table too small instead of writing past it") {
   const llep::Topology topo(4, 8);
   const std::vector<count_t> loads{50, 1, 2, 3, 4, 5, 6, 7};
   llep::Plan plan;

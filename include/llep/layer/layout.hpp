@@ -76,7 +76,7 @@ struct LayoutCapacity {
   return LayoutCapacity{segments, segments, segments + std::int64_t{experts} * (ranks > 1 ? ranks - 1 : 0)};
 }
 
-/// How layout_tables ended.
+/// How layout_block ended.
 struct LayoutStatus {
   enum Code : std::int32_t {
     ok = 0,
