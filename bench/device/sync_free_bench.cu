@@ -31,7 +31,8 @@
 #include "llep/stats/exact_counts.hpp"
 #include "llep/transport/peer_copy.cuh"
 
-namespace {
+// A named namespace: the kernels instantiated with Fill need it to have external linkage.
+namespace sync_free_bench {
 
 using T = __nv_bfloat16;
 using Experts = llep::GroupedSwiGlu<T>;
@@ -191,10 +192,10 @@ void run(int reps, int rounds, const llep::bench::PaperScene&) {
   }
 }
 
-}  // namespace
+}  // namespace sync_free_bench
 
 int main(int argc, char** argv) {
   // Logical ranks spin on each other from separate streams: one hardware queue each.
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
-  return llep::bench::device_bench_main(argc, argv, usage, run);
+  return llep::bench::device_bench_main(argc, argv, sync_free_bench::usage, sync_free_bench::run);
 }
