@@ -143,6 +143,8 @@ stage "llep-sync-free-bench" 90 "$OUT/sync-free-bench.txt" "$BUILD/bench/device/
   --reps "${FREE_REPS:-20}" --rounds "${FREE_ROUNDS:-7}"
 stage "example 05 gpu-layer" 60 "$OUT/gpu-layer.txt" "$BUILD/examples/05-gpu-layer/gpu-layer"
 stage "llep-train-gpu" 60 "$OUT/train-gpu.txt" "$BUILD/examples/training/llep-train-gpu"
+stage "llep-gpu-bench experts" 90 "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" experts \
+  --csv "$OUT/grouped-vs-cublas.csv"
 stage "llep-gpu-bench curve" 90 "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" curve --csv "$OUT/gemm-curve.csv"
 # The training columns (forward + backward per rank, --backward; docs/benchmarks.md): a few
 # scenarios, each its own stage so that a slow one leaves the others' results. Before the
