@@ -43,6 +43,25 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
+// One configuration: its topology, functor, limits and host symmetric memory, and each
+// rank's layer over a poisoned workspace.
+template <class Plnr>
+struct Rig {
+  using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec>;
+  Rig(int P, int N, Plnr p, int b_max)
+      : topo(P, N), planner(p), limits(Layer::make_limits(topo, K, planner, experts, b_max)),
+        sym(Layer::symmetric_layout(topo, limits)) {}
+  [[nodiscard]] std::size_t bytes() const { return Layer::workspace_bytes(topo, limits); }
+  [[nodiscard]] Layer layer(int rank, Aligned& ws) const {
+    return Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(rank), limits, ws.span(bytes()));
+  }
+  llep::Topology topo;
+  Plnr planner;
+  llep::HostSwiGlu<float> experts{{D, H, false}};
+  llep::LayerLimits limits;
+  llep::HostSymmetricMemory sym;
+};
+
 // Every step's inputs: skewed toward a hot expert that moves, batch sizes that change.
 std::vector<std::vector<layertest::RankInput>> steps_of(int P, int N, int S, int b_max, std::uint64_t seed) {
   std::vector<std::vector<layertest::RankInput>> steps;
@@ -62,23 +81,18 @@ void compare_with_moe_layer(int P, int N, Plnr planner, std::uint64_t seed) {
   constexpr int S = 6, Bmax = 20;
   const auto steps = steps_of(P, N, S, Bmax, seed);
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
-  const llep::Topology topo(P, N);
-  const llep::HostSwiGlu<float> experts({D, H, false});
-  using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec>;
-  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
-  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
+  const Rig<Plnr> rig(P, N, planner, Bmax);
   std::vector<std::vector<std::vector<float>>> got(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
   llep::HostGroup group(P);
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    const auto weights = layertest::held_weights(moe, topo, p);
-    Aligned ws(Layer::workspace_bytes(topo, limits));
-    Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits,
-                ws.span(Layer::workspace_bytes(topo, limits)));
+    const auto weights = layertest::held_weights(moe, rig.topo, p);
+    Aligned ws(rig.bytes());
+    auto layer = rig.layer(p, ws);
     layer.set_native_weights(weights);
     llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
-        topo, K, planner, experts, t);
+        rig.topo, K, planner, rig.experts, t);
     ref.set_native_weights(weights);
     for (int s = 0; s < S; ++s) {
       const auto& in = steps[static_cast<std::size_t>(s)][up];
@@ -113,12 +127,7 @@ TEST_CASE("SyncFreeLayer on host threads equals MoeLayer bit for bit, and the de
 TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at check(), then steps work again") {
   constexpr int P = 3, N = 6, Bmax = 8;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 5);
-  const llep::Topology topo(P, N);
-  const llep::HostSwiGlu<float> experts({D, H, false});
-  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, llep::HostSwiGlu<float>, llep::HostExec>;
-  const llep::LeastLoaded planner{1.0, 1};
-  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
-  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
+  const Rig rig(P, N, llep::LeastLoaded{1.0, 1}, Bmax);
   const auto inputs = layertest::make_inputs(P, N, K, D, llep::sim::Skew{1, 0.7}, 9, {Bmax, Bmax});
   std::vector<std::string> errors(P);
   std::vector<double> after(P, 1.0);
@@ -126,10 +135,9 @@ TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at chec
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    Aligned ws(Layer::workspace_bytes(topo, limits));
-    Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits,
-                ws.span(Layer::workspace_bytes(topo, limits)));
-    layer.set_native_weights(layertest::held_weights(moe, topo, p));
+    Aligned ws(rig.bytes());
+    auto layer = rig.layer(p, ws);
+    layer.set_native_weights(layertest::held_weights(moe, rig.topo, p));
     auto in = inputs[up];
     std::vector<float> out(in.x.size(), -7.0f);
     if (p == 1) in.ids[5] = N + 3;  // pair 5 of rank 1
@@ -157,22 +165,19 @@ TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at chec
 }
 
 TEST_CASE("SyncFreeLayer checks its configuration on the host") {
-  constexpr int P = 1, N = 4;
-  const llep::Topology topo(P, N);
-  const llep::HostSwiGlu<float> experts({D, H, false});
-  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, llep::HostSwiGlu<float>, llep::HostExec>;
-  const llep::LeastLoaded planner{1.0, 1};
-  const auto limits = Layer::make_limits(topo, K, planner, experts, 4);
-  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
-  const std::size_t need = Layer::workspace_bytes(topo, limits);
+  const Rig rig(1, 4, llep::LeastLoaded{1.0, 1}, 4);
+  using Layer = decltype(rig)::Layer;
+  const std::size_t need = rig.bytes();
   Aligned ws(need);
-  CHECK(testutil::error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), limits, ws.span(need - 1)); })
-            .find("needs " + std::to_string(need)) != std::string::npos);
-  auto other = limits;
+  CHECK(testutil::error_of([&] {
+          Layer(rig.topo, K, rig.planner, rig.experts, llep::HostExec{}, rig.sym.view(0), rig.limits, ws.span(need - 1));
+        }).find("needs " + std::to_string(need)) != std::string::npos);
+  auto other = rig.limits;
   other.max_tokens_per_rank = 5;
-  CHECK(testutil::error_of([&] { Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), other, ws.span(need)); })
-            .find("does not describe this layer") != std::string::npos);
-  Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(0), limits, ws.span(need));
+  CHECK(testutil::error_of([&] {
+          Layer(rig.topo, K, rig.planner, rig.experts, llep::HostExec{}, rig.sym.view(0), other, ws.span(need));
+        }).find("does not describe this layer") != std::string::npos);
+  auto layer = rig.layer(0, ws);
   std::vector<float> x(5 * D), gates(5 * K), out(5 * D);
   std::vector<std::int32_t> ids(5 * K, 0);
   CHECK(testutil::error_of([&] {
@@ -184,25 +189,18 @@ TEST_CASE("SyncFreeLayer checks its configuration on the host") {
 TEST_CASE("SyncFreeLayer with the batch size in exec memory: buffers of B_max, any B each step, bits of B alone") {
   constexpr int P = 3, N = 9, Bmax = 16, S = 5;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 21);
-  const llep::Topology topo(P, N);
-  const llep::HostSwiGlu<float> experts({D, H, false});
-  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, llep::HostSwiGlu<float>, llep::HostExec>;
-  const llep::LeastLoaded planner{1.0, 2};
-  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
-  llep::HostSymmetricMemory sym(Layer::symmetric_layout(topo, limits));
+  const Rig rig(P, N, llep::LeastLoaded{1.0, 2}, Bmax);
   const auto steps = steps_of(P, N, S, Bmax, 31);
   std::vector<std::string> too_many(P);
   llep::HostGroup group(P);
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    const auto weights = layertest::held_weights(moe, topo, p);
-    const std::size_t need = Layer::workspace_bytes(topo, limits);
-    Aligned ws(need);
-    Layer layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits, ws.span(need));
+    const auto weights = layertest::held_weights(moe, rig.topo, p);
+    Aligned ws(rig.bytes()), ws2(rig.bytes());
+    auto layer = rig.layer(p, ws);
     layer.set_native_weights(weights);
-    Aligned ws2(need);  // the same steps with B from the host, for the bits
-    Layer by_host(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits, ws2.span(need));
+    auto by_host = rig.layer(p, ws2);  // the same steps with B from the host, for the bits
     // Fixed buffers of B_max tokens, as a captured graph has them; stale data past B.
     std::vector<float> x(Bmax * D, 9.0f), gates(Bmax * K, 9.0f), out(Bmax * D);
     std::vector<std::int32_t> ids(Bmax * K, N + 7);  // past B: out of range, never read as pairs

@@ -9,10 +9,12 @@
 //   count    the exchange's sync-free gather of every rank's histogram (N + 1 bins)
 //   plan     PlanFromCounts (plan/plan_step.hpp), one block, the host planners' plan
 //   layout   BuildLayout (layer/layout.hpp), one block, Layout::build's tables
-//   gate     StepGate: a bad id on any rank, a failed plan or layout close the step on
-//            every rank alike (all counts it reads become 0) and note it in the status word
-//   dispatch sort by expert over B_max x K padded keys, AssignSendRowsFrom, the token rows
-//            into send order, the exchange's all-to-all; the plan's weight pulls
+//   gate     StepGate: the live counts; a failed plan or layout closes the step (every
+//            count it reads becomes 0) and goes to the status word; a bad id skips only
+//            its rank's combine (the counts leave it out everywhere)
+//   dispatch sort by expert over the pair bound (bad ids and pairs past B after every
+//            expert), AssignSendRowsFrom, the token rows into send order, the exchange's
+//            all-to-all; the plan's weight pulls
 //   compute  received rows into task order, TasksFromLayout, one compute_sized launch
 //   combine  rows back to receive order, the reverse all-to-all, CombineTopK
 // Every loop is exec.for_each_counted over a bound from the limits (a grid sized once)
