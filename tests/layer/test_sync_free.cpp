@@ -178,6 +178,7 @@ TEST_CASE("SyncFreeLayer checks its configuration on the host") {
           Layer(rig.topo, K, rig.planner, rig.experts, llep::HostExec{}, rig.sym.view(0), other, ws.span(need));
         }).find("does not describe this layer") != std::string::npos);
   auto layer = rig.layer(0, ws);
+  CHECK(std::string(layer.exchange()) == "host memory");
   std::vector<float> x(5 * D), gates(5 * K), out(5 * D);
   std::vector<std::int32_t> ids(5 * K, 0);
   CHECK(testutil::error_of([&] {

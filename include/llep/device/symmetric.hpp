@@ -72,6 +72,9 @@ struct SymmetricView {
   int rank = 0;
   int ranks = 1;
   int channels = kSignalChannels;
+  /// Which memory and path the regions are (for reports): "host memory", "peer pointers",
+  /// "NCCL symmetric window (LSA)".
+  const char* provider = "host memory";
 
   /// Data at `offset` of rank q's region.
   template <class T>
@@ -96,14 +99,15 @@ struct SymmetricView {
 class SymmetricRegion {
  public:
   [[nodiscard]] SymmetricView view() const noexcept {
-    return SymmetricView{table_, region_, rank_, ranks_, layout_.channels()};
+    return SymmetricView{table_, region_, rank_, ranks_, layout_.channels(), provider_};
   }
   /// This rank's region.
   [[nodiscard]] std::byte* region() const noexcept { return region_; }
   [[nodiscard]] const SymmetricLayout& layout() const noexcept { return layout_; }
 
  protected:
-  SymmetricRegion(int rank, int ranks, const SymmetricLayout& layout) : rank_(rank), ranks_(ranks), layout_(layout) {
+  SymmetricRegion(int rank, int ranks, const SymmetricLayout& layout, const char* provider)
+      : rank_(rank), ranks_(ranks), layout_(layout), provider_(provider) {
     LLEP_EXPECTS(layout.ranks() == ranks, "symmetric memory: a layout for ", layout.ranks(), " ranks in a group of ",
                  ranks);
   }
@@ -113,6 +117,7 @@ class SymmetricRegion {
 
   int rank_, ranks_;
   SymmetricLayout layout_;
+  const char* provider_;
   std::byte* region_ = nullptr;
   std::byte** table_ = nullptr;
 };
@@ -139,7 +144,7 @@ class HostSymmetricMemory {
   [[nodiscard]] SymmetricView view(int rank) const {
     LLEP_EXPECTS(rank >= 0 && rank < layout_.ranks(), "rank ", rank, " is outside [0, ", layout_.ranks(), ")");
     return SymmetricView{bases_.data(), bases_[static_cast<std::size_t>(rank)], rank, layout_.ranks(),
-                         layout_.channels()};
+                         layout_.channels(), "host memory"};
   }
   [[nodiscard]] const SymmetricLayout& layout() const noexcept { return layout_; }
 

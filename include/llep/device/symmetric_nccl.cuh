@@ -43,7 +43,7 @@ LLEP_KERNEL void fill_lsa_table(Window window, int ranks, std::byte** table) {
 class NcclSymmetricMemory : public SymmetricRegion {
  public:
   NcclSymmetricMemory(Nccl& nccl, const SymmetricLayout& layout)
-      : SymmetricRegion(nccl.rank(), nccl.size(), layout), comm_(nccl.comm()) {
+      : SymmetricRegion(nccl.rank(), nccl.size(), layout, "NCCL symmetric window (LSA)"), comm_(nccl.comm()) {
     const ncclTeam_t lsa = ncclTeamLsa(comm_);
     LLEP_EXPECTS(lsa.nRanks == ranks_, "NcclSymmetricMemory: only ", lsa.nRanks, " of the ", ranks_,
                  " ranks share load/store access (NCCL's LSA team) with rank ", rank_,

@@ -24,7 +24,8 @@ namespace llep {
 /// peers read the region until then.
 class PeerSymmetricMemory : public SymmetricRegion {
  public:
-  PeerSymmetricMemory(PeerCopy& t, const SymmetricLayout& layout) : SymmetricRegion(t.rank(), t.size(), layout) {
+  PeerSymmetricMemory(PeerCopy& t, const SymmetricLayout& layout)
+      : SymmetricRegion(t.rank(), t.size(), layout, "peer pointers") {
     const int device = t.group().where(rank_).device;
     detail::peer::ScopedDevice on(device);
     for (int q = 0; q < ranks_; ++q) {

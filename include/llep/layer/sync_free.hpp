@@ -320,6 +320,10 @@ class SyncFreeLayer {
     status_->check(exec_, transport, topo_.experts());
   }
 
+  /// How the exchanges move bytes: the symmetric memory's provider ("host memory", "peer
+  /// pointers", "NCCL symmetric window (LSA)"); every size is read on the device.
+  [[nodiscard]] const char* exchange() const noexcept { return view_.provider; }
+
   /// The last step's plan, layout and gate, in exec memory (for tests and tools).
   [[nodiscard]] const PlanView* plan_view() const noexcept { return mem_.plan.view; }
   [[nodiscard]] const StepStatus* plan_status() const noexcept { return mem_.plan.status; }
