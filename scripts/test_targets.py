@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Prints, one per line, the Ninja targets (paths relative to the build folder) that the
-tests of the given suites run and depend on, so that a build compiles only those:
+tests of the given suites run and depend on, so that a build compiles only those; a test
+that is also in a suite given as !SUITE is left out (meson test --no-suite skips it):
 
-    test_targets.py BUILD_DIR SUITE [SUITE ...]"""
+    test_targets.py BUILD_DIR SUITE [SUITE ...] [!SUITE ...]"""
 import json
 import os
 import subprocess
 import sys
 
 
-def main(build: str, suites: list[str]) -> int:
+def main(build: str, args: list[str]) -> int:
+    suites = {a for a in args if not a.startswith("!")}
+    skipped = {a[1:] for a in args if a.startswith("!")}
+
     def introspect(what: str):
         out = subprocess.run(["meson", "introspect", build, what], check=True, capture_output=True, text=True).stdout
         return json.loads(out)
@@ -18,7 +22,8 @@ def main(build: str, suites: list[str]) -> int:
     root = os.path.abspath(build)
     wanted: set[str] = set()
     for t in introspect("--tests"):
-        if not {s.split(":")[-1] for s in t["suite"]} & set(suites):
+        names = {s.split(":")[-1] for s in t["suite"]}
+        if not names & suites or names & skipped:
             continue
         paths = list(t["cmd"][:1])
         for dep in t.get("depends", []):
