@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -146,15 +147,10 @@ double time_mode(Mode mode, const llep::sim::Skew& skew, int reps, int rounds) {
         sf[1]->forward(hy, sid, sg, oz);
       };
     }
-    cudaGraphExec_t replay = nullptr;
+    std::optional<llep::CudaGraph> replay;
     if (mode == Mode::graph) {
-      cudaGraph_t g = nullptr;
-      LLEP_CUDA_CHECK(cudaStreamBeginCapture(t.stream(), cudaStreamCaptureModeThreadLocal));
-      step();
-      LLEP_CUDA_CHECK(cudaStreamEndCapture(t.stream(), &g));
-      LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, g, 0));
-      LLEP_CUDA_CHECK(cudaGraphDestroy(g));
-      step = [&] { LLEP_CUDA_CHECK(cudaGraphLaunch(replay, t.stream())); };
+      replay.emplace(t.stream(), step);
+      step = [&] { replay->launch(t.stream()); };
     }
     llep::HostThreads host(group.host(), p);
     for (int w = 0; w < 3; ++w) step();  // warm-up
@@ -169,7 +165,6 @@ double time_mode(Mode mode, const llep::sim::Skew& skew, int reps, int rounds) {
     }
     if (mode != Mode::moe_layer)  // also: no rank frees its region while a peer reads it
       for (auto& layer : sf) layer->check(t);
-    if (replay != nullptr) LLEP_CUDA_CHECK(cudaGraphExecDestroy(replay));
     host.barrier();
   });
   for (auto s : streams) (void)cudaStreamDestroy(s);

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <optional>
 #include <vector>
 
 #include "../device/symmetric_cases.hpp"
@@ -44,25 +45,20 @@ inline std::vector<symtest::StepResult> rank_steps(llep::CudaExec& exec, const l
                                                    bool graph, const symtest::RankBuffers& b, llep::StatusWords& status,
                                                    const llep::SignalOptions& options = {}) {
   std::vector<symtest::StepResult> out;
-  cudaGraphExec_t replay = nullptr;
+  std::optional<llep::CudaGraph> replay;
   for (const symtest::StepCase& c : cases) {
     symtest::upload_step(exec, v, rig, c, b);
     if (!graph) {
       symtest::enqueue_step(exec, v, rig, b, c.ids[static_cast<std::size_t>(v.rank)].size(), status, 1024, options);
     } else {
-      if (replay == nullptr) {
-        cudaGraph_t g = nullptr;
-        LLEP_CUDA_CHECK(cudaStreamBeginCapture(exec.stream(), cudaStreamCaptureModeThreadLocal));
-        symtest::enqueue_step(exec, v, rig, b, symtest::kPairsOnDevice, status, 1024, options);
-        LLEP_CUDA_CHECK(cudaStreamEndCapture(exec.stream(), &g));
-        LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, g, 0));
-        LLEP_CUDA_CHECK(cudaGraphDestroy(g));
-      }
-      LLEP_CUDA_CHECK(cudaGraphLaunch(replay, exec.stream()));
+      if (!replay)
+        replay.emplace(exec.stream(), [&] {
+          symtest::enqueue_step(exec, v, rig, b, symtest::kPairsOnDevice, status, 1024, options);
+        });
+      replay->launch(exec.stream());
     }
     out.push_back(symtest::download_step(exec, rig, c, v.rank, b));
   }
-  if (replay != nullptr) LLEP_CUDA_CHECK(cudaGraphExecDestroy(replay));
   return out;
 }
 

@@ -492,10 +492,10 @@ void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, 
   DeviceArray<std::int32_t> d_count(1);
   DeviceArray<std::byte> sized_scratch(grouped.sized_scratch_bytes(max_tasks, max_rows) + 8);
   const llep::SizedTasks<T> sized{d_tasks.get(), d_count.get(), max_tasks, max_rows, max_task_rows};
-  auto run = [&](std::int32_t count, cudaGraphExec_t graph = nullptr) {
+  auto run = [&](std::int32_t count, const llep::CudaGraph* graph = nullptr) {
     sized_out.fill_bytes(0xff);
     exec.from_host(d_count.get(), &count, sizeof count);
-    if (graph != nullptr) LLEP_CUDA_CHECK(cudaGraphLaunch(graph, exec.stream()));
+    if (graph != nullptr) graph->launch(exec.stream());
     else grouped.compute_sized(exec, sized, sized_scratch.get() + 8);
     exec.synchronize();
     return sized_out.download();
@@ -537,17 +537,10 @@ void check_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, 
 
   // Captured once in a CUDA graph (a host sync or an allocation inside would break the
   // capture), then replayed with either count: the bits of the eager calls.
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t replay = nullptr;
-  LLEP_CUDA_CHECK(cudaStreamBeginCapture(exec.stream(), cudaStreamCaptureModeThreadLocal));
-  grouped.compute_sized(exec, sized, sized_scratch.get() + 8);
-  LLEP_CUDA_CHECK(cudaStreamEndCapture(exec.stream(), &graph));
-  LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, graph, 0));
-  const std::vector<T> replay_part = run(k, replay), replay_all = run(n, replay);
+  const llep::CudaGraph replay(exec.stream(), [&] { grouped.compute_sized(exec, sized, sized_scratch.get() + 8); });
+  const std::vector<T> replay_part = run(k, &replay), replay_all = run(n, &replay);
   CHECK(std::memcmp(replay_part.data(), part.data(), part.size() * sizeof(T)) == 0);
   CHECK(std::memcmp(replay_all.data(), got.data(), got.size() * sizeof(T)) == 0);
-  (void)cudaGraphExecDestroy(replay);
-  (void)cudaGraphDestroy(graph);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -305,7 +306,7 @@ SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
     gputest::DeviceArray<float> gates(B * K);
     gputest::DeviceArray<std::int32_t> ids(B * K);
     gputest::DeviceArray<llep::count_t> tokens(1);
-    cudaGraphExec_t replay = nullptr;
+    std::optional<llep::CudaGraph> replay;
     auto device_b = [&] {
       layer.forward(tokens.get(), std::span<const T>(x.get(), B * D), std::span<const std::int32_t>(ids.get(), B * K),
                     std::span<const float>(gates.get(), B * K), std::span<T>(out.get(), B * D));
@@ -325,22 +326,14 @@ SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
       } else if (mode == SyncFreeMode::device_b) {
         device_b();
       } else {
-        if (replay == nullptr) {
-          cudaGraph_t g = nullptr;
-          LLEP_CUDA_CHECK(cudaStreamBeginCapture(t.stream(), cudaStreamCaptureModeThreadLocal));
-          device_b();
-          LLEP_CUDA_CHECK(cudaStreamEndCapture(t.stream(), &g));
-          LLEP_CUDA_CHECK(cudaGraphInstantiate(&replay, g, 0));
-          LLEP_CUDA_CHECK(cudaGraphDestroy(g));
-        }
-        LLEP_CUDA_CHECK(cudaGraphLaunch(replay, t.stream()));
+        if (!replay) replay.emplace(t.stream(), device_b);
+        replay->launch(t.stream());
       }
       std::vector<T> o(b * D);
       exec.to_host(o.data(), out.get(), o.size() * sizeof(T));
       exec.synchronize();
       run.out[s][up] = as<float>(o);
     }
-    if (replay != nullptr) LLEP_CUDA_CHECK(cudaGraphExecDestroy(replay));
     try {
       layer.check(t);  // also the last collective: no rank frees its region while a peer reads it
     } catch (const llep::Error& e) {

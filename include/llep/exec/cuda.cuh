@@ -455,4 +455,43 @@ class CudaExec {
 
 static_assert(check_execution_space<CudaExec>());
 
+/// Work captured once from a stream and replayed (a sync-free step, say): the constructor
+/// runs f() under thread-local stream capture on `stream` and instantiates the graph; an
+/// exception from f ends the capture first, so the stream stays usable. launch() replays it.
+class CudaGraph {
+ public:
+  template <class F>
+  CudaGraph(cudaStream_t stream, F&& f) {
+    LLEP_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t graph = nullptr;
+    try {
+      f();
+    } catch (...) {
+      (void)cudaStreamEndCapture(stream, &graph);
+      if (graph != nullptr) (void)cudaGraphDestroy(graph);
+      throw;
+    }
+    LLEP_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    const cudaError_t made = cudaGraphInstantiate(&exec_, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    LLEP_CUDA_CHECK(made);
+  }
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  CudaGraph(CudaGraph&& o) noexcept : exec_(std::exchange(o.exec_, nullptr)) {}
+  CudaGraph& operator=(CudaGraph&& o) noexcept {
+    std::swap(exec_, o.exec_);
+    return *this;
+  }
+  ~CudaGraph() {
+    if (exec_ != nullptr) (void)cudaGraphExecDestroy(exec_);
+  }
+
+  /// Enqueues one replay on `stream`.
+  void launch(cudaStream_t stream) const { LLEP_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+};
+
 }  // namespace llep
