@@ -29,6 +29,7 @@
 //
 // Scope: planners with a device form (has_device_form), topologies without replicas, exact
 // weights (no codec), forward only. MoeLayer covers the rest with a host round trip.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
