@@ -97,7 +97,7 @@ TEST_CASE("the host check throws the same error on every rank, naming the lowest
         const auto [at, id] = first_bad(ids[static_cast<std::size_t>(r)], N);
         if (at >= 0)
           want = "llep: rank " + std::to_string(r) + " routed expert id " + std::to_string(id) + " outside [0, " +
-                 std::to_string(N) + ") (pair " + std::to_string(at) + ", found on the device)";
+                 std::to_string(N) + ") (pair " + std::to_string(at) + ", found in the step)";
       }
       std::vector<std::string> got(static_cast<std::size_t>(P)), after(static_cast<std::size_t>(P));
       llep::run_ranks(group, [&](llep::HostThreads& t) {

@@ -161,7 +161,7 @@ TEST_CASE("a bad id on one rank's device sets its status word; the host check fa
   const auto out = device_step(llep::LeastLoaded{}, topo, ids);
   const std::size_t at = ids[2].size() / 2;
   const std::string want = "llep: rank 2 routed expert id " + std::to_string(N + 3) + " outside [0, " +
-                           std::to_string(N) + ") (pair " + std::to_string(at) + ", found on the device)";
+                           std::to_string(N) + ") (pair " + std::to_string(at) + ", found in the step)";
   for (int r = 0; r < P; ++r) {
     CAPTURE(r);
     CHECK(out[static_cast<std::size_t>(r)].error.rfind(want, 0) == 0);

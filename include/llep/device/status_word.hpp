@@ -119,7 +119,7 @@ struct BadExpert {
 inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
   const BadExpert b = decode_status(word);
   if (!b.found) return;
-  const char* invalid = " (found on the device); the step's results are not valid";
+  const char* invalid = " (found in the step); the step's results are not valid";
   switch (b.kind) {
     case BadExpert::peer_timeout:
       LLEP_FAIL("rank ", rank, ": peer ", b.peer, " did not signal step ", b.value, " within the signal timeout",
@@ -138,7 +138,7 @@ inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
                 ", is outside [0, B_max]; the step ran no tokens", invalid);
     default:
       LLEP_FAIL("rank ", rank, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
-                ", found on the device); the step's results are not valid");
+                ", found in the step); the step's results are not valid");
   }
 }
 
