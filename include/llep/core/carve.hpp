@@ -9,10 +9,14 @@ namespace llep {
 struct Carve {
   static constexpr std::size_t alignment = 256;
   std::size_t bytes = 0;
+  /// `n` rounded up to the alignment.
+  [[nodiscard]] static constexpr std::size_t align(std::size_t n) noexcept {
+    return (n + alignment - 1) / alignment * alignment;
+  }
   /// Offset of the next `n` bytes, aligned.
   std::size_t take(std::size_t n) noexcept {
     const std::size_t at = bytes;
-    bytes += (n + alignment - 1) / alignment * alignment;
+    bytes += align(n);
     return at;
   }
 };

@@ -19,6 +19,7 @@
 #include "llep/exec/cuda.cuh"
 #include "llep/layer/layout.hpp"
 #include "llep/plan/plan_step.hpp"
+#include "llep/plan/planner.hpp"
 
 namespace llep {
 
@@ -51,7 +52,7 @@ class DeviceLayout {
     status_ = t.status;
     native_ = t.native;
     std::vector<std::int32_t> native(static_cast<std::size_t>(N));
-    for (int e = 0; e < N; ++e) native[static_cast<std::size_t>(e)] = topo.native_rank(e);
+    native_ranks(topo, native.data());
     const LayoutStatus none{LayoutStatus::no_plan, rank, 0};
     LLEP_CUDA_CHECK(cudaMemcpy(view_, &fields_, sizeof fields_, cudaMemcpyHostToDevice));
     LLEP_CUDA_CHECK(cudaMemcpy(status_, &none, sizeof none, cudaMemcpyHostToDevice));

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "llep/core/carve.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
 #include "llep/device/status_word.hpp"
@@ -22,7 +23,7 @@ namespace llep {
 /// Bytes of exec memory gather_counts uses for P ranks and N experts: the local histogram
 /// (N + 1) then C (P x N), 256-byte aligned.
 [[nodiscard]] constexpr std::size_t gather_counts_bytes(int ranks, int experts) noexcept {
-  const std::size_t local = ((static_cast<std::size_t>(experts) + 1) * sizeof(count_t) + 255) / 256 * 256;
+  const std::size_t local = Carve::align((static_cast<std::size_t>(experts) + 1) * sizeof(count_t));
   return local + static_cast<std::size_t>(ranks) * static_cast<std::size_t>(experts) * sizeof(count_t);
 }
 
@@ -31,7 +32,7 @@ struct GatheredCounts {
   count_t* local = nullptr;   ///< N + 1: this rank's histogram, ids outside [0, N) last
   count_t* counts = nullptr;  ///< P x N, row-major: every rank's row
   [[nodiscard]] static GatheredCounts carve(std::byte* memory, int experts) noexcept {
-    const std::size_t local = ((static_cast<std::size_t>(experts) + 1) * sizeof(count_t) + 255) / 256 * 256;
+    const std::size_t local = Carve::align((static_cast<std::size_t>(experts) + 1) * sizeof(count_t));
     return GatheredCounts{reinterpret_cast<count_t*>(memory), reinterpret_cast<count_t*>(memory + local)};
   }
 };

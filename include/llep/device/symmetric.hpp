@@ -20,6 +20,7 @@
 #include <new>
 #include <vector>
 
+#include "llep/core/carve.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/error.hpp"
 #include "llep/device/signal.hpp"
@@ -39,15 +40,11 @@ class SymmetricLayout {
   explicit SymmetricLayout(int ranks, int channels = kSignalChannels) : ranks_(ranks), channels_(channels) {
     LLEP_EXPECTS(ranks >= 1, "SymmetricLayout for ", ranks, " ranks; must be >= 1");
     LLEP_EXPECTS(channels >= 1, "SymmetricLayout with ", channels, " signal channels; must be >= 1");
-    bytes_ = align((signal_words() + 1) * sizeof(signal_t));
+    (void)carve_.take((signal_words() + 1) * sizeof(signal_t));
   }
 
   /// Reserves `bytes` of data; returns its offset from a region's base.
-  std::size_t reserve(std::size_t bytes) {
-    const std::size_t at = bytes_;
-    bytes_ += align(bytes);
-    return at;
-  }
+  std::size_t reserve(std::size_t bytes) { return carve_.take(bytes); }
 
   [[nodiscard]] int ranks() const noexcept { return ranks_; }
   [[nodiscard]] int channels() const noexcept { return channels_; }
@@ -55,12 +52,11 @@ class SymmetricLayout {
     return static_cast<std::size_t>(channels_) * 2 * static_cast<std::size_t>(ranks_);
   }
   /// Bytes of one region.
-  [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
+  [[nodiscard]] std::size_t bytes() const noexcept { return carve_.bytes; }
 
  private:
-  static constexpr std::size_t align(std::size_t b) noexcept { return (b + 255) / 256 * 256; }
   int ranks_, channels_;
-  std::size_t bytes_ = 0;
+  Carve carve_;
 };
 
 /// One rank's view of the symmetric regions: trivially copyable, passed by value into the

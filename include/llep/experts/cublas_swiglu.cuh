@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "llep/experts/expert_compute.hpp"
+#include "llep/core/carve.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
@@ -169,8 +170,6 @@ struct BiasGrads {
     *dst = element<GW>::from_float(add ? element<GW>::to_float(*dst) + s : s);
   }
 };
-
-inline constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 256; }
 
 }  // namespace detail::cublas_swiglu
 
@@ -306,11 +305,10 @@ class CublasSwiGlu : public SwiGluBase<T, Act> {
     std::size_t gu = 0, h = 0, ptrs = 0, table = 0, size = 0;
   };
   [[nodiscard]] Carve carve(std::size_t rows, std::size_t tasks) const {
-    using detail::cublas_swiglu::align_up;
     Carve c;
-    c.h = align_up(rows * 2 * shape_.h() * sizeof(G));
-    c.ptrs = c.h + align_up(rows * shape_.h() * sizeof(T));
-    c.table = c.ptrs + align_up(tasks * 6 * sizeof(void*));
+    c.h = llep::Carve::align(rows * 2 * shape_.h() * sizeof(G));
+    c.ptrs = c.h + llep::Carve::align(rows * shape_.h() * sizeof(T));
+    c.table = c.ptrs + llep::Carve::align(tasks * 6 * sizeof(void*));
     c.size = c.table + tasks * sizeof(TaskRows);
     return c;
   }
@@ -319,12 +317,11 @@ class CublasSwiGlu : public SwiGluBase<T, Act> {
     std::size_t gu = 0, dh = 0, a = 0, dgu = 0, size = 0;
   };
   [[nodiscard]] BackwardCarve carve_backward(std::size_t rows) const {
-    using detail::cublas_swiglu::align_up;
     const std::size_t H = shape_.h();
     BackwardCarve c;
-    c.dh = align_up(rows * 2 * H * sizeof(G));
-    c.a = c.dh + align_up(rows * H * sizeof(float));
-    c.dgu = c.a + align_up(rows * H * sizeof(T));
+    c.dh = llep::Carve::align(rows * 2 * H * sizeof(G));
+    c.a = c.dh + llep::Carve::align(rows * H * sizeof(float));
+    c.dgu = c.a + llep::Carve::align(rows * H * sizeof(T));
     c.size = c.dgu + rows * 2 * H * sizeof(T);
     return c;
   }

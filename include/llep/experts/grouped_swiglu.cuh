@@ -37,6 +37,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "llep/core/carve.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
@@ -317,8 +318,6 @@ LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_swiglu_gemm(Args<
   }
 }
 
-inline constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 256; }
-
 }  // namespace detail::grouped_swiglu
 
 template <class T, class Act = SiluGlu>
@@ -433,7 +432,7 @@ class GroupedSwiGlu : public SwiGluBase<T, Act> {
   }
 
   static std::size_t task_image_bytes(std::size_t tasks) {
-    return detail::grouped_swiglu::align_up(tasks * sizeof(ExpertTask<T>) + sizeof(std::int32_t));
+    return Carve::align(tasks * sizeof(ExpertTask<T>) + sizeof(std::int32_t));
   }
 };
 

@@ -250,11 +250,8 @@ class SyncFreeLayer {
     // slot[e]: e's place among its native rank's experts, where that rank's region has it.
     std::vector<std::int32_t> native(static_cast<std::size_t>(N)), slot(static_cast<std::size_t>(N));
     std::vector<std::int32_t> next(static_cast<std::size_t>(topo.ranks()), 0);
-    for (int e = 0; e < N; ++e) {
-      const int q = topo.native_rank(e);
-      native[static_cast<std::size_t>(e)] = q;
-      slot[static_cast<std::size_t>(e)] = next[static_cast<std::size_t>(q)]++;
-    }
+    native_ranks(topo, native.data());
+    for (std::size_t e = 0; e < native.size(); ++e) slot[e] = next[static_cast<std::size_t>(native[e])]++;
     exec_.from_host(mem_.plan.view, &mem_.plan.fields, sizeof(PlanView));
     exec_.from_host(mem_.layout.view, &mem_.layout.fields, sizeof(LayoutView));
     exec_.from_host(mem_.plan.native, native.data(), native.size() * sizeof(std::int32_t));
@@ -464,7 +461,8 @@ class SyncFreeLayer {
                         o_in = c.take(rows * l.row_bytes), o_out = c.take(rows * l.row_bytes),
                         o_foreign = c.take(static_cast<std::size_t>(l.plan.foreign_experts_per_rank) * l.weight_bytes),
                         o_tasks = c.take(static_cast<std::size_t>(max_tasks(topo)) * sizeof(ExpertTask<T>)),
-                        o_small = c.take(128),
+                        o_live = c.take(sizeof(LiveSizes)), o_tokens = c.take(2 * sizeof(count_t)),
+                        o_task_count = c.take(sizeof(std::int32_t)),
                         o_status = c.take(StatusWords::bytes(P)), o_scratch = c.take(l.scratch_bytes);
       Local m;
       m.bytes = c.bytes;
@@ -488,10 +486,9 @@ class SyncFreeLayer {
       at(o_tasks, m.tasks);
       at(o_status, m.status);
       at(o_scratch, m.scratch);
-      std::byte* small = base + o_small;  // three small records, each aligned for itself
-      m.live = reinterpret_cast<LiveSizes*>(small);
-      m.tokens = reinterpret_cast<count_t*>(small + 32);  // B, then B x K
-      m.task_count = reinterpret_cast<std::int32_t*>(small + 48);
+      at(o_live, m.live);
+      at(o_tokens, m.tokens);
+      at(o_task_count, m.task_count);
       return m;
     }
   };

@@ -50,7 +50,7 @@ class DevicePlanner {
     LLEP_CUDA_CHECK(cudaMalloc(&base_, bytes_));
     t_ = PlanTables::carve<P>(static_cast<std::byte*>(base_), R, N);
     std::vector<std::int32_t> native(static_cast<std::size_t>(N));
-    for (int e = 0; e < N; ++e) native[static_cast<std::size_t>(e)] = topo.native_rank(e);
+    native_ranks(topo, native.data());
     LLEP_CUDA_CHECK(cudaMemcpy(t_.view, &t_.fields, sizeof t_.fields, cudaMemcpyHostToDevice));
     LLEP_CUDA_CHECK(cudaMemcpy(t_.native, native.data(), native.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
   }

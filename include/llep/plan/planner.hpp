@@ -91,9 +91,9 @@ template <class P>
     return 0;
 }
 
-/// The topology as the shared pieces see it, its natives written to `native` (N
-/// entries): a load instead of a division per lookup on the default placement.
-[[nodiscard]] inline alg::TopoView topo_view(const Topology& topo, std::int32_t* native) noexcept {
+/// native[e] = expert e's native rank, N entries (the table a device planner or layout
+/// uploads once).
+inline void native_ranks(const Topology& topo, std::int32_t* native) noexcept {
   const int N = topo.experts(), P = topo.ranks();
   if (topo.default_placement()) {
     const int per = N / P;
@@ -102,6 +102,13 @@ template <class P>
   } else {
     for (int e = 0; e < N; ++e) native[e] = topo.native_rank(e);
   }
+}
+
+/// The topology as the shared pieces see it, its natives written to `native` (N
+/// entries): a load instead of a division per lookup on the default placement.
+[[nodiscard]] inline alg::TopoView topo_view(const Topology& topo, std::int32_t* native) noexcept {
+  const int N = topo.experts(), P = topo.ranks();
+  native_ranks(topo, native);
   return alg::TopoView{P, N, topo.ranks_per_node(), native, topo.default_placement() ? N / P : 0};
 }
 
