@@ -230,3 +230,40 @@ TEST_CASE("SyncFreeLayer with the batch size in exec memory: buffers of B_max, a
   CHECK(too_many[0].find("rank 2: the step's token count in device memory, " + std::to_string(Bmax + 1)) !=
         std::string::npos);
 }
+
+TEST_CASE("SyncFreeLayer: a plan that fails closes the step on every rank; check() says so, the next step works") {
+  constexpr int P = 2, N = 4, Bmax = 8;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 17);
+  // At most 4 rows a rank: a full batch (32 pairs over 2 ranks) cannot be placed.
+  const Rig rig(P, N, llep::Capped<>{llep::LeastLoaded{1.0, 1}, llep::MemoryCap::rows(4)}, Bmax);
+  const auto big = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 3, {Bmax, Bmax});
+  const auto small = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 4, {1, 1});
+  std::vector<std::string> errors(P);
+  std::vector<int> untouched(P, 0);
+  std::vector<double> after(P, 1.0);
+  llep::HostGroup group(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const int p = t.rank();
+    const auto up = static_cast<std::size_t>(p);
+    Aligned ws(rig.bytes());
+    auto layer = rig.layer(p, ws);
+    layer.set_native_weights(layertest::held_weights(moe, rig.topo, p));
+    std::vector<float> out(big[up].x.size(), -7.0f);
+    layer.forward(std::span<const float>(big[up].x), std::span<const std::int32_t>(big[up].ids),
+                  std::span<const float>(big[up].gates), std::span<float>(out));
+    errors[up] = testutil::error_of([&] { layer.check(t); });
+    untouched[up] = std::count(out.begin(), out.end(), -7.0f) == static_cast<std::ptrdiff_t>(out.size()) ? 1 : 0;
+    std::vector<float> out2(small[up].x.size());
+    layer.forward(std::span<const float>(small[up].x), std::span<const std::int32_t>(small[up].ids),
+                  std::span<const float>(small[up].gates), std::span<float>(out2));
+    layer.check(t);
+    after[up] = layertest::relative_error(moe, small[up], out2, K);
+  });
+  for (int p = 0; p < P; ++p) {
+    const auto up = static_cast<std::size_t>(p);
+    CHECK(errors[up] == errors[0]);
+    CHECK(untouched[up] == 1);
+    CHECK(after[up] < 1e-4);
+  }
+  CHECK(errors[0].find("the device plan failed") != std::string::npos);
+}
