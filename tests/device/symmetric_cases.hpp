@@ -171,7 +171,7 @@ struct Rig {
 struct RankBuffers {
   std::int32_t* ids = nullptr;         // kMaxIds: the step's ids
   count_t* pairs = nullptr;            // 1: how many
-  std::byte* counts_memory = nullptr;  // SymmetricCounts::bytes(P, N)
+  std::byte* counts_memory = nullptr;  // SharedCounts::bytes(P, N)
   count_t* tables = nullptr;           // 4P: send counts, send offsets, recv counts, recv offsets
   std::byte* recv = nullptr;           // rows_bytes(): the dispatch's result
   std::byte* back = nullptr;           // rows_bytes(): the combine's result
@@ -223,7 +223,7 @@ void enqueue_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, cons
   const int P = rig.P;
   const count_t* t = b.tables;
   llep::begin_step(exec, v);
-  const llep::SymmetricCounts counts = llep::SymmetricCounts::carve(b.counts_memory, P, rig.N);
+  const llep::SharedCounts counts = llep::SharedCounts::carve(b.counts_memory, P, rig.N);
   if (pairs == kPairsOnDevice)
     llep::gather_counts_symmetric(exec, v, rig.slots, b.ids, b.pairs, kMaxIds, rig.N, counts, status, options);
   else
@@ -273,7 +273,7 @@ StepResult download_step(Exec& exec, const Rig& rig, const StepCase& c, int p, c
   r.recv.resize(recv_rows(c, p, rig.row_bytes).size());
   r.back.resize(send_rows(c, p, rig.row_bytes).size());
   r.foreign.resize(foreign_weights(c, p, rig.expert_bytes).size());
-  const llep::SymmetricCounts counts = llep::SymmetricCounts::carve(b.counts_memory, rig.P, rig.N);
+  const llep::SharedCounts counts = llep::SharedCounts::carve(b.counts_memory, rig.P, rig.N);
   exec.to_host(r.counts.data(), counts.counts, r.counts.size() * sizeof(count_t));
   exec.to_host(r.bad.data(), counts.bad, r.bad.size() * sizeof(count_t));
   exec.to_host(r.recv.data(), b.recv, r.recv.size());

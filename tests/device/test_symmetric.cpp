@@ -39,7 +39,7 @@ struct HostBuffers {
   std::vector<std::int32_t> native_slot;
   std::vector<status_word_t> words;
   HostBuffers(const symtest::Rig& rig, std::size_t max_ids)
-      : ids(max_ids), pairs(1), counts_memory(llep::SymmetricCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
+      : ids(max_ids), pairs(1), counts_memory(llep::SharedCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
         back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes),
         tables(4 * static_cast<std::size_t>(rig.P)), transfers(rig.max_transfers()),
         native_slot(symtest::native_slots(rig.P, rig.N)), words(llep::StatusWords::bytes(rig.P) / sizeof(status_word_t)) {}
@@ -248,7 +248,7 @@ TEST_CASE("counts gathers alone, step after step, reuse their slots by epoch par
       HostBuffers mem(rig, kMaxIds);
       llep::StatusWords status(exec, mem.words.data(), P);
       const llep::SymmetricView v = sym.view(p);
-      const llep::SymmetricCounts g = llep::SymmetricCounts::carve(mem.counts_memory.data(), P, N);
+      const llep::SharedCounts g = llep::SharedCounts::carve(mem.counts_memory.data(), P, N);
       for (const symtest::StepCase& c : cases) {
         const auto& ids = c.ids[static_cast<std::size_t>(p)];
         llep::begin_step(exec, v);

@@ -27,7 +27,7 @@ struct SymmetricBuffers {
   DeviceArray<std::int32_t> native_slot;
   DeviceArray<llep::status_word_t> words;
   explicit SymmetricBuffers(const symtest::Rig& rig)
-      : ids(symtest::kMaxIds), pairs(1), counts_memory(llep::SymmetricCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
+      : ids(symtest::kMaxIds), pairs(1), counts_memory(llep::SharedCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
         back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes),
         tables(4 * static_cast<std::size_t>(rig.P)), plan(1), transfers(rig.max_transfers()),
         native_slot(symtest::native_slots(rig.P, rig.N)),

@@ -37,6 +37,24 @@ struct GatheredCounts {
   }
 };
 
+/// Where a sync-free step's counts exchange (gather_counts_symmetric, a StepExchange's
+/// share_counts) puts its results (bytes(P, N) of exec memory): this rank's
+/// histogram (N + 1 bins, ids outside [0, N) last), C (P x N, row-major) and every rank's
+/// count of ids outside [0, N) (P), so that every rank sees when any rank had a bad id and
+/// all can skip the rest of the step alike.
+struct SharedCounts {
+  count_t* local = nullptr;
+  count_t* counts = nullptr;
+  count_t* bad = nullptr;
+  [[nodiscard]] static constexpr std::size_t bytes(int ranks, int experts) noexcept {
+    return gather_counts_bytes(ranks, experts) + static_cast<std::size_t>(ranks) * sizeof(count_t);
+  }
+  [[nodiscard]] static SharedCounts carve(std::byte* memory, int ranks, int experts) noexcept {
+    const GatheredCounts g = GatheredCounts::carve(memory, experts);
+    return SharedCounts{g.local, g.counts, g.counts + static_cast<std::size_t>(ranks) * static_cast<std::size_t>(experts)};
+  }
+};
+
 /// Collective: this rank's histogram of `pairs` ids into out.local, its bad ids into
 /// `status` (may be null), and the all-gather of every rank's first N bins into
 /// out.counts. Everything is enqueued on the exec and the transport; nothing waits.

@@ -227,27 +227,10 @@ void begin_step(Exec& exec, const SymmetricView& v) {
   return 2 * (static_cast<std::size_t>(experts) + 1) * sizeof(count_t);
 }
 
-/// Where gather_counts_symmetric puts its results (bytes(P, N) of exec memory): this rank's
-/// histogram (N + 1 bins, ids outside [0, N) last), C (P x N, row-major) and every rank's
-/// count of ids outside [0, N) (P), so that every rank sees when any rank had a bad id and
-/// all can skip the rest of the step alike.
-struct SymmetricCounts {
-  count_t* local = nullptr;
-  count_t* counts = nullptr;
-  count_t* bad = nullptr;
-  [[nodiscard]] static constexpr std::size_t bytes(int ranks, int experts) noexcept {
-    return gather_counts_bytes(ranks, experts) + static_cast<std::size_t>(ranks) * sizeof(count_t);
-  }
-  [[nodiscard]] static SymmetricCounts carve(std::byte* memory, int ranks, int experts) noexcept {
-    const GatheredCounts g = GatheredCounts::carve(memory, experts);
-    return SymmetricCounts{g.local, g.counts, g.counts + static_cast<std::size_t>(ranks) * static_cast<std::size_t>(experts)};
-  }
-};
-
 namespace detail::sym {
 // Publish out.local's N + 1 bins, a ready round, pull every rank's.
 template <class Exec>
-void share_counts(Exec& exec, const SymmetricView& v, std::size_t slots, int experts, const SymmetricCounts& out,
+void share_counts(Exec& exec, const SymmetricView& v, std::size_t slots, int experts, const SharedCounts& out,
                   StatusWords& status, const SignalOptions& options) {
   const auto bins = static_cast<std::size_t>(experts) + 1;
   exec.for_each_n(bins, PublishCounts{v, slots, out.local, experts});
@@ -261,7 +244,7 @@ void share_counts(Exec& exec, const SymmetricView& v, std::size_t slots, int exp
 /// into out.counts and out.bad. out.counts is what gather_counts gives.
 template <class Exec>
 void gather_counts_symmetric(Exec& exec, const SymmetricView& v, std::size_t slots, const std::int32_t* ids,
-                             std::size_t pairs, int experts, const SymmetricCounts& out, StatusWords& status,
+                             std::size_t pairs, int experts, const SharedCounts& out, StatusWords& status,
                              const SignalOptions& options = {}) {
   LLEP_EXPECTS(experts >= 1, "gather_counts_symmetric with N = ", experts, " experts; must be >= 1");
   exec.histogram(ids, pairs, experts, out.local);
@@ -273,7 +256,7 @@ void gather_counts_symmetric(Exec& exec, const SymmetricView& v, std::size_t slo
 /// replays with a new batch size: `max_pairs` only sizes the launches.
 template <class Exec>
 void gather_counts_symmetric(Exec& exec, const SymmetricView& v, std::size_t slots, const std::int32_t* ids,
-                             const count_t* pairs, std::size_t max_pairs, int experts, const SymmetricCounts& out,
+                             const count_t* pairs, std::size_t max_pairs, int experts, const SharedCounts& out,
                              StatusWords& status, const SignalOptions& options = {}) {
   LLEP_EXPECTS(experts >= 1, "gather_counts_symmetric with N = ", experts, " experts; must be >= 1");
   exec.for_each_n(static_cast<std::size_t>(experts) + 1, detail::sym::ZeroBins{out.local});

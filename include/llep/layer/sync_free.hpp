@@ -342,7 +342,7 @@ class SyncFreeLayer {
     const auto max_rows = static_cast<std::size_t>(limits_.plan.rows_per_rank);
     const int N = topo_.experts();
     const Local& m = mem_;
-    const SymmetricCounts& c = m.counts;
+    const SharedCounts& c = m.counts;
 
     // 1-3. Count (sync-free gather), plan, layout, gate: all in exec memory.
     begin_step(exec_, view_);
@@ -428,7 +428,7 @@ class SyncFreeLayer {
   struct Local {
     PlanTables plan;
     LayoutTables layout;
-    SymmetricCounts counts;  // this rank's histogram, C and every rank's bad count
+    SharedCounts counts;  // this rank's histogram, C and every rank's bad count
     std::int32_t *keys = nullptr, *order = nullptr, *pair_row = nullptr, *row_pair = nullptr;
     std::int32_t* compute_row = nullptr;
     std::int32_t* slot = nullptr;
@@ -451,7 +451,7 @@ class SyncFreeLayer {
       Carve c;
       const std::size_t o_plan = c.take(PlanTables::carve<Plnr>(nullptr, P, N).bytes),
                         o_layout = c.take(LayoutTables::carve(nullptr, P, N, segs, 0).bytes),
-                        o_counts = c.take(SymmetricCounts::bytes(P, N)),
+                        o_counts = c.take(SharedCounts::bytes(P, N)),
                         o_keys = c.take(pairs * sizeof(std::int32_t)), o_order = c.take(pairs * sizeof(std::int32_t)),
                         o_pair_row = c.take(pairs * sizeof(std::int32_t)),
                         o_row_pair = c.take(pairs * sizeof(std::int32_t)),
@@ -471,7 +471,7 @@ class SyncFreeLayer {
       m.plan = PlanTables::carve<Plnr>(base + o_plan, P, N);
       m.layout = LayoutTables::carve(base + o_layout, P, N, segs, rank);
       auto at = [&]<class U>(std::size_t o, U*& p) { p = reinterpret_cast<U*>(base + o); };
-      m.counts = SymmetricCounts::carve(base + o_counts, P, N);
+      m.counts = SharedCounts::carve(base + o_counts, P, N);
       at(o_keys, m.keys);
       at(o_order, m.order);
       at(o_pair_row, m.pair_row);

@@ -1,0 +1,107 @@
+#pragma once
+// The exchanges of a sync-free step as a policy of SyncFreeLayer (issue 14). A StepExchange
+// moves what a step shares between ranks with every size read from exec memory, so the
+// host only enqueues:
+//   share_counts  every rank's N + 1 bins (out.local: the histogram, ids outside [0, N)
+//                 last) into out.counts (P x N) and out.bad (P)
+//   rows          an all-to-all-v of rows from the exchange's send buffer of a channel
+//                 (dispatch: tokens out; combine: results back)
+//   weights       the plan's transfers of expert weights to this rank
+// Two models:
+//   SymmetricExchange (device/symmetric_exchange.hpp)   loads and stores into peers'
+//       symmetric regions, ordered by signals: host memory, peer pointers, or an NCCL
+//       window in one NVLink domain; moves exactly the live bytes.
+//   CollectiveExchange<Tr> (device/collective_exchange.hpp)   a transport's fixed-size
+//       collectives (stream-ordered NCCL, MPI, HostThreads): buffers of a capacity per
+//       peer sized from the limits, the true counts carried with the data; moves the
+//       capacity every step, works wherever the transport does.
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+
+#include "llep/core/config.hpp"
+#include "llep/core/plan_view.hpp"
+#include "llep/core/topology.hpp"
+#include "llep/device/gather_counts.hpp"
+#include "llep/device/status_word.hpp"
+#include "llep/device/symmetric.hpp"
+#include "llep/layer/limits.hpp"
+
+namespace llep {
+
+/// What a step's exchanges hold at most, from the layer's limits.
+struct StepExchangeSizes {
+  int ranks = 1;                  ///< P
+  int experts = 1;                ///< N
+  count_t dispatch_rows = 0;      ///< rows a rank sends in dispatch (B_max x K)
+  count_t combine_rows = 0;       ///< rows a rank sends in combine (the plan's rows per rank)
+  std::size_t row_bytes = 0;      ///< one row
+  int natives = 0;                ///< native experts a rank holds
+  int foreign = 0;                ///< foreign experts a rank receives in a step
+  std::size_t expert_bytes = 0;   ///< one expert's weights
+
+  [[nodiscard]] static StepExchangeSizes of(const Topology& topo, const LayerLimits& l) noexcept {
+    return StepExchangeSizes{topo.ranks(),         topo.experts(),         l.max_pairs_per_rank(),
+                             l.plan.rows_per_rank, l.row_bytes,            topo.slots_per_rank(),
+                             l.plan.foreign_experts_per_rank, l.weight_bytes};
+  }
+  /// Rows of channel `c`'s send buffer.
+  [[nodiscard]] count_t send_rows(SignalChannel c) const noexcept {
+    return c == SignalChannel::combine ? combine_rows : dispatch_rows;
+  }
+  friend bool operator==(const StepExchangeSizes&, const StepExchangeSizes&) = default;
+};
+
+/// One all-to-all-v of rows from the exchange's send buffer of `channel` (rows the caller
+/// wrote at send_offsets). Tables of P entries in rows, in this rank's exec memory.
+/// Dispatch: the layout's send_counts / send_offsets and recv_counts / recv_offsets.
+/// Combine (the reverse): recv_* as the send side and send_* as the receive side.
+struct RowsStep {
+  SignalChannel channel = SignalChannel::dispatch;
+  const count_t* send_counts = nullptr;
+  const count_t* send_offsets = nullptr;
+  const count_t* recv_counts = nullptr;   ///< what this rank expects from each peer
+  const count_t* recv_offsets = nullptr;
+  std::byte* recv = nullptr;              ///< this rank's receive rows (exec memory)
+  count_t recv_capacity = 0;              ///< rows there
+};
+
+/// The plan's weight transfers to this rank, in plan order: the k-th into `foreign` at
+/// k x expert_bytes, from its native rank's native_weights() at native_slot[expert].
+struct WeightsStep {
+  const PlanView* plan = nullptr;             ///< exec memory (the step's plan)
+  const std::int32_t* native_slot = nullptr;  ///< N entries, exec memory
+  std::byte* foreign = nullptr;
+  std::int32_t foreign_capacity = 0;          ///< experts `foreign` holds
+};
+
+/// How a sync-free step shares its counts, rows and weights (see the top of this file).
+/// Every call enqueues on `exec` and is collective: every rank makes it, in the same order.
+template <class X, class Exec>
+concept StepExchange = requires(X& x, const X& cx, Exec& exec, const SharedCounts& out,
+                                StatusWords& status, const RowsStep& rows, const WeightsStep& weights,
+                                SignalChannel channel) {
+  { cx.name() } -> std::convertible_to<const char*>;
+  { cx.sizes() } -> std::convertible_to<StepExchangeSizes>;
+  { x.begin_step(exec) } -> std::same_as<void>;
+  { x.share_counts(exec, out, status) } -> std::same_as<void>;
+  { cx.send_rows(channel) } -> std::same_as<std::byte*>;
+  { x.rows(exec, rows, status) } -> std::same_as<void>;
+  { cx.native_weights() } -> std::same_as<std::byte*>;
+  { x.weights(exec, weights, status) } -> std::same_as<void>;
+};
+
+/// Named in a static_assert so a type that is not a StepExchange fails with an instruction.
+template <class X, class Exec>
+constexpr bool check_step_exchange() {
+  static_assert(StepExchange<X, Exec>,
+                "llep: this type is not a StepExchange for this Exec. Give it `const char* name() const`, "
+                "`llep::StepExchangeSizes sizes() const`, `void begin_step(Exec&)`, `void share_counts(Exec&, const "
+                "llep::SharedCounts&, llep::StatusWords&)`, `std::byte* "
+                "send_rows(llep::SignalChannel) const`, `void rows(Exec&, const llep::RowsStep&, llep::StatusWords&)`, "
+                "`std::byte* native_weights() const` and `void weights(Exec&, const llep::WeightsStep&, "
+                "llep::StatusWords&)` (see llep/device/step_exchange.hpp), or use llep::SymmetricExchange");
+  return true;
+}
+
+}  // namespace llep
