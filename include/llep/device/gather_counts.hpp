@@ -53,7 +53,51 @@ struct SharedCounts {
     const GatheredCounts g = GatheredCounts::carve(memory, experts);
     return SharedCounts{g.local, g.counts, g.counts + static_cast<std::size_t>(ranks) * static_cast<std::size_t>(experts)};
   }
+  /// Puts bin e of rank q's N + 1 bins where it belongs: C[q][e], or bad[q] for the last.
+  LLEP_HOST_DEVICE void place(std::size_t q, std::size_t e, count_t c, int experts) const noexcept {
+    const auto N = static_cast<std::size_t>(experts);
+    if (e < N)
+      counts[q * N + e] = c;
+    else
+      bad[q] = c;
+  }
 };
+
+namespace detail {
+/// Zeroes N + 1 bins.
+struct ZeroBins {
+  count_t* bins;
+  LLEP_HOST_DEVICE void operator()(std::size_t b) const noexcept { bins[b] = 0; }
+};
+
+/// Bin of id i when i < *pairs; ids outside [0, N) in the last bin.
+struct CountIds {
+  const std::int32_t* ids;
+  const count_t* pairs;
+  int experts;
+  count_t* bins;
+  LLEP_HOST_DEVICE void operator()(std::size_t i) const noexcept {
+    if (static_cast<count_t>(i) >= *pairs) return;
+    const std::int32_t id = ids[i];
+    count_t* bin = bins + ((id >= 0 && id < experts) ? id : experts);
+#if defined(__CUDA_ARCH__)
+    atomicAdd(reinterpret_cast<unsigned long long*>(bin), 1ull);  // non-negative counts: same bits
+#else
+    ++*bin;  // HostExec: serial
+#endif
+  }
+};
+
+}  // namespace detail
+
+/// The histogram of the first *pairs of `ids` (a count in exec memory, <= max_pairs, which
+/// only sizes the launch) into N + 1 bins, ids outside [0, N) in the last.
+template <class Exec>
+void count_ids(Exec& exec, const std::int32_t* ids, const count_t* pairs, std::size_t max_pairs, int experts,
+               count_t* bins) {
+  exec.for_each_n(static_cast<std::size_t>(experts) + 1, detail::ZeroBins{bins});
+  exec.for_each_n(max_pairs, detail::CountIds{ids, pairs, experts, bins});
+}
 
 /// Collective: this rank's histogram of `pairs` ids into out.local, its bad ids into
 /// `status` (may be null), and the all-gather of every rank's first N bins into

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "llep/core/config.hpp"
+#include "llep/core/memory_space.hpp"
 #include "llep/core/plan_view.hpp"
 #include "llep/core/topology.hpp"
 #include "llep/device/gather_counts.hpp"
@@ -82,6 +83,7 @@ concept StepExchange = requires(X& x, const X& cx, Exec& exec, const SharedCount
                                 StatusWords& status, const RowsStep& rows, const WeightsStep& weights,
                                 SignalChannel channel) {
   { cx.name() } -> std::convertible_to<const char*>;
+  { cx.rank() } -> std::convertible_to<int>;
   { cx.sizes() } -> std::convertible_to<StepExchangeSizes>;
   { x.begin_step(exec) } -> std::same_as<void>;
   { x.share_counts(exec, out, status) } -> std::same_as<void>;
@@ -91,11 +93,19 @@ concept StepExchange = requires(X& x, const X& cx, Exec& exec, const SharedCount
   { x.weights(exec, weights, status) } -> std::same_as<void>;
 };
 
+/// How many workers an exchange's copy loop splits into: one on the host (the rank's
+/// thread), 16 blocks of 256 threads on a device (the copies are bandwidth-bound).
+template <class Exec>
+[[nodiscard]] constexpr std::size_t exchange_workers() noexcept {
+  return Exec::memory == MemorySpace::host ? 1 : 16 * 256;
+}
+
 /// Named in a static_assert so a type that is not a StepExchange fails with an instruction.
 template <class X, class Exec>
 constexpr bool check_step_exchange() {
   static_assert(StepExchange<X, Exec>,
-                "llep: this type is not a StepExchange for this Exec. Give it `const char* name() const`, "
+                "llep: this type is not a StepExchange for this Exec. Give it `const char* name() const`, `int rank() "
+                "const`, "
                 "`llep::StepExchangeSizes sizes() const`, `void begin_step(Exec&)`, `void share_counts(Exec&, const "
                 "llep::SharedCounts&, llep::StatusWords&)`, `std::byte* "
                 "send_rows(llep::SignalChannel) const`, `void rows(Exec&, const llep::RowsStep&, llep::StatusWords&)`, "

@@ -31,6 +31,7 @@
 #include "llep/device/gather_counts.hpp"
 #include "llep/device/signal.hpp"
 #include "llep/device/status_word.hpp"
+#include "llep/device/step_exchange.hpp"
 #include "llep/device/symmetric.hpp"
 
 namespace llep {
@@ -73,30 +74,6 @@ struct SignalRound {
   }
 };
 
-/// counts: zeroes the N + 1 bins (a histogram sized on the device).
-struct ZeroBins {
-  count_t* bins;
-  LLEP_HOST_DEVICE void operator()(std::size_t b) const noexcept { bins[b] = 0; }
-};
-
-/// counts: bin of id i when i < *pairs; ids outside [0, N) in the last bin.
-struct CountIds {
-  const std::int32_t* ids;
-  const count_t* pairs;
-  int experts;
-  count_t* bins;
-  LLEP_HOST_DEVICE void operator()(std::size_t i) const noexcept {
-    if (static_cast<count_t>(i) >= *pairs) return;
-    const std::int32_t id = ids[i];
-    count_t* bin = bins + ((id >= 0 && id < experts) ? id : experts);
-#if defined(__CUDA_ARCH__)
-    atomicAdd(reinterpret_cast<unsigned long long*>(bin), 1ull);  // non-negative counts: same bits
-#else
-    ++*bin;  // HostExec: serial
-#endif
-  }
-};
-
 /// counts: my N + 1 bins into my slot (epoch & 1).
 struct PublishCounts {
   SymmetricView v;
@@ -109,22 +86,17 @@ struct PublishCounts {
   }
 };
 
-/// counts: bin i % (N + 1) of rank i / (N + 1) from that rank's slot: into C, or the last
-/// (ids outside [0, N)) into bad[rank].
+/// counts: bin i % (N + 1) of rank i / (N + 1) from that rank's slot, to its place in out.
 struct PullCounts {
   SymmetricView v;
   std::size_t slots;
-  count_t* counts;
-  count_t* bad;
+  SharedCounts out;
   int experts;
   LLEP_HOST_DEVICE void operator()(std::size_t i) const noexcept {
     const auto N = static_cast<std::size_t>(experts);
     const std::size_t q = i / (N + 1), e = i % (N + 1);
-    const count_t c = v.at<const count_t>(static_cast<int>(q), slots)[static_cast<std::size_t>(*v.epoch() & 1) * (N + 1) + e];
-    if (e < N)
-      counts[q * N + e] = c;
-    else
-      bad[q] = c;
+    out.place(q, e, v.at<const count_t>(static_cast<int>(q), slots)[static_cast<std::size_t>(*v.epoch() & 1) * (N + 1) + e],
+              experts);
   }
 };
 
@@ -235,7 +207,7 @@ void share_counts(Exec& exec, const SymmetricView& v, std::size_t slots, int exp
   const auto bins = static_cast<std::size_t>(experts) + 1;
   exec.for_each_n(bins, PublishCounts{v, slots, out.local, experts});
   signal_round(exec, v, SignalChannel::counts, SignalKind::ready, options, status);
-  exec.for_each_n(static_cast<std::size_t>(v.ranks) * bins, PullCounts{v, slots, out.counts, out.bad, experts});
+  exec.for_each_n(static_cast<std::size_t>(v.ranks) * bins, PullCounts{v, slots, out, experts});
 }
 }  // namespace detail::sym
 
@@ -259,8 +231,7 @@ void gather_counts_symmetric(Exec& exec, const SymmetricView& v, std::size_t slo
                              const count_t* pairs, std::size_t max_pairs, int experts, const SharedCounts& out,
                              StatusWords& status, const SignalOptions& options = {}) {
   LLEP_EXPECTS(experts >= 1, "gather_counts_symmetric with N = ", experts, " experts; must be >= 1");
-  exec.for_each_n(static_cast<std::size_t>(experts) + 1, detail::sym::ZeroBins{out.local});
-  exec.for_each_n(max_pairs, detail::sym::CountIds{ids, pairs, experts, out.local});
+  count_ids(exec, ids, pairs, max_pairs, experts, out.local);
   status.scan(exec, ids, pairs, max_pairs, experts);
   detail::sym::share_counts(exec, v, slots, experts, out, status, options);
 }
@@ -339,5 +310,80 @@ void pull_weights(Exec& exec, const SymmetricView& v, const WeightsExchange& x, 
                                                     x.foreign_capacity, workers, status.word()});
   signal_round(exec, v, SignalChannel::weights, SignalKind::done, options, status);
 }
+
+/// The StepExchange of symmetric memory (device/step_exchange.hpp): a SyncFreeLayer's
+/// counts, rows and weights through every rank's region of layout(sizes), with the calls
+/// above. The send rows and the native weights live in the region, where peers read them.
+/// Moves exactly the live bytes; needs every peer's region addressable (one process, peer
+/// access, or an NCCL window in one NVLink domain).
+class SymmetricExchange {
+ public:
+  /// The layout every rank's region shares for steps of these sizes: build the symmetric
+  /// memory from it.
+  [[nodiscard]] static SymmetricLayout layout(const StepExchangeSizes& s) { return Offsets::of(s).layout; }
+
+  /// `view`: this rank's view of symmetric memory laid out as layout(sizes).
+  SymmetricExchange(const SymmetricView& view, const StepExchangeSizes& sizes, SignalOptions signals = {})
+      : view_(view), sizes_(sizes), signals_(signals), at_(Offsets::of(sizes)) {
+    LLEP_EXPECTS(view.ranks == sizes.ranks && view.rank >= 0 && view.rank < sizes.ranks, "the symmetric view is rank ",
+                 view.rank, " of ", view.ranks, " but the step has P = ", sizes.ranks);
+  }
+
+  [[nodiscard]] const char* name() const noexcept { return view_.provider; }
+  [[nodiscard]] int rank() const noexcept { return view_.rank; }
+  [[nodiscard]] StepExchangeSizes sizes() const noexcept { return sizes_; }
+  [[nodiscard]] const SymmetricView& view() const noexcept { return view_; }
+
+  template <class Exec>
+  void begin_step(Exec& exec) {
+    llep::begin_step(exec, view_);
+  }
+  template <class Exec>
+  void share_counts(Exec& exec, const SharedCounts& out, StatusWords& status) {
+    detail::sym::share_counts(exec, view_, at_.counts, sizes_.experts, out, status, signals_);
+  }
+  [[nodiscard]] std::byte* send_rows(SignalChannel c) const noexcept {
+    return view_.self + (c == SignalChannel::combine ? at_.back : at_.send);
+  }
+  template <class Exec>
+  void rows(Exec& exec, const RowsStep& r, StatusWords& status) {
+    const bool back = r.channel == SignalChannel::combine;
+    rows_all_to_all(exec, view_,
+                    RowsExchange{back ? at_.back : at_.send, sizes_.send_rows(r.channel),
+                                 back ? at_.combine_table : at_.dispatch_table, r.send_counts, r.send_offsets,
+                                 r.recv_offsets, r.recv, r.recv_capacity, sizes_.row_bytes, r.channel},
+                    status, exchange_workers<Exec>(), signals_);
+  }
+  [[nodiscard]] std::byte* native_weights() const noexcept { return view_.self + at_.weights; }
+  template <class Exec>
+  void weights(Exec& exec, const WeightsStep& w, StatusWords& status) {
+    pull_weights(exec, view_,
+                 WeightsExchange{w.plan, w.native_slot, at_.weights, sizes_.expert_bytes, w.foreign, w.foreign_capacity},
+                 status, exchange_workers<Exec>(), signals_);
+  }
+
+ private:
+  // Offsets in every rank's region.
+  struct Offsets {
+    SymmetricLayout layout{1};
+    std::size_t counts = 0, dispatch_table = 0, combine_table = 0, send = 0, back = 0, weights = 0;
+    [[nodiscard]] static Offsets of(const StepExchangeSizes& s) {
+      Offsets o;
+      o.layout = SymmetricLayout(s.ranks);
+      o.counts = o.layout.reserve(symmetric_counts_bytes(s.experts));
+      o.dispatch_table = o.layout.reserve(symmetric_table_bytes(s.ranks));
+      o.combine_table = o.layout.reserve(symmetric_table_bytes(s.ranks));
+      o.send = o.layout.reserve(static_cast<std::size_t>(s.dispatch_rows) * s.row_bytes);
+      o.back = o.layout.reserve(static_cast<std::size_t>(s.combine_rows) * s.row_bytes);
+      o.weights = o.layout.reserve(static_cast<std::size_t>(s.natives) * s.expert_bytes);
+      return o;
+    }
+  };
+
+  SymmetricView view_;
+  StepExchangeSizes sizes_;
+  SignalOptions signals_;
+  Offsets at_;
+};
 
 }  // namespace llep

@@ -43,6 +43,7 @@
 #include "llep/core/plan_view.hpp"
 #include "llep/core/topology.hpp"
 #include "llep/device/status_word.hpp"
+#include "llep/device/step_exchange.hpp"
 #include "llep/device/symmetric_exchange.hpp"
 #include "llep/exec/execution_space.hpp"
 #include "llep/experts/expert_compute.hpp"
@@ -181,10 +182,11 @@ struct StepCounts {
 };
 
 /// One rank's sync-free MoE forward (see the top of this file). Collective: every rank's
-/// layer is built from the same topology, planner, functor shape and limits, each over
-/// its own view of the same symmetric memory (device/symmetric.hpp), and every rank calls
-/// forward() for the same steps.
-template <Planner Plnr, class Experts, ExecutionSpace Exec>
+/// layer is built from the same topology, planner, functor shape and limits, each with its
+/// own end of the same exchange X (device/step_exchange.hpp: SymmetricExchange over
+/// symmetric memory, or CollectiveExchange over a transport's fixed-size collectives), and
+/// every rank calls forward() for the same steps.
+template <Planner Plnr, class Experts, ExecutionSpace Exec, class X = SymmetricExchange>
 class SyncFreeLayer {
  public:
   using value_type = typename Experts::value_type;
@@ -193,6 +195,7 @@ class SyncFreeLayer {
                 "llep: SyncFreeLayer plans in the step (PlanFromCounts): use a planner with a device form "
                 "(StandardEp, LeastLoaded, Adaptive or Capped over them), or MoeLayer for the others");
   static_assert(check_sized_expert_compute<Experts, Exec>());
+  static_assert(check_step_exchange<X, Exec>());
 
   /// The limits of this configuration for at most `max_tokens_per_rank` tokens a rank.
   [[nodiscard]] static LayerLimits make_limits(const Topology& topo, int top_k, const Plnr& planner,
@@ -204,11 +207,17 @@ class SyncFreeLayer {
     return l;
   }
 
-  /// The layout of every rank's symmetric region (the same on every rank): the counts
-  /// slots, the two row tables, the rows this rank sends in dispatch and in combine, and
-  /// its native experts' weights. Build the symmetric memory from it.
+  /// What the exchange holds at most in a step of these limits (build a CollectiveExchange
+  /// from it).
+  [[nodiscard]] static StepExchangeSizes exchange_sizes(const Topology& topo, const LayerLimits& l) {
+    return StepExchangeSizes::of(topo, l);
+  }
+  /// The layout of every rank's symmetric region (the same on every rank) for a
+  /// SymmetricExchange: the counts slots, the two row tables, the rows this rank sends in
+  /// dispatch and in combine, and its native experts' weights. Build the symmetric memory
+  /// from it.
   [[nodiscard]] static SymmetricLayout symmetric_layout(const Topology& topo, const LayerLimits& l) {
-    return shared_offsets(topo, l).layout;
+    return SymmetricExchange::layout(exchange_sizes(topo, l));
   }
 
   /// Bytes of this rank's own step memory (exec memory, `workspace` of the constructor).
@@ -218,32 +227,32 @@ class SyncFreeLayer {
 
   /// `exec` runs the steps (its workspace is not used: the layer's memory is `workspace`,
   /// workspace_bytes(topo, limits) of exec memory, 256-byte aligned, kept until the layer
-  /// is gone). `view` is this rank's view of symmetric memory laid out as
-  /// symmetric_layout(topo, limits). The configuration is checked here, on the host.
-  SyncFreeLayer(const Topology& topo, int top_k, Plnr planner, Experts experts, Exec exec, SymmetricView view,
-                const LayerLimits& limits, std::span<std::byte> workspace, SignalOptions signals = {})
+  /// is gone). `exchange` is this rank's end of the step's exchange, built for
+  /// exchange_sizes(topo, limits). The configuration is checked here, on the host.
+  SyncFreeLayer(const Topology& topo, int top_k, Plnr planner, Experts experts, Exec exec, X exchange,
+                const LayerLimits& limits, std::span<std::byte> workspace)
       : topo_(topo),
         top_k_(top_k),
         planner_(std::move(planner)),
         experts_(std::move(experts)),
         exec_(std::move(exec)),
-        view_(view),
-        limits_(limits),
-        signals_(signals) {
+        x_(std::move(exchange)),
+        limits_(limits) {
+    rank_ = x_.rank();
     LLEP_EXPECTS(!topo.has_replicas(), "SyncFreeLayer takes topologies without replicas (S = ",
                  topo.replicas_per_rank(), "); use MoeLayer");
-    LLEP_EXPECTS(view.ranks == topo.ranks() && view.rank >= 0 && view.rank < topo.ranks(), "the symmetric view is rank ",
-                 view.rank, " of ", view.ranks, " but the topology has P = ", topo.ranks());
-    LLEP_EXPECTS(limits == make_limits(topo, top_k, planner_, experts_, limits.max_tokens_per_rank), "rank ", view.rank,
+    LLEP_EXPECTS(x_.sizes().ranks == topo.ranks() && rank_ >= 0 && rank_ < topo.ranks(), "the exchange (", x_.name(),
+                 ") is rank ", rank_, " of ", x_.sizes().ranks, " but the topology has P = ", topo.ranks());
+    LLEP_EXPECTS(limits == make_limits(topo, top_k, planner_, experts_, limits.max_tokens_per_rank), "rank ", rank_,
                  ": ", limits, " does not describe this layer; build them with SyncFreeLayer::make_limits");
+    LLEP_EXPECTS(x_.sizes() == exchange_sizes(topo, limits), "rank ", rank_, ": the exchange (", x_.name(),
+                 ") was built for other sizes than ", limits, "; build it from SyncFreeLayer::exchange_sizes");
     if constexpr (requires { planner_.check(); }) planner_.check();
     const std::size_t need = workspace_bytes(topo, limits);
     LLEP_EXPECTS(workspace.size() >= need && reinterpret_cast<std::uintptr_t>(workspace.data()) % Carve::alignment == 0,
-                 "rank ", view.rank, ": the sync-free workspace holds ", workspace.size(), " bytes at ",
+                 "rank ", rank_, ": the sync-free workspace holds ", workspace.size(), " bytes at ",
                  static_cast<const void*>(workspace.data()), "; it needs ", need, ", ", Carve::alignment,
                  "-byte aligned (SyncFreeLayer::workspace_bytes)");
-    rank_ = view.rank;
-    shared_ = shared_offsets(topo, limits);
     mem_ = Local::carve(workspace.data(), topo, limits, rank_);
     // Tables that never change: the plan's and the layout's views, the natives, the slots.
     const int N = topo.experts();
@@ -261,17 +270,26 @@ class SyncFreeLayer {
     status_.emplace(exec_, mem_.status, topo.ranks());
   }
 
+  /// Over symmetric memory: `view` is this rank's view of memory laid out as
+  /// symmetric_layout(topo, limits).
+  SyncFreeLayer(const Topology& topo, int top_k, Plnr planner, Experts experts, Exec exec, const SymmetricView& view,
+                const LayerLimits& limits, std::span<std::byte> workspace, SignalOptions signals = {})
+    requires std::same_as<X, SymmetricExchange>
+      : SyncFreeLayer(topo, top_k, std::move(planner), std::move(experts), std::move(exec),
+                      SymmetricExchange(view, exchange_sizes(topo, limits), signals), limits, workspace) {}
+
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] const Topology& topology() const noexcept { return topo_; }
   [[nodiscard]] const LayerLimits& limits() const noexcept { return limits_; }
   [[nodiscard]] Exec& exec() noexcept { return exec_; }
 
-  /// This rank's native experts' weights, where peers read them: in its symmetric region
-  /// (exec memory), natives x weight_elems() elements in ascending expert id. Write them
-  /// there (or call set_native_weights) before the first step; an update between steps
-  /// is ordered by the exec like any other write.
+  /// This rank's native experts' weights, where the exchange sends them from (its
+  /// symmetric region, or the collective exchange's memory; exec memory), natives x
+  /// weight_elems() elements in ascending expert id. Write them there (or call
+  /// set_native_weights) before the first step; an update between steps is ordered by the
+  /// exec like any other write.
   [[nodiscard]] std::span<T> native_weights() const noexcept {
-    return {reinterpret_cast<T*>(view_.self + shared_.weights), static_cast<std::size_t>(topo_.slots_per_rank()) * experts_.weight_elems()};
+    return {reinterpret_cast<T*>(x_.native_weights()), static_cast<std::size_t>(topo_.slots_per_rank()) * experts_.weight_elems()};
   }
   /// Copies `weights` (exec memory, natives x weight_elems()) into native_weights().
   void set_native_weights(std::span<const T> weights) {
@@ -319,8 +337,9 @@ class SyncFreeLayer {
   }
 
   /// How the exchanges move bytes: the symmetric memory's provider ("host memory", "peer
-  /// pointers", "NCCL symmetric window (LSA)"); every size is read on the device.
-  [[nodiscard]] const char* exchange() const noexcept { return view_.provider; }
+  /// pointers", "NCCL symmetric window (LSA)"), or the collective exchange's name; every
+  /// size is read where the step runs.
+  [[nodiscard]] const char* exchange() const noexcept { return x_.name(); }
 
   /// The last step's plan, layout and gate, in exec memory (for tests and tools).
   [[nodiscard]] const PlanView* plan_view() const noexcept { return mem_.plan.view; }
@@ -344,12 +363,13 @@ class SyncFreeLayer {
     const Local& m = mem_;
     const SharedCounts& c = m.counts;
 
-    // 1-3. Count (sync-free gather), plan, layout, gate: all in exec memory.
-    begin_step(exec_, view_);
+    // 1-3. Count (every rank's histogram, exchanged), plan, layout, gate: all in exec memory.
+    x_.begin_step(exec_);
     exec_.for_each_n(1, StepCounts{tokens, static_cast<count_t>(bound), limits_.max_tokens_per_rank, top_k_, rank_,
                                    m.tokens, status_->word()});
-    gather_counts_symmetric(exec_, view_, shared_.counts, ids.data(), m.tokens + 1, max_pairs, N, c, *status_,
-                            signals_);
+    count_ids(exec_, ids.data(), m.tokens + 1, max_pairs, N, c.local);
+    status_->scan(exec_, ids.data(), m.tokens + 1, max_pairs, N);
+    x_.share_counts(exec_, c, *status_);
     exec_.run_block(PlanFromCounts<Plnr>{planner_, c.counts, m.plan.loads, m.plan.topo_view(topo_), m.plan.scratch,
                                          m.plan.view, m.plan.status});
     exec_.run_block(BuildLayout<NativeHolds>{c.counts, m.plan.view, m.plan.status, NativeHolds{m.layout.native, rank_},
@@ -362,19 +382,17 @@ class SyncFreeLayer {
     sort_by_expert_in(exec_, m.keys, max_pairs, N + 1, m.order, std::span<std::byte>(m.scratch, m.scratch_bytes));
     exec_.for_each_counted(&m.live->pairs, 1, max_pairs,
                            AssignSendRowsFrom{m.layout.view, m.order, m.pair_row, m.row_pair});
-    std::byte* send = view_.self + shared_.send;
-    copy_rows_counted(exec_, true, send, hidden.data(), m.row_pair, &m.live->pairs, max_pairs, row_bytes,
-                      static_cast<std::int32_t>(K));
+    copy_rows_counted(exec_, true, x_.send_rows(SignalChannel::dispatch), hidden.data(), m.row_pair, &m.live->pairs,
+                      max_pairs, row_bytes, static_cast<std::int32_t>(K));
     const LayoutView& f = m.layout.fields;  // the tables' addresses; their contents live in exec memory
-    rows_all_to_all(exec_, view_,
-                    RowsExchange{shared_.send, limits_.max_pairs_per_rank(), shared_.dispatch_table, f.send_counts,
-                                 f.send_offsets, f.recv_offsets, m.recv, limits_.plan.rows_per_rank, row_bytes,
-                                 SignalChannel::dispatch},
-                    *status_, workers(), signals_);
-    pull_weights(exec_, view_,
-                 WeightsExchange{m.plan.view, m.slot, shared_.weights, limits_.weight_bytes,
-                                 reinterpret_cast<std::byte*>(m.foreign), limits_.plan.foreign_experts_per_rank},
-                 *status_, workers(), signals_);
+    x_.rows(exec_,
+            RowsStep{SignalChannel::dispatch, f.send_counts, f.send_offsets, f.recv_counts, f.recv_offsets, m.recv,
+                     limits_.plan.rows_per_rank},
+            *status_);
+    x_.weights(exec_,
+               WeightsStep{m.plan.view, m.slot, reinterpret_cast<std::byte*>(m.foreign),
+                           limits_.plan.foreign_experts_per_rank},
+               *status_);
 
     // 5. Compute: received rows into task order, the tasks, one sized launch per GEMM.
     exec_.for_each_counted(&m.live->rows, 1, max_rows, AssignComputeRowsFrom{m.layout.view, m.compute_row});
@@ -387,13 +405,12 @@ class SyncFreeLayer {
                            m.scratch);
 
     // 6. Combine: outputs back to receive order, the reverse all-to-all, the sum over K.
-    std::byte* back = view_.self + shared_.back;
-    copy_rows_counted(exec_, true, back, m.expert_out, m.compute_row, &m.live->rows, max_rows, row_bytes);
-    rows_all_to_all(exec_, view_,
-                    RowsExchange{shared_.back, limits_.plan.rows_per_rank, shared_.combine_table, f.recv_counts,
-                                 f.recv_offsets, f.send_offsets, m.gathered, limits_.max_pairs_per_rank(), row_bytes,
-                                 SignalChannel::combine},
-                    *status_, workers(), signals_);
+    copy_rows_counted(exec_, true, x_.send_rows(SignalChannel::combine), m.expert_out, m.compute_row, &m.live->rows,
+                      max_rows, row_bytes);
+    x_.rows(exec_,
+            RowsStep{SignalChannel::combine, f.recv_counts, f.recv_offsets, f.send_counts, f.send_offsets, m.gathered,
+                     limits_.max_pairs_per_rank()},
+            *status_);
     exec_.for_each_counted(&m.live->tokens, D, bound * D,
                            CombineTopK<T, G>{out.data(), reinterpret_cast<const T*>(m.gathered), m.pair_row,
                                              gates.data(), top_k_, D});
@@ -403,27 +420,6 @@ class SyncFreeLayer {
   [[nodiscard]] static int max_tasks(const Topology& topo) {
     return static_cast<int>(layout_capacity(topo.ranks(), topo.experts(), max_plan_segments(topo.ranks(), topo.experts())).tasks);
   }
-  [[nodiscard]] static std::size_t workers() noexcept {
-    return Exec::memory == MemorySpace::host ? 1 : 16 * 256;
-  }
-
-  // Offsets in every rank's symmetric region.
-  struct Shared {
-    SymmetricLayout layout{1};
-    std::size_t counts = 0, dispatch_table = 0, combine_table = 0, send = 0, back = 0, weights = 0;
-  };
-  [[nodiscard]] static Shared shared_offsets(const Topology& topo, const LayerLimits& l) {
-    Shared s;
-    s.layout = SymmetricLayout(topo.ranks());
-    s.counts = s.layout.reserve(symmetric_counts_bytes(topo.experts()));
-    s.dispatch_table = s.layout.reserve(symmetric_table_bytes(topo.ranks()));
-    s.combine_table = s.layout.reserve(symmetric_table_bytes(topo.ranks()));
-    s.send = s.layout.reserve(static_cast<std::size_t>(l.max_pairs_per_rank()) * l.row_bytes);
-    s.back = s.layout.reserve(static_cast<std::size_t>(l.plan.rows_per_rank) * l.row_bytes);
-    s.weights = s.layout.reserve(static_cast<std::size_t>(topo.slots_per_rank()) * l.weight_bytes);
-    return s;
-  }
-
   // This rank's own step memory.
   struct Local {
     PlanTables plan;
@@ -498,11 +494,9 @@ class SyncFreeLayer {
   Plnr planner_;
   Experts experts_;
   Exec exec_;
-  SymmetricView view_;
+  X x_;
   LayerLimits limits_;
-  SignalOptions signals_;
   int rank_ = 0;
-  Shared shared_;
   Local mem_;
   std::optional<StatusWords> status_;
 };
