@@ -65,6 +65,12 @@ struct RowsStep {
   const count_t* recv_offsets = nullptr;
   std::byte* recv = nullptr;              ///< this rank's receive rows (exec memory)
   count_t recv_capacity = 0;              ///< rows there
+  /// Bytes of one row: 0 for sizes().row_bytes, or narrower (backward moves one gate
+  /// scalar per row); the send buffer and the capacities stay counted in rows.
+  std::size_t row_bytes = 0;
+  [[nodiscard]] std::size_t width(const StepExchangeSizes& s) const noexcept {
+    return row_bytes != 0 ? row_bytes : s.row_bytes;
+  }
 };
 
 /// The plan's weight transfers to this rank, in plan order: the k-th into `foreign` at

@@ -347,11 +347,13 @@ class SymmetricExchange {
   }
   template <class Exec>
   void rows(Exec& exec, const RowsStep& r, StatusWords& status) {
+    LLEP_EXPECTS(r.row_bytes <= sizes_.row_bytes, "rank ", view_.rank, ": rows of ", r.row_bytes,
+                 " bytes through an exchange sized for ", sizes_.row_bytes);
     const bool back = r.channel == SignalChannel::combine;
     rows_all_to_all(exec, view_,
                     RowsExchange{back ? at_.back : at_.send, sizes_.send_rows(r.channel),
                                  back ? at_.combine_table : at_.dispatch_table, r.send_counts, r.send_offsets,
-                                 r.recv_offsets, r.recv, r.recv_capacity, sizes_.row_bytes, r.channel},
+                                 r.recv_offsets, r.recv, r.recv_capacity, r.width(sizes_), r.channel},
                     status, exchange_workers<Exec>(), signals_);
   }
   [[nodiscard]] std::byte* native_weights() const noexcept { return view_.self + at_.weights; }
