@@ -16,6 +16,9 @@
 //     plan_failed    this rank, the device plan's StepStatus code (plan/plan_step.hpp)
 //     layout_failed  this rank, the device layout's LayoutStatus code (layer/layout.hpp)
 //     batch_too_large  this rank, the token count found in device memory (layer/sync_free.hpp)
+//     capacity_exceeded  the peer, the rows (or experts) past a CollectiveCapacity
+//     count_mismatch     the peer, the rows it sent where the layout expects another count
+//                        (both device/collective_exchange.hpp)
 // The smallest word wins (atomicMin), so the first bad pair is kept whatever order the
 // device's threads run in (the one the host's ExactCounts check names first), a bad id
 // is named before a timeout it may have caused, and the lowest silent peer before others.
@@ -42,7 +45,15 @@ inline constexpr status_word_t kStatusClear = ~status_word_t{0};
 }
 
 /// The codes other than a bad id, in the order they are named when several are noted.
-enum class StatusCode : std::uint32_t { peer_timeout = 0, overflow = 1, plan_failed = 2, layout_failed = 3, batch_too_large = 4 };
+enum class StatusCode : std::uint32_t {
+  peer_timeout = 0,
+  overflow = 1,
+  plan_failed = 2,
+  layout_failed = 3,
+  batch_too_large = 4,
+  capacity_exceeded = 5,
+  count_mismatch = 6
+};
 
 /// The word for `code` about `rank` with `value` (ranks past 2^27 - 2 share the last slot,
 /// so no word equals kStatusClear).
@@ -61,6 +72,17 @@ enum class StatusCode : std::uint32_t { peer_timeout = 0, overflow = 1, plan_fai
 /// The word for "`rows` rows from peer `peer` do not fit the receive buffer".
 [[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t overflow_word(int peer, std::uint64_t rows) noexcept {
   return status_code_word(StatusCode::overflow, peer, rows);
+}
+
+/// The word for "`n` rows (or experts) between this rank and `peer` exceed the per-peer
+/// capacity of a fixed-capacity exchange".
+[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t capacity_word(int peer, std::uint64_t n) noexcept {
+  return status_code_word(StatusCode::capacity_exceeded, peer, n);
+}
+
+/// The word for "peer `peer` sent `rows` rows where this rank's layout expects another count".
+[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t count_mismatch_word(int peer, std::uint64_t rows) noexcept {
+  return status_code_word(StatusCode::count_mismatch, peer, rows);
 }
 
 /// True when `w` records a timeout: later waits on that peer give up at once.
@@ -94,7 +116,9 @@ struct FindBadExperts {
 
 /// A decoded word: `found` when anything is recorded; `kind` says what.
 struct BadExpert {
-  enum Kind : std::uint8_t { none, bad_id, peer_timeout, overflow, plan_failed, layout_failed, batch_too_large };
+  enum Kind : std::uint8_t {
+    none, bad_id, peer_timeout, overflow, plan_failed, layout_failed, batch_too_large, capacity_exceeded, count_mismatch
+  };
   bool found = false;
   std::int64_t pair = 0;   ///< bad_id: the pair
   std::int32_t id = 0;     ///< bad_id: the id
@@ -136,6 +160,12 @@ inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
     case BadExpert::batch_too_large:
       LLEP_FAIL("rank ", rank, ": the step's token count in device memory, ", static_cast<std::int32_t>(b.value),
                 ", is outside [0, B_max]; the step ran no tokens", invalid);
+    case BadExpert::capacity_exceeded:
+      LLEP_FAIL("rank ", rank, ": the ", b.value, " rows (or experts' weights) between it and peer ", b.peer,
+                " exceed the fixed-capacity exchange's room per peer (raise CollectiveCapacity)", invalid);
+    case BadExpert::count_mismatch:
+      LLEP_FAIL("rank ", rank, ": peer ", b.peer, " sent ", b.value,
+                " rows but this rank's layout expects another count", invalid);
     default:
       LLEP_FAIL("rank ", rank, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
                 ", found in the step); the step's results are not valid");
