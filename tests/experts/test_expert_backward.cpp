@@ -383,3 +383,107 @@ TEST_CASE("bad backward tasks are refused with llep::Error") {
   CHECK(ex.backward_scratch_bytes(0, 0) == 0);
   CHECK_THROWS_AS((void)ex.backward_scratch_bytes(3, 2), llep::Error);
 }
+
+namespace {
+
+// backward_sized over the first *count tasks against backward over those tasks, bit for
+// bit: random tasks (one gradient buffer per expert, so repeated experts share one; empty
+// tasks), both GradModes, some tasks without grad_in or grad_weights, and entries past the
+// count with rows but null pointers (backward would refuse them; they must not be read).
+template <class T, class Act>
+void sized_backward_trials(const Act& act, std::uint64_t seed) {
+  static_assert(llep::SizedExpertBackward<llep::HostSwiGlu<T, Act>, llep::HostExec>);
+  std::mt19937_64 rng(seed);
+  for (int trial = 0; trial < 20; ++trial) {
+    CAPTURE(trial);
+    auto r = testexperts::random_tasks(act, trial, rng);
+    r.spec.emplace_back(r.spec.front().first, 2);  // one expert twice at least
+    const int D = r.moe.hidden, H = r.moe.intermediate, N = r.moe.experts;
+    const llep::HostSwiGlu<T, Act> ex(llep::ExpertShape{D, H, Act::has_bias}, act);
+    const auto weights = r.moe.template packed_rank<T>(0, 1);
+    const std::size_t W = ex.weight_elems(), Dz = static_cast<std::size_t>(D);
+    count_t total = 0, max_rows = 0;
+    for (const auto& s : r.spec) total += s.second, max_rows = std::max(max_rows, s.second);
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    std::vector<T> x(static_cast<std::size_t>(total) * Dz), dy(x.size()), old(static_cast<std::size_t>(N) * W);
+    for (T& v : x) v = static_cast<T>(u(rng));
+    for (T& v : dy) v = static_cast<T>(u(rng));
+    for (T& v : old) v = static_cast<T>(u(rng));
+    const auto mode = trial % 2 ? llep::GradMode::accumulate : llep::GradMode::overwrite;
+    struct Out {
+      std::vector<T> dx, gw;
+    };
+    Out plain{std::vector<T>(x.size(), T(-3)), old}, sized{plain.dx, old};
+    auto tasks_into = [&](Out& o) {
+      std::vector<llep::ExpertGradTask<T>> tasks;
+      std::size_t row = 0;
+      for (std::size_t i = 0; i < r.spec.size(); ++i) {
+        const auto [e, rows] = r.spec[i];
+        const auto ez = static_cast<std::size_t>(e);
+        tasks.push_back({e, weights.data() + ez * W, x.data() + row * Dz, dy.data() + row * Dz,
+                         i % 4 == 3 ? nullptr : o.dx.data() + row * Dz, i % 5 == 4 ? nullptr : o.gw.data() + ez * W,
+                         nullptr, rows});
+        row += static_cast<std::size_t>(rows);
+      }
+      return tasks;
+    };
+    llep::HostExec exec;
+    const auto n_tasks = static_cast<int>(r.spec.size()) + 2;
+    std::vector<std::byte> scratch(
+        std::max(ex.backward_scratch_bytes(max_rows, total), ex.sized_backward_scratch_bytes(n_tasks, total)));
+    const auto a = tasks_into(plain);
+    ex.backward(exec, std::span<const llep::ExpertGradTask<T>>(a), mode, scratch.data());
+    auto b = tasks_into(sized);
+    const auto count = static_cast<std::int32_t>(b.size());
+    b.push_back({0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 5});  // past the count: ignored
+    b.push_back({0, nullptr, nullptr, nullptr, nullptr, sized.gw.data(), nullptr, 0});
+    const llep::SizedGradTasks<T> st{b.data(), &count, n_tasks, total, max_rows};
+    ex.backward_sized(exec, st, mode, scratch.data());
+    CHECK(std::memcmp(plain.dx.data(), sized.dx.data(), plain.dx.size() * sizeof(T)) == 0);
+    CHECK(std::memcmp(plain.gw.data(), sized.gw.data(), plain.gw.size() * sizeof(T)) == 0);
+    CHECK(plain.gw != old);  // some gradient was written (no NaN: every value compares)
+
+    // The count, the bounds and the saved pointers are checked on the host.
+    auto error = [&](std::int32_t n, count_t rows_bound, count_t task_bound) {
+      return testutil::error_of([&] {
+        ex.backward_sized(exec, llep::SizedGradTasks<T>{b.data(), &n, count, rows_bound, task_bound}, mode, scratch.data());
+      });
+    };
+    CHECK(error(count + 1, total, max_rows).find("task count = ") != std::string::npos);
+    CHECK(error(-1, total, max_rows).find("task count = -1") != std::string::npos);
+    if (total > 0) {
+      CHECK(error(count, total - 1, max_rows).find("exceed the bounds") != std::string::npos);
+      CHECK(error(count, total, max_rows - 1).find("exceed the bounds") != std::string::npos);
+    }
+    b[0].saved = x.data();
+    CHECK(error(count, total, max_rows).find("saved pointer") != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("HostSwiGlu::backward_sized equals backward on random task lists", T, float, double) {
+  SUBCASE("silu") { sized_backward_trials<T>(llep::SiluGlu{}, 71); }
+  SUBCASE("gpt-oss, a low limit that clamps often") { sized_backward_trials<T>(llep::GptOssGlu{0.25, 1.5}, 72); }
+}
+
+TEST_CASE("backward_sized with no tasks, or only empty ones, reads nothing but the count") {
+  const llep::HostSwiGlu<float> ex(llep::ExpertShape{8, 4, false});
+  llep::HostExec exec;
+  std::vector<float> gw(ex.weight_elems(), 9.0f);
+  using Task = llep::ExpertGradTask<float>;
+  const std::int32_t zero = 0, one = 1;
+  const Task empty{0, nullptr, nullptr, nullptr, nullptr, gw.data(), nullptr, 0};
+  ex.backward_sized(exec, llep::SizedGradTasks<float>{nullptr, &zero, 0, 0, 0}, llep::GradMode::overwrite, nullptr);
+  CHECK(std::all_of(gw.begin(), gw.end(), [](float v) { return v == 9.0f; }));
+  ex.backward_sized(exec, llep::SizedGradTasks<float>{&empty, &one, 1, 0, 0}, llep::GradMode::accumulate, nullptr);
+  CHECK(std::all_of(gw.begin(), gw.end(), [](float v) { return v == 9.0f; }));
+  ex.backward_sized(exec, llep::SizedGradTasks<float>{&empty, &one, 1, 0, 0}, llep::GradMode::overwrite, nullptr);
+  CHECK(std::all_of(gw.begin(), gw.end(), [](float v) { return v == 0.0f; }));  // an empty task zeroes its buffer
+  CHECK(ex.sized_backward_scratch_bytes(3, 40) == ex.backward_scratch_bytes(40, 40));
+  CHECK_THROWS_AS((void)ex.sized_backward_scratch_bytes(-1, 4), llep::Error);
+  CHECK(testutil::error_of([&] {
+          ex.backward_sized(exec, llep::SizedGradTasks<float>{&empty, nullptr, 1, 0, 0}, llep::GradMode::overwrite,
+                            nullptr);
+        }).find("count pointer") != std::string::npos);
+}

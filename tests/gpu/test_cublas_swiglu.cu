@@ -211,7 +211,9 @@ void check_against_host(llep::ExpertShape shape, std::vector<llep::count_t> task
 // of a and dgu (inputs of the GEMMs, errors ~u each, entering sums of random sign) and of
 // the result (u; none for float gradients) give ~1-3 u; the bound is tolerance<T>() (8-10 u),
 // while a wrong transpose, derivative or bias gives O(1).
-template <class T, class Act, llep::GemmMode Mode, class GW>
+// Experts: CublasSwiGlu in either mode, or GroupedSwiGlu (which keeps nothing in forward:
+// `save` then hands it pointers it must not read).
+template <class T, class Act, class Experts, class GW>
 void check_backward(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, bool save, llep::GradMode mode,
                     std::uint32_t seed) {
   CAPTURE(shape.hidden);
@@ -264,7 +266,7 @@ void check_backward(llep::ExpertShape shape, std::vector<llep::count_t> task_row
   }
 
   // Device: forward (keeping gate|up when `save`), then backward twice.
-  const llep::CublasSwiGlu<T, Act, Mode> gpu(shape, act);
+  const Experts gpu(shape, act);
   DeviceArray<T> d_w(w), d_x(x), d_dy(dy), d_out(rows * D), d_dx(rows * D);
   DeviceArray<std::byte> saved(rows * gpu.saved_row_bytes() + 256);
   DeviceArray<std::byte> scratch(std::max(gpu.scratch_bytes(max_rows, total),
@@ -331,13 +333,13 @@ void check_backward(llep::ExpertShape shape, std::vector<llep::count_t> task_row
   CHECK(e_dx <= tolerance<T>());
 }
 
-template <class T, class Act, llep::GemmMode Mode>
+template <class T, class Act, class Experts>
 void check_backward_all(llep::ExpertShape shape, std::vector<llep::count_t> rows, std::uint32_t seed) {
   using llep::GradMode;
-  check_backward<T, Act, Mode, T>(shape, rows, false, GradMode::overwrite, seed);
-  check_backward<T, Act, Mode, T>(shape, rows, true, GradMode::accumulate, seed + 1);
-  check_backward<T, Act, Mode, float>(shape, rows, true, GradMode::overwrite, seed + 2);
-  check_backward<T, Act, Mode, float>(shape, rows, false, GradMode::accumulate, seed + 3);
+  check_backward<T, Act, Experts, T>(shape, rows, false, GradMode::overwrite, seed);
+  check_backward<T, Act, Experts, T>(shape, rows, true, GradMode::accumulate, seed + 1);
+  check_backward<T, Act, Experts, float>(shape, rows, true, GradMode::overwrite, seed + 2);
+  check_backward<T, Act, Experts, float>(shape, rows, false, GradMode::accumulate, seed + 3);
 }
 
 #define LLEP_SWIGLU_CONFIGS(T)                                                                           \
@@ -363,14 +365,14 @@ TEST_CASE_TEMPLATE("CublasSwiGlu::backward matches HostSwiGlu<double>::backward"
                    LLEP_SWIGLU_CONFIGS(__nv_bfloat16), LLEP_SWIGLU_CONFIGS(__half), LLEP_SWIGLU_CONFIGS(float)) {
   using T = typename C::type;
   using Act = typename C::act;
-  constexpr llep::GemmMode mode = C::mode;
+  using E = llep::CublasSwiGlu<T, Act, C::mode>;
   const bool bias = Act::has_bias;
   // Tasks 0 and 3 (expert 0) and 1 and 4 (expert 1) sum into one gradient each.
   SUBCASE("D = 128, H = 64") {
-    check_backward_all<T, Act, mode>(llep::ExpertShape{128, 64, bias}, {5, 0, 33, 64, 17}, 11);
+    check_backward_all<T, Act, E>(llep::ExpertShape{128, 64, bias}, {5, 0, 33, 64, 17}, 11);
   }
-  SUBCASE("D = 33, H = 21") { check_backward_all<T, Act, mode>(llep::ExpertShape{33, 21, bias}, {1, 9, 0, 2}, 12); }
-  SUBCASE("one large task") { check_backward_all<T, Act, mode>(llep::ExpertShape{64, 96, bias}, {250}, 13); }
+  SUBCASE("D = 33, H = 21") { check_backward_all<T, Act, E>(llep::ExpertShape{33, 21, bias}, {1, 9, 0, 2}, 12); }
+  SUBCASE("one large task") { check_backward_all<T, Act, E>(llep::ExpertShape{64, 96, bias}, {250}, 13); }
 }
 
 TEST_CASE("CublasSwiGlu: shapes, scratch and no-work calls") {
@@ -580,4 +582,185 @@ TEST_CASE("GroupedSwiGlu: shapes, scratch and no-work calls") {
   CHECK_THROWS_AS(e.compute_sized(exec, llep::SizedTasks<__nv_bfloat16>{nullptr, nullptr, 2, 10, 5}, nullptr),
                   llep::Error);
   exec.synchronize();
+}
+
+// GroupedSwiGlu::backward (its ExpertBackward: the tasks uploaded, then backward_sized)
+// against HostSwiGlu<double>::backward with CublasSwiGlu's tolerances, on shapes around
+// its tiles: several row and column tiles of the row stages and of the weight tiles
+// (H, D past 128 and 64), K tails, element loads (D = 33), one expert in several tasks.
+TEST_CASE_TEMPLATE("GroupedSwiGlu::backward matches HostSwiGlu<double>::backward", C,
+                   LLEP_GROUPED_CONFIGS(__nv_bfloat16), LLEP_GROUPED_CONFIGS(__half), LLEP_GROUPED_CONFIGS(float)) {
+  using T = typename C::type;
+  using Act = typename C::act;
+  using E = llep::GroupedSwiGlu<T, Act>;
+  static_assert(llep::SizedExpertBackward<E, llep::CudaExec>);
+  const bool bias = Act::has_bias;
+  SUBCASE("D = 200, H = 150") {
+    check_backward_all<T, Act, E>(llep::ExpertShape{200, 150, bias}, {5, 0, 300, 64, 129, 1}, 41);
+  }
+  SUBCASE("D = 33, H = 21") { check_backward_all<T, Act, E>(llep::ExpertShape{33, 21, bias}, {1, 9, 0, 2}, 42); }
+}
+
+namespace {
+
+// The device-sized backward: the task array in device memory carries `past` more tasks
+// after the count (their rows would write into guard buffers, which must stay untouched);
+// the count is written on the exec's stream before each call; the bounds exceed the real
+// sizes; task i is expert i % 3 (shared gradient buffers), every fourth task has no
+// grad_in. backward_sized must give the bits of backward over tasks[0, count) (which
+// uploads only the tasks with rows: empty tasks and the chain of a shared buffer must not
+// change a bit), the same bits for 1 or 3 blocks along the rows, and the same bits when one
+// call captured in a CUDA graph is replayed with either count.
+template <class T, class Act, class GW>
+void check_backward_sized(llep::ExpertShape shape, std::vector<llep::count_t> task_rows, int past,
+                          llep::GradMode mode, std::uint32_t seed) {
+  CAPTURE(shape.hidden);
+  CAPTURE(shape.intermediate);
+  CAPTURE(mode == llep::GradMode::accumulate);
+  const std::size_t D = shape.d(), W = shape.elems();
+  const Act act = test_activation<Act>();
+  const Problem<T> pb(shape, task_rows, seed);
+  const auto rows = static_cast<std::size_t>(pb.total);
+  std::mt19937 rng(seed + 100);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<T> dy(pb.x.size());
+  for (T& v : dy) v = from_float<T>(u(rng));
+  const bool acc = mode == llep::GradMode::accumulate;
+  std::vector<GW> old(Problem<T>::experts * W);
+  for (GW& v : old) v = from_float<GW>(0.1f * u(rng));
+  DeviceArray<T> d_w(pb.w), d_x(pb.x), d_dy(dy), d_dx(rows * D), guard(64 * D);
+  DeviceArray<GW> d_gw(old.size()), guard_gw(W);
+  guard.fill_bytes(0x5a);
+  guard_gw.fill_bytes(0x5a);
+  const std::vector<T> guard_before = guard.download();
+  const std::vector<GW> guard_gw_before = guard_gw.download();
+
+  std::vector<llep::ExpertGradTask<T, GW>> tasks;
+  for (std::size_t i = 0; i < task_rows.size(); ++i) {
+    const std::size_t e = i % Problem<T>::experts, at = pb.in_row[i] * D;
+    tasks.push_back({static_cast<int>(e), d_w.get() + e * W, d_x.get() + at, d_dy.get() + at,
+                     i % 4 == 3 ? nullptr : d_dx.get() + at, d_gw.get() + e * W, nullptr, task_rows[i]});
+  }
+  const auto n = static_cast<std::int32_t>(tasks.size());
+  for (int i = 0; i < past; ++i)
+    tasks.push_back({0, d_w.get(), d_x.get(), d_dy.get(), guard.get(), guard_gw.get(), nullptr, 1 + 17 * i % 64});
+  const int max_tasks = static_cast<int>(tasks.size());
+  const llep::count_t max_rows = pb.total + 300, max_task_rows = pb.max_rows + 5;
+
+  const llep::GroupedSwiGlu<T, Act> grouped(shape, act);
+  llep::CudaExec exec;
+  DeviceArray<llep::ExpertGradTask<T, GW>> d_tasks(tasks);
+  DeviceArray<std::int32_t> d_count(1);
+  DeviceArray<std::byte> scratch(std::max(grouped.backward_scratch_bytes(pb.max_rows, pb.total),
+                                          grouped.sized_backward_scratch_bytes(max_tasks, max_rows)) + 8);
+  const llep::SizedGradTasks<T, GW> sized{d_tasks.get(), d_count.get(), max_tasks, max_rows, max_task_rows};
+  auto reset = [&] {
+    d_gw.upload(old);
+    if (!acc) d_gw.fill_bytes(0xff);  // NaN: overwrite must not read it
+    d_dx.fill_bytes(0xff);            // NaN: rows left unwritten stay NaN on both sides
+  };
+  auto results = [&] {
+    exec.synchronize();
+    return std::pair{d_dx.download(), d_gw.download()};
+  };
+  auto same = [](const auto& a, const auto& b) {
+    return std::memcmp(a.first.data(), b.first.data(), a.first.size() * sizeof(T)) == 0 &&
+           std::memcmp(a.second.data(), b.second.data(), a.second.size() * sizeof(GW)) == 0;
+  };
+  // The reference: backward over the first k tasks.
+  auto eager = [&](std::int32_t k) {
+    reset();
+    grouped.backward(exec, std::span<const llep::ExpertGradTask<T, GW>>(tasks.data(), static_cast<std::size_t>(k)),
+                     mode, scratch.get() + 8);
+    return results();
+  };
+  auto run = [&](const llep::GroupedSwiGlu<T, Act>& g, std::int32_t k, const llep::CudaGraph* graph = nullptr) {
+    reset();
+    exec.from_host(d_count.get(), &k, sizeof k);
+    if (graph != nullptr) graph->launch(exec.stream());
+    else g.backward_sized(exec, sized, mode, scratch.get() + 8);
+    return results();
+  };
+  const auto want = eager(n), got = run(grouped, n);
+  CHECK(same(got, want));
+  std::size_t written = 0;
+  for (const GW& v : got.second) written += std::isfinite(to_double(v));
+  CHECK(written > 0);
+  for (int row_blocks : {1, 3}) {
+    CAPTURE(row_blocks);
+    CHECK(same(run(llep::GroupedSwiGlu<T, Act>(shape, act, row_blocks), n), want));
+  }
+  const std::int32_t k = n / 2;
+  const auto want_part = eager(k), part = run(grouped, k);
+  CHECK(same(part, want_part));
+  const llep::CudaGraph replay(exec.stream(),
+                               [&] { grouped.backward_sized(exec, sized, mode, scratch.get() + 8); });
+  CHECK(same(run(grouped, k, &replay), want_part));
+  CHECK(same(run(grouped, n, &replay), want));
+  const std::vector<T> guard_after = guard.download();
+  const std::vector<GW> guard_gw_after = guard_gw.download();
+  CHECK(std::memcmp(guard_before.data(), guard_after.data(), guard_before.size() * sizeof(T)) == 0);
+  CHECK(std::memcmp(guard_gw_before.data(), guard_gw_after.data(), guard_gw_before.size() * sizeof(GW)) == 0);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("GroupedSwiGlu::backward_sized: count in device memory, bounds above the sizes, graph replay", C,
+                   LLEP_GROUPED_CONFIGS(__nv_bfloat16), LLEP_GROUPED_CONFIGS(float)) {
+  using T = typename C::type;
+  using Act = typename C::act;
+  const bool bias = Act::has_bias;
+  using llep::GradMode;
+  // Tasks 0, 3, 6 share expert 0's buffer (task 3 is empty), 1 and 4 expert 1's.
+  SUBCASE("D = 136, H = 72, fp32 gradients, overwrite") {
+    check_backward_sized<T, Act, float>(llep::ExpertShape{136, 72, bias}, {40, 0, 129, 0, 7, 200, 3}, 2,
+                                        GradMode::overwrite, 51);
+  }
+  SUBCASE("D = 64, H = 40, gradients in T, accumulate") {
+    check_backward_sized<T, Act, T>(llep::ExpertShape{64, 40, bias}, {1, 130, 0, 5, 64}, 3, GradMode::accumulate,
+                                    52);
+  }
+  SUBCASE("many one-row tasks") {
+    check_backward_sized<T, Act, float>(llep::ExpertShape{32, 16, bias}, std::vector<llep::count_t>(100, 1), 1,
+                                        GradMode::overwrite, 53);
+  }
+}
+
+TEST_CASE("GroupedSwiGlu backward: scratch and no-work calls") {
+  using E = llep::GroupedSwiGlu<__nv_bfloat16, llep::SiluGlu>;
+  const E e(llep::ExpertShape{64, 32, false});
+  CHECK(e.saved_row_bytes() == 0);
+  CHECK(e.backward_scratch_bytes(0, 0) == 0);
+  CHECK(e.sized_backward_scratch_bytes(0, 100) == 0);
+  CHECK(e.sized_backward_scratch_bytes(4, 100) >= 100 * 32 * (sizeof(float) + 3 * sizeof(__nv_bfloat16)));
+  CHECK(e.sized_backward_scratch_bytes(4, 0) > 0);  // the links: empty tasks still zero their buffers
+  CHECK_THROWS_AS((void)e.sized_backward_scratch_bytes(-1, 4), llep::Error);
+  llep::CudaExec exec;
+  using GT = llep::ExpertGradTask<__nv_bfloat16, float>;
+  // Zero bounds launch nothing and read nothing; positive bounds need the pointers.
+  e.backward_sized(exec, llep::SizedGradTasks<__nv_bfloat16, float>{nullptr, nullptr, 0, 0, 0},
+                   llep::GradMode::overwrite, nullptr);
+  CHECK_THROWS_AS(e.backward_sized(exec, llep::SizedGradTasks<__nv_bfloat16, float>{nullptr, nullptr, 2, 10, 5},
+                                   llep::GradMode::overwrite, nullptr),
+                  llep::Error);
+  std::vector<GT> no_dy{{0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 3}};
+  CHECK_THROWS_AS(e.backward(exec, std::span<const GT>(no_dy), llep::GradMode::overwrite, nullptr), llep::Error);
+  // An empty task zeroes its buffer under overwrite (backward: a memset, no scratch).
+  DeviceArray<float> gw(e.weight_elems());
+  gw.fill_bytes(0xff);
+  std::vector<GT> empty{{0, nullptr, nullptr, nullptr, nullptr, gw.get(), nullptr, 0}};
+  e.backward(exec, std::span<const GT>(empty), llep::GradMode::overwrite, nullptr);
+  exec.synchronize();
+  const std::vector<float> zeroed = gw.download();
+  CHECK(std::all_of(zeroed.begin(), zeroed.end(), [](float v) { return v == 0.0f; }));
+  // The same through backward_sized with the empty task's count in device memory.
+  gw.fill_bytes(0xff);
+  DeviceArray<GT> d_empty(empty);
+  DeviceArray<std::int32_t> one(std::vector<std::int32_t>{1});
+  DeviceArray<std::byte> scratch(e.sized_backward_scratch_bytes(1, 0));
+  e.backward_sized(exec, llep::SizedGradTasks<__nv_bfloat16, float>{d_empty.get(), one.get(), 1, 0, 0},
+                   llep::GradMode::overwrite, scratch.get());
+  exec.synchronize();
+  const std::vector<float> zeroed_sized = gw.download();
+  CHECK(std::all_of(zeroed_sized.begin(), zeroed_sized.end(), [](float v) { return v == 0.0f; }));
 }

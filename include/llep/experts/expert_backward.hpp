@@ -1,9 +1,12 @@
 #pragma once
 // The backward half of the expert-functor contract (ExpertBackward refines ExpertCompute).
 // A functor without it still serves inference; code that runs backward calls
-// expert_backward(), whose static_assert names what to add.
+// expert_backward(), whose static_assert names what to add. The device-sized form
+// (SizedExpertBackward, backward_sized) mirrors compute_sized's for a step that never
+// waits for the host.
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 
 #include "llep/experts/expert_compute.hpp"
@@ -55,17 +58,69 @@ concept ExpertBackward =
       { ex.backward(exec, grad_tasks, mode, scratch) } -> std::same_as<void>;
     };
 
-/// Runs ex.backward; the one place that tells a functor without backward what it lacks.
-template <class E, class Exec, class T, class G>
-void expert_backward(const E& ex, Exec& exec, std::span<const ExpertGradTask<T, G>> tasks, GradMode mode,
-                     void* scratch) {
+/// Named in a static_assert (and by expert_backward) so a functor without backward fails
+/// with an instruction.
+template <class E, class Exec>
+constexpr bool check_expert_backward() {
   static_assert(ExpertBackward<E, Exec>,
                 "llep: this expert functor has no backward pass. Add `std::size_t saved_row_bytes() const`, "
                 "`void compute(Exec&, std::span<const ExpertTask<T>>, void* scratch, void* saved) const`, "
                 "`std::size_t backward_scratch_bytes(count_t max_task_rows, count_t total_rows) const` and "
                 "`void backward(Exec&, std::span<const ExpertGradTask<T, G>>, GradMode, void* scratch) const` "
                 "(see llep/experts/expert_backward.hpp), or train these experts elsewhere");
+  return true;
+}
+
+/// Runs ex.backward; the one place that tells a functor without backward what it lacks.
+template <class E, class Exec, class T, class G>
+void expert_backward(const E& ex, Exec& exec, std::span<const ExpertGradTask<T, G>> tasks, GradMode mode,
+                     void* scratch) {
+  static_assert(check_expert_backward<E, Exec>());
   if constexpr (ExpertBackward<E, Exec>) ex.backward(exec, tasks, mode, scratch);  // one error, not two
+}
+
+/// Backward tasks whose number lives in the exec's memory, as SizedTasks for compute_sized
+/// (experts/expert_compute.hpp): `tasks[0, *count)` are run, later entries of the array are
+/// ignored; the bounds are host values that size grids and scratch, and the caller
+/// guarantees 0 <= *count <= max_tasks, every task's rows <= max_task_rows and their sum
+/// <= max_rows. Each task means what it means in backward (ExpertGradTask), except that
+/// the sized form recomputes gate|up: `saved` must be null in every task (compute_sized
+/// keeps nothing to read back; the host reference refuses a non-null one, device functors
+/// do not read it). Rows of different tasks are disjoint in grad_in.
+template <class T, class G = T>
+struct SizedGradTasks {
+  const ExpertGradTask<T, G>* tasks = nullptr;
+  const std::int32_t* count = nullptr;
+  int max_tasks = 0;
+  count_t max_rows = 0;
+  count_t max_task_rows = 0;
+};
+
+/// An ExpertBackward that also runs SizedGradTasks: `backward_sized(exec, sized, mode,
+/// scratch)` reads the count and the tasks from exec memory, with `scratch` (exec memory)
+/// of at least `sized_backward_scratch_bytes(max_tasks, max_rows)` bytes, and gives what
+/// backward gives over the same tasks (null skips, tasks sharing a grad_weights buffer sum
+/// in task order, GradMode, empty tasks still write their buffer). On a device it enqueues
+/// work only: no host synchronisation, no allocation, so it can be captured in a CUDA graph.
+template <class E, class Exec>
+concept SizedExpertBackward =
+    ExpertBackward<E, Exec> && requires(const E& ex, Exec& exec, SizedGradTasks<typename E::value_type> sized,
+                                        void* scratch, int max_tasks, count_t rows, GradMode mode) {
+      { ex.sized_backward_scratch_bytes(max_tasks, rows) } -> std::convertible_to<std::size_t>;
+      { ex.backward_sized(exec, sized, mode, scratch) } -> std::same_as<void>;
+    };
+
+/// Named in a static_assert where a device-sized backward needs the sized form.
+template <class E, class Exec>
+constexpr bool check_sized_expert_backward() {
+  static_assert(check_expert_backward<E, Exec>());
+  static_assert(SizedExpertBackward<E, Exec>,
+                "llep: this expert functor has no device-sized backward for this Exec. Add `std::size_t "
+                "sized_backward_scratch_bytes(int max_tasks, llep::count_t max_rows) const` and `void "
+                "backward_sized(Exec&, llep::SizedGradTasks<T, G> tasks, llep::GradMode, void* scratch) const` "
+                "(read the count from memory, recompute gate|up, never sync or allocate), or use "
+                "llep::GroupedSwiGlu on CudaExec.");
+  return true;
 }
 
 namespace detail {

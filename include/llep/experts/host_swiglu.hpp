@@ -14,6 +14,8 @@
 //   dh = dy W_down^T;  (a, da/dgate, da/dup) = Act.grad(gate, up);  dgu = dh * (da/dgate | da/dup)
 //   dW_down += a^T dy;  db_down += sum dy;  dW_gu += x^T dgu;  db_gu += sum dgu;  dx = dgu W_gu^T
 // in a fixed order (tasks, then blocks of rows, then rows), so results are reproducible.
+// backward_sized (SizedExpertBackward) is the host reference of the device-sized backward:
+// it reads the count and runs backward over those tasks.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -90,20 +92,8 @@ class HostSwiGlu : public SwiGluBase<T, Act> {
   /// The host reference of the device-sized contract (SizedTasks): reads the count from
   /// memory, checks it and the rows against the bounds, then runs compute.
   void compute_sized(HostExec& exec, SizedTasks<T> sized, void* scratch) const {
-    LLEP_EXPECTS(sized.count != nullptr, "compute_sized needs a count pointer");
-    const std::int32_t n = *sized.count;
-    LLEP_EXPECTS(n >= 0 && n <= sized.max_tasks, "task count = ", n, " must be in [0, max_tasks = ", sized.max_tasks,
-                 "]");
-    LLEP_EXPECTS(n == 0 || sized.tasks != nullptr, "compute_sized has ", n, " tasks but a null task array");
-    const std::span<const ExpertTask<T>> tasks(sized.tasks, static_cast<std::size_t>(n));
-    count_t max_rows = 0, total = 0;
-    this->scan_tasks(tasks, max_rows, total);
-    LLEP_EXPECTS(max_rows <= sized.max_task_rows && total <= sized.max_rows, "tasks of up to ", max_rows,
-                 " rows, ", total, " in all, exceed the bounds max_task_rows = ", sized.max_task_rows,
-                 ", max_rows = ", sized.max_rows);
-    compute(exec, tasks, scratch);
+    compute(exec, sized_span(sized, "compute_sized", &SwiGluBase<T, Act>::scan_tasks), scratch);
   }
-
   /// Scratch of backward: (gate|up, h) accumulators for one block of rows, plus alignment.
   [[nodiscard]] std::size_t backward_scratch_bytes(count_t max_task_rows, count_t total_rows) const {
     this->check_scratch_request(max_task_rows, total_rows);
@@ -140,6 +130,24 @@ class HostSwiGlu : public SwiGluBase<T, Act> {
     }
   }
 
+  /// Scratch of backward_sized: backward's at the bounds.
+  [[nodiscard]] std::size_t sized_backward_scratch_bytes(int max_tasks, count_t max_rows) const {
+    LLEP_EXPECTS(max_tasks >= 0, "max_tasks = ", max_tasks, " must be >= 0");
+    return backward_scratch_bytes(max_rows, max_rows);
+  }
+
+  /// The host reference of the device-sized backward (SizedGradTasks): reads the count,
+  /// checks it and the rows against the bounds, refuses a saved pointer (the sized form
+  /// recomputes gate|up), then runs backward.
+  template <class G>
+  void backward_sized(HostExec& exec, SizedGradTasks<T, G> sized, GradMode mode, void* scratch) const {
+    const auto tasks = sized_span(sized, "backward_sized", &SwiGluBase<T, Act>::template scan_grad_tasks<G>);
+    for (const ExpertGradTask<T, G>& t : tasks)
+      LLEP_EXPECTS(t.saved == nullptr, "backward_sized recomputes gate|up, but the task of expert ", t.expert,
+                   " has a saved pointer; pass null (see SizedGradTasks)");
+    backward(exec, tasks, mode, scratch);
+  }
+
  private:
   using SwiGluBase<T, Act>::shape_;
   using SwiGluBase<T, Act>::act_;
@@ -151,6 +159,25 @@ class HostSwiGlu : public SwiGluBase<T, Act> {
     const auto addr = reinterpret_cast<std::uintptr_t>(scratch);
     const std::uintptr_t pad = (alignof(acc_type) - addr % alignof(acc_type)) % alignof(acc_type);
     return reinterpret_cast<acc_type*>(static_cast<std::byte*>(scratch) + pad);
+  }
+
+  // The tasks of a sized call (SizedTasks or SizedGradTasks): the count read from memory
+  // and checked, and the tasks' rows (validated by `scan`) checked against the bounds.
+  template <class Sized, class Task>
+  static std::span<const Task> sized_span(const Sized& sized, const char* call,
+                                          void (*scan)(std::span<const Task>, count_t&, count_t&)) {
+    LLEP_EXPECTS(sized.count != nullptr, call, " needs a count pointer");
+    const std::int32_t n = *sized.count;
+    LLEP_EXPECTS(n >= 0 && n <= sized.max_tasks, "task count = ", n, " must be in [0, max_tasks = ", sized.max_tasks,
+                 "]");
+    LLEP_EXPECTS(n == 0 || sized.tasks != nullptr, call, " has ", n, " tasks but a null task array");
+    const std::span<const Task> tasks(sized.tasks, static_cast<std::size_t>(n));
+    count_t max_rows = 0, total = 0;
+    scan(tasks, max_rows, total);
+    LLEP_EXPECTS(max_rows <= sized.max_task_rows && total <= sized.max_rows, "tasks of up to ", max_rows,
+                 " rows, ", total, " in all, exceed the bounds max_task_rows = ", sized.max_task_rows,
+                 ", max_rows = ", sized.max_rows);
+    return tasks;
   }
 
   // gate|up = x W_gu + b_gu for n rows of x [n x D], into g (row stride `stride`).
@@ -285,5 +312,6 @@ class HostSwiGlu : public SwiGluBase<T, Act> {
 static_assert(ExpertBackward<HostSwiGlu<float>, HostExec>);
 static_assert(check_sized_expert_compute<HostSwiGlu<float>, HostExec>());
 static_assert(ExpertBackward<HostSwiGlu<double, GptOssGlu>, HostExec>);
+static_assert(check_sized_expert_backward<HostSwiGlu<float>, HostExec>());
 
 }  // namespace llep
