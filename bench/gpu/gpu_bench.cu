@@ -54,6 +54,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -526,7 +527,7 @@ DevicePaths device_paths(const Args& a, const Row& row, const Plnr& planner, int
     } else {
       try {
         d.times = llep::bench::time_layer_paths(L, planner, row.skew, a.warmup, 1, a.reps);
-      } catch (const llep::Error& e) {
+      } catch (const std::exception& e) {  // llep::Error, or a rank group's failure
         d.why = std::string("failed: ") + e.what();
       }
     }
