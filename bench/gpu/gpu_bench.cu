@@ -157,7 +157,8 @@ std::vector<Row> table_rows(const Args& a) {
   for (const auto& shape : llep::bench::kPaperShapes) {
     if (!selected(a.shapes, shape.name)) continue;
     for (const auto& skew : llep::bench::paper_routings())
-      if (selected(a.routings, skew.name())) rows.push_back({shape, skew, a.tokens > 0 ? a.tokens : shape.tokens_per_rank});
+      if (selected(a.routings, skew.name()))
+        rows.push_back({shape, skew, a.tokens > 0 ? a.tokens : shape.tokens_per_rank});
   }
   return rows;
 }
@@ -521,7 +522,9 @@ DevicePaths device_paths(const Args& a, const Row& row, const Plnr& planner, int
       std::snprintf(why, sizeof why, "CUDA_DEVICE_MAX_CONNECTIONS=%d is below P=%d", connections, L.ranks);
       d.why = why;
     } else if (need > free) {
-      std::snprintf(why, sizeof why, "needs about %.1f GiB for %d ranks (sync-free worst-case buffers) but %.1f GiB are free; lower --tokens",
+      std::snprintf(why, sizeof why,
+                    "needs about %.1f GiB for %d ranks (sync-free worst-case buffers) but %.1f GiB are free; "
+                    "lower --tokens",
                     double(need) / gib, L.ranks, double(free) / gib);
       d.why = why;
     } else {
@@ -618,7 +621,8 @@ void table(const Args& a, std::FILE* csv, std::FILE* md, int connections) {
                                  "device EP/LLEP: moe / free / graph | sync-free/moe: EP LLEP | graph/moe: EP LLEP | "
                                  "sync-free GiB/rank: EP / LLEP |"
                                : "",
-                 a.backward ? "---:|---:|---:|---:|---:|---:|" : "", a.device_step ? "---:|---:|---:|---:|---:|---:|" : "");
+                 a.backward ? "---:|---:|---:|---:|---:|---:|" : "",
+                 a.device_step ? "---:|---:|---:|---:|---:|---:|" : "");
   }
   const double gib = 1024.0 * 1024 * 1024;
   for (const Row& row : table_rows(a)) {

@@ -168,7 +168,8 @@ TEST_CASE("llep-gpu-bench table: the rows of --shape and --routing lists, refusa
   auto run = [&](std::vector<std::string> a) { return testutil::run_binary(bin, a); };
   // --list needs no device: the rows in the table's order (shapes, then routings, as the
   // paper lists them), whatever order the lists give.
-  Run r = run({"table", "--list", "--shape", "kimi-k2,deepseek-v3", "--routing", "95%-on-1,balanced", "--tokens", "2048"});
+  Run r = run(
+      {"table", "--list", "--shape", "kimi-k2,deepseek-v3", "--routing", "95%-on-1,balanced", "--tokens", "2048"});
   REQUIRE_MESSAGE(r.code == 0, r.err);
   CHECK(r.out == "shape,routing,tokens_per_rank\ndeepseek-v3,balanced,2048\ndeepseek-v3,95%-on-1,2048\n"
                  "kimi-k2,balanced,2048\nkimi-k2,95%-on-1,2048\n");
