@@ -46,7 +46,7 @@
 // step's time is all ranks' work and EP/LLEP here is not the P-GPU speedup above; the
 // sync-free/MoeLayer ratios are what the device step changes. A planner whose sync-free
 // memory (worst-case buffers, sized from the limits) does not fit on the GPU with every rank
-// there gives "n/a" and the reason, as does one SyncFreeLayer does not take.
+// there gives "n/a" and the reason (so would a planner without a device form).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
