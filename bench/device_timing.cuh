@@ -2,7 +2,7 @@
 // What the device benchmarks share: `--reps N --rounds R` parsing and usage text, the
 // device check (exit 77 without one), their scene (N = 384, P = 64, the paper's skews), the
 // counts matrix on the device, and the median device time per launch of a batch of
-// back-to-back launches, timed with CUDA events.
+// back-to-back launches, timed with CUDA events; the median of a sample.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -17,6 +17,13 @@
 #include "llep/core/topology.hpp"
 
 namespace llep::bench {
+
+/// The median of `v` (the mean of the middle two for an even count); 0 when empty.
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
 
 struct RepsRounds {
   int reps = 200;    ///< launches per timed batch

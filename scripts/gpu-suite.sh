@@ -3,8 +3,9 @@
 # Debian's packages (doctest, CLI11 and nlohmann/json copied into .tp/, given relative to the source root
 # because newer Meson refuses absolute paths inside it; see docs/gpu-status.md), runs the
 # GPU suite, the rest of the suites, the GPU demo, the device planner and device step
-# benchmarks, example 05 and the GPU benchmarks (forward, and forward + backward for a few
-# scenarios), and writes the logs into OUT (default ./gpu-out).
+# benchmarks, example 05 and the GPU benchmarks (forward, the table with the device step for
+# a few rows, and forward + backward for a few scenarios), and writes the logs into OUT
+# (default ./gpu-out).
 #   bash scripts/gpu-suite.sh --prepare   # on a machine WITH Debian's packages: fill .tp/
 #   bash scripts/gpu-suite.sh             # on the GPU machine
 # The whole run fits BUDGET_S seconds (default 540, under a 10-minute device call): each
@@ -145,6 +146,12 @@ stage "example 05 gpu-layer" 60 "$OUT/gpu-layer.txt" "$BUILD/examples/05-gpu-lay
 stage "llep-train-gpu" 60 "$OUT/train-gpu.txt" "$BUILD/examples/training/llep-train-gpu"
 stage "llep-gpu-bench experts" 90 "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" experts \
   --csv "$OUT/grouped-vs-cublas.csv"
+# The paper's table with the device step (--device-step, docs/benchmarks.md): six rows at
+# 2048 tokens a rank (the paper's 16-32k do not fit 8 ranks' worst-case buffers on one GPU), each
+# row written as soon as it is measured, so a cut leaves the rows before it.
+stage "llep-gpu-bench table --device-step" "${DEVICE_TABLE_S:-60}" "$OUT/bench-device-table.txt" \
+  "$BUILD/bench/gpu/llep-gpu-bench" table --device-step --tokens 2048 --reps 3 --warmup 1 \
+  --routing balanced,95%-on-1 --csv "$OUT/device-table.csv" --markdown "$OUT/device-table.md"
 stage "llep-gpu-bench curve" 90 "$OUT/bench.txt" "$BUILD/bench/gpu/llep-gpu-bench" curve --csv "$OUT/gemm-curve.csv"
 # The training columns (forward + backward per rank, --backward; docs/benchmarks.md): a few
 # scenarios, each its own stage so that a slow one leaves the others' results. Before the

@@ -5,6 +5,9 @@
 //   llep-gpu-bench table --csv t.csv --markdown t.md  EP vs LLEP per paper scenario
 //   llep-gpu-bench table --backward ...               the same, plus forward + backward (training)
 //   llep-gpu-bench experts --csv g.csv [--experts E]  GroupedSwiGlu vs cuBLAS per expert
+//   llep-gpu-bench table --device-step ...            the same, plus the layer steps on P logical ranks
+//   llep-gpu-bench table --list ...                   the rows the table would measure; no device needed
+// --shape and --routing take one name or a comma-separated list of them.
 //
 // experts: E tasks (experts with their own weights) of R rows each, R = 16 .. 4096, per
 // paper shape: CublasSwiGlu per_expert (one cuBLAS GEMM pair per task) against
@@ -32,6 +35,18 @@
 // gradients and the gates (both ways) and the fp32 weight gradients returned to the native
 // ranks, over five more all-to-all rounds. Medians of --reps as for forward; the training
 // columns give EP's and LLEP's times, their ratio and the peak memory of each.
+//
+// --device-step adds, per row and in the same run, the whole layer step (one MoE layer) on P
+// logical ranks of the one GPU (bench/layer_paths.cuh): MoeLayer (host round trip in the
+// step), SyncFreeLayer eager, and SyncFreeLayer replayed from a CUDA graph, each with EP's
+// and LLEP's planner (StandardEp; the paper's Adaptive<LeastLoaded>, as above), the row's
+// tokens per rank and sampled routing of its skew (llep::sim::random_routing), GroupedSwiGlu
+// bf16 experts, real exchanges between the ranks; CUDA events from a common start to the
+// last rank's end, median of --reps steps after --warmup. The P ranks share the GPU, so a
+// step's time is all ranks' work and EP/LLEP here is not the P-GPU speedup above; the
+// sync-free/MoeLayer ratios are what the device step changes. A planner whose sync-free
+// memory (worst-case buffers, sized from the limits) does not fit on the GPU with every rank
+// there gives "n/a" and the reason (so would a planner without a device form).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -39,12 +54,16 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "../layer_paths.cuh"
 #include "common/scenarios.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
@@ -65,11 +84,13 @@ struct Args {
   int reps = 5, warmup = 2;
   double link_gbps = 370.0, latency_us = 10.0;
   bool grouped = false;
-  std::string only_shape, only_routing;
+  std::vector<std::string> shapes, routings;  // selected names; empty: all
   long long tokens = 0;  // tokens per rank; 0: the shape's own
   bool verbose = false;
   bool backward = false;  // also time forward + backward per rank (training)
   int experts = 8;        // experts: tasks per call
+  bool device_step = false;  // table: also the layer steps on P logical ranks
+  bool list = false;         // table: print the rows and exit
 };
 
 [[noreturn]] void usage(const std::string& why) {
@@ -77,9 +98,69 @@ struct Args {
                "error: %s\nusage: llep-gpu-bench curve|table|experts [--csv F] [--markdown F] [--reps N] [--warmup N]\n"
                "       [--link-gbps G] [--latency-us U] [--grouped] [--shape NAME] [--routing NAME] [--tokens N] [--verbose]\n"
                "       [--backward]   (table: also forward + backward per rank, the training columns)\n"
-               "       [--experts E]  (experts: tasks per call, default 8)\n",
+               "       [--experts E]  (experts: tasks per call, default 8)\n"
+               "       [--device-step] (table: also MoeLayer and SyncFreeLayer steps on P logical ranks of the GPU)\n"
+               "       [--list]       (table: print the rows it would measure and exit; no device needed)\n"
+               "       --shape and --routing take a name or a comma-separated list\n",
                why.c_str());
   std::exit(2);
+}
+
+std::vector<std::string> split_names(const std::string& list) {
+  std::vector<std::string> out;
+  for (std::size_t at = 0;;) {
+    const std::size_t comma = list.find(',', at);
+    out.push_back(list.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) return out;
+    at = comma + 1;
+  }
+}
+
+bool selected(const std::vector<std::string>& names, std::string_view name) {
+  return names.empty() || std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// The names in `list`, each one of `known` (else usage names it and the known ones).
+std::vector<std::string> known_names(const std::string& flag, const std::string& list,
+                                     const std::vector<std::string>& known) {
+  auto names = split_names(list);
+  for (const auto& n : names)
+    if (std::find(known.begin(), known.end(), n) == known.end()) {
+      std::string all;
+      for (const auto& k : known) all += (all.empty() ? "" : ", ") + k;
+      usage(flag + " '" + n + "' is none of: " + all);
+    }
+  return names;
+}
+
+std::vector<std::string> shape_names() {
+  std::vector<std::string> out;
+  for (const auto& shape : llep::bench::kPaperShapes) out.emplace_back(shape.name);
+  return out;
+}
+
+std::vector<std::string> routing_names() {
+  std::vector<std::string> out;
+  for (const auto& skew : llep::bench::paper_routings()) out.push_back(skew.name());
+  return out;
+}
+
+// One row of the table: a shape, a routing and the tokens per rank.
+struct Row {
+  llep::bench::LayerShape shape;
+  llep::sim::Skew skew;
+  count_t tokens = 0;
+};
+
+std::vector<Row> table_rows(const Args& a) {
+  std::vector<Row> rows;
+  for (const auto& shape : llep::bench::kPaperShapes) {
+    if (!selected(a.shapes, shape.name)) continue;
+    for (const auto& skew : llep::bench::paper_routings())
+      if (selected(a.routings, skew.name()))
+        rows.push_back({shape, skew, a.tokens > 0 ? a.tokens : shape.tokens_per_rank});
+  }
+  return rows;
 }
 
 Args parse(int argc, char** argv) {
@@ -100,13 +181,15 @@ Args parse(int argc, char** argv) {
       else if (f == "--warmup") a.warmup = std::stoi(value());
       else if (f == "--link-gbps") a.link_gbps = std::stod(value());
       else if (f == "--latency-us") a.latency_us = std::stod(value());
-      else if (f == "--shape") a.only_shape = value();
-      else if (f == "--routing") a.only_routing = value();
+      else if (f == "--shape") a.shapes = known_names(f, value(), shape_names());
+      else if (f == "--routing") a.routings = known_names(f, value(), routing_names());
       else if (f == "--tokens") a.tokens = std::stoll(value());
       else if (f == "--verbose") a.verbose = true;
       else if (f == "--grouped") a.grouped = true;
       else if (f == "--backward") a.backward = true;
       else if (f == "--experts") a.experts = std::stoi(value());
+      else if (f == "--device-step") a.device_step = true;
+      else if (f == "--list") a.list = true;
       else usage("unknown flag " + f);
     } catch (const std::logic_error&) {
       usage("bad value for " + f);
@@ -115,14 +198,13 @@ Args parse(int argc, char** argv) {
   if (a.reps < 1 || a.warmup < 0 || a.link_gbps <= 0 || a.latency_us < 0 || a.tokens < 0)
     usage("reps >= 1, warmup >= 0, link > 0, tokens >= 0");
   if (a.backward && a.mode != "table") usage("--backward is a flag of table");
+  if (a.device_step && a.mode != "table") usage("--device-step is a flag of table");
+  if (a.list && a.mode != "table") usage("--list is a flag of table");
   if (a.experts < 1) usage("--experts >= 1");
   return a;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : (v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2);
-}
+using llep::bench::median;
 
 // Device memory that frees itself; filled with small values so the GEMMs see real data.
 struct Buf {
@@ -171,7 +253,7 @@ void curve(const Args& a, std::FILE* csv) {
   llep::CudaExec exec;
   const char* mode = Mode == llep::GemmMode::grouped ? "grouped" : "per_expert";
   for (const auto& shape : llep::bench::kPaperShapes) {
-    if (!a.only_shape.empty() && a.only_shape != shape.name) continue;
+    if (!selected(a.shapes, shape.name)) continue;
     const llep::ExpertShape es{shape.hidden, shape.intermediate, false};
     const llep::CublasSwiGlu<T, llep::SiluGlu, Mode> ffn(es);
     const Buf w(es.elems() * sizeof(T));
@@ -193,7 +275,7 @@ void curve(const Args& a, std::FILE* csv) {
 void grouped_vs_cublas(const Args& a, std::FILE* csv) {
   llep::CudaExec exec;
   for (const auto& shape : llep::bench::kPaperShapes) {
-    if (!a.only_shape.empty() && a.only_shape != shape.name) continue;
+    if (!selected(a.shapes, shape.name)) continue;
     const llep::ExpertShape es{shape.hidden, shape.intermediate, false};
     const llep::CublasSwiGlu<T, llep::SiluGlu> cublas(es);
     const llep::GroupedSwiGlu<T, llep::SiluGlu> grouped(es);
@@ -415,18 +497,107 @@ StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerSh
   return step;
 }
 
+// --device-step: one planner's three paths for a row (see the header), or why not.
+struct DevicePaths {
+  std::optional<llep::bench::PathTimes> times;
+  std::string why;       // when there are no times
+  double rank_gib = 0;   // sync-free memory per rank (symmetric region + workspace)
+};
+
+template <class Plnr>
+DevicePaths device_paths(const Args& a, const Row& row, const Plnr& planner, int connections) {
+  DevicePaths d;
+  if constexpr (!llep::has_device_form<Plnr>) {
+    d.why = "SyncFreeLayer needs a planner with a device form";
+  } else {
+    const llep::bench::LogicalLayer L{llep::bench::kPaperRanks, row.shape.experts, row.shape.top_k, row.shape.hidden,
+                                      row.shape.intermediate, row.tokens, 1};
+    const double gib = 1024.0 * 1024 * 1024;
+    d.rank_gib = double(llep::bench::sync_free_rank_bytes(L, planner)) / gib;
+    std::size_t free = 0, total = 0;
+    LLEP_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    const std::size_t need = llep::bench::layer_paths_bytes(L, planner);
+    char why[200];
+    if (connections < L.ranks) {
+      std::snprintf(why, sizeof why, "CUDA_DEVICE_MAX_CONNECTIONS=%d is below P=%d", connections, L.ranks);
+      d.why = why;
+    } else if (need > free) {
+      std::snprintf(why, sizeof why,
+                    "needs about %.1f GiB for %d ranks (sync-free worst-case buffers) but %.1f GiB are free; "
+                    "lower --tokens",
+                    double(need) / gib, L.ranks, double(free) / gib);
+      d.why = why;
+    } else {
+      try {
+        d.times = llep::bench::time_layer_paths(L, planner, row.skew, a.warmup, 1, a.reps);
+      } catch (const std::exception& e) {  // llep::Error, or a rank group's failure
+        d.why = std::string("failed: ") + e.what();
+      }
+    }
+  }
+  // The reason goes into a CSV field and a Markdown cell.
+  std::replace_if(d.why.begin(), d.why.end(), [](char c) { return c == ',' || c == '|' || c == '\n'; }, ';');
+  return d;
+}
+
+// The --device-step cells of one row, into the CSV or the Markdown table (null: not that
+// one): each planner's three paths, EP/LLEP per path, sync-free and graph over MoeLayer per
+// planner, the sync-free memory per rank, and why a planner has no times.
+void print_device_step(std::FILE* csv, std::FILE* md, const DevicePaths& ep, const DevicePaths& ll) {
+  auto ms = [](const DevicePaths& d, int path) {
+    const auto& t = *d.times;
+    return (path == 0 ? t.moe_layer : path == 1 ? t.sync_free : t.graph).device_us / 1000.0;
+  };
+  const DevicePaths* both[] = {&ep, &ll};
+  // Each cell: a number, or n/a when a planner it needs has no times.
+  auto cell = [](std::FILE* f, const char* format, bool have, double v) {
+    have ? std::fprintf(f, format, v) : std::fprintf(f, format[0] == ',' ? ",n/a" : " n/a");
+  };
+  if (csv) {
+    for (const DevicePaths* d : both)
+      for (int i = 0; i < 3; ++i) cell(csv, ",%.3f", bool(d->times), d->times ? ms(*d, i) : 0);
+    const bool pair = ep.times && ll.times;
+    for (int i = 0; i < 3; ++i) cell(csv, ",%.3f", pair, pair ? ms(ep, i) / ms(ll, i) : 0);
+    for (int i = 1; i < 3; ++i)
+      for (const DevicePaths* d : both) cell(csv, ",%.3f", bool(d->times), d->times ? ms(*d, i) / ms(*d, 0) : 0);
+    std::string note = ep.why.empty() ? "" : "ep: " + ep.why;
+    if (!ll.why.empty()) note += (note.empty() ? "" : "; ") + ("llep: " + ll.why);
+    std::fprintf(csv, ",%.3f,%.3f,%s", ep.rank_gib, ll.rank_gib, note.c_str());
+  }
+  if (md) {
+    for (const DevicePaths* d : both)
+      d->times ? std::fprintf(md, " %.2f / %.2f / %.2f |", ms(*d, 0), ms(*d, 1), ms(*d, 2))
+               : std::fprintf(md, " n/a (%s) |", d->why.c_str());
+    if (ep.times && ll.times)
+      std::fprintf(md, " %.2fx / %.2fx / %.2fx |", ms(ep, 0) / ms(ll, 0), ms(ep, 1) / ms(ll, 1), ms(ep, 2) / ms(ll, 2));
+    else
+      std::fprintf(md, " n/a |");
+    for (int i = 1; i < 3; ++i) {
+      for (const DevicePaths* d : both) cell(md, " %.3f", bool(d->times), d->times ? ms(*d, i) / ms(*d, 0) : 0);
+      std::fprintf(md, " |");
+    }
+    std::fprintf(md, " %.2f / %.2f |", ep.rank_gib, ll.rank_gib);
+  }
+}
+
 template <llep::GemmMode Mode>
-void table(const Args& a, std::FILE* csv, std::FILE* md) {
+void table(const Args& a, std::FILE* csv, std::FILE* md, int connections) {
   llep::CudaExec exec;
   int dev = 0;
   cudaDeviceProp prop{};
   LLEP_CUDA_CHECK(cudaGetDevice(&dev));
   LLEP_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
   std::fprintf(csv, "shape,routing,ep_ms,llep_ms,speedup,ep_compute_ms,llep_compute_ms,ep_comm_ms,llep_comm_ms,"
-                    "ep_peak_gib,llep_peak_gib,ep_pred_gib,llep_pred_gib,memory_ratio,llep_vs_ideal%s\n",
+                    "ep_peak_gib,llep_peak_gib,ep_pred_gib,llep_pred_gib,memory_ratio,llep_vs_ideal%s",
                a.backward ? ",ep_train_ms,llep_train_ms,train_speedup,ep_train_compute_ms,llep_train_compute_ms,"
                             "ep_train_comm_ms,llep_train_comm_ms,ep_train_peak_gib,llep_train_peak_gib,train_memory_ratio"
                           : "");
+  if (a.device_step)
+    std::fprintf(csv, ",dev_ep_moe_ms,dev_ep_free_ms,dev_ep_graph_ms,dev_llep_moe_ms,dev_llep_free_ms,dev_llep_graph_ms,"
+                      "dev_moe_speedup,dev_free_speedup,dev_graph_speedup,dev_ep_free_vs_moe,dev_llep_free_vs_moe,"
+                      "dev_ep_graph_vs_moe,dev_llep_graph_vs_moe,dev_ep_free_gib_per_rank,dev_llep_free_gib_per_rank,"
+                      "dev_note");
+  std::fprintf(csv, "\n");
   if (md) {
     std::fprintf(md, "Measured on %s, one GPU standing in for each of P = %d ranks; bf16, %s GEMMs; comm over %.0f "
                      "GB/s + %.0f us per round (computed); median of %d after %d warm-up.\n\n",
@@ -435,71 +606,87 @@ void table(const Args& a, std::FILE* csv, std::FILE* md) {
     if (a.backward)
       std::fprintf(md, "Training columns (--backward): forward + backward per rank in the same run (fp32 weight "
                        "gradients, inputs kept in the handle), max over ranks, plus their communication.\n\n");
+    if (a.device_step)
+      std::fprintf(md, "Device-step columns (--device-step): one layer step on P = %d logical ranks sharing this GPU "
+                       "(GroupedSwiGlu, sampled routing, real exchanges), MoeLayer / SyncFreeLayer eager / "
+                       "SyncFreeLayer replayed from a CUDA graph, CUDA events, median of %d after %d warm-up; "
+                       "all ranks' work on one GPU, so EP/LLEP there is not the P-GPU speedup.\n\n",
+                   llep::bench::kPaperRanks, a.reps, a.warmup);
     std::fprintf(md, "| shape | routing | EP ms | LLEP ms | speedup | EP peak GiB (pred) | LLEP peak GiB (pred) | "
-                     "memory EP/LLEP | LLEP vs ideal |%s\n|---|---|---:|---:|---:|---:|---:|---:|---:|%s\n",
+                     "memory EP/LLEP | LLEP vs ideal |%s%s\n|---|---|---:|---:|---:|---:|---:|---:|---:|%s%s\n",
                  a.backward ? " EP fwd+bwd ms | LLEP fwd+bwd ms | training speedup | EP train peak GiB | "
                               "LLEP train peak GiB | training memory EP/LLEP |"
                             : "",
-                 a.backward ? "---:|---:|---:|---:|---:|---:|" : "");
+                 a.device_step ? " EP step ms: moe / free / graph | LLEP step ms: moe / free / graph | "
+                                 "device EP/LLEP: moe / free / graph | sync-free/moe: EP LLEP | graph/moe: EP LLEP | "
+                                 "sync-free GiB/rank: EP / LLEP |"
+                               : "",
+                 a.backward ? "---:|---:|---:|---:|---:|---:|" : "",
+                 a.device_step ? "---:|---:|---:|---:|---:|---:|" : "");
   }
   const double gib = 1024.0 * 1024 * 1024;
-  for (const auto& shape : llep::bench::kPaperShapes) {
-    if (!a.only_shape.empty() && a.only_shape != shape.name) continue;
+  for (const Row& row : table_rows(a)) {
+    const auto& shape = row.shape;
+    const auto& skew = row.skew;
     const llep::Topology topo(llep::bench::kPaperRanks, shape.experts);
-    const count_t pairs = (a.tokens > 0 ? a.tokens : shape.tokens_per_rank) * shape.top_k;
-    for (const auto& skew : llep::bench::paper_routings()) {
-      if (!a.only_routing.empty() && a.only_routing != skew.name()) continue;
-      if (a.verbose) std::fprintf(stderr, "%.*s %s\n", int(shape.name.size()), shape.name.data(), skew.name().c_str());
-      const auto c = llep::sim::skewed_counts(topo.ranks(), shape.experts, pairs, skew);
-      const llep::CountsView counts(std::span<const count_t>(c), topo.ranks(), shape.experts);
-      std::vector<count_t> loads(static_cast<std::size_t>(shape.experts));
-      llep::loads_from_counts(counts, loads);
-      llep::Plan ep_plan, ll_plan;
-      llep::StandardEp{}.plan(loads, topo, ep_plan);
-      llep::bench::paper_llep().plan(loads, topo, ll_plan);
-      const StepCost ep = measure<Mode>(a, exec, shape, ep_plan, counts, topo, true);
-      const StepCost ll = ll_plan.policy() == ep_plan.policy() ? ep : measure<Mode>(a, exec, shape, ll_plan, counts, topo, true);
-      // Force-balanced ideal: every rank computes total/P rows of one expert's FFN, no moves.
-      count_t total = 0;
-      for (count_t l : loads) total += l;
-      llep::Plan ideal;
-      ideal.reset(topo, "ideal");
-      const count_t share = (total + topo.ranks() - 1) / topo.ranks();
-      for (int r = 0; r < topo.ranks(); ++r) ideal.add_segment(r * topo.experts_per_rank(), r, 0, share);
-      ideal.finish(topo);
-      std::vector<count_t> ideal_counts(static_cast<std::size_t>(topo.ranks()) * shape.experts, 0);
-      for (int r = 0; r < topo.ranks(); ++r)
-        ideal_counts[static_cast<std::size_t>(r) * shape.experts + static_cast<std::size_t>(r * topo.experts_per_rank())] = share;
-      const StepCost id = measure<Mode>(a, exec, shape, ideal,
-                                        llep::CountsView(std::span<const count_t>(ideal_counts), topo.ranks(), shape.experts), topo,
-                                        false);  // the ideal is the forward table's reference only
-      const std::string name = skew.name();
-      std::fprintf(csv, "%.*s,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f",
-                   int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
-                   ep.step_ms() / ll.step_ms(), ep.compute_ms, ll.compute_ms, ep.comm_ms, ll.comm_ms,
-                   ep.peak_measured / gib, ll.peak_measured / gib, ep.peak_predicted / gib, ll.peak_predicted / gib,
-                   double(ep.peak_measured) / double(ll.peak_measured), id.compute_ms / ll.step_ms());
-      if (a.backward)
-        std::fprintf(csv, ",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f", ep.train_ms(), ll.train_ms(),
-                     ep.train_ms() / ll.train_ms(), ep.train_compute_ms, ll.train_compute_ms, ep.train_comm_ms,
-                     ll.train_comm_ms, ep.train_peak / gib, ll.train_peak / gib,
-                     double(ep.train_peak) / double(ll.train_peak));
-      std::fprintf(csv, "\n");
-      std::fflush(csv);
-      if (md) {
-        std::fprintf(md, "| %.*s | %s | %.2f | %.2f | %.2fx | %.2f (%.2f) | %.2f (%.2f) | %.2fx | %.0f%% |",
-                     int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
-                     ep.step_ms() / ll.step_ms(), ep.peak_measured / gib, ep.peak_predicted / gib,
-                     ll.peak_measured / gib, ll.peak_predicted / gib, double(ep.peak_measured) / double(ll.peak_measured),
-                     100.0 * id.compute_ms / ll.step_ms());
-        if (a.backward)
-          std::fprintf(md, " %.2f | %.2f | %.2fx | %.2f | %.2f | %.2fx |", ep.train_ms(), ll.train_ms(),
-                       ep.train_ms() / ll.train_ms(), ep.train_peak / gib, ll.train_peak / gib,
-                       double(ep.train_peak) / double(ll.train_peak));
-        std::fprintf(md, "\n");
-      }
-      if (md) std::fflush(md);
+    const count_t pairs = row.tokens * shape.top_k;
+    if (a.verbose) std::fprintf(stderr, "%.*s %s\n", int(shape.name.size()), shape.name.data(), skew.name().c_str());
+    const auto c = llep::sim::skewed_counts(topo.ranks(), shape.experts, pairs, skew);
+    const llep::CountsView counts(std::span<const count_t>(c), topo.ranks(), shape.experts);
+    std::vector<count_t> loads(static_cast<std::size_t>(shape.experts));
+    llep::loads_from_counts(counts, loads);
+    llep::Plan ep_plan, ll_plan;
+    llep::StandardEp{}.plan(loads, topo, ep_plan);
+    llep::bench::paper_llep().plan(loads, topo, ll_plan);
+    const StepCost ep = measure<Mode>(a, exec, shape, ep_plan, counts, topo, true);
+    const StepCost ll = ll_plan.policy() == ep_plan.policy() ? ep : measure<Mode>(a, exec, shape, ll_plan, counts, topo, true);
+    // Force-balanced ideal: every rank computes total/P rows of one expert's FFN, no moves.
+    count_t total = 0;
+    for (count_t l : loads) total += l;
+    llep::Plan ideal;
+    ideal.reset(topo, "ideal");
+    const count_t share = (total + topo.ranks() - 1) / topo.ranks();
+    for (int r = 0; r < topo.ranks(); ++r) ideal.add_segment(r * topo.experts_per_rank(), r, 0, share);
+    ideal.finish(topo);
+    std::vector<count_t> ideal_counts(static_cast<std::size_t>(topo.ranks()) * shape.experts, 0);
+    for (int r = 0; r < topo.ranks(); ++r)
+      ideal_counts[static_cast<std::size_t>(r) * shape.experts + static_cast<std::size_t>(r * topo.experts_per_rank())] = share;
+    const StepCost id = measure<Mode>(a, exec, shape, ideal,
+                                      llep::CountsView(std::span<const count_t>(ideal_counts), topo.ranks(), shape.experts), topo,
+                                      false);  // the ideal is the forward table's reference only
+    const std::string name = skew.name();
+    std::fprintf(csv, "%.*s,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f",
+                 int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
+                 ep.step_ms() / ll.step_ms(), ep.compute_ms, ll.compute_ms, ep.comm_ms, ll.comm_ms,
+                 ep.peak_measured / gib, ll.peak_measured / gib, ep.peak_predicted / gib, ll.peak_predicted / gib,
+                 double(ep.peak_measured) / double(ll.peak_measured), id.compute_ms / ll.step_ms());
+    if (a.backward)
+      std::fprintf(csv, ",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f", ep.train_ms(), ll.train_ms(),
+                   ep.train_ms() / ll.train_ms(), ep.train_compute_ms, ll.train_compute_ms, ep.train_comm_ms,
+                   ll.train_comm_ms, ep.train_peak / gib, ll.train_peak / gib,
+                   double(ep.train_peak) / double(ll.train_peak));
+    std::optional<DevicePaths> dev_ep, dev_ll;
+    if (a.device_step) {
+      dev_ep = device_paths(a, row, llep::StandardEp{}, connections);
+      dev_ll = device_paths(a, row, llep::bench::paper_llep(), connections);
+      print_device_step(csv, nullptr, *dev_ep, *dev_ll);
     }
+    std::fprintf(csv, "\n");
+    std::fflush(csv);
+    if (md) {
+      std::fprintf(md, "| %.*s | %s | %.2f | %.2f | %.2fx | %.2f (%.2f) | %.2f (%.2f) | %.2fx | %.0f%% |",
+                   int(shape.name.size()), shape.name.data(), name.c_str(), ep.step_ms(), ll.step_ms(),
+                   ep.step_ms() / ll.step_ms(), ep.peak_measured / gib, ep.peak_predicted / gib,
+                   ll.peak_measured / gib, ll.peak_predicted / gib, double(ep.peak_measured) / double(ll.peak_measured),
+                   100.0 * id.compute_ms / ll.step_ms());
+      if (a.backward)
+        std::fprintf(md, " %.2f | %.2f | %.2fx | %.2f | %.2f | %.2fx |", ep.train_ms(), ll.train_ms(),
+                     ep.train_ms() / ll.train_ms(), ep.train_peak / gib, ll.train_peak / gib,
+                     double(ep.train_peak) / double(ll.train_peak));
+      if (a.device_step) print_device_step(nullptr, md, *dev_ep, *dev_ll);
+      std::fprintf(md, "\n");
+    }
+    if (md) std::fflush(md);
   }
 }
 
@@ -507,6 +694,15 @@ void table(const Args& a, std::FILE* csv, std::FILE* md) {
 
 int main(int argc, char** argv) {
   const Args a = parse(argc, argv);
+  if (a.list) {  // the rows, without a device
+    std::printf("shape,routing,tokens_per_rank\n");
+    for (const Row& row : table_rows(a))
+      std::printf("%.*s,%s,%lld\n", int(row.shape.name.size()), row.shape.name.data(), row.skew.name().c_str(),
+                  static_cast<long long>(row.tokens));
+    return 0;
+  }
+  // Before the first CUDA call: the logical ranks' streams each need a hardware queue.
+  const int connections = a.device_step ? llep::bench::logical_rank_connections() : 0;
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::fprintf(stderr, "SKIP: no CUDA device\n");
@@ -525,9 +721,9 @@ int main(int argc, char** argv) {
                         "grouped_tflops\n");
       grouped_vs_cublas(a, csv);
     } else if (a.grouped) {
-      table<llep::GemmMode::grouped>(a, csv, md);
+      table<llep::GemmMode::grouped>(a, csv, md, connections);
     } else {
-      table<llep::GemmMode::per_expert>(a, csv, md);
+      table<llep::GemmMode::per_expert>(a, csv, md, connections);
     }
   } catch (const llep::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

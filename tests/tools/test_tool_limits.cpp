@@ -3,8 +3,8 @@
 // and input files that are not regular files or are beyond the stated size. Each must end
 // with exit code 2, nothing on stdout and one "error: " line naming the problem, instead of
 // std::bad_alloc, a wrapped number, a silent clamp, a hang or reading gigabytes.
-// The binaries come from Meson: LLEP_PLAN, LLEP_REPLAY, LLEP_TUNE, LLEP_DEMO (each case is
-// skipped when its binary is not built).
+// The binaries come from Meson: LLEP_PLAN, LLEP_REPLAY, LLEP_TUNE, LLEP_DEMO, LLEP_GPU_BENCH
+// (each case is skipped when its binary is not built).
 #include <doctest/doctest.h>
 
 #include <sys/resource.h>
@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../common/spawn.hpp"
@@ -157,4 +158,42 @@ TEST_CASE("llep-demo refuses a layer beyond the memory limit, inside its flags' 
   check_refused(testutil::run_binary(bin, {"--experts", "4096", "--hidden", "16384", "--intermediate", "16384"}),
                 {"GB", "--max-memory-gb"});
   check_refused(testutil::run_binary(bin, {"--steps", "1", "--max-memory-gb", "0.000001"}), {"--max-memory-gb 1e-06"});
+}
+
+// Registered again from bench/gpu/meson.build with LLEP_GPU_BENCH set and this case alone
+// (the binary is built after the tests' folder); skipped in the plain tool-limits run.
+TEST_CASE("llep-gpu-bench table: the rows of --shape and --routing lists, refusals, the skip without a device") {
+  const std::string bin = binary("LLEP_GPU_BENCH");
+  if (bin.empty()) return;
+  auto run = [&](std::vector<std::string> a) { return testutil::run_binary(bin, a); };
+  // --list needs no device: the rows in the table's order (shapes, then routings, as the
+  // paper lists them), whatever order the lists give.
+  Run r = run(
+      {"table", "--list", "--shape", "kimi-k2,deepseek-v3", "--routing", "95%-on-1,balanced", "--tokens", "2048"});
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out == "shape,routing,tokens_per_rank\ndeepseek-v3,balanced,2048\ndeepseek-v3,95%-on-1,2048\n"
+                 "kimi-k2,balanced,2048\nkimi-k2,95%-on-1,2048\n");
+  r = run({"table", "--list", "--shape", "gpt-oss-120b", "--routing", "30%-on-4"});  // the shape's own tokens
+  CHECK(r.out == "shape,routing,tokens_per_rank\ngpt-oss-120b,30%-on-4,32768\n");
+  r = run({"table", "--list", "--device-step"});  // 3 shapes x 13 routings
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1 + 3 * 13);
+  // Refused before any device call: exit 2, an error naming the value, then the usage.
+  for (const auto& [args, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"table", "--routing", "balanced,95%-on-2"}, "--routing '95%-on-2' is none of: balanced, 30%-on-1"},
+           {{"table", "--shape", "gpt-oss-120b,"}, "--shape '' is none of: gpt-oss-120b, deepseek-v3, kimi-k2"},
+           {{"experts", "--device-step"}, "--device-step is a flag of table"},
+           {{"curve", "--list"}, "--list is a flag of table"}}) {
+    r = run(args);
+    CHECK(r.code == 2);
+    CHECK(r.out.empty());
+    CHECK_MESSAGE(r.err.rfind("error: " + says, 0) == 0, "stderr: ", r.err);
+  }
+  // No device visible: the table, device-step columns and all, skips as the GPU tests do.
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string saved = visible ? visible : "";
+  REQUIRE(::setenv("CUDA_VISIBLE_DEVICES", "", 1) == 0);
+  r = run({"table", "--device-step", "--shape", "gpt-oss-120b", "--routing", "balanced", "--tokens", "64"});
+  visible ? ::setenv("CUDA_VISIBLE_DEVICES", saved.c_str(), 1) : ::unsetenv("CUDA_VISIBLE_DEVICES");
+  CHECK(r.code == 77);
+  CHECK(r.err == "SKIP: no CUDA device\n");
 }
