@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -16,6 +17,7 @@
 #include "../common/dense_moe.hpp"
 #include "../common/errors.hpp"
 #include "../common/layer_helpers.hpp"
+#include "llep/layer/backward.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/layer/sync_free.hpp"
 #include "llep/plan/adaptive.hpp"
@@ -48,17 +50,19 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 template <class Plnr>
 struct Rig {
   using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec>;
-  Rig(int P, int N, Plnr p, int b_max)
-      : topo(P, N), planner(p), limits(Layer::make_limits(topo, K, planner, experts, b_max)),
-        sym(Layer::symmetric_layout(topo, limits)) {}
+  // grad_bytes > 0: symmetric memory for backward too.
+  Rig(int P, int N, Plnr p, int b_max, std::size_t grad_bytes = 0)
+      : topo(P, N), planner(p), limits(Layer::make_limits(topo, K, planner, experts, b_max)), grad_bytes(grad_bytes),
+        sym(Layer::symmetric_layout(topo, limits, grad_bytes)) {}
   [[nodiscard]] std::size_t bytes() const { return Layer::workspace_bytes(topo, limits); }
   [[nodiscard]] Layer layer(int rank, Aligned& ws) const {
-    return Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(rank), limits, ws.span(bytes()));
+    return Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(rank), limits, ws.span(bytes()), {}, grad_bytes);
   }
   llep::Topology topo;
   Plnr planner;
   llep::HostSwiGlu<float> experts{{D, H, false}};
   llep::LayerLimits limits;
+  std::size_t grad_bytes;
   llep::HostSymmetricMemory sym;
 };
 
@@ -122,6 +126,95 @@ TEST_CASE("SyncFreeLayer on host threads equals MoeLayer bit for bit, and the de
     compare_with_moe_layer(P, N, llep::Capped<>{llep::LeastLoaded{1.0, 2}, llep::MemoryCap::rows(60)}, 15);
   }
   compare_with_moe_layer(8, 16, llep::LeastLoaded{1.1, 1}, 14);
+}
+
+namespace {
+
+// Forward then backward on a SyncFreeLayer and on a MoeLayer per rank, each step: the
+// gradients (input, gate, weight) must be MoeLayer's bit for bit; the input and gate
+// gradients also the dense MoE's analytic ones within float rounding.
+template <class Plnr>
+void compare_backward(int P, int N, Plnr planner, llep::GradMode mode, std::uint64_t seed) {
+  constexpr int S = 4, Bmax = 12;
+  const auto steps = steps_of(P, N, S, Bmax, seed);
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
+  using Layer = typename Rig<Plnr>::Layer;
+  const Rig<Plnr> rig(P, N, planner, Bmax, Layer::template grad_bytes<float>(llep::HostSwiGlu<float>{{D, H, false}}));
+  std::vector<double> worst(static_cast<std::size_t>(S), 0.0);
+  std::vector<std::vector<std::vector<float>>> gh(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P))),
+      gg = gh;
+  llep::HostGroup group(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const int p = t.rank();
+    const auto up = static_cast<std::size_t>(p);
+    const auto weights = layertest::held_weights(moe, rig.topo, p);
+    Aligned ws(rig.bytes());
+    auto layer = rig.layer(p, ws);
+    layer.set_native_weights(weights);
+    const std::size_t back_bytes = layer.template backward_workspace_bytes<float, float>();
+    Aligned back(back_bytes);
+    llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
+        rig.topo, K, planner, rig.experts, t);
+    ref.set_native_weights(weights);
+    llep::ForwardHandle<float> handle;
+    std::vector<std::byte> memory(decltype(ref)::handle_bytes(ref.limits(Bmax), handle.keeps()));
+    handle.memory = memory;
+    std::vector<float> gw(weights.size(), 0.25f), want_gw(weights.size(), 0.25f);  // accumulate adds to these
+    for (int s = 0; s < S; ++s) {
+      const auto& in = steps[static_cast<std::size_t>(s)][up];
+      std::vector<float> grad_out(in.x.size());
+      for (std::size_t i = 0; i < grad_out.size(); ++i) grad_out[i] = static_cast<float>((i * 7 + up * 3 + s) % 11) / 11.0f - 0.5f;
+      std::vector<float> out(in.x.size()), want(in.x.size());
+      std::vector<float> g_hidden(in.x.size(), -7.0f), g_gates(in.gates.size(), -7.0f);
+      std::vector<float> w_hidden(in.x.size()), w_gates(in.gates.size());
+      layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids),
+                    std::span<const float>(in.gates), std::span<float>(out));
+      layer.backward(std::span<const float>(grad_out), std::span<const float>(in.gates), std::span<float>(g_hidden),
+                     std::span<float>(g_gates), std::span<float>(gw), mode, back.span(back_bytes));
+      layer.check(t);
+      ref.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
+                  std::span<float>(want), handle);
+      llep::backward(ref, handle,
+                     llep::BackwardArgs<float, float, float>{in.x, in.gates, grad_out, w_hidden, w_gates, want_gw, mode});
+      CHECK(same_bits(g_hidden, w_hidden));
+      CHECK(same_bits(g_gates, w_gates));
+      CHECK(same_bits(gw, want_gw));
+      gh[static_cast<std::size_t>(s)][up] = g_hidden;
+      gg[static_cast<std::size_t>(s)][up] = g_gates;
+    }
+  });
+  // The dense MoE's gradients of every rank's tokens (grad_out as above).
+  for (int s = 0; s < S; ++s)
+    for (int p = 0; p < P; ++p) {
+      const auto& in = steps[static_cast<std::size_t>(s)][static_cast<std::size_t>(p)];
+      const std::vector<double> x(in.x.begin(), in.x.end()), gates(in.gates.begin(), in.gates.end());
+      std::vector<double> grad_out(in.x.size());
+      for (std::size_t i = 0; i < grad_out.size(); ++i)
+        grad_out[i] = static_cast<double>(static_cast<float>((i * 7 + static_cast<std::size_t>(p) * 3 + static_cast<std::size_t>(s)) % 11) / 11.0f - 0.5f);
+      const auto want = moe.backward(x, in.ids, gates, K, grad_out);
+      const auto& got_h = gh[static_cast<std::size_t>(s)][static_cast<std::size_t>(p)];
+      const auto& got_g = gg[static_cast<std::size_t>(s)][static_cast<std::size_t>(p)];
+      REQUIRE(got_h.size() == want.hidden.size());
+      REQUIRE(got_g.size() == want.gates.size());
+      double err = 0, scale = 1e-6;
+      for (std::size_t i = 0; i < got_h.size(); ++i)
+        err = std::max(err, std::abs(got_h[i] - want.hidden[i])), scale = std::max(scale, std::abs(want.hidden[i]));
+      for (std::size_t i = 0; i < got_g.size(); ++i)
+        err = std::max(err, std::abs(got_g[i] - want.gates[i])), scale = std::max(scale, std::abs(want.gates[i]));
+      CHECK(err / scale < 1e-4);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("SyncFreeLayer backward on host threads equals MoeLayer's bit for bit, and the dense gradients") {
+  for (const int P : {1, 2, 4}) {
+    CAPTURE(P);
+    const int N = 4 * P;
+    compare_backward(P, N, llep::StandardEp{}, llep::GradMode::overwrite, 21);
+    compare_backward(P, N, llep::LeastLoaded{1.0, 2}, llep::GradMode::accumulate, 22);
+    compare_backward(P, N, llep::Adaptive<>{1.2, llep::LeastLoaded{1.0, 2}}, llep::GradMode::overwrite, 23);
+  }
 }
 
 TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at check(), then steps work again") {

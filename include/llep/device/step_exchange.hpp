@@ -7,6 +7,8 @@
 //   rows          an all-to-all-v of rows from the exchange's send buffer of a channel
 //                 (dispatch: tokens out; combine: results back)
 //   weights       the plan's transfers of expert weights to this rank
+//   grads         (backward, StepExchangeBackward) the gradients of foreign experts back
+//                 to their native ranks
 // Two models:
 //   SymmetricExchange (device/symmetric_exchange.hpp)   loads and stores into peers'
 //       symmetric regions, ordered by signals: host memory, peer pointers, or an NCCL
@@ -40,11 +42,14 @@ struct StepExchangeSizes {
   int natives = 0;                ///< native experts a rank holds
   int foreign = 0;                ///< foreign experts a rank receives in a step
   std::size_t expert_bytes = 0;   ///< one expert's weights
+  std::size_t grad_bytes = 0;     ///< one expert's weight gradient (0: forward only)
 
-  [[nodiscard]] static StepExchangeSizes of(const Topology& topo, const LayerLimits& l) noexcept {
+  /// `grad_bytes`: one expert's weight gradient when the steps run backward, else 0.
+  [[nodiscard]] static StepExchangeSizes of(const Topology& topo, const LayerLimits& l,
+                                            std::size_t grad_bytes = 0) noexcept {
     return StepExchangeSizes{topo.ranks(),         topo.experts(),         l.max_pairs_per_rank(),
                              l.plan.rows_per_rank, l.row_bytes,            topo.slots_per_rank(),
-                             l.plan.foreign_experts_per_rank, l.weight_bytes};
+                             l.plan.foreign_experts_per_rank, l.weight_bytes, grad_bytes};
   }
   /// Rows of channel `c`'s send buffer.
   [[nodiscard]] count_t send_rows(SignalChannel c) const noexcept {
@@ -82,6 +87,16 @@ struct WeightsStep {
   std::int32_t foreign_capacity = 0;          ///< experts `foreign` holds
 };
 
+/// Backward's weight gradients of foreign experts, back to their native ranks. A helper
+/// writes the gradient of the j-th transfer TO it (plan order, as foreign weights arrive)
+/// at j x grad_bytes of the exchange's foreign_grads(); the native rank receives the k-th
+/// transfer FROM it (plan order) at k x grad_bytes of `received`.
+struct GradsStep {
+  const PlanView* plan = nullptr;   ///< exec memory (the step's plan)
+  std::byte* received = nullptr;    ///< exec memory
+  std::int32_t received_capacity = 0;  ///< gradients `received` holds
+};
+
 /// How a sync-free step shares its counts, rows and weights (see the top of this file).
 /// Every call enqueues on `exec` and is collective: every rank makes it, in the same order.
 template <class X, class Exec>
@@ -98,6 +113,16 @@ concept StepExchange = requires(X& x, const X& cx, Exec& exec, const SharedCount
   { cx.native_weights() } -> std::same_as<std::byte*>;
   { x.weights(exec, weights, status) } -> std::same_as<void>;
 };
+
+/// A StepExchange that also returns weight gradients (a sync-free backward): built with
+/// sizes().grad_bytes > 0, it holds foreign x grad_bytes where this rank's helpers' results
+/// wait (foreign_grads(), exec memory) and moves them with grads().
+template <class X, class Exec>
+concept StepExchangeBackward =
+    StepExchange<X, Exec> && requires(X& x, const X& cx, Exec& exec, const GradsStep& grads, StatusWords& status) {
+      { cx.foreign_grads() } -> std::same_as<std::byte*>;
+      { x.grads(exec, grads, status) } -> std::same_as<void>;
+    };
 
 /// How many workers an exchange's copy loop splits into: one on the host (the rank's
 /// thread), 16 blocks of 256 threads on a device (the copies are bandwidth-bound).

@@ -28,8 +28,8 @@
 namespace llep {
 
 /// Signal channels: one per exchange of a step, so that their words never mix.
-enum class SignalChannel : int { counts = 0, dispatch = 1, combine = 2, weights = 3 };
-inline constexpr int kSignalChannels = 4;
+enum class SignalChannel : int { counts = 0, dispatch = 1, combine = 2, weights = 3, grads = 4 };
+inline constexpr int kSignalChannels = 5;
 /// ready: the sender's data for the step is written; done: the reader finished reading it.
 enum class SignalKind : int { ready = 0, done = 1 };
 

@@ -175,6 +175,39 @@ struct PullWeights {
   }
 };
 
+/// grads: worker w's share of every transfer FROM me, in plan order: the k-th lands in
+/// `received` slot k, from its helper's gradients at the transfer's place among the
+/// transfers TO that helper (where the helper's foreign weights were).
+template <class Word>
+struct PullGrads {
+  SymmetricView v;
+  const PlanView* plan;
+  std::size_t grads;
+  std::size_t grad_bytes;
+  std::byte* received;
+  std::int32_t received_capacity;
+  std::size_t workers;
+  status_word_t* status;
+  LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
+    const std::size_t n = grad_bytes / sizeof(Word);
+    std::int32_t k = 0;
+    for (std::int32_t i = 0; i < plan->num_transfers; ++i) {
+      const WeightTransfer tr = plan->transfers[i];
+      if (tr.src != v.rank) continue;
+      if (k == received_capacity) {
+        if (w == 0) note_status(status, overflow_word(tr.dst, static_cast<std::uint64_t>(k) + 1));
+        return;
+      }
+      std::int32_t j = 0;  // its place among the transfers to tr.dst
+      for (std::int32_t a = 0; a < i; ++a) j += plan->transfers[a].dst == tr.dst ? 1 : 0;
+      copy_share(reinterpret_cast<Word*>(received + static_cast<std::size_t>(k) * grad_bytes),
+                 reinterpret_cast<const Word*>(v.at<const std::byte>(tr.dst, grads) + static_cast<std::size_t>(j) * grad_bytes),
+                 n, w, workers);
+      ++k;
+    }
+  }
+};
+
 template <class Exec>
 void signal_round(Exec& exec, const SymmetricView& v, SignalChannel channel, SignalKind kind,
                   const SignalOptions& options, StatusWords& status) {
@@ -315,7 +348,9 @@ void pull_weights(Exec& exec, const SymmetricView& v, const WeightsExchange& x, 
 /// counts, rows and weights through every rank's region of layout(sizes), with the calls
 /// above. The send rows and the native weights live in the region, where peers read them.
 /// Moves exactly the live bytes; needs every peer's region addressable (one process, peer
-/// access, or an NCCL window in one NVLink domain).
+/// access, or an NCCL window in one NVLink domain). Built with sizes.grad_bytes > 0 it also
+/// returns backward's weight gradients (StepExchangeBackward): helpers' results wait in
+/// their regions and each native rank pulls them.
 class SymmetricExchange {
  public:
   /// The layout every rank's region shares for steps of these sizes: build the symmetric
@@ -357,18 +392,36 @@ class SymmetricExchange {
                     status, exchange_workers<Exec>(), signals_);
   }
   [[nodiscard]] std::byte* native_weights() const noexcept { return view_.self + at_.weights; }
+  [[nodiscard]] std::byte* foreign_grads() const noexcept { return view_.self + at_.grads; }
   template <class Exec>
   void weights(Exec& exec, const WeightsStep& w, StatusWords& status) {
     pull_weights(exec, view_,
                  WeightsExchange{w.plan, w.native_slot, at_.weights, sizes_.expert_bytes, w.foreign, w.foreign_capacity},
                  status, exchange_workers<Exec>(), signals_);
   }
+  /// Backward: the helpers' gradients ready (written in their foreign_grads() in their exec
+  /// order), the pull, then every reader's "done" before a helper writes them again.
+  template <class Exec>
+  void grads(Exec& exec, const GradsStep& g, StatusWords& status) {
+    LLEP_EXPECTS(sizes_.grad_bytes > 0, "rank ", view_.rank,
+                 ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
+    using namespace detail::sym;
+    signal_round(exec, view_, SignalChannel::grads, SignalKind::ready, signals_, status);
+    const std::size_t workers = exchange_workers<Exec>();
+    if (sizes_.grad_bytes % 16 == 0 && aligned16(g.received))
+      exec.for_each_n(workers, PullGrads<Word16>{view_, g.plan, at_.grads, sizes_.grad_bytes, g.received,
+                                                 g.received_capacity, workers, status.word()});
+    else
+      exec.for_each_n(workers, PullGrads<std::byte>{view_, g.plan, at_.grads, sizes_.grad_bytes, g.received,
+                                                    g.received_capacity, workers, status.word()});
+    signal_round(exec, view_, SignalChannel::grads, SignalKind::done, signals_, status);
+  }
 
  private:
   // Offsets in every rank's region.
   struct Offsets {
     SymmetricLayout layout{1};
-    std::size_t counts = 0, dispatch_table = 0, combine_table = 0, send = 0, back = 0, weights = 0;
+    std::size_t counts = 0, dispatch_table = 0, combine_table = 0, send = 0, back = 0, weights = 0, grads = 0;
     [[nodiscard]] static Offsets of(const StepExchangeSizes& s) {
       Offsets o;
       o.layout = SymmetricLayout(s.ranks);
@@ -378,6 +431,7 @@ class SymmetricExchange {
       o.send = o.layout.reserve(static_cast<std::size_t>(s.dispatch_rows) * s.row_bytes);
       o.back = o.layout.reserve(static_cast<std::size_t>(s.combine_rows) * s.row_bytes);
       o.weights = o.layout.reserve(static_cast<std::size_t>(s.natives) * s.expert_bytes);
+      o.grads = o.layout.reserve(static_cast<std::size_t>(s.foreign) * s.grad_bytes);
       return o;
     }
   };

@@ -105,6 +105,28 @@ struct CombineTopK {
   }
 };
 
+/// Backward, per compute row r: s[r] = <g[r], y[r]> (the gate's gradient), then g[r] *=
+/// gate[r] (the expert's upstream gradient).
+template <class T, class G>
+struct GateGradients {
+  T* g;
+  const T* y;
+  const G* gate;
+  G* s;
+  std::size_t hidden;
+  LLEP_HOST_DEVICE void operator()(std::size_t r) const {
+    using A = accumulate_t<T>;
+    A dot = A(0);
+    const A w = static_cast<A>(gate[r]);
+    for (std::size_t d = 0; d < hidden; ++d) {
+      const std::size_t i = r * hidden + d;
+      dot += static_cast<A>(g[i]) * static_cast<A>(y[i]);
+      g[i] = static_cast<T>(w * static_cast<A>(g[i]));
+    }
+    s[r] = static_cast<G>(dot);
+  }
+};
+
 /// Calls f(W{}) with the widest word W that divides the row size and both pointers.
 template <class F>
 void with_row_word(const void* dst, const void* src, std::size_t row_bytes, F f) {

@@ -46,6 +46,7 @@
 #include "llep/device/step_exchange.hpp"
 #include "llep/device/symmetric_exchange.hpp"
 #include "llep/exec/execution_space.hpp"
+#include "llep/experts/expert_backward.hpp"
 #include "llep/experts/expert_compute.hpp"
 #include "llep/layer/layout.hpp"
 #include "llep/layer/limits.hpp"
@@ -101,6 +102,23 @@ struct StepGate {
   }
 };
 
+/// Where a foreign expert's weights arrived on `rank`: its place j among the plan's
+/// transfers to the rank (the exchange's `weights` puts the j-th at j x expert bytes).
+/// Called with ascending experts (a layout's tasks), as the transfers ascend.
+struct ForeignCursor {
+  const PlanView* plan = nullptr;
+  std::int32_t rank = 0;
+  std::int32_t next = 0;      // the next transfer to look at
+  std::int32_t received = 0;  // transfers to `rank` before it
+  LLEP_HOST_DEVICE std::int32_t index(std::int32_t expert) {
+    while (next < plan->num_transfers && !(plan->transfers[next].dst == rank && plan->transfers[next].expert == expert)) {
+      if (plan->transfers[next].dst == rank) ++received;
+      ++next;
+    }
+    return received;
+  }
+};
+
 /// One thread: the layout's tasks as ExpertTask<T> for compute_sized, natives reading the
 /// rank's weights at their slot, foreign experts the j-th received expert's weights (the
 /// plan's transfers to this rank, ascending expert, as WeightsOnRank orders them).
@@ -121,25 +139,121 @@ struct TasksFromLayout {
   LLEP_HOST_DEVICE void operator()(const Block& b) const {
     if (b.tid != 0) return;
     const std::int32_t n = layout->num_tasks;
-    std::int32_t j = 0;  // the next transfer to this rank
-    std::int32_t received = 0;
+    ForeignCursor arrived{plan, layout->rank};
     for (std::int32_t i = 0; i < n; ++i) {
       const ComputeTask& t = layout->tasks[i];
-      const T* w = nullptr;
-      if (t.native) {
-        w = natives + static_cast<std::size_t>(slot[t.expert]) * weight_elems;
-      } else {
-        // Transfers and tasks both ascend by expert: advance to this expert's transfer.
-        while (j < plan->num_transfers && !(plan->transfers[j].dst == layout->rank && plan->transfers[j].expert == t.expert)) {
-          if (plan->transfers[j].dst == layout->rank) ++received;
-          ++j;
-        }
-        w = foreign + static_cast<std::size_t>(received) * weight_elems;
-      }
+      const T* w = t.native ? natives + static_cast<std::size_t>(slot[t.expert]) * weight_elems
+                            : foreign + static_cast<std::size_t>(arrived.index(t.expert)) * weight_elems;
       const std::size_t off = static_cast<std::size_t>(t.row) * hidden;
       tasks[i] = ExpertTask<T>{t.expert, w, in + off, out + off, t.rows};
     }
     *count = n;
+  }
+};
+
+/// Backward, one thread: forward's tasks as two lists of ExpertGradTask for backward_sized.
+/// `direct`: per native expert, ascending, its tasks (or one empty task, so its gradient
+/// buffer is written), gradients into the caller's buffer at the expert's slot. `temps`: the
+/// foreign tasks, ascending, gradients at the place their weights arrived in the exchange's
+/// foreign_grads(). MoeLayer's backward builds the same lists in the same order.
+template <class T, class GW>
+struct GradTasksFromLayout {
+  const LayoutView* layout = nullptr;
+  const PlanView* plan = nullptr;
+  const std::int32_t* native = nullptr;  ///< N entries: each expert's native rank
+  std::int32_t experts = 0;
+  const T* natives = nullptr;
+  const T* foreign = nullptr;
+  std::size_t weight_elems = 0;
+  const T* in = nullptr;        ///< forward's expert inputs, task order
+  const T* grad_out = nullptr;  ///< the rows' upstream gradients (gate applied)
+  T* grad_in = nullptr;
+  std::size_t hidden = 0;
+  GW* grad_natives = nullptr;
+  GW* grad_foreign = nullptr;
+  ExpertGradTask<T, GW>* direct = nullptr;
+  ExpertGradTask<T, GW>* temps = nullptr;
+  std::int32_t* counts = nullptr;  ///< [direct, temps]
+  template <class Block>
+  LLEP_HOST_DEVICE void operator()(const Block& b) const {
+    if (b.tid != 0) return;
+    const std::int32_t n = layout->num_tasks, rank = layout->rank;
+    auto task = [&](const ComputeTask& t, const T* w, GW* g) {
+      const std::size_t off = static_cast<std::size_t>(t.row) * hidden;
+      return ExpertGradTask<T, GW>{t.expert, w, in + off, grad_out + off, grad_in + off, g, nullptr, t.rows};
+    };
+    std::int32_t nd = 0, nt = 0, slot = 0;
+    for (std::int32_t e = 0; e < experts; ++e) {
+      if (native[e] != rank) continue;
+      const std::size_t at = static_cast<std::size_t>(slot++) * weight_elems;
+      const std::int32_t before = nd;
+      for (std::int32_t i = 0; i < n; ++i)
+        if (layout->tasks[i].native && layout->tasks[i].expert == e)
+          direct[nd++] = task(layout->tasks[i], natives + at, grad_natives + at);
+      if (nd == before) direct[nd++] = ExpertGradTask<T, GW>{e, nullptr, nullptr, nullptr, nullptr, grad_natives + at, nullptr, 0};
+    }
+    ForeignCursor arrived{plan, rank};
+    for (std::int32_t i = 0; i < n; ++i) {
+      const ComputeTask& t = layout->tasks[i];
+      if (t.native) continue;
+      const auto at = static_cast<std::size_t>(arrived.index(t.expert)) * weight_elems;
+      temps[nt++] = task(t, foreign + at, grad_foreign + at);
+    }
+    counts[0] = nd;
+    counts[1] = nt;
+  }
+};
+
+/// Backward, one thread: the order in which a native rank adds its helpers' gradients:
+/// per native slot s, order[begin[s], begin[s + 1]) lists the places k of the transfers
+/// FROM this rank of that expert (where the exchange's `grads` put them), ascending helper
+/// rank, as MoeLayer's backward adds them.
+struct GradSumOrder {
+  const PlanView* plan = nullptr;
+  const std::int32_t* slot = nullptr;  ///< N entries: each expert's place among its native rank's
+  std::int32_t rank = 0;
+  std::int32_t natives = 0;
+  std::int32_t capacity = 0;   ///< entries of order and helper
+  std::int32_t* begin = nullptr;   ///< natives + 1
+  std::int32_t* filled = nullptr;  ///< natives
+  std::int32_t* order = nullptr;
+  std::int32_t* helper = nullptr;  ///< order's helper ranks (the sort key)
+  template <class Block>
+  LLEP_HOST_DEVICE void operator()(const Block& b) const {
+    if (b.tid != 0) return;
+    for (std::int32_t s = 0; s <= natives; ++s) begin[s] = 0;
+    std::int32_t k = 0;
+    for (std::int32_t i = 0; i < plan->num_transfers && k < capacity; ++i)
+      if (plan->transfers[i].src == rank) ++begin[slot[plan->transfers[i].expert] + 1], ++k;
+    for (std::int32_t s = 0; s < natives; ++s) begin[s + 1] += begin[s], filled[s] = 0;
+    k = 0;
+    for (std::int32_t i = 0; i < plan->num_transfers && k < capacity; ++i) {
+      const WeightTransfer tr = plan->transfers[i];
+      if (tr.src != rank) continue;
+      const std::int32_t s = slot[tr.expert], first = begin[s];
+      std::int32_t at = first + filled[s]++;
+      for (; at > first && helper[at - 1] > tr.dst; --at) order[at] = order[at - 1], helper[at] = helper[at - 1];
+      order[at] = k++;
+      helper[at] = tr.dst;
+    }
+  }
+};
+
+/// Backward, per element of the native experts' gradients: the helpers' gradients added in
+/// GradSumOrder's order, each sum rounded as MoeLayer's AddGradient rounds it.
+template <class GW>
+struct SumGrads {
+  GW* grads = nullptr;
+  const GW* received = nullptr;
+  const std::int32_t* begin = nullptr;
+  const std::int32_t* order = nullptr;
+  std::size_t weight_elems = 0;
+  LLEP_HOST_DEVICE void operator()(std::size_t i) const {
+    using A = accumulate_t<GW>;
+    const std::size_t s = i / weight_elems, w = i % weight_elems;
+    for (std::int32_t a = begin[s]; a < begin[s + 1]; ++a)
+      grads[i] = static_cast<GW>(static_cast<A>(grads[i]) +
+                                 static_cast<A>(received[static_cast<std::size_t>(order[a]) * weight_elems + w]));
   }
 };
 
@@ -208,16 +322,23 @@ class SyncFreeLayer {
   }
 
   /// What the exchange holds at most in a step of these limits (build a CollectiveExchange
-  /// from it).
-  [[nodiscard]] static StepExchangeSizes exchange_sizes(const Topology& topo, const LayerLimits& l) {
-    return StepExchangeSizes::of(topo, l);
+  /// from it). `grad_bytes`: grad_bytes<GW>(experts) when the layer runs backward, else 0.
+  [[nodiscard]] static StepExchangeSizes exchange_sizes(const Topology& topo, const LayerLimits& l,
+                                                        std::size_t grad_bytes = 0) {
+    return StepExchangeSizes::of(topo, l, grad_bytes);
+  }
+  /// One expert's weight gradient in GW (backward's gradient type: T, or float for 16-bit T).
+  template <class GW>
+  [[nodiscard]] static std::size_t grad_bytes(const Experts& experts) {
+    return experts.weight_elems() * sizeof(GW);
   }
   /// The layout of every rank's symmetric region (the same on every rank) for a
   /// SymmetricExchange: the counts slots, the two row tables, the rows this rank sends in
   /// dispatch and in combine, and its native experts' weights. Build the symmetric memory
   /// from it.
-  [[nodiscard]] static SymmetricLayout symmetric_layout(const Topology& topo, const LayerLimits& l) {
-    return SymmetricExchange::layout(exchange_sizes(topo, l));
+  [[nodiscard]] static SymmetricLayout symmetric_layout(const Topology& topo, const LayerLimits& l,
+                                                        std::size_t grad_bytes = 0) {
+    return SymmetricExchange::layout(exchange_sizes(topo, l, grad_bytes));
   }
 
   /// Bytes of this rank's own step memory (exec memory, `workspace` of the constructor).
@@ -245,8 +366,8 @@ class SyncFreeLayer {
                  ") is rank ", rank_, " of ", x_.sizes().ranks, " but the topology has P = ", topo.ranks());
     LLEP_EXPECTS(limits == make_limits(topo, top_k, planner_, experts_, limits.max_tokens_per_rank), "rank ", rank_,
                  ": ", limits, " does not describe this layer; build them with SyncFreeLayer::make_limits");
-    LLEP_EXPECTS(x_.sizes() == exchange_sizes(topo, limits), "rank ", rank_, ": the exchange (", x_.name(),
-                 ") was built for other sizes than ", limits, "; build it from SyncFreeLayer::exchange_sizes");
+    LLEP_EXPECTS(x_.sizes() == exchange_sizes(topo, limits, x_.sizes().grad_bytes), "rank ", rank_, ": the exchange (",
+                 x_.name(), ") was built for other sizes than ", limits, "; build it from SyncFreeLayer::exchange_sizes");
     if constexpr (requires { planner_.check(); }) planner_.check();
     const std::size_t need = workspace_bytes(topo, limits);
     LLEP_EXPECTS(workspace.size() >= need && reinterpret_cast<std::uintptr_t>(workspace.data()) % Carve::alignment == 0,
@@ -271,12 +392,13 @@ class SyncFreeLayer {
   }
 
   /// Over symmetric memory: `view` is this rank's view of memory laid out as
-  /// symmetric_layout(topo, limits).
+  /// symmetric_layout(topo, limits, grad_bytes) (grad_bytes > 0 to run backward).
   SyncFreeLayer(const Topology& topo, int top_k, Plnr planner, Experts experts, Exec exec, const SymmetricView& view,
-                const LayerLimits& limits, std::span<std::byte> workspace, SignalOptions signals = {})
+                const LayerLimits& limits, std::span<std::byte> workspace, SignalOptions signals = {},
+                std::size_t grad_bytes = 0)
     requires std::same_as<X, SymmetricExchange>
       : SyncFreeLayer(topo, top_k, std::move(planner), std::move(experts), std::move(exec),
-                      SymmetricExchange(view, exchange_sizes(topo, limits), signals), limits, workspace) {}
+                      SymmetricExchange(view, exchange_sizes(topo, limits, grad_bytes), signals), limits, workspace) {}
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] const Topology& topology() const noexcept { return topo_; }
@@ -361,6 +483,8 @@ class SyncFreeLayer {
     const auto max_rows = static_cast<std::size_t>(limits_.plan.rows_per_rank);
     const int N = topo_.experts();
     const Local& m = mem_;
+    bound_ = bound;
+    backward_ready_ = true;
     const SharedCounts& c = m.counts;
 
     // 1-3. Count (every rank's histogram, exchanged), plan, layout, gate: all in exec memory.
@@ -416,7 +540,174 @@ class SyncFreeLayer {
                                              gates.data(), top_k_, D});
   }
 
+  /// Bytes of exec memory backward needs (its `workspace`, 256-byte aligned) for gates of
+  /// type G and weight gradients of type GW.
+  template <class G, class GW>
+  [[nodiscard]] std::size_t backward_workspace_bytes() const {
+    return Back::template carve<G, GW>(nullptr, topo_, limits_, experts_).bytes;
+  }
+
+  /// The backward of the last forward, enqueued like it (nothing waits for the host; a
+  /// CUDA exec's backward can be captured). grad_out [bound x D] is the gradient of forward's
+  /// `out`, `gates` forward's topk_weights [bound x K], both in exec memory with forward's
+  /// bound (B, or B_max for forward(tokens, ...)). Results: grad_hidden [bound x D] and
+  /// grad_gates [bound x K] for the step's tokens (a rank with a bad id writes neither, as
+  /// its forward wrote no `out`), and grad_weights, one gradient per native expert laid out
+  /// as native_weights() (in GW: T, or float for 16-bit T), overwritten or accumulated per
+  /// `mode`, with the helpers' gradients added in ascending helper rank: MoeLayer's
+  /// backward bit for bit. Uses forward's inputs, outputs, weights and permutations as they
+  /// are in the workspace: call it after that forward and before the next. The exchange
+  /// must return gradients (StepExchangeBackward, built with grad_bytes<GW>(experts)) and
+  /// the functor must have a sized backward (SizedExpertBackward). Collective; check()
+  /// reports what the step found.
+  template <class G, class GW>
+  void backward(std::span<const T> grad_out, std::span<const G> gates, std::span<T> grad_hidden,
+                std::span<G> grad_gates, std::span<GW> grad_weights, GradMode mode, std::span<std::byte> workspace) {
+    static_assert(StepExchangeBackward<X, Exec>,
+                  "llep: SyncFreeLayer::backward needs an exchange that returns weight gradients "
+                  "(llep::StepExchangeBackward, e.g. SymmetricExchange)");
+    static_assert(check_sized_expert_backward<Experts, Exec>());
+    const auto D = static_cast<std::size_t>(experts_.hidden()), K = static_cast<std::size_t>(top_k_);
+    const std::size_t W = experts_.weight_elems(), bound = bound_;
+    LLEP_EXPECTS(backward_ready_, "rank ", rank_,
+                 ": SyncFreeLayer::backward needs a forward before it (and runs once per forward)");
+    LLEP_EXPECTS(grad_out.size() == bound * D && grad_hidden.size() == bound * D && gates.size() == bound * K &&
+                     grad_gates.size() == bound * K,
+                 "rank ", rank_, ": forward ran ", bound, " tokens, so backward needs ", bound * D,
+                 " values in grad_out and grad_hidden and ", bound * K, " in gates and grad_gates; got ",
+                 grad_out.size(), ", ", grad_hidden.size(), ", ", gates.size(), " and ", grad_gates.size());
+    const auto natives = static_cast<std::size_t>(topo_.slots_per_rank());
+    LLEP_EXPECTS(grad_weights.size() == natives * W, "rank ", rank_, ": grad_weights holds ", grad_weights.size(),
+                 " elements; ", natives, " natives of ", W, " need ", natives * W);
+    LLEP_EXPECTS(x_.sizes().grad_bytes == grad_bytes<GW>(experts_), "rank ", rank_, ": the exchange (", x_.name(),
+                 ") holds gradients of ", x_.sizes().grad_bytes, " bytes; these are ", grad_bytes<GW>(experts_),
+                 " (build it with exchange_sizes(topo, limits, grad_bytes<GW>(experts)))");
+    const std::size_t need = backward_workspace_bytes<G, GW>();
+    LLEP_EXPECTS(workspace.size() >= need && reinterpret_cast<std::uintptr_t>(workspace.data()) % Carve::alignment == 0,
+                 "rank ", rank_, ": the backward workspace holds ", workspace.size(), " bytes at ",
+                 static_cast<const void*>(workspace.data()), "; it needs ", need, ", ", Carve::alignment,
+                 "-byte aligned (backward_workspace_bytes)");
+    backward_ready_ = false;
+    const auto b = Back::template carve<G, GW>(workspace.data(), topo_, limits_, experts_);
+    const Local& m = mem_;
+    const LayoutView& f = m.layout.fields;
+    const std::size_t max_pairs = bound * K, row_bytes = limits_.row_bytes;
+    const auto rows_bound = limits_.plan.rows_per_rank;
+    const auto max_rows = static_cast<std::size_t>(rows_bound);
+    const auto top_k = static_cast<std::int32_t>(K);
+    auto dispatch = [&](const void* src, std::byte* dst, std::size_t unit, std::int32_t divisor) {
+      x_.begin_step(exec_);  // a new epoch per use of a channel
+      copy_rows_counted(exec_, true, x_.send_rows(SignalChannel::dispatch), src, m.row_pair, &m.live->pairs, max_pairs,
+                        unit, divisor);
+      x_.rows(exec_, RowsStep{SignalChannel::dispatch, f.send_counts, f.send_offsets, f.recv_counts, f.recv_offsets, m.recv,
+                              rows_bound, unit},
+              *status_);
+      copy_rows_counted(exec_, false, dst, m.recv, m.compute_row, &m.live->rows, max_rows, unit);
+    };
+    auto combine = [&](const void* src, std::byte* dst, std::size_t unit) {
+      copy_rows_counted(exec_, true, x_.send_rows(SignalChannel::combine), src, m.compute_row, &m.live->rows, max_rows,
+                        unit);
+      x_.rows(exec_, RowsStep{SignalChannel::combine, f.recv_counts, f.recv_offsets, f.send_counts, f.send_offsets, dst,
+                              limits_.max_pairs_per_rank(), unit},
+              *status_);
+    };
+
+    // 1. Dispatch the upstream gradients, then the gates, as forward dispatched the tokens.
+    dispatch(grad_out.data(), reinterpret_cast<std::byte*>(b.grad_rows), row_bytes, top_k);
+    dispatch(gates.data(), reinterpret_cast<std::byte*>(b.gate), sizeof(G), 1);
+
+    // 2. Experts: the gates' gradients from forward's outputs, the rows scaled by their
+    // gate, then backward over forward's inputs (input gradients over forward's outputs).
+    exec_.for_each_counted(&m.live->rows, 1, max_rows, GateGradients<T, G>{b.grad_rows, m.expert_out, b.gate, b.gate_grad, D});
+    exec_.run_block(GradTasksFromLayout<T, GW>{m.layout.view, m.plan.view, m.layout.native, topo_.experts(),
+                                               native_weights().data(), m.foreign, W, m.expert_in, b.grad_rows,
+                                               m.expert_out, D, grad_weights.data(),
+                                               reinterpret_cast<GW*>(x_.foreign_grads()), b.direct, b.temps, b.counts});
+    const int tasks = max_tasks(topo_);
+    experts_.backward_sized(exec_, SizedGradTasks<T, GW>{b.direct, b.counts, tasks + static_cast<int>(natives), rows_bound, rows_bound},
+                            mode, b.scratch);
+    experts_.backward_sized(exec_, SizedGradTasks<T, GW>{b.temps, b.counts + 1, tasks, rows_bound, rows_bound},
+                            GradMode::overwrite, b.scratch);
+
+    // 3. Combine: input gradients (they carry their gate: unit weights in the sum over K).
+    x_.begin_step(exec_);
+    combine(m.expert_out, m.gathered, row_bytes);
+    exec_.for_each_counted(&m.live->tokens, D, bound * D,
+                           CombineTopK<T, G>{grad_hidden.data(), reinterpret_cast<const T*>(m.gathered), m.pair_row,
+                                             nullptr, top_k, D});
+
+    // 4. Weight gradients: each native rank adds its helpers', ascending helper rank.
+    x_.grads(exec_, GradsStep{m.plan.view, reinterpret_cast<std::byte*>(b.received), b.received_capacity}, *status_);
+    exec_.run_block(GradSumOrder{m.plan.view, m.slot, rank_, static_cast<std::int32_t>(natives), b.received_capacity,
+                                 b.begin, b.filled, b.order, b.helper});
+    exec_.for_each_n(natives * W, SumGrads<GW>{grad_weights.data(), b.received, b.begin, b.order, W});
+
+    // 5. The gates' gradients back to their pairs.
+    x_.begin_step(exec_);
+    combine(b.gate_grad, reinterpret_cast<std::byte*>(b.gathered_gate_grad), sizeof(G));
+    exec_.for_each_counted(&m.live->tokens, K, bound * K,
+                           CopyRows<G, true>{grad_gates.data(), b.gathered_gate_grad, m.pair_row, 1, 1});
+  }
+
  private:
+  // Backward's own memory (the caller's, sized by backward_workspace_bytes).
+  struct Back {
+    template <class G, class GW>
+    struct Tables {
+      T* grad_rows = nullptr;  // rows x D, task order
+      G *gate = nullptr, *gate_grad = nullptr, *gathered_gate_grad = nullptr;
+      ExpertGradTask<T, GW>*direct = nullptr, *temps = nullptr;
+      std::int32_t* counts = nullptr;
+      GW* received = nullptr;
+      std::int32_t received_capacity = 0;
+      std::int32_t *begin = nullptr, *filled = nullptr, *order = nullptr, *helper = nullptr;
+      std::byte* scratch = nullptr;
+      std::size_t bytes = 0;
+    };
+    template <class G, class GW>
+    [[nodiscard]] static Tables<G, GW> carve(std::byte* base, const Topology& topo, const LayerLimits& l,
+                                             const Experts& experts) {
+      const auto rows = static_cast<std::size_t>(l.plan.rows_per_rank), pairs = static_cast<std::size_t>(l.max_pairs_per_rank());
+      const auto natives = static_cast<std::size_t>(topo.slots_per_rank()), tasks = static_cast<std::size_t>(max_tasks(topo));
+      // Transfers from one rank: at most its natives to every other rank, and the plan's bound.
+      const auto from = static_cast<std::int32_t>(std::min<std::size_t>(static_cast<std::size_t>(l.plan.transfers),
+                                                                        natives * static_cast<std::size_t>(topo.ranks() - 1)));
+      const std::size_t W = experts.weight_elems();
+      Carve c;
+      const std::size_t o_rows = c.take(rows * l.row_bytes), o_gate = c.take(rows * sizeof(G)),
+                        o_gate_grad = c.take(rows * sizeof(G)), o_gathered = c.take(pairs * sizeof(G)),
+                        o_direct = c.take((tasks + natives) * sizeof(ExpertGradTask<T, GW>)),
+                        o_temps = c.take(tasks * sizeof(ExpertGradTask<T, GW>)),
+                        o_counts = c.take(2 * sizeof(std::int32_t)),
+                        o_received = c.take(static_cast<std::size_t>(from) * W * sizeof(GW)),
+                        o_begin = c.take((natives + 1) * sizeof(std::int32_t)),
+                        o_filled = c.take(natives * sizeof(std::int32_t)),
+                        o_order = c.take(static_cast<std::size_t>(from) * sizeof(std::int32_t)),
+                        o_helper = c.take(static_cast<std::size_t>(from) * sizeof(std::int32_t)),
+                        o_scratch = c.take(experts.sized_backward_scratch_bytes(static_cast<int>(tasks + natives),
+                                                                                l.plan.rows_per_rank));
+      Tables<G, GW> t;
+      t.bytes = c.bytes;
+      t.received_capacity = from;
+      if (base == nullptr) return t;
+      auto at = [&]<class U>(std::size_t o, U*& p) { p = reinterpret_cast<U*>(base + o); };
+      at(o_rows, t.grad_rows);
+      at(o_gate, t.gate);
+      at(o_gate_grad, t.gate_grad);
+      at(o_gathered, t.gathered_gate_grad);
+      at(o_direct, t.direct);
+      at(o_temps, t.temps);
+      at(o_counts, t.counts);
+      at(o_received, t.received);
+      at(o_begin, t.begin);
+      at(o_filled, t.filled);
+      at(o_order, t.order);
+      at(o_helper, t.helper);
+      at(o_scratch, t.scratch);
+      return t;
+    }
+  };
+
   [[nodiscard]] static int max_tasks(const Topology& topo) {
     return static_cast<int>(layout_capacity(topo.ranks(), topo.experts(), max_plan_segments(topo.ranks(), topo.experts())).tasks);
   }
@@ -497,6 +788,8 @@ class SyncFreeLayer {
   X x_;
   LayerLimits limits_;
   int rank_ = 0;
+  std::size_t bound_ = 0;        // the last forward's token bound (B, or B_max)
+  bool backward_ready_ = false;  // a forward was enqueued since the last backward
   Local mem_;
   std::optional<StatusWords> status_;
 };
