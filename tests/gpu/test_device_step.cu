@@ -16,10 +16,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../common/dense_moe.hpp"
@@ -265,7 +268,14 @@ enum class SyncFreeMode { host_b, device_b, graph };
 struct SyncFreeRun {
   std::vector<std::vector<std::vector<float>>> out;  // [step][rank]
   std::vector<std::string> errors;                   // per rank, from the last check()
+  // With backward (train): the gradients of each step, grad_out = upstream(s, rank, i).
+  std::vector<std::vector<std::vector<float>>> grad_hidden, grad_gates, grad_weights;
 };
+
+// The upstream gradient of step s on rank p, element i (the dense reference uses the same).
+float upstream(std::size_t s, std::size_t p, std::size_t i) {
+  return static_cast<float>((i * 7 + p * 3 + s) % 11) / 11.0f - 0.5f;
+}
 
 template <class To, class From>
 std::vector<To> as(const std::vector<From>& v) {
@@ -277,7 +287,8 @@ std::vector<To> as(const std::vector<From>& v) {
 // Element type T in and out (the dense reference sees the floats converted back).
 template <class T, class Plnr>
 SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
-                          const std::vector<std::vector<layertest::RankInput>>& steps, int b_max, SyncFreeMode mode) {
+                          const std::vector<std::vector<layertest::RankInput>>& steps, int b_max, SyncFreeMode mode,
+                          bool train = false) {
   constexpr int K = 2, D = 16, H = 8;
   using Experts = llep::GroupedSwiGlu<T>;
   using Layer = llep::SyncFreeLayer<Plnr, Experts, llep::CudaExec>;
@@ -289,14 +300,18 @@ SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
   SyncFreeRun run;
   run.out.assign(steps.size(), std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
   run.errors.assign(static_cast<std::size_t>(P), {});
+  run.grad_hidden = run.grad_gates = run.grad_weights = run.out;
+  const std::size_t grad_bytes = train ? Layer::template grad_bytes<float>(experts) : 0;
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    llep::PeerSymmetricMemory sym(t, Layer::symmetric_layout(topo, limits));
+    llep::PeerSymmetricMemory sym(t, Layer::symmetric_layout(topo, limits, grad_bytes));
     const std::size_t need = Layer::workspace_bytes(topo, limits);
     gputest::DeviceArray<std::byte> ws(need);
     Layer layer(topo, K, planner, experts, llep::CudaExec(t.stream()), sym.view(), limits,
-                std::span<std::byte>(ws.get(), need));
+                std::span<std::byte>(ws.get(), need), {}, grad_bytes);
+    const std::size_t back_need = train ? layer.template backward_workspace_bytes<float, float>() : 0;
+    gputest::DeviceArray<std::byte> back_ws(std::max<std::size_t>(back_need, 1));
     gputest::DeviceArray<T> weights(as<T>(layertest::held_weights(moe, topo, p)));
     layer.set_native_weights(std::span<const T>(weights.get(), weights.size()));
     CHECK(std::string(layer.exchange()) == "peer pointers");
@@ -306,10 +321,20 @@ SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
     gputest::DeviceArray<float> gates(B * K);
     gputest::DeviceArray<std::int32_t> ids(B * K);
     gputest::DeviceArray<llep::count_t> tokens(1);
+    const std::size_t W = experts.weight_elems() * static_cast<std::size_t>(topo.slots_per_rank());
+    gputest::DeviceArray<T> grad_out(B * D), grad_hidden(B * D);
+    gputest::DeviceArray<float> grad_gates(B * K), grad_weights(train ? W : 1);
     std::optional<llep::CudaGraph> replay;
+    auto backward = [&](std::size_t b) {  // over forward's bound b
+      layer.backward(std::span<const T>(grad_out.get(), b * D), std::span<const float>(gates.get(), b * K),
+                     std::span<T>(grad_hidden.get(), b * D), std::span<float>(grad_gates.get(), b * K),
+                     std::span<float>(grad_weights.get(), W), llep::GradMode::overwrite,
+                     std::span<std::byte>(back_ws.get(), back_need));
+    };
     auto device_b = [&] {
       layer.forward(tokens.get(), std::span<const T>(x.get(), B * D), std::span<const std::int32_t>(ids.get(), B * K),
                     std::span<const float>(gates.get(), B * K), std::span<T>(out.get(), B * D));
+      if (train) backward(B);
     };
     for (std::size_t s = 0; s < steps.size(); ++s) {
       const auto& in = steps[s][up];
@@ -320,9 +345,13 @@ SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
       exec.from_host(ids.get(), in.ids.data(), in.ids.size() * sizeof(std::int32_t));
       exec.from_host(gates.get(), in.gates.data(), in.gates.size() * sizeof(float));
       exec.from_host(tokens.get(), &count, sizeof count);
+      std::vector<T> g(B * D);
+      for (std::size_t i = 0; i < g.size(); ++i) g[i] = static_cast<T>(upstream(s, up, i));
+      exec.from_host(grad_out.get(), g.data(), g.size() * sizeof(T));
       if (mode == SyncFreeMode::host_b) {
         layer.forward(std::span<const T>(x.get(), b * D), std::span<const std::int32_t>(ids.get(), b * K),
                       std::span<const float>(gates.get(), b * K), std::span<T>(out.get(), b * D));
+        if (train) backward(b);
       } else if (mode == SyncFreeMode::device_b) {
         device_b();
       } else {
@@ -333,6 +362,17 @@ SyncFreeRun run_sync_free(int P, int N, Plnr planner, const dense::Moe& moe,
       exec.to_host(o.data(), out.get(), o.size() * sizeof(T));
       exec.synchronize();
       run.out[s][up] = as<float>(o);
+      if (train) {
+        std::vector<T> gh(b * D);
+        std::vector<float> gg(b * K), gw(W);
+        exec.to_host(gh.data(), grad_hidden.get(), gh.size() * sizeof(T));
+        exec.to_host(gg.data(), grad_gates.get(), gg.size() * sizeof(float));
+        exec.to_host(gw.data(), grad_weights.get(), gw.size() * sizeof(float));
+        exec.synchronize();
+        run.grad_hidden[s][up] = as<float>(gh);
+        run.grad_gates[s][up] = gg;
+        run.grad_weights[s][up] = gw;
+      }
     }
     try {
       layer.check(t);  // also the last collective: no rank frees its region while a peer reads it
@@ -394,4 +434,63 @@ TEST_CASE("SyncFreeLayer on logical ranks: a bad id is the same llep::Error on e
             1e-4);
   }
   CHECK(r.errors[0].find("rank 2 routed expert id -4") != std::string::npos);
+}
+
+TEST_CASE("SyncFreeLayer backward on logical ranks equals the dense gradients; CUDA-graph replays of forward + backward give eager's bits") {
+  constexpr int K = 2, D = 16, H = 8, Bmax = 16, S = 3;
+  for (const int P : {1, 2, 4}) {
+    CAPTURE(P);
+    const int N = 2 * P + 2;
+    const llep::Topology topo(P, N);
+    const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 50 + static_cast<std::uint64_t>(P));
+    std::vector<std::vector<layertest::RankInput>> steps;
+    for (int s = 0; s < S; ++s)
+      steps.push_back(layertest::make_inputs(P, N, K, D, llep::sim::Skew{1, s % 2 ? 0.9 : 0.6},
+                                             90 + static_cast<std::uint64_t>(s), {1, Bmax}));
+    const llep::LeastLoaded lla{1.0, 2};
+    const auto eager = run_sync_free<float>(P, N, lla, moe, steps, Bmax, SyncFreeMode::host_b, true);
+    const auto replayed = run_sync_free<float>(P, N, lla, moe, steps, Bmax, SyncFreeMode::graph, true);
+    for (int p = 0; p < P; ++p) CHECK(eager.errors[static_cast<std::size_t>(p)].empty());
+    CHECK(replayed.out == eager.out);
+    CHECK(replayed.grad_weights == eager.grad_weights);
+    for (std::size_t s = 0; s < steps.size(); ++s) {
+      // The dense gradients of every rank's tokens; the experts' summed over the ranks.
+      dense::Moe sum = moe;
+      for (auto& e : sum.w) e = moe.zero_expert();
+      double err = 0, scale = 1e-3;
+      auto near = [&](double got, double want) { err = std::max(err, std::abs(got - want)), scale = std::max(scale, std::abs(want)); };
+      for (int p = 0; p < P; ++p) {
+        const auto up = static_cast<std::size_t>(p);
+        const auto& in = steps[s][up];
+        std::vector<double> g(in.x.size());
+        for (std::size_t i = 0; i < g.size(); ++i) g[i] = upstream(s, up, i);
+        const auto want = moe.backward(std::vector<double>(in.x.begin(), in.x.end()), in.ids,
+                                       std::vector<double>(in.gates.begin(), in.gates.end()), K, g);
+        const std::size_t b = in.x.size() / D;
+        // The replays ran over B_max buffers: compare their first b tokens.
+        for (std::size_t i = 0; i < b * D; ++i) {
+          near(eager.grad_hidden[s][up][i], want.hidden[i]);
+          CHECK(replayed.grad_hidden[s][up][i] == eager.grad_hidden[s][up][i]);
+        }
+        for (std::size_t i = 0; i < b * K; ++i) {
+          near(eager.grad_gates[s][up][i], want.gates[i]);
+          CHECK(replayed.grad_gates[s][up][i] == eager.grad_gates[s][up][i]);
+        }
+        for (int e = 0; e < N; ++e) {
+          auto& to = sum.w[static_cast<std::size_t>(e)];
+          const auto& from = want.experts[static_cast<std::size_t>(e)];
+          for (auto [a, b] : {std::pair{&to.w_gate, &from.w_gate}, std::pair{&to.w_up, &from.w_up},
+                              std::pair{&to.w_down, &from.w_down}})
+            for (std::size_t i = 0; i < a->size(); ++i) (*a)[i] += (*b)[i];
+        }
+      }
+      for (int p = 0; p < P; ++p) {
+        const auto want_w = layertest::held_weights(sum, topo, p);
+        const auto& got_w = eager.grad_weights[s][static_cast<std::size_t>(p)];
+        REQUIRE(got_w.size() == want_w.size());
+        for (std::size_t i = 0; i < got_w.size(); ++i) near(got_w[i], want_w[i]);
+      }
+      CHECK(err / scale < 1e-4);
+    }
+  }
 }
