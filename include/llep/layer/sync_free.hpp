@@ -1,5 +1,6 @@
 #pragma once
-// SyncFreeLayer: one rank's forward step in which the host only enqueues (issue 14). The
+// SyncFreeLayer: one rank's forward step, and its backward, in which the host only
+// enqueues (issue 14). The
 // counts, the plan, the layout, the transfer sizes and the GEMM sizes live in the exec's
 // memory; every stage reads them there, so nothing waits for the host between stages and
 // a step on a CUDA stream can be captured in a graph and replayed with new inputs, new
@@ -27,8 +28,14 @@
 // host call, throws the same llep::Error on every rank. Until check() has passed, the
 // outputs of the steps since the last check are not to be used.
 //
+// Backward (backward()) runs MoeLayer's backward in the same way: grad_out and the gates
+// travel as the tokens did, the experts' sized backward runs over forward's inputs and
+// outputs (still in the workspace), input and gate gradients return as the outputs did, and
+// the exchange returns foreign experts' weight gradients to their native rank, which adds
+// them in ascending helper rank: MoeLayer's bits.
+//
 // Scope: planners with a device form (has_device_form), topologies without replicas, exact
-// weights (no codec), forward only. MoeLayer covers the rest with a host round trip.
+// weights (no codec). MoeLayer covers the rest with a host round trip.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
