@@ -1,4 +1,4 @@
-// 06: the sync-free step. SyncFreeLayer runs one rank's forward with nothing on the host
+// 06: the sync-free step. SyncFreeLayer runs one rank's forward (and backward) with nothing on the host
 // between its stages: the counts are gathered through symmetric memory (regions every
 // rank can read) ordered by signals in memory, the plan and the layout are made in the
 // step, and every copy and GEMM reads its size from memory. On a GPU that means the step
@@ -7,8 +7,8 @@
 // symmetric memory. Errors found inside the step (a bad expert id) wait in a status word
 // for check(), which throws the same llep::Error on every rank.
 //
-// The program runs the same batches through MoeLayer and SyncFreeLayer and checks that
-// the outputs are the same bits.
+// The program trains: each step runs forward and backward through MoeLayer and through
+// SyncFreeLayer, and checks that the outputs and all gradients are the same bits.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "llep/device/symmetric.hpp"
+#include "llep/layer/backward.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/layer/sync_free.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -41,9 +42,11 @@ int main() {
   for (float& w : weights) w = normal(rng);
 
   // Phase 1, before any batch: the limits size everything. The symmetric layout is the
-  // same on every rank; each rank also has its own workspace.
+  // same on every rank (with room for weight gradients, since this program trains); each
+  // rank also has its own workspace, and one for backward.
   const llep::LayerLimits limits = SyncFree::make_limits(topo, K, planner, experts, B_max);
-  const llep::SymmetricLayout layout = SyncFree::symmetric_layout(topo, limits);
+  const std::size_t grad_bytes = SyncFree::grad_bytes<float>(experts);
+  const llep::SymmetricLayout layout = SyncFree::symmetric_layout(topo, limits, grad_bytes);
   const std::size_t workspace = SyncFree::workspace_bytes(topo, limits);
   std::printf("sync-free layer, P = %d, N = %d, B_max = %lld: symmetric region %zu bytes, workspace %zu bytes per rank\n",
               P, N, static_cast<long long>(B_max), layout.bytes(), workspace);
@@ -55,13 +58,23 @@ int main() {
     const int p = t.rank();
     const std::size_t per_rank = static_cast<std::size_t>(N / P) * experts.weight_elems();
     const std::span<const float> mine = std::span<const float>(weights).subspan(static_cast<std::size_t>(p) * per_rank, per_rank);
-    std::vector<std::byte> memory(workspace + 256);  // 256-byte aligned inside
-    const auto skip = (256 - reinterpret_cast<std::uintptr_t>(memory.data()) % 256) % 256;
-    SyncFree layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits,
-                   std::span<std::byte>(memory).subspan(skip, workspace));
+    auto aligned = [](std::vector<std::byte>& v, std::size_t n) {  // n bytes, 256-byte aligned inside v
+      v.resize(n + 256);
+      return std::span<std::byte>(v).subspan((256 - reinterpret_cast<std::uintptr_t>(v.data()) % 256) % 256, n);
+    };
+    std::vector<std::byte> memory, back_memory;
+    SyncFree layer(topo, K, planner, experts, llep::HostExec{}, sym.view(p), limits, aligned(memory, workspace), {},
+                   grad_bytes);
     layer.set_native_weights(mine);
+    const std::span<std::byte> back = aligned(back_memory, layer.backward_workspace_bytes<float, float>());
     llep::HostMoeLayer<llep::LeastLoaded> reference(topo, K, planner, experts, t);
     reference.set_native_weights(mine);
+    llep::ForwardHandle<float> handle;  // what MoeLayer keeps from forward for backward
+    std::vector<std::byte> handle_memory(decltype(reference)::handle_bytes(reference.limits(B_max), handle.keeps()));
+    handle.memory = handle_memory;
+    auto bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    };
 
     std::mt19937 local(static_cast<unsigned>(100 + p));
     for (int s = 0; s < Steps; ++s) {
@@ -73,13 +86,20 @@ int main() {
         const int first = b % 2 == 0 ? s : static_cast<int>(local() % N);
         ids.insert(ids.end(), {first, (first + 1 + static_cast<int>(b % (N - 1))) % N});
       }
-      std::vector<float> out(x.size()), want(x.size());
+      std::vector<float> out(x.size()), want(x.size()), grad_out(x.size());
+      for (float& v : grad_out) v = normal(local);
+      // Gradients: of the tokens, of the gates, of this rank's native experts.
+      std::vector<float> gx(x.size()), gg(gates.size()), gw(mine.size()), wx(x.size()), wg(gates.size()), ww(mine.size());
       layer.forward(std::span<const float>(x), std::span<const std::int32_t>(ids), std::span<const float>(gates),
                     std::span<float>(out));   // enqueues the whole step
+      layer.backward(std::span<const float>(grad_out), std::span<const float>(gates), std::span<float>(gx),
+                     std::span<float>(gg), std::span<float>(gw), llep::GradMode::overwrite, back);  // and its backward
       layer.check(t);                          // the collective status check (a host sync on a GPU)
       reference.forward(std::span<const float>(x), std::span<const std::int32_t>(ids),
-                        std::span<const float>(gates), std::span<float>(want));
-      same[static_cast<std::size_t>(p)] &= out.empty() || std::memcmp(out.data(), want.data(), out.size() * sizeof(float)) == 0;
+                        std::span<const float>(gates), std::span<float>(want), handle);
+      llep::backward(reference, handle,
+                     llep::BackwardArgs<float, float, float>{x, gates, grad_out, wx, wg, ww, llep::GradMode::overwrite});
+      same[static_cast<std::size_t>(p)] &= bits(out, want) && bits(gx, wx) && bits(gg, wg) && bits(gw, ww);
     }
 
     // A bad id is found inside the step; check() reports it on every rank.
@@ -96,6 +116,7 @@ int main() {
   });
   int all = 1;
   for (const int s : same) all &= s;
-  std::printf("%d steps on %d ranks: SyncFreeLayer %s MoeLayer bit for bit\n", Steps, P, all ? "equals" : "DIFFERS FROM");
+  std::printf("%d training steps on %d ranks: SyncFreeLayer's outputs and gradients %s MoeLayer's bit for bit\n", Steps,
+              P, all ? "equal" : "DIFFER FROM");
   return all ? 0 : 1;
 }
