@@ -1,5 +1,5 @@
-// 06: the sync-free step. SyncFreeLayer runs one rank's forward (and backward) with nothing on the host
-// between its stages: the counts are gathered through symmetric memory (regions every
+// 06: the sync-free step. SyncFreeLayer runs one rank's forward (and backward) with
+// nothing on the host between its stages: the counts are gathered through symmetric memory (regions every
 // rank can read) ordered by signals in memory, the plan and the layout are made in the
 // step, and every copy and GEMM reads its size from memory. On a GPU that means the step
 // can be captured in a CUDA graph and replayed (05-gpu-layer's setting, see
