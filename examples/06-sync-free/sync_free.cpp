@@ -1,11 +1,11 @@
 // 06: the sync-free step. SyncFreeLayer runs one rank's forward (and backward) with
-// nothing on the host between its stages: the counts are gathered through symmetric memory (regions every
-// rank can read) ordered by signals in memory, the plan and the layout are made in the
-// step, and every copy and GEMM reads its size from memory. On a GPU that means the step
-// can be captured in a CUDA graph and replayed (05-gpu-layer's setting, see
-// docs/device-step.md); here the same code runs on host threads with HostExec and host
-// symmetric memory. Errors found inside the step (a bad expert id) wait in a status word
-// for check(), which throws the same llep::Error on every rank.
+// nothing on the host between its stages: the counts are gathered through symmetric
+// memory (regions every rank can read) ordered by signals in memory, the plan and the
+// layout are made in the step, and every copy and GEMM reads its size from memory. On a
+// GPU that means the step can be captured in a CUDA graph and replayed (05-gpu-layer's
+// setting, see docs/device-step.md); here the same code runs on host threads with
+// HostExec and host symmetric memory. Errors found inside the step (a bad expert id) wait
+// in a status word for check(), which throws the same llep::Error on every rank.
 //
 // The program trains: each step runs forward and backward through MoeLayer and through
 // SyncFreeLayer, and checks that the outputs and all gradients are the same bits.
