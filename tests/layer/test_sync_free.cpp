@@ -270,6 +270,17 @@ TEST_CASE("SyncFreeLayer checks its configuration on the host") {
   CHECK(testutil::error_of([&] {
           Layer(rig.topo, K, rig.planner, rig.experts, llep::HostExec{}, rig.sym.view(0), other, ws.span(need));
         }).find("does not describe this layer") != std::string::npos);
+  {  // Memory laid out for forward only is too small for a layer that trains (P = 2: it has
+     // foreign experts' gradients to hold): refused, not written past.
+    const Rig two(2, 4, llep::LeastLoaded{1.0, 1}, 4);
+    const std::size_t grad_bytes = Layer::grad_bytes<float>(two.experts);
+    Aligned ws2(two.bytes());
+    CHECK(testutil::error_of([&] {
+            Layer(two.topo, K, two.planner, two.experts, llep::HostExec{}, two.sym.view(0), two.limits,
+                  ws2.span(two.bytes()), {}, grad_bytes);
+          }).find("these steps need " +
+                  std::to_string(Layer::symmetric_layout(two.topo, two.limits, grad_bytes).bytes())) != std::string::npos);
+  }
   auto layer = rig.layer(0, ws);
   CHECK(std::string(layer.exchange()) == "host memory");
   std::vector<float> x(5 * D), gates(5 * K), out(5 * D);
@@ -278,6 +289,17 @@ TEST_CASE("SyncFreeLayer checks its configuration on the host") {
           layer.forward(std::span<const float>(x), std::span<const std::int32_t>(ids), std::span<const float>(gates),
                         std::span<float>(out));
         }).find("B_max = 4") != std::string::npos);
+  // Backward needs a forward before it, and an exchange built for gradients.
+  std::vector<float> g(D), gg(K), gw(rig.experts.weight_elems() * 4);
+  Aligned back(layer.backward_workspace_bytes<float, float>());
+  auto run_backward = [&] {
+    layer.backward(std::span<const float>(g), std::span<const float>(gg), std::span<float>(g), std::span<float>(gg),
+                   std::span<float>(gw), llep::GradMode::overwrite, back.span(layer.backward_workspace_bytes<float, float>()));
+  };
+  CHECK(testutil::error_of(run_backward).find("needs a forward before it") != std::string::npos);
+  layer.forward(std::span<const float>(x.data(), D), std::span<const std::int32_t>(ids.data(), K),
+                std::span<const float>(gates.data(), K), std::span<float>(out.data(), D));
+  CHECK(testutil::error_of(run_backward).find("holds gradients of 0 bytes") != std::string::npos);
 }
 
 TEST_CASE("SyncFreeLayer with the batch size in exec memory: buffers of B_max, any B each step, bits of B alone") {

@@ -71,6 +71,8 @@ struct SymmetricView {
   /// Which memory and path the regions are (for reports): "host memory", "peer pointers",
   /// "NCCL symmetric window (LSA)".
   const char* provider = "host memory";
+  /// Bytes of every rank's region (its layout's bytes()); 0 when the maker did not say.
+  std::size_t bytes = 0;
 
   /// Data at `offset` of rank q's region.
   template <class T>
@@ -95,7 +97,7 @@ struct SymmetricView {
 class SymmetricRegion {
  public:
   [[nodiscard]] SymmetricView view() const noexcept {
-    return SymmetricView{table_, region_, rank_, ranks_, layout_.channels(), provider_};
+    return SymmetricView{table_, region_, rank_, ranks_, layout_.channels(), provider_, layout_.bytes()};
   }
   /// This rank's region.
   [[nodiscard]] std::byte* region() const noexcept { return region_; }
@@ -140,7 +142,7 @@ class HostSymmetricMemory {
   [[nodiscard]] SymmetricView view(int rank) const {
     LLEP_EXPECTS(rank >= 0 && rank < layout_.ranks(), "rank ", rank, " is outside [0, ", layout_.ranks(), ")");
     return SymmetricView{bases_.data(), bases_[static_cast<std::size_t>(rank)], rank, layout_.ranks(),
-                         layout_.channels(), "host memory"};
+                         layout_.channels(), "host memory", layout_.bytes()};
   }
   [[nodiscard]] const SymmetricLayout& layout() const noexcept { return layout_; }
 

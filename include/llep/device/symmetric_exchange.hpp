@@ -362,6 +362,11 @@ class SymmetricExchange {
       : view_(view), sizes_(sizes), signals_(signals), at_(Offsets::of(sizes)) {
     LLEP_EXPECTS(view.ranks == sizes.ranks && view.rank >= 0 && view.rank < sizes.ranks, "the symmetric view is rank ",
                  view.rank, " of ", view.ranks, " but the step has P = ", sizes.ranks);
+    const SymmetricLayout need = layout(sizes);
+    LLEP_EXPECTS(view.channels == need.channels() && (view.bytes == 0 || view.bytes >= need.bytes()), "rank ", view.rank,
+                 ": the symmetric regions hold ", view.bytes, " bytes and ", view.channels,
+                 " signal channels; these steps need ", need.bytes(), " and ", need.channels(),
+                 " (build the memory from SymmetricExchange::layout of the same sizes, grad_bytes included)");
   }
 
   [[nodiscard]] const char* name() const noexcept { return view_.provider; }
