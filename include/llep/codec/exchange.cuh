@@ -15,6 +15,7 @@
 
 #include "llep/codec/codec.cuh"
 #include "llep/codec/exchange.hpp"
+#include "llep/core/carve.hpp"
 #include "llep/core/error.hpp"
 #include "llep/exec/cuda.cuh"
 
@@ -24,9 +25,10 @@ namespace llep {
 /// `n` (codec_exchange_counts) and the non-finite flag, 256-byte aligned pieces.
 template <WeightCodec C>
 [[nodiscard]] std::size_t device_codec_scratch_bytes(const C& codec, std::size_t elems, CodecExchangeCounts n) {
-  const auto up = [](std::size_t b) { return (b + 255) / 256 * 256; };
   const std::size_t eb = codec.encoded_bytes(elems);
-  return up(n.sends * eb) + up(n.receives * eb) + up(sizeof(int));
+  Carve c;
+  (void)c.take(n.sends * eb), (void)c.take(n.receives * eb), (void)c.take(sizeof(int));
+  return c.bytes;
 }
 
 /// As encode_exchange_decode, on device memory: `held(e)` / `foreign(e)` give device
@@ -38,14 +40,14 @@ void device_encode_exchange_decode(const C& codec, Tr& transport, CudaExec& exec
                                    Foreign foreign, std::span<std::byte> scratch, std::vector<P2pOp>& ops) {
   static_assert(Tr::memory == MemorySpace::device,
                 "llep: device_encode_exchange_decode moves device memory; use a device transport (PeerCopy, Nccl)");
-  const auto up = [](std::size_t b) { return (b + 255) / 256 * 256; };
   const std::size_t eb = codec.encoded_bytes(elems);
   const CodecExchangeCounts n = codec_exchange_counts(transfers, rank);
   LLEP_EXPECTS(device_codec_scratch_bytes(codec, elems, n) <= scratch.size(), "rank ", rank, ": codec scratch of ",
                scratch.size(), " bytes; the exchange needs ", device_codec_scratch_bytes(codec, elems, n));
-  std::byte* sent = scratch.data();
-  std::byte* received = sent + up(n.sends * eb);
-  int* flag = reinterpret_cast<int*>(received + up(n.receives * eb));
+  Carve c;
+  std::byte* sent = scratch.data() + c.take(n.sends * eb);
+  std::byte* received = scratch.data() + c.take(n.receives * eb);
+  int* flag = reinterpret_cast<int*>(scratch.data() + c.take(sizeof(int)));
   const cudaStream_t stream = exec.stream();
   LLEP_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), stream));
   codec_exchange_ops(transfers, rank, eb, sent, received, ops,

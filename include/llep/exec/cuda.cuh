@@ -39,6 +39,7 @@
 #include <utility>
 
 #include "llep/core/block.hpp"
+#include "llep/core/carve.hpp"
 #include "llep/core/config.hpp"
 #include "llep/core/cuda_check.hpp"
 #include "llep/core/error.hpp"
@@ -309,7 +310,7 @@ class CudaExec {
                                                     static_cast<const std::int32_t*>(nullptr),
                                                     static_cast<std::int32_t*>(nullptr), static_cast<int>(n), 0,
                                                     sort_end_bit(bins), cudaStream_t{}));
-    return 2 * align_up(n * sizeof(std::int32_t)) + temp_bytes;
+    return 2 * Carve::align(n * sizeof(std::int32_t)) + temp_bytes;
   }
 
   /// Device-to-device (any direction cudaMemcpyDefault resolves) copy on the stream.
@@ -356,7 +357,6 @@ class CudaExec {
     bool from_callbacks = false;
   };
 
-  static constexpr std::size_t align_up(std::size_t b) { return (b + 255) / 256 * 256; }
 
   static void check_sort(std::size_t n, int bins) {
     LLEP_EXPECTS(bins >= 1, "sort_by_expert with ", bins, " bins; must be >= 1");
@@ -375,7 +375,8 @@ class CudaExec {
     const int end_bit = sort_end_bit(bins);
     const auto* keys_in = reinterpret_cast<const std::uint32_t*>(ids);
     const int items = static_cast<int>(n);
-    const std::size_t iota_off = align_up(n * sizeof(std::uint32_t)), temp_off = iota_off + align_up(n * sizeof(std::int32_t));
+    const std::size_t iota_off = Carve::align(n * sizeof(std::uint32_t)),
+                      temp_off = iota_off + Carve::align(n * sizeof(std::int32_t));
     std::size_t temp_bytes = bytes - temp_off;
     auto* keys_out = reinterpret_cast<std::uint32_t*>(s);
     auto* iota = reinterpret_cast<std::int32_t*>(s + iota_off);

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "llep/core/accumulate.hpp"
+#include "llep/core/carve.hpp"
 #include "llep/core/error.hpp"
 #include "llep/core/plan.hpp"
 #include "llep/experts/expert_backward.hpp"
@@ -136,15 +137,12 @@ struct Sizes {
 };
 
 /// Byte offsets of backward's regions, 256-aligned, in one allocation.
-struct Carve {
+struct Regions {
   std::size_t send, recv, cin, cg, cy, gsend, grecv, cgate, cs, temp, received, fetched, scratch, agree, total = 0;
-  Carve(const Sizes& z, std::size_t row_bytes, std::size_t g_bytes, std::size_t expert_grad_bytes,
-        std::size_t expert_bytes) {
-    auto take = [this](std::size_t bytes) {
-      const std::size_t at = (total + 255) & ~std::size_t{255};
-      total = at + bytes;
-      return at;
-    };
+  Regions(const Sizes& z, std::size_t row_bytes, std::size_t g_bytes, std::size_t expert_grad_bytes,
+          std::size_t expert_bytes) {
+    llep::Carve carve;
+    auto take = [&carve](std::size_t bytes) { return carve.take(bytes); };
     send = take(z.pairs * row_bytes);
     recv = take(z.rows * row_bytes);
     cin = take(z.inputs_saved ? 0 : z.rows * row_bytes);
@@ -159,6 +157,7 @@ struct Carve {
     fetched = take(z.fetched * expert_bytes);
     scratch = take(z.scratch);
     agree = take((z.ranks + 1) * sizeof(std::uint64_t));
+    total = carve.bytes;
   }
 };
 
@@ -272,7 +271,7 @@ BackwardReport run(Layer& layer, ForwardHandle<typename Layer::value_type>& h,
   z.fetched = refetch ? book.incoming.size() : 0;
   z.scratch = std::max(experts.scratch_bytes(max_task, static_cast<count_t>(rows)),
                        experts.backward_scratch_bytes(max_task, static_cast<count_t>(rows)));
-  const Carve c(z, row_bytes, sizeof(G), W * sizeof(GW), W * sizeof(T));
+  const Regions c(z, row_bytes, sizeof(G), W * sizeof(GW), W * sizeof(T));
   std::byte* ws = exec.workspace(c.total);
   // The null pointer names the region's element type.
   auto at = [ws]<class U>(std::size_t off, U*) { return reinterpret_cast<U*>(ws + off); };
@@ -465,7 +464,7 @@ std::size_t backward_workspace_bytes(const Layer& layer, const LayerLimits& limi
   z.fetched = keeps.foreign_weights ? 0 : static_cast<std::size_t>(limits.plan.foreign_experts_per_rank);
   z.scratch = std::max(layer.experts().scratch_bytes(rows, rows), layer.experts().backward_scratch_bytes(rows, rows));
   const std::size_t W = layer.experts().weight_elems();
-  return detail::backward::Carve(z, limits.row_bytes, sizeof(G), W * sizeof(GW), W * sizeof(typename Layer::value_type))
+  return detail::backward::Regions(z, limits.row_bytes, sizeof(G), W * sizeof(GW), W * sizeof(typename Layer::value_type))
       .total;
 }
 /// The same with `inputs_saved` when the handle keeps the experts' inputs (and the
