@@ -48,6 +48,10 @@ struct alignas(16) Word16 {
   std::uint64_t lo, hi;
 };
 
+[[nodiscard]] inline bool aligned16(const void* p, std::size_t offset = 0) noexcept {
+  return (reinterpret_cast<std::uintptr_t>(p) + offset) % 16 == 0;
+}
+
 /// Copies words [w, n) step `workers` of src into dst: worker w's share of one block.
 template <class Word>
 LLEP_HOST_DEVICE inline void copy_share(Word* dst, const Word* src, std::size_t n, std::size_t w,
@@ -143,79 +147,75 @@ struct PullRows {
   }
 };
 
-/// weights: worker w's share of every transfer to me, in plan order: the k-th lands in
-/// foreign slot k, from the native rank's weights at slot native_slot[expert].
-template <class Word>
-struct PullWeights {
+/// weights and grads: worker w's share of the plan's transfers `Side` picks for me, in plan
+/// order: the k-th lands in slot k of `to`, from its peer's region at the side's offset.
+template <class Word, class Side>
+struct PullTransfers {
   SymmetricView v;
   const PlanView* plan;
-  const std::int32_t* native_slot;
-  std::size_t weights;
-  std::size_t expert_bytes;
-  std::byte* foreign;
-  std::int32_t foreign_capacity;
+  Side side;
+  std::size_t item_bytes;
+  std::byte* to;
+  std::int32_t capacity;
   std::size_t workers;
   status_word_t* status;
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
-    const std::size_t n = expert_bytes / sizeof(Word);
+    const std::size_t n = item_bytes / sizeof(Word);
     std::int32_t k = 0;
     for (std::int32_t i = 0; i < plan->num_transfers; ++i) {
       const WeightTransfer tr = plan->transfers[i];
-      if (tr.dst != v.rank) continue;
-      if (k == foreign_capacity) {
-        if (w == 0) note_status(status, overflow_word(tr.src, static_cast<std::uint64_t>(k) + 1));
+      if (!side.mine(tr, v.rank)) continue;
+      const int peer = side.peer(tr);
+      if (k == capacity) {
+        if (w == 0) note_status(status, overflow_word(peer, static_cast<std::uint64_t>(k) + 1));
         return;
       }
-      const std::byte* src = v.at<const std::byte>(tr.src, weights) +
-                             static_cast<std::size_t>(native_slot[tr.expert]) * expert_bytes;
-      copy_share(reinterpret_cast<Word*>(foreign + static_cast<std::size_t>(k) * expert_bytes),
-                 reinterpret_cast<const Word*>(src), n, w, workers);
+      const std::byte* from = v.at<const std::byte>(peer, side.region) + side.item(*plan, i, tr) * item_bytes;
+      copy_share(reinterpret_cast<Word*>(to + static_cast<std::size_t>(k) * item_bytes),
+                 reinterpret_cast<const Word*>(from), n, w, workers);
       ++k;
     }
   }
 };
 
-/// grads: worker w's share of every transfer FROM me, in plan order: the k-th lands in
-/// `received` slot k, from its helper's gradients at the transfer's place among the
-/// transfers TO that helper (where the helper's foreign weights were).
-template <class Word>
-struct PullGrads {
-  SymmetricView v;
-  const PlanView* plan;
-  std::size_t grads;
-  std::size_t grad_bytes;
-  std::byte* received;
-  std::int32_t received_capacity;
-  std::size_t workers;
-  status_word_t* status;
-  LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
-    const std::size_t n = grad_bytes / sizeof(Word);
-    std::int32_t k = 0;
-    for (std::int32_t i = 0; i < plan->num_transfers; ++i) {
-      const WeightTransfer tr = plan->transfers[i];
-      if (tr.src != v.rank) continue;
-      if (k == received_capacity) {
-        if (w == 0) note_status(status, overflow_word(tr.dst, static_cast<std::uint64_t>(k) + 1));
-        return;
-      }
-      std::int32_t j = 0;  // its place among the transfers to tr.dst
-      for (std::int32_t a = 0; a < i; ++a) j += plan->transfers[a].dst == tr.dst ? 1 : 0;
-      copy_share(reinterpret_cast<Word*>(received + static_cast<std::size_t>(k) * grad_bytes),
-                 reinterpret_cast<const Word*>(v.at<const std::byte>(tr.dst, grads) + static_cast<std::size_t>(j) * grad_bytes),
-                 n, w, workers);
-      ++k;
-    }
+/// weights: the transfers to me, from the native rank's weights at native_slot[expert].
+struct WeightsSide {
+  std::size_t region;
+  const std::int32_t* native_slot;
+  LLEP_HOST_DEVICE static bool mine(const WeightTransfer& tr, int rank) noexcept { return tr.dst == rank; }
+  LLEP_HOST_DEVICE static int peer(const WeightTransfer& tr) noexcept { return tr.src; }
+  LLEP_HOST_DEVICE std::size_t item(const PlanView&, std::int32_t, const WeightTransfer& tr) const noexcept {
+    return static_cast<std::size_t>(native_slot[tr.expert]);
   }
 };
+
+/// grads: the transfers from me, from the helper's gradients at the transfer's place among
+/// the transfers to that helper (where its foreign weights arrived).
+struct GradsSide {
+  std::size_t region;
+  LLEP_HOST_DEVICE static bool mine(const WeightTransfer& tr, int rank) noexcept { return tr.src == rank; }
+  LLEP_HOST_DEVICE static int peer(const WeightTransfer& tr) noexcept { return tr.dst; }
+  LLEP_HOST_DEVICE static std::size_t item(const PlanView& plan, std::int32_t i, const WeightTransfer& tr) noexcept {
+    std::size_t j = 0;
+    for (std::int32_t a = 0; a < i; ++a) j += plan.transfers[a].dst == tr.dst ? 1 : 0;
+    return j;
+  }
+};
+
+/// Runs PullTransfers with 16-byte words where sizes and pointers allow.
+template <class Exec, class Side>
+void pull_transfers(Exec& exec, const SymmetricView& v, const PlanView* plan, Side side, std::size_t item_bytes,
+                    std::byte* to, std::int32_t capacity, std::size_t workers, status_word_t* status) {
+  if (item_bytes % 16 == 0 && side.region % 16 == 0 && aligned16(to))
+    exec.for_each_n(workers, PullTransfers<Word16, Side>{v, plan, side, item_bytes, to, capacity, workers, status});
+  else
+    exec.for_each_n(workers, PullTransfers<std::byte, Side>{v, plan, side, item_bytes, to, capacity, workers, status});
+}
 
 template <class Exec>
 void signal_round(Exec& exec, const SymmetricView& v, SignalChannel channel, SignalKind kind,
                   const SignalOptions& options, StatusWords& status) {
   exec.for_each_n(1, SignalRound{v, static_cast<int>(channel), kind, options.timeout_ns, status.word()});
-}
-
-[[nodiscard]] inline bool aligned16(const void* p, std::size_t offset = 0) noexcept {
-  return (reinterpret_cast<std::uintptr_t>(p) + offset) % 16 == 0;
 }
 
 }  // namespace detail::sym
@@ -335,12 +335,8 @@ void pull_weights(Exec& exec, const SymmetricView& v, const WeightsExchange& x, 
                workers, " workers; both must be > 0");
   using namespace detail::sym;
   signal_round(exec, v, SignalChannel::weights, SignalKind::ready, options, status);
-  if (x.expert_bytes % 16 == 0 && x.weights % 16 == 0 && aligned16(x.foreign))
-    exec.for_each_n(workers, PullWeights<Word16>{v, x.plan, x.native_slot, x.weights, x.expert_bytes, x.foreign,
-                                                 x.foreign_capacity, workers, status.word()});
-  else
-    exec.for_each_n(workers, PullWeights<std::byte>{v, x.plan, x.native_slot, x.weights, x.expert_bytes, x.foreign,
-                                                    x.foreign_capacity, workers, status.word()});
+  pull_transfers(exec, v, x.plan, WeightsSide{x.weights, x.native_slot}, x.expert_bytes, x.foreign, x.foreign_capacity,
+                 workers, status.word());
   signal_round(exec, v, SignalChannel::weights, SignalKind::done, options, status);
 }
 
@@ -412,13 +408,8 @@ class SymmetricExchange {
                  ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
     using namespace detail::sym;
     signal_round(exec, view_, SignalChannel::grads, SignalKind::ready, signals_, status);
-    const std::size_t workers = exchange_workers<Exec>();
-    if (sizes_.grad_bytes % 16 == 0 && aligned16(g.received))
-      exec.for_each_n(workers, PullGrads<Word16>{view_, g.plan, at_.grads, sizes_.grad_bytes, g.received,
-                                                 g.received_capacity, workers, status.word()});
-    else
-      exec.for_each_n(workers, PullGrads<std::byte>{view_, g.plan, at_.grads, sizes_.grad_bytes, g.received,
-                                                    g.received_capacity, workers, status.word()});
+    pull_transfers(exec, view_, g.plan, GradsSide{at_.grads}, sizes_.grad_bytes, g.received, g.received_capacity,
+                   exchange_workers<Exec>(), status.word());
     signal_round(exec, view_, SignalChannel::grads, SignalKind::done, signals_, status);
   }
 
