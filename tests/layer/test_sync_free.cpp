@@ -66,6 +66,24 @@ struct Rig {
   llep::HostSymmetricMemory sym;
 };
 
+// Rank t's SyncFreeLayer over a poisoned workspace and its MoeLayer reference, both with
+// the rank's native weights of `moe`.
+template <class Plnr>
+struct RankPair {
+  RankPair(const Rig<Plnr>& rig, llep::HostThreads& t, const dense::Moe& moe)
+      : weights(layertest::held_weights(moe, rig.topo, t.rank())),
+        ws(rig.bytes()),
+        layer(rig.layer(t.rank(), ws)),
+        ref(rig.topo, K, rig.planner, rig.experts, t) {
+    layer.set_native_weights(weights);
+    ref.set_native_weights(weights);
+  }
+  std::vector<float> weights;
+  Aligned ws;
+  typename Rig<Plnr>::Layer layer;
+  llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref;
+};
+
 // Every step's inputs: skewed toward a hot expert that moves, batch sizes that change.
 std::vector<std::vector<layertest::RankInput>> steps_of(int P, int N, int S, int b_max, std::uint64_t seed) {
   std::vector<std::vector<layertest::RankInput>> steps;
@@ -89,15 +107,9 @@ void compare_with_moe_layer(int P, int N, Plnr planner, std::uint64_t seed) {
   std::vector<std::vector<std::vector<float>>> got(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
   llep::HostGroup group(P);
   llep::run_ranks(group, [&](llep::HostThreads& t) {
-    const int p = t.rank();
-    const auto up = static_cast<std::size_t>(p);
-    const auto weights = layertest::held_weights(moe, rig.topo, p);
-    Aligned ws(rig.bytes());
-    auto layer = rig.layer(p, ws);
-    layer.set_native_weights(weights);
-    llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
-        rig.topo, K, planner, rig.experts, t);
-    ref.set_native_weights(weights);
+    const auto up = static_cast<std::size_t>(t.rank());
+    RankPair<Plnr> pair(rig, t, moe);
+    auto& [weights, ws, layer, ref] = pair;
     for (int s = 0; s < S; ++s) {
       const auto& in = steps[static_cast<std::size_t>(s)][up];
       std::vector<float> out(in.x.size(), -7.0f), want(in.x.size());
@@ -140,22 +152,15 @@ void compare_backward(int P, int N, Plnr planner, llep::GradMode mode, std::uint
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
   using Layer = typename Rig<Plnr>::Layer;
   const Rig<Plnr> rig(P, N, planner, Bmax, Layer::template grad_bytes<float>(llep::HostSwiGlu<float>{{D, H, false}}));
-  std::vector<double> worst(static_cast<std::size_t>(S), 0.0);
   std::vector<std::vector<std::vector<float>>> gh(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P))),
       gg = gh;
   llep::HostGroup group(P);
   llep::run_ranks(group, [&](llep::HostThreads& t) {
-    const int p = t.rank();
-    const auto up = static_cast<std::size_t>(p);
-    const auto weights = layertest::held_weights(moe, rig.topo, p);
-    Aligned ws(rig.bytes());
-    auto layer = rig.layer(p, ws);
-    layer.set_native_weights(weights);
+    const auto up = static_cast<std::size_t>(t.rank());
+    RankPair<Plnr> pair(rig, t, moe);
+    auto& [weights, ws, layer, ref] = pair;
     const std::size_t back_bytes = layer.template backward_workspace_bytes<float, float>();
     Aligned back(back_bytes);
-    llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
-        rig.topo, K, planner, rig.experts, t);
-    ref.set_native_weights(weights);
     llep::ForwardHandle<float> handle;
     std::vector<std::byte> memory(decltype(ref)::handle_bytes(ref.limits(Bmax), handle.keeps()));
     handle.memory = memory;
