@@ -255,14 +255,44 @@ __device__ void tile_product(const View<T>& a, const View<T>& b_lo, const View<T
   }
 }
 
-/// The gate and up columns [n0, n0 + bn / 2) of W_gu [D x 2H]: the B halves of forward's
-/// first launch and of backward's recompute of gate|up.
-template <class T>
-__device__ void gate_up_columns(const T* weights, const ExpertShape& shape, int n0, View<T>& gate, View<T>& up) {
+/// f(r, n0 + c, v) for every element v = Cs[r][c] of the fp32 tile in shared memory whose
+/// row r < rows and column n0 + c < cols: the epilogues that store a tile.
+template <class T, class F>
+__device__ void tile_elements(const float* Cs, int rows, int n0, int cols, F f) {
+  using Tn = Tuning<T>;
+  for (int idx = static_cast<int>(threadIdx.x); idx < Tn::bm * Tn::bn; idx += Tn::threads) {
+    const int r = idx / Tn::bn, c = idx % Tn::bn;
+    if (r < rows && n0 + c < cols) f(r, n0 + c, Cs[r * Tn::c_ld + c]);
+  }
+}
+
+/// gate|up of `rows` rows of x (row-major, D wide) for the columns [n0, n0 + bn / 2) of H:
+/// x W_gu through the tile (gate and up columns side by side), then f(r, j, gate, up) with
+/// the biases added, for every row r < rows and column j < H. Forward's first launch and
+/// backward's recompute.
+template <class T, class Act, class F>
+__device__ void gate_up_tile(const T* weights, const T* x, int rows, const ExpertShape& shape, int n0,
+                             unsigned char* smem, F f) {
+  using Tn = Tuning<T>;
+  constexpr int half_n = Tn::bn / 2;
   const int D = shape.hidden, H = shape.intermediate;
   const T* w_gu = weights + shape.gate_up_offset();
-  gate = View<T>{w_gu + n0, 2 * shape.h(), 1, D, H - n0};
-  up = View<T>{w_gu + H + n0, 2 * shape.h(), 1, D, H - n0};
+  const View<T> gate{w_gu + n0, 2 * shape.h(), 1, D, H - n0}, up{w_gu + H + n0, 2 * shape.h(), 1, D, H - n0};
+  TileAcc<T> acc;
+  acc.zero();
+  tile_product(View<T>{x, shape.d(), 1, rows, D}, gate, up, half_n, smem, acc);
+  const float* Cs = acc.store(smem);
+  const T* b_gu = Act::has_bias ? weights + shape.gate_up_bias_offset() : nullptr;
+  for (int idx = static_cast<int>(threadIdx.x); idx < Tn::bm * half_n; idx += Tn::threads) {
+    const int r = idx / half_n, c = idx % half_n, j = n0 + c;
+    if (r >= rows || j >= H) continue;
+    float g = Cs[r * Tn::c_ld + c], u = Cs[r * Tn::c_ld + half_n + c];
+    if constexpr (Act::has_bias) {
+      g += element<T>::to_float(b_gu[j]);
+      u += element<T>::to_float(b_gu[H + j]);
+    }
+    f(r, j, g, u);
+  }
 }
 
 /// What both forward launches read. `h` is [max_rows x H]; a task's h rows start at the
@@ -347,51 +377,29 @@ template <bool Gate, class T, class Act>
 __device__ void gemm_tile(const Args<T, Act>& a, const TileSlot& slot, unsigned char* smem) {
   using Tn = Tuning<T>;
   using E = element<T>;
-  constexpr int threads = Tn::threads, bm = Tn::bm, bn = Tn::bn, half_n = bn / 2;
   const ExpertTask<T> task = a.tasks[slot.task];
   const int D = a.shape.hidden, H = a.shape.intermediate;
   const auto Hz = static_cast<std::size_t>(H), Dz = static_cast<std::size_t>(D);
   const std::size_t h_row = static_cast<std::size_t>(slot.row_offset + slot.row_begin);
   const int rows = static_cast<int>(slot.rows);
-  const int n0 = static_cast<int>(blockIdx.y) * (Gate ? half_n : bn);
-  const int tid = static_cast<int>(threadIdx.x);
-
-  TileAcc<T> acc;
-  acc.zero();
-  if constexpr (Gate) {
-    View<T> gate, up;
-    gate_up_columns(task.weights, a.shape, n0, gate, up);
-    tile_product(View<T>{task.in + static_cast<std::size_t>(slot.row_begin) * Dz, Dz, 1, rows, D}, gate, up, half_n,
-                 smem, acc);
-  } else {
+  if constexpr (Gate) {  // h = Act(gate, up)
+    gate_up_tile<T, Act>(task.weights, task.in + static_cast<std::size_t>(slot.row_begin) * Dz, rows, a.shape,
+                         static_cast<int>(blockIdx.y) * (Tn::bn / 2), smem, [&](int r, int j, float gate, float up) {
+                           a.h[(h_row + static_cast<std::size_t>(r)) * Hz + static_cast<std::size_t>(j)] =
+                               E::from_float(a.act(gate, up));
+                         });
+  } else {  // out = h W_down + b_down
+    const int n0 = static_cast<int>(blockIdx.y) * Tn::bn;
     const View<T> down{task.weights + a.shape.down_offset() + n0, Dz, 1, H, D - n0};
-    tile_product(View<T>{a.h + h_row * Hz, Hz, 1, rows, H}, down, down, bn, smem, acc);
-  }
-  const float* Cs = acc.store(smem);
-
-  // Epilogue: from the fp32 tile, out with the biases.
-  if constexpr (Gate) {
-    const T* b_gu = Act::has_bias ? task.weights + a.shape.gate_up_bias_offset() : nullptr;
-    for (int idx = tid; idx < bm * half_n; idx += threads) {
-      const int r = idx / half_n, c = idx % half_n, j = n0 + c;
-      if (r >= rows || j >= H) continue;
-      float gate = Cs[r * Tn::c_ld + c], up = Cs[r * Tn::c_ld + half_n + c];
-      if constexpr (Act::has_bias) {
-        gate += E::to_float(b_gu[j]);
-        up += E::to_float(b_gu[H + j]);
-      }
-      a.h[(h_row + static_cast<std::size_t>(r)) * Hz + static_cast<std::size_t>(j)] = E::from_float(a.act(gate, up));
-    }
-  } else {
+    TileAcc<T> acc;
+    acc.zero();
+    tile_product(View<T>{a.h + h_row * Hz, Hz, 1, rows, H}, down, down, Tn::bn, smem, acc);
     const T* b_down = Act::has_bias ? task.weights + a.shape.down_bias_offset() : nullptr;
     T* out = task.out + static_cast<std::size_t>(slot.row_begin) * Dz;
-    for (int idx = tid; idx < bm * bn; idx += threads) {
-      const int r = idx / bn, c = idx % bn, d = n0 + c;
-      if (r >= rows || d >= D) continue;
-      float v = Cs[r * Tn::c_ld + c];
+    tile_elements<T>(acc.store(smem), rows, n0, D, [&](int r, int d, float v) {
       if constexpr (Act::has_bias) v += E::to_float(b_down[d]);
       out[static_cast<std::size_t>(r) * Dz + static_cast<std::size_t>(d)] = E::from_float(v);
-    }
+    });
   }
 }
 
@@ -403,7 +411,7 @@ template <bool Gate, class T, class Act>
 LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_swiglu_gemm(Args<T, Act> a) {
   __shared__ __align__(128) unsigned char smem[Tuning<T>::smem_bytes];
   for_each_row_tile<T>(a.tasks, a.count, a.max_tasks, a.max_rows,
-                                        [&](const TileSlot& slot) { gemm_tile<Gate>(a, slot, smem); });
+                       [&](const TileSlot& slot) { gemm_tile<Gate>(a, slot, smem); });
 }
 
 // ---- backward (backward_sized) ----
@@ -474,7 +482,6 @@ template <RowStage Stage, class T, class G, class Act>
 __device__ void grad_row_tile(const GradArgs<T, G, Act>& a, const TileSlot& slot, unsigned char* smem) {
   using Tn = Tuning<T>;
   using E = element<T>;
-  constexpr int threads = Tn::threads, bm = Tn::bm, bn = Tn::bn, half_n = bn / 2;
   const ExpertGradTask<T, G> task = a.tasks[slot.task];
   if (Stage == RowStage::dx && task.grad_in == nullptr) return;
   const int D = a.shape.hidden, H = a.shape.intermediate;
@@ -482,54 +489,35 @@ __device__ void grad_row_tile(const GradArgs<T, G, Act>& a, const TileSlot& slot
   const std::size_t row = static_cast<std::size_t>(slot.row_offset + slot.row_begin);  // scratch row
   const std::size_t begin = static_cast<std::size_t>(slot.row_begin);                  // task row
   const int rows = static_cast<int>(slot.rows);
-  const int n0 = static_cast<int>(blockIdx.y) * (Stage == RowStage::gate ? half_n : bn);
-  const int tid = static_cast<int>(threadIdx.x);
 
-  TileAcc<T> acc;
-  acc.zero();
-  if constexpr (Stage == RowStage::dh) {  // B(k = d, n = j) = W_down[j][d]: transposed
-    const View<T> w_down_t{task.weights + a.shape.down_offset() + static_cast<std::size_t>(n0) * Dz, 1, Dz, D, H - n0};
-    tile_product(View<T>{task.grad_out + begin * Dz, Dz, 1, rows, D}, w_down_t, w_down_t, bn, smem, acc);
-  } else if constexpr (Stage == RowStage::gate) {
-    View<T> gate, up;
-    gate_up_columns(task.weights, a.shape, n0, gate, up);
-    tile_product(View<T>{task.in + begin * Dz, Dz, 1, rows, D}, gate, up, half_n, smem, acc);
-  } else {  // B(k = c, n = d) = W_gu[d][c]: transposed
-    const View<T> w_gu_t{task.weights + a.shape.gate_up_offset() + static_cast<std::size_t>(n0) * H2, 1, H2,
-                         2 * H, D - n0};
-    tile_product(View<T>{a.dgu + row * H2, H2, 1, rows, 2 * H}, w_gu_t, w_gu_t, bn, smem, acc);
-  }
-  const float* Cs = acc.store(smem);
-
-  if constexpr (Stage == RowStage::dh) {
-    for (int idx = tid; idx < bm * bn; idx += threads) {
-      const int r = idx / bn, c = idx % bn, j = n0 + c;
-      if (r < rows && j < H) a.dh[(row + static_cast<std::size_t>(r)) * Hz + static_cast<std::size_t>(j)] =
-          Cs[r * Tn::c_ld + c];
-    }
-  } else if constexpr (Stage == RowStage::gate) {
-    const T* b_gu = Act::has_bias ? task.weights + a.shape.gate_up_bias_offset() : nullptr;
-    for (int idx = tid; idx < bm * half_n; idx += threads) {
-      const int r = idx / half_n, c = idx % half_n, j = n0 + c;
-      if (r >= rows || j >= H) continue;
-      float gate = Cs[r * Tn::c_ld + c], up = Cs[r * Tn::c_ld + half_n + c];
-      if constexpr (Act::has_bias) {
-        gate += E::to_float(b_gu[j]);
-        up += E::to_float(b_gu[H + j]);
-      }
-      const GluGrad<float> q = a.act.template grad<float>(gate, up);
-      const std::size_t at = row + static_cast<std::size_t>(r), jz = static_cast<std::size_t>(j);
-      const float dh = a.dh[at * Hz + jz];
-      a.h[at * Hz + jz] = E::from_float(q.value);
-      a.dgu[at * H2 + jz] = E::from_float(dh * q.d_gate);
-      a.dgu[at * H2 + Hz + jz] = E::from_float(dh * q.d_up);
-    }
+  if constexpr (Stage == RowStage::gate) {
+    gate_up_tile<T, Act>(task.weights, task.in + begin * Dz, rows, a.shape, static_cast<int>(blockIdx.y) * (Tn::bn / 2),
+                         smem, [&](int r, int j, float gate, float up) {
+                           const GluGrad<float> q = a.act.template grad<float>(gate, up);
+                           const std::size_t at = row + static_cast<std::size_t>(r), jz = static_cast<std::size_t>(j);
+                           const float dh = a.dh[at * Hz + jz];
+                           a.h[at * Hz + jz] = E::from_float(q.value);
+                           a.dgu[at * H2 + jz] = E::from_float(dh * q.d_gate);
+                           a.dgu[at * H2 + Hz + jz] = E::from_float(dh * q.d_up);
+                         });
   } else {
-    T* dx = task.grad_in + begin * Dz;
-    for (int idx = tid; idx < bm * bn; idx += threads) {
-      const int r = idx / bn, c = idx % bn, d = n0 + c;
-      if (r < rows && d < D)
-        dx[static_cast<std::size_t>(r) * Dz + static_cast<std::size_t>(d)] = E::from_float(Cs[r * Tn::c_ld + c]);
+    const int n0 = static_cast<int>(blockIdx.y) * Tn::bn;
+    TileAcc<T> acc;
+    acc.zero();
+    if constexpr (Stage == RowStage::dh) {  // B(k = d, n = j) = W_down[j][d]: transposed
+      const View<T> w_down_t{task.weights + a.shape.down_offset() + static_cast<std::size_t>(n0) * Dz, 1, Dz, D, H - n0};
+      tile_product(View<T>{task.grad_out + begin * Dz, Dz, 1, rows, D}, w_down_t, w_down_t, Tn::bn, smem, acc);
+      tile_elements<T>(acc.store(smem), rows, n0, H, [&](int r, int j, float v) {
+        a.dh[(row + static_cast<std::size_t>(r)) * Hz + static_cast<std::size_t>(j)] = v;
+      });
+    } else {  // B(k = c, n = d) = W_gu[d][c]: transposed
+      const View<T> w_gu_t{task.weights + a.shape.gate_up_offset() + static_cast<std::size_t>(n0) * H2, 1, H2, 2 * H,
+                           D - n0};
+      tile_product(View<T>{a.dgu + row * H2, H2, 1, rows, 2 * H}, w_gu_t, w_gu_t, Tn::bn, smem, acc);
+      T* dx = task.grad_in + begin * Dz;
+      tile_elements<T>(acc.store(smem), rows, n0, D, [&](int r, int d, float v) {
+        dx[static_cast<std::size_t>(r) * Dz + static_cast<std::size_t>(d)] = E::from_float(v);
+      });
     }
   }
 }
@@ -538,7 +526,7 @@ template <RowStage Stage, class T, class G, class Act>
 LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_grad_rows(GradArgs<T, G, Act> a) {
   __shared__ __align__(128) unsigned char smem[Tuning<T>::smem_bytes];
   for_each_row_tile<T>(a.tasks, a.count, a.max_tasks, a.max_rows,
-                                        [&](const TileSlot& slot) { grad_row_tile<Stage>(a, slot, smem); });
+                       [&](const TileSlot& slot) { grad_row_tile<Stage>(a, slot, smem); });
 }
 
 /// Whether the task after following links is computed: it has rows that end within the
@@ -558,14 +546,13 @@ __device__ bool computed(const GradArgs<T, G, Act>& a, const ExpertGradTask<T, G
 template <class T, class G, class Act>
 LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_grad_weights(GradArgs<T, G, Act> a) {
   using Tn = Tuning<T>;
-  constexpr int threads = Tn::threads, bm = Tn::bm, bn = Tn::bn;
+  constexpr int bm = Tn::bm, bn = Tn::bn;
   __shared__ __align__(128) unsigned char smem[Tn::smem_bytes];
   const std::int32_t count = clamped_count(a.count, a.max_tasks);
   const int D = a.shape.hidden, H = a.shape.intermediate;
   const auto Hz = static_cast<std::size_t>(H), Dz = static_cast<std::size_t>(D), H2 = 2 * Hz;
   const long long down_cols = (D + bn - 1) / bn, gu_cols = (2 * H + bn - 1) / bn;
   const long long down_tiles = (H + bm - 1) / bm * down_cols, per = down_tiles + (D + bm - 1) / bm * gu_cols;
-  const int tid = static_cast<int>(threadIdx.x);
   for (long long w = blockIdx.x; w < count * per; w += gridDim.x) {
     const auto i = static_cast<std::int32_t>(w / per);
     if (!a.links[i].lead) continue;
@@ -593,15 +580,11 @@ LLEP_KERNEL void __launch_bounds__(Tuning<T>::threads) grouped_grad_weights(Grad
       }
     }
     if (!any && a.accumulate) continue;  // nothing to add
-    const float* Cs = acc.store(smem);
     G* out = a.tasks[i].grad_weights + (down ? a.shape.down_offset() : a.shape.gate_up_offset());
-    for (int idx = tid; idx < bm * bn; idx += threads) {
-      const int r = idx / bn, c = idx % bn, m = m0 + r, n = n0 + c;
-      if (m >= M || n >= N) continue;
-      G* dst = out + static_cast<std::size_t>(m) * static_cast<std::size_t>(N) + static_cast<std::size_t>(n);
-      const float v = Cs[r * Tn::c_ld + c];
+    tile_elements<T>(acc.store(smem), M - m0, n0, N, [&](int r, int n, float v) {
+      G* dst = out + static_cast<std::size_t>(m0 + r) * static_cast<std::size_t>(N) + static_cast<std::size_t>(n);
       *dst = element<G>::from_float(a.accumulate ? element<G>::to_float(*dst) + v : v);
-    }
+    });
   }
 }
 
