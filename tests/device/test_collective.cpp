@@ -53,7 +53,21 @@ symtest::StepCase unique_transfers(symtest::StepCase c) {
   return c;
 }
 
-llep::StepExchangeSizes sizes_of(const symtest::Rig& rig) {
+// Backward's weight gradient of `expert` from helper `helper` in a step: bytes that name both.
+std::byte grad_byte(const symtest::StepCase& c, int helper, std::int32_t expert, std::size_t b) {
+  return symtest::payload(c.step, helper, -1000 - expert, 7, b);
+}
+// What native rank p receives: the gradient of each transfer from it, in plan order.
+std::vector<std::byte> received_grads(const symtest::StepCase& c, int p, std::size_t grad_bytes) {
+  std::vector<std::byte> out;
+  for (const llep::WeightTransfer& t : c.transfers)
+    if (t.src == p)
+      for (std::size_t b = 0; b < grad_bytes; ++b) out.push_back(grad_byte(c, t.dst, t.expert, b));
+  return out;
+}
+
+// The exchange's sizes for a rig; grad_bytes > 0 for steps that return weight gradients.
+llep::StepExchangeSizes sizes_of(const symtest::Rig& rig, std::size_t grad_bytes = 0) {
   return llep::StepExchangeSizes{rig.P,
                                  rig.N,
                                  rig.capacity_rows(),
@@ -61,7 +75,8 @@ llep::StepExchangeSizes sizes_of(const symtest::Rig& rig) {
                                  rig.row_bytes,
                                  symtest::experts_per_rank(rig.P, rig.N),
                                  static_cast<int>(rig.max_transfers()),
-                                 rig.expert_bytes};
+                                 rig.expert_bytes,
+                                 grad_bytes};
 }
 
 // One rank: its exec, exchange and status word, its buffers and its calls of one step;
@@ -79,7 +94,8 @@ struct RankStep {
   std::vector<status_word_t> words;
   llep::StatusWords status;
   Guarded counts_memory{llep::SharedCounts::bytes(rig.P, rig.N)}, recv{rig.rows_bytes()}, back{rig.rows_bytes()},
-      foreign{rig.max_transfers() * rig.expert_bytes};
+      foreign{rig.max_transfers() * rig.expert_bytes}, received{rig.max_transfers() * x.sizes().grad_bytes};
+  std::vector<std::byte> received_got;  // with grad_bytes: what grads() delivered, as received_grads() sizes it
   std::vector<std::int32_t> native_slot = symtest::native_slots(rig.P, rig.N);
 
   // The collective status check; this rank's error text (testutil::kNoError when none).
@@ -117,6 +133,18 @@ struct RankStep {
               llep::WeightsStep{&plan, native_slot.data(), foreign.span().data(),
                                 static_cast<std::int32_t>(rig.max_transfers())},
               status);
+    const std::size_t gb = x.sizes().grad_bytes;
+    if (gb > 0) {  // the helper's gradient of the j-th transfer to it at j; back to the natives
+      std::fill(received.bytes.begin(), received.bytes.end(), kPoison);
+      std::byte* g = x.foreign_grads();
+      for (const llep::WeightTransfer& w : c.transfers)
+        if (w.dst == p)
+          for (std::size_t b = 0; b < gb; ++b) *g++ = grad_byte(c, p, w.expert, b);
+      x.grads(exec, llep::GradsStep{&plan, received.span().data(), static_cast<std::int32_t>(rig.max_transfers())},
+              status);
+      const std::size_t n = received_grads(c, p, gb).size();
+      received_got.assign(received.span().data(), received.span().data() + n);
+    }
     symtest::StepResult r;
     r.counts.assign(counts.counts, counts.counts + rig.P * rig.N);
     r.bad.assign(counts.bad, counts.bad + rig.P);
@@ -128,7 +156,7 @@ struct RankStep {
   }
   [[nodiscard]] bool guards_intact() {
     return memory.guard_intact() && counts_memory.guard_intact() && recv.guard_intact() && back.guard_intact() &&
-           foreign.guard_intact();
+           foreign.guard_intact() && received.guard_intact();
   }
 };
 
@@ -143,7 +171,7 @@ TEST_CASE("collective exchange over host threads: counts, rows both ways and wei
       std::vector<symtest::StepCase> cases;
       for (int s = 0; s < 5; ++s)
         cases.push_back(unique_transfers(symtest::make_step(rng, P, N, s, rig.max_rows, s == 3 ? P - 1 : -1)));
-      const llep::StepExchangeSizes sizes = sizes_of(rig);
+      const llep::StepExchangeSizes sizes = sizes_of(rig, row_bytes + 4);  // with gradients: 36 and 16 bytes
       llep::HostGroup group(P);
       std::vector<int> wrong(static_cast<std::size_t>(P), 0), guards(static_cast<std::size_t>(P), 0);
       std::vector<std::string> names(static_cast<std::size_t>(P));
@@ -153,6 +181,7 @@ TEST_CASE("collective exchange over host threads: counts, rows both ways and wei
         for (const symtest::StepCase& c : cases) {
           const symtest::StepResult got = rs.run(c, symtest::tables(c, p));
           wrong[static_cast<std::size_t>(p)] += got == symtest::expected_step(rig, c, p) ? 0 : 1;
+          wrong[static_cast<std::size_t>(p)] += rs.received_got == received_grads(c, p, sizes.grad_bytes) ? 0 : 1;
           rs.status.check(rs.exec, tr, N);  // nothing recorded: bad ids are the layer's scan
         }
         guards[static_cast<std::size_t>(p)] = rs.guards_intact() ? 1 : 0;
@@ -172,7 +201,7 @@ TEST_CASE("collective exchange over host threads: counts, rows both ways and wei
 
 TEST_CASE("collective exchange: a capacity too small is named by sender and receiver, nothing written past it") {
   // P = 3: rank 0 sends 3 rows to rank 1 with room for 2 per peer, and two experts where
-  // one fits; every other pair fits.
+  // one fits (whose gradients come back likewise); every other pair fits.
   const int P = 3, N = 6;
   const symtest::Rig rig(P, N, 3, 16, 32);
   symtest::StepCase c;
@@ -182,7 +211,7 @@ TEST_CASE("collective exchange: a capacity too small is named by sender and rece
   c.ids.assign(static_cast<std::size_t>(P), std::vector<std::int32_t>{0, 5});
   c.rows = {1, 3, 0, 2, 0, 1, 0, 2, 2};                 // [src * P + dst]
   c.transfers = {{0, 0, 1}, {1, 0, 1}, {2, 1, 2}};      // experts 0, 1 of rank 0 to rank 1
-  llep::StepExchangeSizes sizes = sizes_of(rig);
+  const llep::StepExchangeSizes sizes = sizes_of(rig, 16);
   const X::Capacity small{2, 1};
   CHECK(X::bytes(sizes, small) < X::bytes(sizes));
   CHECK(X::bytes_per_step(sizes, small) < X::bytes_per_step(sizes));
@@ -190,6 +219,7 @@ TEST_CASE("collective exchange: a capacity too small is named by sender and rece
   std::vector<std::vector<status_word_t>> rows_words(P), weight_words(P);
   std::vector<std::string> errors(P);
   std::vector<symtest::StepResult> got(P);
+  std::vector<std::vector<std::byte>> received(P);
   std::vector<int> guards(P, 0);
   llep::run_ranks(group, [&](llep::HostThreads& tr) {
     const int p = tr.rank();
@@ -202,6 +232,7 @@ TEST_CASE("collective exchange: a capacity too small is named by sender and rece
     rows_words[static_cast<std::size_t>(p)].assign(rs.status.last().begin(), rs.status.last().end());
     const symtest::StepResult w = rs.run(weights_only, symtest::tables(weights_only, p));
     got[static_cast<std::size_t>(p)].foreign = w.foreign;
+    received[static_cast<std::size_t>(p)] = rs.received_got;
     (void)rs.check(tr);
     weight_words[static_cast<std::size_t>(p)].assign(rs.status.last().begin(), rs.status.last().end());
     guards[static_cast<std::size_t>(p)] = rs.guards_intact() ? 1 : 0;
@@ -247,6 +278,12 @@ TEST_CASE("collective exchange: a capacity too small is named by sender and rece
   CHECK(std::all_of(f1.begin() + static_cast<long>(rig.expert_bytes), f1.end(), [](std::byte b) { return b == kPoison; }));
   // Rank 2's weights (from rank 1, within the capacity) arrive.
   CHECK(got[2].foreign == symtest::expected_step(rig, c, 2).foreign);
+  // Gradients: rank 0 gets expert 0's back from rank 1, not expert 1's; rank 1 gets rank 2's.
+  const std::vector<std::byte> g0 = received_grads(c, 0, 16);
+  REQUIRE(received[0].size() == 32);
+  CHECK(std::equal(g0.begin(), g0.begin() + 16, received[0].begin()));
+  CHECK(std::all_of(received[0].begin() + 16, received[0].end(), [](std::byte b) { return b == kPoison; }));
+  CHECK(received[1] == received_grads(c, 1, 16));
 }
 
 TEST_CASE("collective exchange: a receive count that disagrees with the carried count is named, not written") {

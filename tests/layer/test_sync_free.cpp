@@ -387,3 +387,83 @@ TEST_CASE("SyncFreeLayer: a plan that fails closes the step on every rank; check
   }
   CHECK(errors[0].find("the device plan failed") != std::string::npos);
 }
+
+// ---------------------------------------------------------------------------------------
+// SyncFreeLayer over CollectiveExchange (device/collective_exchange.hpp): the fixed-capacity
+// collectives instead of symmetric memory, on the same rank threads.
+#include "llep/device/collective_exchange.hpp"
+
+namespace {
+
+using CollectiveX = llep::CollectiveExchange<llep::HostThreads>;
+
+// Every step on a SyncFreeLayer over CollectiveExchange<HostThreads> and on MoeLayer, per
+// rank, bit for bit (and the dense MoE); `inputs` [step][rank]. Returns each rank's error
+// at the first check that throws (testutil::kNoError when none does).
+template <class Plnr>
+std::vector<std::string> collective_vs_moe_layer(int P, int N, Plnr planner, std::uint64_t seed,
+                                                 const std::vector<std::vector<layertest::RankInput>>& inputs,
+                                                 int b_max, llep::CollectiveCapacity capacity = {}) {
+  using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec, CollectiveX>;
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
+  const llep::Topology topo(P, N);
+  const llep::HostSwiGlu<float> experts{{D, H, false}};
+  const auto limits = Layer::make_limits(topo, K, planner, experts, b_max);
+  const auto sizes = Layer::exchange_sizes(topo, limits);
+  const std::size_t x_bytes = CollectiveX::bytes(sizes, capacity), ws_bytes = Layer::workspace_bytes(topo, limits);
+  const std::size_t S = inputs.size();
+  std::vector<std::vector<std::vector<float>>> got(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
+  std::vector<std::string> errors(static_cast<std::size_t>(P), testutil::kNoError);
+  llep::HostGroup group(P);
+  llep::run_ranks(group, [&](llep::HostThreads& t) {
+    const int p = t.rank();
+    const auto up = static_cast<std::size_t>(p);
+    const auto weights = layertest::held_weights(moe, topo, p);
+    Aligned xm(x_bytes), ws(ws_bytes);
+    Layer layer(topo, K, planner, experts, llep::HostExec{}, CollectiveX(t, sizes, xm.span(x_bytes), capacity), limits,
+                ws.span(ws_bytes));
+    CHECK(std::string(layer.exchange()) == "fixed-capacity collectives (host_threads)");
+    layer.set_native_weights(weights);
+    llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
+        topo, K, planner, experts, t);
+    ref.set_native_weights(weights);
+    for (std::size_t s = 0; s < S; ++s) {
+      const auto& in = inputs[s][up];
+      std::vector<float> out(in.x.size(), -7.0f), want(in.x.size());
+      layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids),
+                    std::span<const float>(in.gates), std::span<float>(out));
+      errors[up] = testutil::error_of([&] { layer.check(t); });
+      if (errors[up] != testutil::kNoError) return;  // the same error on every rank: all leave here
+      ref.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
+                  std::span<float>(want));
+      CHECK(same_bits(out, want));
+      got[s][up] = out;
+    }
+  });
+  if (errors[0] == testutil::kNoError)
+    for (std::size_t s = 0; s < S; ++s) CHECK(layertest::relative_error(moe, inputs[s], got[s], K) < 1e-4);
+  return errors;
+}
+
+}  // namespace
+
+TEST_CASE("SyncFreeLayer over CollectiveExchange<HostThreads> equals MoeLayer bit for bit, and the dense MoE") {
+  constexpr int Bmax = 20;
+  for (const int P : {2, 4}) {
+    CAPTURE(P);
+    const int N = 4 * P;
+    const std::vector<std::string> clean(static_cast<std::size_t>(P), testutil::kNoError);
+    CHECK(collective_vs_moe_layer(P, N, llep::StandardEp{}, 41, steps_of(P, N, 4, Bmax, 41), Bmax) == clean);
+    CHECK(collective_vs_moe_layer(P, N, llep::LeastLoaded{1.0, 2}, 42, steps_of(P, N, 4, Bmax, 42), Bmax) == clean);
+  }
+}
+
+TEST_CASE("SyncFreeLayer over CollectiveExchange: a capacity too small is the same llep::Error on every rank") {
+  constexpr int P = 2, N = 4, Bmax = 8;
+  // Full batches of 16 pairs a rank, uniform over 4 experts: rank 0 sends rank 1 more than 2 rows.
+  const auto full = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 6, {Bmax, Bmax});
+  const auto errors = collective_vs_moe_layer(P, N, llep::StandardEp{}, 7, {full}, Bmax, llep::CollectiveCapacity{2, -1});
+  CHECK(errors[1] == errors[0]);
+  CHECK(errors[0].find("exceed the fixed-capacity exchange's room per peer (raise CollectiveCapacity)") !=
+        std::string::npos);
+}

@@ -202,49 +202,61 @@ struct PlaceTransfers {
   }
 };
 
-/// weights: worker w's share of packing the transfers from this rank into the slots of
-/// their destinations.
+/// weights and grads: worker w's share of packing this rank's side of the transfers into
+/// the slots of their peers: as the source (weights: the native's experts at
+/// native_slot[expert]) or as the destination (grads: the k-th transfer to this rank's
+/// item k, at most `items` of them).
 template <class Word>
-struct PackWeights {
+struct PackTransfers {
   Slots s;
   Transfers t;
-  const std::int32_t* native_slot;
-  const std::byte* natives;
-  LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
-    for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
-      const WeightTransfer x = t.plan->transfers[i];
-      const std::int32_t j = t.place[i];
-      if (x.src != s.rank || j < 0) continue;
-      if (j >= s.capacity)
-        s.note(w, capacity_word(x.dst, static_cast<std::uint64_t>(j) + 1));
-      else
-        s.copy<Word>(s.item(x.dst, j), natives + static_cast<std::size_t>(native_slot[x.expert]) * s.item_bytes, 1, w);
-    }
-  }
-};
-
-/// weights: worker w's share of the transfers to this rank in plan order: the k-th into
-/// foreign slot k, from its source's slot.
-template <class Word>
-struct UnpackWeights {
-  Slots s;
-  Transfers t;
-  std::byte* foreign;
-  std::int32_t foreign_capacity;
+  bool as_source;
+  const std::byte* from;
+  const std::int32_t* native_slot;  // null: the k-th transfer's item k
+  std::int32_t items;
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
     std::int32_t k = 0;
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
       const WeightTransfer x = t.plan->transfers[i];
-      const std::int32_t j = t.place[i];
-      if (x.dst != s.rank || j < 0) continue;
-      if (k == foreign_capacity) {
-        s.note(w, overflow_word(x.src, static_cast<std::uint64_t>(k) + 1));
+      const std::int32_t j = t.place[i], peer = as_source ? x.dst : x.src;
+      if ((as_source ? x.src : x.dst) != s.rank || j < 0) continue;
+      const std::int32_t at = native_slot != nullptr ? native_slot[x.expert] : k++;
+      if (native_slot == nullptr && at >= items) {
+        s.note(w, overflow_word(peer, static_cast<std::uint64_t>(at) + 1));
         return;
       }
       if (j >= s.capacity)
-        s.note(w, capacity_word(x.src, static_cast<std::uint64_t>(j) + 1));
+        s.note(w, capacity_word(peer, static_cast<std::uint64_t>(j) + 1));
       else
-        s.copy<Word>(foreign + static_cast<std::size_t>(k) * s.item_bytes, s.item(x.src, j), 1, w);
+        s.copy<Word>(s.item(peer, j), from + static_cast<std::size_t>(at) * s.item_bytes, 1, w);
+    }
+  }
+};
+
+/// weights and grads: worker w's share of unpacking this rank's side of the transfers in
+/// plan order, the k-th into `to` at k, from its peer's slot: as the destination (weights:
+/// into the foreign experts) or as the source (grads: into the received gradients).
+template <class Word>
+struct UnpackTransfers {
+  Slots s;
+  Transfers t;
+  bool as_source;
+  std::byte* to;
+  std::int32_t capacity;  // items `to` holds
+  LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
+    std::int32_t k = 0;
+    for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
+      const WeightTransfer x = t.plan->transfers[i];
+      const std::int32_t j = t.place[i], peer = as_source ? x.dst : x.src;
+      if ((as_source ? x.src : x.dst) != s.rank || j < 0) continue;
+      if (k == capacity) {
+        s.note(w, overflow_word(peer, static_cast<std::uint64_t>(k) + 1));
+        return;
+      }
+      if (j >= s.capacity)
+        s.note(w, capacity_word(peer, static_cast<std::uint64_t>(j) + 1));
+      else
+        s.copy<Word>(to + static_cast<std::size_t>(k) * s.item_bytes, s.item(peer, j), 1, w);
       ++k;
     }
   }
@@ -264,20 +276,21 @@ class CollectiveExchange {
 
   /// Bytes of exec memory the constructor takes for `sizes` and `capacity`: the send rows
   /// (both channels share them: rows() has packed them when it returns in exec order), the
-  /// native weights, the gathered bins, two staging areas of P slots (rows and weights
-  /// take turns in them) and the transfer places.
+  /// native weights, the foreign experts' gradients (sizes.grad_bytes > 0: backward), the
+  /// gathered bins, two staging areas of P slots (rows, weights and gradients take turns
+  /// in them) and the transfer places.
   [[nodiscard]] static std::size_t bytes(const StepExchangeSizes& sizes, const Capacity& capacity = {}) {
     return carve(nullptr, sizes, capacity.resolve(sizes)).bytes;
   }
 
-  /// Bytes one rank sends (and receives) per step, itself included, whatever the routing:
-  /// P x ((N + 1) x 8 for the counts + a dispatch and a combine slot of rows + a slot of
-  /// experts). The live rows and weights are only a part of it.
+  /// Bytes one rank sends (and receives) per forward step, itself included, whatever the
+  /// routing: P x ((N + 1) x 8 for the counts + a dispatch and a combine slot of rows + a
+  /// slot of experts). The live rows and weights are only a part of it.
   [[nodiscard]] static std::size_t bytes_per_step(const StepExchangeSizes& sizes, const Capacity& capacity = {}) {
     const Capacity c = capacity.resolve(sizes);
     return static_cast<std::size_t>(sizes.ranks) *
            ((static_cast<std::size_t>(sizes.experts) + 1) * sizeof(count_t) + 2 * row_stride(sizes, c) +
-            weight_stride(sizes, c));
+            item_stride(sizes.expert_bytes, c));
   }
 
   /// `memory`: bytes(sizes, capacity) of the exec's memory, 256-byte aligned, kept until the
@@ -365,28 +378,58 @@ class CollectiveExchange {
     check_exec(exec);
     LLEP_EXPECTS(s.plan != nullptr && s.native_slot != nullptr && (s.foreign != nullptr || s.foreign_capacity == 0),
                  "rank ", rank(), ": CollectiveExchange::weights needs the plan, the native slots and `foreign`");
-    using namespace detail::coll;
-    const std::size_t stride = weight_stride(sizes_, cap_);
-    set_slots(stride);
-    const Transfers t{s.plan, mem_.place, static_cast<std::int32_t>(max_transfers(sizes_))};
-    const Slots out = slots<Exec>(mem_.out, stride, 0, sizes_.expert_bytes, cap_.experts_per_peer, status),
-                in = slots<Exec>(mem_.in, stride, 0, sizes_.expert_bytes, cap_.experts_per_peer, status);
-    exec.for_each_n(1, PlaceTransfers{t, out.rank, out.ranks, mem_.next, status.word()});
-    const bool words = sizes_.expert_bytes % 16 == 0 && aligned16(s.foreign);
-    if (words)
-      exec.for_each_n(out.workers, PackWeights<Word16>{out, t, s.native_slot, mem_.natives});
-    else
-      exec.for_each_n(out.workers, PackWeights<std::byte>{out, t, s.native_slot, mem_.natives});
-    if (stride > 0) tr_->all_to_all_v(mem_.out, slot_sizes_, slot_offsets_, mem_.in, slot_sizes_, slot_offsets_);
-    if (words)
-      exec.for_each_n(in.workers, UnpackWeights<Word16>{in, t, s.foreign, s.foreign_capacity});
-    else
-      exec.for_each_n(in.workers, UnpackWeights<std::byte>{in, t, s.foreign, s.foreign_capacity});
+    transfers(exec, s.plan, status, sizes_.expert_bytes, true, mem_.natives, s.native_slot, 0, s.foreign,
+              s.foreign_capacity);
+  }
+
+  /// Backward (sizes().grad_bytes > 0): where this rank's helpers' weight gradients wait,
+  /// foreign x grad_bytes of exec memory, the j-th transfer to this rank's at j x grad_bytes.
+  [[nodiscard]] std::byte* foreign_grads() const noexcept { return mem_.grads; }
+
+  /// The weights path in reverse: each helper packs the gradient of the k-th transfer to
+  /// it into slot j of the transfer's native rank (j: the transfer's place among those
+  /// from that rank to this helper), one all_to_all_v of P slots of experts_per_peer
+  /// gradients, and each native rank unpacks the k-th transfer from it (plan order) to
+  /// g.received at k x grad_bytes. Beyond received_capacity: overflow status, no write.
+  template <class Exec>
+  void grads(Exec& exec, const GradsStep& g, StatusWords& status) {
+    check_exec(exec);
+    LLEP_EXPECTS(sizes_.grad_bytes > 0, "rank ", rank(),
+                 ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
+    LLEP_EXPECTS(g.plan != nullptr && (g.received != nullptr || g.received_capacity == 0), "rank ", rank(),
+                 ": CollectiveExchange::grads needs the plan and `received`");
+    transfers(exec, g.plan, status, sizes_.grad_bytes, false, mem_.grads, nullptr, sizes_.foreign, g.received,
+              g.received_capacity);
   }
 
  private:
+  // Places, pack, one all_to_all_v of P slots of experts_per_peer items (skipped when a
+  // slot holds nothing), unpack: weights (as the source then the destination) or grads.
+  template <class Exec>
+  void transfers(Exec& exec, const PlanView* plan, StatusWords& status, std::size_t item_bytes, bool weights,
+                 const std::byte* from, const std::int32_t* native_slot, std::int32_t items, std::byte* to,
+                 std::int32_t capacity) {
+    using namespace detail::coll;
+    const std::size_t stride = item_stride(item_bytes, cap_);
+    set_slots(stride);
+    const Transfers t{plan, mem_.place, static_cast<std::int32_t>(max_transfers(sizes_))};
+    const Slots out = slots<Exec>(mem_.out, stride, 0, item_bytes, cap_.experts_per_peer, status),
+                in = slots<Exec>(mem_.in, stride, 0, item_bytes, cap_.experts_per_peer, status);
+    exec.for_each_n(1, PlaceTransfers{t, out.rank, out.ranks, mem_.next, status.word()});
+    const bool words = item_bytes % 16 == 0 && aligned16(to);
+    if (words)
+      exec.for_each_n(out.workers, PackTransfers<Word16>{out, t, weights, from, native_slot, items});
+    else
+      exec.for_each_n(out.workers, PackTransfers<std::byte>{out, t, weights, from, native_slot, items});
+    if (stride > 0) tr_->all_to_all_v(mem_.out, slot_sizes_, slot_offsets_, mem_.in, slot_sizes_, slot_offsets_);
+    if (words)
+      exec.for_each_n(in.workers, UnpackTransfers<Word16>{in, t, !weights, to, capacity});
+    else
+      exec.for_each_n(in.workers, UnpackTransfers<std::byte>{in, t, !weights, to, capacity});
+  }
+
   struct Memory {
-    std::byte *send = nullptr, *natives = nullptr, *out = nullptr, *in = nullptr;
+    std::byte *send = nullptr, *natives = nullptr, *grads = nullptr, *out = nullptr, *in = nullptr;
     count_t* gathered = nullptr;
     std::int32_t *place = nullptr, *next = nullptr;
     std::size_t bytes = 0;
@@ -405,8 +448,11 @@ class CollectiveExchange {
       slot_offsets_[q] = q * stride;
     }
   }
+  [[nodiscard]] static std::size_t item_stride(std::size_t item_bytes, const Capacity& c) {
+    return (static_cast<std::size_t>(c.experts_per_peer) * item_bytes + 15) / 16 * 16;
+  }
   [[nodiscard]] static std::size_t weight_stride(const StepExchangeSizes& s, const Capacity& c) {
-    return (static_cast<std::size_t>(c.experts_per_peer) * s.expert_bytes + 15) / 16 * 16;
+    return item_stride(std::max(s.expert_bytes, s.grad_bytes), c);
   }
   [[nodiscard]] static std::size_t max_transfers(const StepExchangeSizes& s) {
     return static_cast<std::size_t>(max_plan_segments(s.ranks, s.experts));
@@ -419,6 +465,7 @@ class CollectiveExchange {
     Carve k;
     const std::size_t o_send = k.take(send_rows * s.row_bytes),
                       o_natives = k.take(static_cast<std::size_t>(s.natives) * s.expert_bytes),
+                      o_grads = k.take(static_cast<std::size_t>(s.foreign) * s.grad_bytes),
                       o_gathered = k.take(P * (static_cast<std::size_t>(s.experts) + 1) * sizeof(count_t)),
                       o_out = k.take(staging), o_in = k.take(staging),
                       o_place = k.take(max_transfers(s) * sizeof(std::int32_t)),
@@ -428,6 +475,7 @@ class CollectiveExchange {
     if (base == nullptr) return m;
     m.send = base + o_send;
     m.natives = base + o_natives;
+    m.grads = s.grad_bytes > 0 ? base + o_grads : nullptr;
     m.gathered = reinterpret_cast<count_t*>(base + o_gathered);
     m.out = base + o_out;
     m.in = base + o_in;
