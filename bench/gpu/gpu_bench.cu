@@ -441,7 +441,7 @@ StepCost measure(const Args& a, llep::CudaExec& exec, const llep::bench::LayerSh
         auto backward = [&] {
           llep::copy_rows(exec, false, b.cg->p, cout.p, dperm.as<std::int32_t>(), n, row_bytes);
           ffn.compute(exec, std::span<const llep::ExpertTask<T>>(b.fwd), bscratch);
-          exec.for_each_n(n, llep::detail::backward::GateGradients<T, GW>{b.cg->as<T>(), cy, b.gate->as<GW>(),
+          exec.for_each_n(n, llep::GateGradients<T, GW>{b.cg->as<T>(), cy, b.gate->as<GW>(),
                                                                            b.gs->as<GW>(), es.d()});
           ffn.backward(exec, std::span<const llep::ExpertGradTask<T, GW>>(b.native), llep::GradMode::accumulate,
                        bscratch);
