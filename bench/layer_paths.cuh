@@ -179,8 +179,8 @@ PathTimes time_layer_paths(const LogicalLayer& L, const Plnr& planner, const sim
         sym.push_back(std::make_unique<PeerSymmetricMemory>(t, Free::symmetric_layout(topo, limits, grad_bytes)));
         ws.push_back(std::make_unique<DeviceBuffer>(ws_bytes));
         sf.push_back(std::make_unique<Free>(topo, L.top_k, planner, experts, CudaExec(t.stream()), sym.back()->view(),
-                                            limits, std::span<std::byte>(ws.back()->as<std::byte>(), ws_bytes), SignalOptions{},
-                                            grad_bytes));
+                                            limits, std::span<std::byte>(ws.back()->as<std::byte>(), ws_bytes),
+                                            SignalOptions{}, grad_bytes));
         // The weights live where peers read them; MoeLayer reads the same ones.
         const auto w = sf.back()->native_weights();
         exec.for_each_n(w.size(), Fill{w.data(), 0.03f, static_cast<unsigned>(97 * l + p)});
@@ -209,6 +209,7 @@ PathTimes time_layer_paths(const LogicalLayer& L, const Plnr& planner, const sim
       std::vector<ForwardHandle<PathT>> handles;
       const std::size_t W = static_cast<std::size_t>(topo.slots_per_rank()) * experts.weight_elems();
       const HandleKeeps keeps{true, true, true};  // inputs, foreign weights, outputs
+      const std::size_t handle_bytes = L.train ? Moe::handle_bytes(moe[0]->limits(L.tokens), keeps) : 0;
       if (L.train) {
         for (int l = 0; l <= L.layers; ++l) grad.push_back(std::make_unique<DeviceBuffer>(B * D * sizeof(PathT)));
         exec.for_each_n(B * D, Fill{grad.back()->as<PathT>(), 0.5f, static_cast<unsigned>(1000 + p)});
@@ -217,10 +218,8 @@ PathTimes time_layer_paths(const LogicalLayer& L, const Plnr& planner, const sim
           grad_gates.push_back(std::make_unique<DeviceBuffer>(B * K * sizeof(float)));
           grad_weights.push_back(std::make_unique<DeviceBuffer>(W * sizeof(float)));
           back_ws.push_back(std::make_unique<DeviceBuffer>(layer.template backward_workspace_bytes<float, float>()));
-          handle_mem.push_back(std::make_unique<DeviceBuffer>(Moe::handle_bytes(moe[0]->limits(L.tokens), keeps)));
-          handles.emplace_back(std::span<std::byte>(handle_mem.back()->as<std::byte>(),
-                                                    Moe::handle_bytes(moe[0]->limits(L.tokens), keeps)),
-                               true);
+          handle_mem.push_back(std::make_unique<DeviceBuffer>(handle_bytes));
+          handles.emplace_back(std::span<std::byte>(handle_mem.back()->as<std::byte>(), handle_bytes), true);
           handles.back().save_outputs = true;
         }
         exec.synchronize();

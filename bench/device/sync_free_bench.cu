@@ -47,8 +47,8 @@ void run(int reps, int rounds, const llep::bench::PaperScene&) {
     for (const llep::sim::Skew skew : {llep::sim::Skew{}, llep::sim::Skew{1, 0.5}, llep::sim::Skew{2, 0.9}}) {
       const auto t = llep::bench::time_layer_paths(layers, llep::LeastLoaded{1.0, 4}, skew, 3, reps, rounds);
       const double moe = t.moe_layer.host_us, eager = t.sync_free.host_us, graph = t.graph.host_us;
-      std::printf("%-12s %-8s %12.1f %12.1f %12.1f %10.3f %10.3f\n", skew.name().c_str(), train ? "fwd+bwd" : "fwd", moe,
-                  eager, graph, eager / moe, graph / moe);
+      std::printf("%-12s %-8s %12.1f %12.1f %12.1f %10.3f %10.3f\n", skew.name().c_str(), train ? "fwd+bwd" : "fwd",
+                  moe, eager, graph, eager / moe, graph / moe);
       std::fflush(stdout);
     }
   }
