@@ -12,6 +12,11 @@
 // wall time to its stream sync and the device time from the start event to the last rank's
 // end event (CUDA events), each divided by `steps`; the medians over the batches.
 // The P ranks share one GPU: a step's time is all ranks' work, not the busiest rank's.
+// With `train`, a step is the forward of every layer, then every layer's backward in reverse
+// (fp32 weight gradients, overwritten; the upstream gradient of the last layer fixed):
+// MoeLayer's through llep::backward with a ForwardHandle that keeps the experts' inputs and
+// outputs (as SyncFreeLayer's workspace does), SyncFreeLayer::backward, and one CUDA graph
+// holding forward and backward.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -28,6 +33,7 @@
 #include "llep/device/symmetric_peer.cuh"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/grouped_swiglu.cuh"
+#include "llep/layer/backward.hpp"
 #include "llep/layer/moe_layer.hpp"
 #include "llep/layer/sync_free.hpp"
 #include "llep/sim/routing.hpp"
@@ -45,6 +51,7 @@ struct LogicalLayer {
   int ranks = 0, experts = 0, top_k = 0, hidden = 0, intermediate = 0;
   count_t tokens = 0;  ///< per rank and step
   int layers = 1;      ///< layers back to back in one step, each with its own weights
+  bool train = false;  ///< forward and backward in one step
 };
 
 /// Medians per step, in microseconds.
@@ -97,6 +104,7 @@ using PathSyncFree = SyncFreeLayer<Plnr, PathExperts, CudaExec>;
 
 /// Device bytes one rank of one layer holds for the sync-free path: its symmetric region
 /// and its workspace, both sized for the worst step of the limits (B_max = L.tokens).
+/// Forward only (backward's workspace is the layer's to say, once built).
 template <class Plnr>
 [[nodiscard]] std::size_t sync_free_rank_bytes(const LogicalLayer& L, const Plnr& planner) {
   const Topology topo(L.ranks, L.experts);
@@ -162,15 +170,17 @@ PathTimes time_layer_paths(const LogicalLayer& L, const Plnr& planner, const sim
       HostThreads host(group.host(), p);
       const auto limits = Free::make_limits(topo, L.top_k, planner, experts, L.tokens);
       const std::size_t ws_bytes = Free::workspace_bytes(topo, limits);
+      const std::size_t grad_bytes = L.train ? Free::template grad_bytes<float>(experts) : 0;
       std::vector<std::unique_ptr<PeerSymmetricMemory>> sym;
       std::vector<std::unique_ptr<DeviceBuffer>> ws;
       std::vector<std::unique_ptr<Free>> sf;
       std::vector<std::unique_ptr<Moe>> moe;
       for (int l = 0; l < L.layers; ++l) {
-        sym.push_back(std::make_unique<PeerSymmetricMemory>(t, Free::symmetric_layout(topo, limits)));
+        sym.push_back(std::make_unique<PeerSymmetricMemory>(t, Free::symmetric_layout(topo, limits, grad_bytes)));
         ws.push_back(std::make_unique<DeviceBuffer>(ws_bytes));
         sf.push_back(std::make_unique<Free>(topo, L.top_k, planner, experts, CudaExec(t.stream()), sym.back()->view(),
-                                            limits, std::span<std::byte>(ws.back()->as<std::byte>(), ws_bytes)));
+                                            limits, std::span<std::byte>(ws.back()->as<std::byte>(), ws_bytes),
+                                            SignalOptions{}, grad_bytes));
         // The weights live where peers read them; MoeLayer reads the same ones.
         const auto w = sf.back()->native_weights();
         exec.for_each_n(w.size(), Fill{w.data(), 0.03f, static_cast<unsigned>(97 * l + p)});
@@ -193,12 +203,48 @@ PathTimes time_layer_paths(const LogicalLayer& L, const Plnr& planner, const sim
       const auto sg = std::span<const float>(d_gates.as<float>(), gates.size());
       auto in = [&](int l) { return std::span<const PathT>(act[static_cast<std::size_t>(l)]->as<PathT>(), B * D); };
       auto out = [&](int l) { return std::span<PathT>(act[static_cast<std::size_t>(l) + 1]->as<PathT>(), B * D); };
+      // Training: grad[l + 1] -> grad[l] through layer l (grad[layers]: the fixed upstream),
+      // each layer's gate and fp32 weight gradients, backward workspaces and handles.
+      std::vector<std::unique_ptr<DeviceBuffer>> grad, grad_gates, grad_weights, back_ws, handle_mem;
+      std::vector<ForwardHandle<PathT>> handles;
+      const std::size_t W = static_cast<std::size_t>(topo.slots_per_rank()) * experts.weight_elems();
+      const HandleKeeps keeps{true, true, true};  // inputs, foreign weights, outputs
+      const std::size_t handle_bytes = L.train ? Moe::handle_bytes(moe[0]->limits(L.tokens), keeps) : 0;
+      if (L.train) {
+        for (int l = 0; l <= L.layers; ++l) grad.push_back(std::make_unique<DeviceBuffer>(B * D * sizeof(PathT)));
+        exec.for_each_n(B * D, Fill{grad.back()->as<PathT>(), 0.5f, static_cast<unsigned>(1000 + p)});
+        for (int l = 0; l < L.layers; ++l) {
+          const auto& layer = *sf[static_cast<std::size_t>(l)];
+          grad_gates.push_back(std::make_unique<DeviceBuffer>(B * K * sizeof(float)));
+          grad_weights.push_back(std::make_unique<DeviceBuffer>(W * sizeof(float)));
+          back_ws.push_back(std::make_unique<DeviceBuffer>(layer.template backward_workspace_bytes<float, float>()));
+          handle_mem.push_back(std::make_unique<DeviceBuffer>(handle_bytes));
+          handles.emplace_back(std::span<std::byte>(handle_mem.back()->as<std::byte>(), handle_bytes), true);
+          handles.back().save_outputs = true;
+        }
+        exec.synchronize();
+      }
+      auto at = [](auto& v, int l) -> auto& { return *v[static_cast<std::size_t>(l)]; };
+      auto grads = [&](int l) { return std::span<PathT>(at(grad, l).template as<PathT>(), B * D); };
+      auto gate_grads = [&](int l) { return std::span<float>(at(grad_gates, l).template as<float>(), B * K); };
+      auto weight_grads = [&](int l) { return std::span<float>(at(grad_weights, l).template as<float>(), W); };
 
       const std::function<void()> moe_step = [&] {
-        for (int l = 0; l < L.layers; ++l) moe[static_cast<std::size_t>(l)]->forward(in(l), sid, sg, out(l));
+        for (int l = 0; l < L.layers; ++l)
+          L.train ? (void)at(moe, l).forward(in(l), sid, sg, out(l), handles[static_cast<std::size_t>(l)])
+                  : (void)at(moe, l).forward(in(l), sid, sg, out(l));
+        for (int l = L.train ? L.layers - 1 : -1; l >= 0; --l)
+          (void)llep::backward(at(moe, l), handles[static_cast<std::size_t>(l)],
+                               BackwardArgs<PathT, float, float>{in(l), sg, grads(l + 1), grads(l), gate_grads(l),
+                                                                 weight_grads(l), GradMode::overwrite});
       };
       const std::function<void()> free_step = [&] {
-        for (int l = 0; l < L.layers; ++l) sf[static_cast<std::size_t>(l)]->forward(in(l), sid, sg, out(l));
+        for (int l = 0; l < L.layers; ++l) at(sf, l).forward(in(l), sid, sg, out(l));
+        for (int l = L.train ? L.layers - 1 : -1; l >= 0; --l)
+          at(sf, l).backward(std::span<const PathT>(grads(l + 1)), sg, grads(l), gate_grads(l), weight_grads(l),
+                             GradMode::overwrite,
+                             std::span<std::byte>(at(back_ws, l).template as<std::byte>(),
+                                                  at(sf, l).template backward_workspace_bytes<float, float>()));
       };
       auto time_path = [&](int path, const std::function<void()>& step) {
         for (int w = 0; w < warmup; ++w) step();
