@@ -170,7 +170,13 @@ struct PullTransfers {
         if (w == 0) note_status(status, overflow_word(peer, static_cast<std::uint64_t>(k) + 1));
         return;
       }
-      const std::byte* from = v.at<const std::byte>(peer, side.region) + side.item(*plan, i, tr) * item_bytes;
+      const std::size_t item = side.item(*plan, i, tr);
+      if (item >= side.items) {  // past the peer's area (a plan past its planner's bound): not read
+        if (w == 0) note_status(status, overflow_word(peer, static_cast<std::uint64_t>(item) + 1));
+        ++k;
+        continue;
+      }
+      const std::byte* from = v.at<const std::byte>(peer, side.region) + item * item_bytes;
       copy_share(reinterpret_cast<Word*>(to + static_cast<std::size_t>(k) * item_bytes),
                  reinterpret_cast<const Word*>(from), n, w, workers);
       ++k;
@@ -181,6 +187,7 @@ struct PullTransfers {
 /// weights: the transfers to me, from the native rank's weights at native_slot[expert].
 struct WeightsSide {
   std::size_t region;
+  std::size_t items;  // experts there (native_slot, from the topology, stays below)
   const std::int32_t* native_slot;
   LLEP_HOST_DEVICE static bool mine(const WeightTransfer& tr, int rank) noexcept { return tr.dst == rank; }
   LLEP_HOST_DEVICE static int peer(const WeightTransfer& tr) noexcept { return tr.src; }
@@ -193,6 +200,7 @@ struct WeightsSide {
 /// the transfers to that helper (where its foreign weights arrived).
 struct GradsSide {
   std::size_t region;
+  std::size_t items;  // gradients there (foreign)
   LLEP_HOST_DEVICE static bool mine(const WeightTransfer& tr, int rank) noexcept { return tr.src == rank; }
   LLEP_HOST_DEVICE static int peer(const WeightTransfer& tr) noexcept { return tr.dst; }
   LLEP_HOST_DEVICE static std::size_t item(const PlanView& plan, std::int32_t i, const WeightTransfer& tr) noexcept {
@@ -335,7 +343,7 @@ void pull_weights(Exec& exec, const SymmetricView& v, const WeightsExchange& x, 
                workers, " workers; both must be > 0");
   using namespace detail::sym;
   signal_round(exec, v, SignalChannel::weights, SignalKind::ready, options, status);
-  pull_transfers(exec, v, x.plan, WeightsSide{x.weights, x.native_slot}, x.expert_bytes, x.foreign, x.foreign_capacity,
+  pull_transfers(exec, v, x.plan, WeightsSide{x.weights, SIZE_MAX, x.native_slot}, x.expert_bytes, x.foreign, x.foreign_capacity,
                  workers, status.word());
   signal_round(exec, v, SignalChannel::weights, SignalKind::done, options, status);
 }
@@ -408,7 +416,7 @@ class SymmetricExchange {
                  ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
     using namespace detail::sym;
     signal_round(exec, view_, SignalChannel::grads, SignalKind::ready, signals_, status);
-    pull_transfers(exec, view_, g.plan, GradsSide{at_.grads}, sizes_.grad_bytes, g.received, g.received_capacity,
+    pull_transfers(exec, view_, g.plan, GradsSide{at_.grads, static_cast<std::size_t>(sizes_.foreign)}, sizes_.grad_bytes, g.received, g.received_capacity,
                    exchange_workers<Exec>(), status.word());
     signal_round(exec, view_, SignalChannel::grads, SignalKind::done, signals_, status);
   }

@@ -140,8 +140,10 @@ struct TasksFromLayout {
   const T* in = nullptr;
   T* out = nullptr;
   std::size_t hidden = 0;
+  std::int32_t foreign_capacity = 0;  ///< experts `foreign` holds
   ExpertTask<T>* tasks = nullptr;
   std::int32_t* count = nullptr;
+  status_word_t* status = nullptr;
   template <class Block>
   LLEP_HOST_DEVICE void operator()(const Block& b) const {
     if (b.tid != 0) return;
@@ -149,9 +151,15 @@ struct TasksFromLayout {
     ForeignCursor arrived{plan, layout->rank};
     for (std::int32_t i = 0; i < n; ++i) {
       const ComputeTask& t = layout->tasks[i];
-      const T* w = t.native ? natives + static_cast<std::size_t>(slot[t.expert]) * weight_elems
-                            : foreign + static_cast<std::size_t>(arrived.index(t.expert)) * weight_elems;
       const std::size_t off = static_cast<std::size_t>(t.row) * hidden;
+      const std::int32_t j = t.native ? 0 : arrived.index(t.expert);
+      if (j >= foreign_capacity && !t.native) {  // a plan past its planner's bound: no read past `foreign`
+        note_status(status, overflow_word(layout->rank, static_cast<std::uint64_t>(j) + 1));
+        tasks[i] = ExpertTask<T>{t.expert, nullptr, in + off, out + off, 0};
+        continue;
+      }
+      const T* w = t.native ? natives + static_cast<std::size_t>(slot[t.expert]) * weight_elems
+                            : foreign + static_cast<std::size_t>(j) * weight_elems;
       tasks[i] = ExpertTask<T>{t.expert, w, in + off, out + off, t.rows};
     }
     *count = n;
@@ -160,9 +168,11 @@ struct TasksFromLayout {
 
 /// Backward, one thread: forward's tasks as two lists of ExpertGradTask for backward_sized.
 /// `direct`: per native expert, ascending, its tasks (or one empty task, so its gradient
-/// buffer is written), gradients into the caller's buffer at the expert's slot. `temps`: the
-/// foreign tasks, ascending, gradients at the place their weights arrived in the exchange's
-/// foreign_grads(). MoeLayer's backward builds the same lists in the same order.
+/// buffer is written), gradients into the caller's buffer at the expert's slot. `temps`: per
+/// transfer to this rank in plan order (ascending expert), its foreign tasks (or one empty
+/// task: a closed step still writes zeros where the native rank will read), gradients at
+/// the place its weights arrived in the exchange's foreign_grads(). MoeLayer's backward
+/// builds the same lists in the same order.
 template <class T, class GW>
 struct GradTasksFromLayout {
   const LayoutView* layout = nullptr;
@@ -178,9 +188,11 @@ struct GradTasksFromLayout {
   std::size_t hidden = 0;
   GW* grad_natives = nullptr;
   GW* grad_foreign = nullptr;
+  std::int32_t foreign_capacity = 0;  ///< experts grad_foreign holds
   ExpertGradTask<T, GW>* direct = nullptr;
   ExpertGradTask<T, GW>* temps = nullptr;
   std::int32_t* counts = nullptr;  ///< [direct, temps]
+  status_word_t* status = nullptr;
   template <class Block>
   LLEP_HOST_DEVICE void operator()(const Block& b) const {
     if (b.tid != 0) return;
@@ -199,12 +211,21 @@ struct GradTasksFromLayout {
           direct[nd++] = task(layout->tasks[i], natives + at, grad_natives + at);
       if (nd == before) direct[nd++] = ExpertGradTask<T, GW>{e, nullptr, nullptr, nullptr, nullptr, grad_natives + at, nullptr, 0};
     }
-    ForeignCursor arrived{plan, rank};
-    for (std::int32_t i = 0; i < n; ++i) {
-      const ComputeTask& t = layout->tasks[i];
-      if (t.native) continue;
-      const auto at = static_cast<std::size_t>(arrived.index(t.expert)) * weight_elems;
-      temps[nt++] = task(t, foreign + at, grad_foreign + at);
+    std::int32_t j = 0;  // the transfer's place among those to this rank
+    for (std::int32_t x = 0; x < plan->num_transfers; ++x) {
+      const WeightTransfer tr = plan->transfers[x];
+      if (tr.dst != rank) continue;
+      if (j == foreign_capacity) {  // a plan past its planner's bound: no write past grad_foreign
+        note_status(status, overflow_word(rank, static_cast<std::uint64_t>(j) + 1));
+        break;
+      }
+      const std::size_t at = static_cast<std::size_t>(j++) * weight_elems;
+      const std::int32_t before = nt;
+      for (std::int32_t i = 0; i < n; ++i)
+        if (!layout->tasks[i].native && layout->tasks[i].expert == tr.expert)
+          temps[nt++] = task(layout->tasks[i], foreign + at, grad_foreign + at);
+      if (nt == before)
+        temps[nt++] = ExpertGradTask<T, GW>{tr.expert, nullptr, nullptr, nullptr, nullptr, grad_foreign + at, nullptr, 0};
     }
     counts[0] = nd;
     counts[1] = nt;
@@ -529,7 +550,8 @@ class SyncFreeLayer {
     exec_.for_each_counted(&m.live->rows, 1, max_rows, AssignComputeRowsFrom{m.layout.view, m.compute_row});
     copy_rows_counted(exec_, false, m.expert_in, m.recv, m.compute_row, &m.live->rows, max_rows, row_bytes);
     exec_.run_block(TasksFromLayout<T>{m.layout.view, m.plan.view, m.slot, native_weights().data(), m.foreign,
-                                       experts_.weight_elems(), m.expert_in, m.expert_out, D, m.tasks, m.task_count});
+                                       experts_.weight_elems(), m.expert_in, m.expert_out, D,
+                                       limits_.plan.foreign_experts_per_rank, m.tasks, m.task_count, status_->word()});
     experts_.compute_sized(exec_,
                            SizedTasks<T>{m.tasks, m.task_count, max_tasks(topo_), limits_.plan.rows_per_rank,
                                          limits_.plan.rows_per_rank},
@@ -626,14 +648,15 @@ class SyncFreeLayer {
     // 2. Experts: the gates' gradients from forward's outputs, the rows scaled by their
     // gate, then backward over forward's inputs (input gradients over forward's outputs).
     exec_.for_each_counted(&m.live->rows, 1, max_rows, GateGradients<T, G>{b.grad_rows, m.expert_out, b.gate, b.gate_grad, D});
+    const int foreign = limits_.plan.foreign_experts_per_rank, tasks = max_tasks(topo_);
     exec_.run_block(GradTasksFromLayout<T, GW>{m.layout.view, m.plan.view, m.layout.native, topo_.experts(),
                                                native_weights().data(), m.foreign, W, m.expert_in, b.grad_rows,
                                                m.expert_out, D, grad_weights.data(),
-                                               reinterpret_cast<GW*>(x_.foreign_grads()), b.direct, b.temps, b.counts});
-    const int tasks = max_tasks(topo_);
+                                               reinterpret_cast<GW*>(x_.foreign_grads()), foreign, b.direct, b.temps,
+                                               b.counts, status_->word()});
     experts_.backward_sized(exec_, SizedGradTasks<T, GW>{b.direct, b.counts, tasks + static_cast<int>(natives), rows_bound, rows_bound},
                             mode, b.scratch);
-    experts_.backward_sized(exec_, SizedGradTasks<T, GW>{b.temps, b.counts + 1, tasks, rows_bound, rows_bound},
+    experts_.backward_sized(exec_, SizedGradTasks<T, GW>{b.temps, b.counts + 1, tasks + foreign, rows_bound, rows_bound},
                             GradMode::overwrite, b.scratch);
 
     // 3. Combine: input gradients (they carry their gate: unit weights in the sum over K).
@@ -679,20 +702,20 @@ class SyncFreeLayer {
       // Transfers from one rank: at most its natives to every other rank, and the plan's bound.
       const auto from = static_cast<std::int32_t>(std::min<std::size_t>(static_cast<std::size_t>(l.plan.transfers),
                                                                         natives * static_cast<std::size_t>(topo.ranks() - 1)));
-      const std::size_t W = experts.weight_elems();
+      const std::size_t W = experts.weight_elems(), foreign = static_cast<std::size_t>(l.plan.foreign_experts_per_rank);
+      const auto longest = static_cast<int>(tasks + std::max(natives, foreign));  // the longer task list
       Carve c;
       const std::size_t o_rows = c.take(rows * l.row_bytes), o_gate = c.take(rows * sizeof(G)),
                         o_gate_grad = c.take(rows * sizeof(G)), o_gathered = c.take(pairs * sizeof(G)),
                         o_direct = c.take((tasks + natives) * sizeof(ExpertGradTask<T, GW>)),
-                        o_temps = c.take(tasks * sizeof(ExpertGradTask<T, GW>)),
+                        o_temps = c.take((tasks + foreign) * sizeof(ExpertGradTask<T, GW>)),
                         o_counts = c.take(2 * sizeof(std::int32_t)),
                         o_received = c.take(static_cast<std::size_t>(from) * W * sizeof(GW)),
                         o_begin = c.take((natives + 1) * sizeof(std::int32_t)),
                         o_filled = c.take(natives * sizeof(std::int32_t)),
                         o_order = c.take(static_cast<std::size_t>(from) * sizeof(std::int32_t)),
                         o_helper = c.take(static_cast<std::size_t>(from) * sizeof(std::int32_t)),
-                        o_scratch = c.take(experts.sized_backward_scratch_bytes(static_cast<int>(tasks + natives),
-                                                                                l.plan.rows_per_rank));
+                        o_scratch = c.take(experts.sized_backward_scratch_bytes(longest, l.plan.rows_per_rank));
       Tables<G, GW> t;
       t.bytes = c.bytes;
       t.received_capacity = from;
