@@ -398,18 +398,19 @@ namespace {
 using CollectiveX = llep::CollectiveExchange<llep::HostThreads>;
 
 // Every step on a SyncFreeLayer over CollectiveExchange<HostThreads> and on MoeLayer, per
-// rank, bit for bit (and the dense MoE); `inputs` [step][rank]. Returns each rank's error
-// at the first check that throws (testutil::kNoError when none does).
+// rank, bit for bit (and the dense MoE); with `train`, each step's backward too (input,
+// gate and accumulated weight gradients, as compare_backward). `inputs` [step][rank].
+// Returns each rank's error at the first check that throws (testutil::kNoError when none).
 template <class Plnr>
 std::vector<std::string> collective_vs_moe_layer(int P, int N, Plnr planner, std::uint64_t seed,
                                                  const std::vector<std::vector<layertest::RankInput>>& inputs,
-                                                 int b_max, llep::CollectiveCapacity capacity = {}) {
+                                                 int b_max, llep::CollectiveCapacity capacity = {}, bool train = false) {
   using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec, CollectiveX>;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
   const llep::Topology topo(P, N);
   const llep::HostSwiGlu<float> experts{{D, H, false}};
   const auto limits = Layer::make_limits(topo, K, planner, experts, b_max);
-  const auto sizes = Layer::exchange_sizes(topo, limits);
+  const auto sizes = Layer::exchange_sizes(topo, limits, train ? Layer::template grad_bytes<float>(experts) : 0);
   const std::size_t x_bytes = CollectiveX::bytes(sizes, capacity), ws_bytes = Layer::workspace_bytes(topo, limits);
   const std::size_t S = inputs.size();
   std::vector<std::vector<std::vector<float>>> got(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
@@ -427,6 +428,12 @@ std::vector<std::string> collective_vs_moe_layer(int P, int N, Plnr planner, std
     llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
         topo, K, planner, experts, t);
     ref.set_native_weights(weights);
+    llep::ForwardHandle<float> handle;
+    std::vector<std::byte> handle_memory(decltype(ref)::handle_bytes(ref.limits(b_max), handle.keeps()));
+    handle.memory = handle_memory;
+    const std::size_t back_bytes = train ? layer.template backward_workspace_bytes<float, float>() : 0;
+    Aligned back(back_bytes);
+    std::vector<float> gw(weights.size(), 0.25f), want_gw = gw;
     for (std::size_t s = 0; s < S; ++s) {
       const auto& in = inputs[s][up];
       std::vector<float> out(in.x.size(), -7.0f), want(in.x.size());
@@ -435,9 +442,22 @@ std::vector<std::string> collective_vs_moe_layer(int P, int N, Plnr planner, std
       errors[up] = testutil::error_of([&] { layer.check(t); });
       if (errors[up] != testutil::kNoError) return;  // the same error on every rank: all leave here
       ref.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
-                  std::span<float>(want));
+                  std::span<float>(want), handle);
       CHECK(same_bits(out, want));
       got[s][up] = out;
+      if (!train) continue;
+      std::vector<float> grad_out(in.x.size()), g_hidden(in.x.size()), g_gates(in.gates.size());
+      std::vector<float> w_hidden(in.x.size()), w_gates(in.gates.size());
+      for (std::size_t i = 0; i < grad_out.size(); ++i) grad_out[i] = static_cast<float>((i * 5 + up + s) % 13) / 13.0f - 0.5f;
+      layer.backward(std::span<const float>(grad_out), std::span<const float>(in.gates), std::span<float>(g_hidden),
+                     std::span<float>(g_gates), std::span<float>(gw), llep::GradMode::accumulate, back.span(back_bytes));
+      layer.check(t);
+      llep::backward(ref, handle,
+                     llep::BackwardArgs<float, float, float>{in.x, in.gates, grad_out, w_hidden, w_gates, want_gw,
+                                                             llep::GradMode::accumulate});
+      CHECK(same_bits(g_hidden, w_hidden));
+      CHECK(same_bits(g_gates, w_gates));
+      CHECK(same_bits(gw, want_gw));
     }
   });
   if (errors[0] == testutil::kNoError)
@@ -455,6 +475,17 @@ TEST_CASE("SyncFreeLayer over CollectiveExchange<HostThreads> equals MoeLayer bi
     const std::vector<std::string> clean(static_cast<std::size_t>(P), testutil::kNoError);
     CHECK(collective_vs_moe_layer(P, N, llep::StandardEp{}, 41, steps_of(P, N, 4, Bmax, 41), Bmax) == clean);
     CHECK(collective_vs_moe_layer(P, N, llep::LeastLoaded{1.0, 2}, 42, steps_of(P, N, 4, Bmax, 42), Bmax) == clean);
+  }
+}
+
+TEST_CASE("SyncFreeLayer backward over CollectiveExchange<HostThreads> equals MoeLayer's bit for bit") {
+  constexpr int Bmax = 12;
+  for (const int P : {2, 4}) {
+    CAPTURE(P);
+    const int N = 4 * P;
+    const std::vector<std::string> clean(static_cast<std::size_t>(P), testutil::kNoError);
+    CHECK(collective_vs_moe_layer(P, N, llep::LeastLoaded{1.0, 2}, 43, steps_of(P, N, 3, Bmax, 43), Bmax, {}, true) ==
+          clean);
   }
 }
 
