@@ -494,3 +494,77 @@ TEST_CASE("SyncFreeLayer backward on logical ranks equals the dense gradients; C
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// SyncFreeLayer over CollectiveExchange<Nccl> (device/collective_exchange.hpp): the
+// fixed-capacity collectives (ncclAllGather, grouped ncclSend/ncclRecv) on the CudaExec's
+// stream, one rank. Built where NCCL is found (LLEP_TEST_NCCL).
+#if defined(LLEP_TEST_NCCL)
+#include "llep/device/collective_exchange.hpp"
+#include "llep/transport/nccl.hpp"
+#include "llep/transport/nccl_bootstrap.hpp"
+
+TEST_CASE("SyncFreeLayer over CollectiveExchange<Nccl> (one rank) equals the dense MoE, eager and from a CUDA graph") {
+  constexpr int P = 1, N = 4, K = 2, D = 16, H = 8, Bmax = 24, S = 4;
+  using X = llep::CollectiveExchange<llep::Nccl>;
+  using Experts = llep::GroupedSwiGlu<float>;
+  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, Experts, llep::CudaExec, X>;
+  const llep::Topology topo(P, N);
+  const Experts experts({D, H, false});
+  const llep::LeastLoaded planner{1.0, 2};
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 61);
+  std::vector<layertest::RankInput> steps;  // rank 0's, B changing (0 included)
+  for (int s = 0; s < S; ++s)
+    steps.push_back(layertest::make_inputs(P, N, K, D, llep::sim::Skew{1, 0.8}, 80 + static_cast<std::uint64_t>(s),
+                                           {s == 1 ? 0 : 1, Bmax})[0]);
+  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
+  const auto sizes = Layer::exchange_sizes(topo, limits);
+  LLEP_CUDA_CHECK(cudaSetDevice(0));
+  cudaStream_t stream = nullptr;
+  LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  {
+    llep::Nccl nccl = llep::Nccl::init(1, 0, llep::new_unique_id(), stream);
+    gputest::DeviceArray<std::byte> xm(X::bytes(sizes)), ws(Layer::workspace_bytes(topo, limits));
+    Layer layer(topo, K, planner, experts, llep::CudaExec(nccl.stream()),
+                X(nccl, sizes, std::span<std::byte>(xm.get(), xm.size())), limits,
+                std::span<std::byte>(ws.get(), ws.size()));
+    CHECK(std::string(layer.exchange()) == "fixed-capacity collectives (nccl)");
+    gputest::DeviceArray<float> weights(layertest::held_weights(moe, topo, 0));
+    layer.set_native_weights(std::span<const float>(weights.get(), weights.size()));
+    llep::CudaExec& exec = layer.exec();
+    constexpr std::size_t B = Bmax;
+    gputest::DeviceArray<float> x(B * D), out(B * D), gates(B * K);
+    gputest::DeviceArray<std::int32_t> ids(B * K);
+    gputest::DeviceArray<llep::count_t> tokens(1);
+    auto step = [&] {
+      layer.forward(tokens.get(), std::span<const float>(x.get(), B * D), std::span<const std::int32_t>(ids.get(), B * K),
+                    std::span<const float>(gates.get(), B * K), std::span<float>(out.get(), B * D));
+    };
+    std::optional<llep::CudaGraph> replay;
+    std::vector<std::vector<float>> eager(S), replayed(S);
+    for (const bool graph : {false, true})
+      for (std::size_t s = 0; s < S; ++s) {
+        const auto& in = steps[s];
+        const auto b = static_cast<llep::count_t>(in.x.size() / D);
+        exec.from_host(x.get(), in.x.data(), in.x.size() * sizeof(float));
+        exec.from_host(ids.get(), in.ids.data(), in.ids.size() * sizeof(std::int32_t));
+        exec.from_host(gates.get(), in.gates.data(), in.gates.size() * sizeof(float));
+        exec.from_host(tokens.get(), &b, sizeof b);
+        if (!graph) {
+          step();
+        } else {
+          if (!replay) replay.emplace(nccl.stream(), step);
+          replay->launch(nccl.stream());
+        }
+        std::vector<float> o(in.x.size());
+        exec.to_host(o.data(), out.get(), o.size() * sizeof(float));
+        exec.synchronize();
+        (graph ? replayed : eager)[s] = o;
+      }
+    CHECK_NOTHROW(layer.check(nccl));
+    for (std::size_t s = 0; s < S; ++s) CHECK(layertest::relative_error(moe, steps[s], eager[s], K) < 1e-4);
+    CHECK(replayed == eager);
+  }
+  LLEP_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+#endif
