@@ -496,73 +496,130 @@ TEST_CASE("SyncFreeLayer backward on logical ranks equals the dense gradients; C
 }
 
 // ---------------------------------------------------------------------------------------
-// SyncFreeLayer over CollectiveExchange<Nccl> (device/collective_exchange.hpp): the
-// fixed-capacity collectives (ncclAllGather, grouped ncclSend/ncclRecv) on the CudaExec's
-// stream, one rank. Built where NCCL is found (LLEP_TEST_NCCL).
-#if defined(LLEP_TEST_NCCL)
+// SyncFreeLayer over CollectiveExchange<Tr> (device/collective_exchange.hpp): fixed-capacity
+// collectives on the CudaExec's stream instead of symmetric memory. PeerCopy logical ranks
+// run the device pack and unpack kernels with P > 1 (eager: PeerCopy's rendezvous is per
+// call); one Nccl rank (ncclAllGather, grouped ncclSend/ncclRecv), where NCCL is found
+// (LLEP_TEST_NCCL), also runs the step captured in a CUDA graph.
 #include "llep/device/collective_exchange.hpp"
+
+namespace {
+
+constexpr int kCollK = 2, kCollD = 16, kCollH = 8, kCollBmax = 24;
+
+// Every step of `steps` (this rank's inputs) on rank t's SyncFreeLayer over
+// CollectiveExchange<Tr>, LeastLoaded, GroupedSwiGlu<float>, B in device memory: eagerly,
+// or (graph) replayed from one CUDA graph with each step's inputs and B. Returns the
+// outputs; `error` gets check()'s message, if any.
+template <class Tr>
+std::vector<std::vector<float>> collective_steps(Tr& t, const llep::Topology& topo, const dense::Moe& moe,
+                                                 const std::vector<layertest::RankInput>& steps, bool graph,
+                                                 std::string& error) {
+  constexpr int K = kCollK, D = kCollD;
+  constexpr std::size_t B = kCollBmax;
+  using X = llep::CollectiveExchange<Tr>;
+  using Experts = llep::GroupedSwiGlu<float>;
+  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, Experts, llep::CudaExec, X>;
+  const Experts experts({D, kCollH, false});
+  const llep::LeastLoaded planner{1.0, 2};
+  const auto limits = Layer::make_limits(topo, K, planner, experts, kCollBmax);
+  const auto sizes = Layer::exchange_sizes(topo, limits);
+  gputest::DeviceArray<std::byte> xm(X::bytes(sizes)), ws(Layer::workspace_bytes(topo, limits));
+  Layer layer(topo, K, planner, experts, llep::CudaExec(t.stream()), X(t, sizes, std::span<std::byte>(xm.get(), xm.size())),
+              limits, std::span<std::byte>(ws.get(), ws.size()));
+  CHECK(std::string(layer.exchange()) == "fixed-capacity collectives (" + std::string(Tr::name) + ")");
+  gputest::DeviceArray<float> weights(layertest::held_weights(moe, topo, t.rank()));
+  layer.set_native_weights(std::span<const float>(weights.get(), weights.size()));
+  llep::CudaExec& exec = layer.exec();
+  gputest::DeviceArray<float> x(B * D), out(B * D), gates(B * K);
+  gputest::DeviceArray<std::int32_t> ids(B * K);
+  gputest::DeviceArray<llep::count_t> tokens(1);
+  auto step = [&] {
+    layer.forward(tokens.get(), std::span<const float>(x.get(), B * D), std::span<const std::int32_t>(ids.get(), B * K),
+                  std::span<const float>(gates.get(), B * K), std::span<float>(out.get(), B * D));
+  };
+  std::optional<llep::CudaGraph> replay;
+  std::vector<std::vector<float>> outs;
+  for (const auto& in : steps) {
+    const auto b = static_cast<llep::count_t>(in.x.size() / D);
+    exec.from_host(x.get(), in.x.data(), in.x.size() * sizeof(float));
+    exec.from_host(ids.get(), in.ids.data(), in.ids.size() * sizeof(std::int32_t));
+    exec.from_host(gates.get(), in.gates.data(), in.gates.size() * sizeof(float));
+    exec.from_host(tokens.get(), &b, sizeof b);
+    if (!graph) {
+      step();
+    } else {
+      if (!replay) replay.emplace(t.stream(), step);
+      replay->launch(t.stream());
+    }
+    outs.emplace_back(in.x.size());
+    exec.to_host(outs.back().data(), out.get(), in.x.size() * sizeof(float));
+    exec.synchronize();
+  }
+  error = testutil::error_of([&] { layer.check(t); });
+  return outs;
+}
+
+// Steps of changing routing and B (some ranks empty) for P ranks: [step][rank].
+std::vector<std::vector<layertest::RankInput>> collective_inputs(int P, int N, int S) {
+  std::vector<std::vector<layertest::RankInput>> steps;
+  for (int s = 0; s < S; ++s)
+    steps.push_back(layertest::make_inputs(P, N, kCollK, kCollD, llep::sim::Skew{1, s % 2 ? 0.9 : 0.6},
+                                           80 + static_cast<std::uint64_t>(s), {s == 1 ? 0 : 1, kCollBmax}));
+  return steps;
+}
+
+}  // namespace
+
+TEST_CASE("SyncFreeLayer over CollectiveExchange<PeerCopy> on logical ranks equals the dense MoE") {
+  constexpr int S = 4;
+  for (const int P : {2, 4}) {
+    CAPTURE(P);
+    const int N = 2 * P + 2;
+    const llep::Topology topo(P, N);
+    const auto moe = dense::Moe::random(N, kCollD, kCollH, dense::Act::silu, 60 + static_cast<std::uint64_t>(P));
+    const auto steps = collective_inputs(P, N, S);
+    std::vector<std::vector<std::vector<float>>> outs(static_cast<std::size_t>(P));
+    std::vector<std::string> errors(static_cast<std::size_t>(P));
+    gputest::Streams streams(P, 0);
+    llep::PeerCopyGroup group(streams.ranks(0));
+    llep::run_ranks(group, [&](llep::PeerCopy& t) {
+      const auto up = static_cast<std::size_t>(t.rank());
+      std::vector<layertest::RankInput> mine;
+      for (const auto& st : steps) mine.push_back(st[up]);
+      outs[up] = collective_steps(t, topo, moe, mine, false, errors[up]);
+    });
+    for (int p = 0; p < P; ++p) CHECK(errors[static_cast<std::size_t>(p)] == testutil::kNoError);
+    for (std::size_t s = 0; s < steps.size(); ++s) {
+      std::vector<std::vector<float>> got;
+      for (const auto& o : outs) got.push_back(o[s]);
+      CHECK(layertest::relative_error(moe, steps[s], got, kCollK) < 1e-4);
+    }
+  }
+}
+
+#if defined(LLEP_TEST_NCCL)
 #include "llep/transport/nccl.hpp"
 #include "llep/transport/nccl_bootstrap.hpp"
 
 TEST_CASE("SyncFreeLayer over CollectiveExchange<Nccl> (one rank) equals the dense MoE, eager and from a CUDA graph") {
-  constexpr int P = 1, N = 4, K = 2, D = 16, H = 8, Bmax = 24, S = 4;
-  using X = llep::CollectiveExchange<llep::Nccl>;
-  using Experts = llep::GroupedSwiGlu<float>;
-  using Layer = llep::SyncFreeLayer<llep::LeastLoaded, Experts, llep::CudaExec, X>;
-  const llep::Topology topo(P, N);
-  const Experts experts({D, H, false});
-  const llep::LeastLoaded planner{1.0, 2};
-  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 61);
-  std::vector<layertest::RankInput> steps;  // rank 0's, B changing (0 included)
-  for (int s = 0; s < S; ++s)
-    steps.push_back(layertest::make_inputs(P, N, K, D, llep::sim::Skew{1, 0.8}, 80 + static_cast<std::uint64_t>(s),
-                                           {s == 1 ? 0 : 1, Bmax})[0]);
-  const auto limits = Layer::make_limits(topo, K, planner, experts, Bmax);
-  const auto sizes = Layer::exchange_sizes(topo, limits);
+  constexpr int N = 4, S = 4;
+  const llep::Topology topo(1, N);
+  const auto moe = dense::Moe::random(N, kCollD, kCollH, dense::Act::silu, 61);
+  std::vector<layertest::RankInput> steps;  // B changing, 0 included
+  for (const auto& st : collective_inputs(1, N, S)) steps.push_back(st[0]);
   LLEP_CUDA_CHECK(cudaSetDevice(0));
   cudaStream_t stream = nullptr;
   LLEP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   {
     llep::Nccl nccl = llep::Nccl::init(1, 0, llep::new_unique_id(), stream);
-    gputest::DeviceArray<std::byte> xm(X::bytes(sizes)), ws(Layer::workspace_bytes(topo, limits));
-    Layer layer(topo, K, planner, experts, llep::CudaExec(nccl.stream()),
-                X(nccl, sizes, std::span<std::byte>(xm.get(), xm.size())), limits,
-                std::span<std::byte>(ws.get(), ws.size()));
-    CHECK(std::string(layer.exchange()) == "fixed-capacity collectives (nccl)");
-    gputest::DeviceArray<float> weights(layertest::held_weights(moe, topo, 0));
-    layer.set_native_weights(std::span<const float>(weights.get(), weights.size()));
-    llep::CudaExec& exec = layer.exec();
-    constexpr std::size_t B = Bmax;
-    gputest::DeviceArray<float> x(B * D), out(B * D), gates(B * K);
-    gputest::DeviceArray<std::int32_t> ids(B * K);
-    gputest::DeviceArray<llep::count_t> tokens(1);
-    auto step = [&] {
-      layer.forward(tokens.get(), std::span<const float>(x.get(), B * D), std::span<const std::int32_t>(ids.get(), B * K),
-                    std::span<const float>(gates.get(), B * K), std::span<float>(out.get(), B * D));
-    };
-    std::optional<llep::CudaGraph> replay;
-    std::vector<std::vector<float>> eager(S), replayed(S);
-    for (const bool graph : {false, true})
-      for (std::size_t s = 0; s < S; ++s) {
-        const auto& in = steps[s];
-        const auto b = static_cast<llep::count_t>(in.x.size() / D);
-        exec.from_host(x.get(), in.x.data(), in.x.size() * sizeof(float));
-        exec.from_host(ids.get(), in.ids.data(), in.ids.size() * sizeof(std::int32_t));
-        exec.from_host(gates.get(), in.gates.data(), in.gates.size() * sizeof(float));
-        exec.from_host(tokens.get(), &b, sizeof b);
-        if (!graph) {
-          step();
-        } else {
-          if (!replay) replay.emplace(nccl.stream(), step);
-          replay->launch(nccl.stream());
-        }
-        std::vector<float> o(in.x.size());
-        exec.to_host(o.data(), out.get(), o.size() * sizeof(float));
-        exec.synchronize();
-        (graph ? replayed : eager)[s] = o;
-      }
-    CHECK_NOTHROW(layer.check(nccl));
-    for (std::size_t s = 0; s < S; ++s) CHECK(layertest::relative_error(moe, steps[s], eager[s], K) < 1e-4);
+    std::string eager_error, graph_error;
+    const auto eager = collective_steps(nccl, topo, moe, steps, false, eager_error);
+    const auto replayed = collective_steps(nccl, topo, moe, steps, true, graph_error);
+    CHECK(eager_error == testutil::kNoError);
+    CHECK(graph_error == testutil::kNoError);
+    for (std::size_t s = 0; s < steps.size(); ++s)
+      CHECK(layertest::relative_error(moe, steps[s], eager[s], kCollK) < 1e-4);
     CHECK(replayed == eager);
   }
   LLEP_CUDA_CHECK(cudaStreamDestroy(stream));
