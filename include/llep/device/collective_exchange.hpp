@@ -11,12 +11,16 @@
 //   weights       the plan's transfers from this rank packed per destination (the k-th
 //                 transfer src -> dst in plan order in slot k of dst); one all_to_all_v of
 //                 equal slots; the transfers to this rank unpacked in plan order
+//   grads         (backward) the weights path in reverse: each helper's gradient of the
+//                 j-th transfer to it back to the transfer's native rank, in plan order
 // Pack and unpack are LLEP_HOST_DEVICE functors on the exec (HostExec: the rank's thread;
 // CudaExec: kernels on its stream); the collectives are ordered with them by the
 // transport: HostThreads and Mpi block the rank's thread (HostExec has finished what was
 // enqueued), Nccl enqueues on its stream, which must be the CudaExec's (checked at every
 // call). Nothing else waits on the host, so with Nccl and CudaExec the step can be captured
-// in a CUDA graph (NcclOptions::wait_each_call must be off).
+// in a CUDA graph (NcclOptions::wait_each_call must be off). PeerCopy (logical ranks of one
+// process) works the same way on each rank's stream, eagerly: its per-call rendezvous and
+// cross-stream events are not for capture.
 //
 // The price of fixed sizes: every step moves the capacity, not the live bytes: 2 x P slots
 // of rows and P slots of experts_per_peer x expert_bytes to every peer, whether or not the
