@@ -107,6 +107,41 @@ void check_sync_free_over_mpi(Plnr planner, mpitest::Routing routing, std::uint6
   }
 }
 
+// A capacity too small (one row per peer, rank 0 included) under full batches: the same
+// llep::Error on every process at check(), promptly (fixed sizes leave no process waiting).
+void check_capacity_error_over_mpi() {
+  using X = llep::CollectiveExchange<llep::Mpi>;
+  using Layer = llep::SyncFreeLayer<llep::StandardEp, llep::HostSwiGlu<float>, llep::HostExec, X>;
+  const int P = mpitest::world_size(), me = mpitest::world_rank(), N = 2 * P, K = 2, D = 12, H = 8;
+  const llep::Topology topo(P, N);
+  const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 5);
+  const llep::HostSwiGlu<float> experts(llep::ExpertShape{D, H, false});
+  llep::Mpi t(MPI_COMM_WORLD, llep::MpiOptions{.timeout = std::chrono::milliseconds(30'000)});
+  const auto limits = Layer::make_limits(topo, K, llep::StandardEp{}, experts, 8);
+  const auto sizes = Layer::exchange_sizes(topo, limits);
+  const X::Capacity one{1, -1};
+  AlignedBytes xm(X::bytes(sizes, one)), ws(Layer::workspace_bytes(topo, limits));
+  Layer layer(topo, K, llep::StandardEp{}, experts, llep::HostExec{}, X(t, sizes, xm.span(), one), limits, ws.span());
+  layer.set_native_weights(mpitest::held_weights(moe, topo, me));
+  const auto in = layertest::make_inputs(P, N, K, D, {}, 12, {8, 8});  // 16 pairs a rank over 2P experts
+  const auto& mine = in[static_cast<std::size_t>(me)];
+  std::vector<float> out(mine.x.size());
+  const auto start = std::chrono::steady_clock::now();
+  layer.forward(std::span<const float>(mine.x), std::span<const std::int32_t>(mine.ids),
+                std::span<const float>(mine.gates), std::span<float>(out));
+  std::string error;
+  try {
+    layer.check(t);
+  } catch (const llep::Error& e) {
+    error = e.what();
+  }
+  INFO("rank ", me, ": '", error, "'");
+  CHECK(error.find("exceed the fixed-capacity exchange's room per peer") != std::string::npos);
+  CHECK(error.rfind("llep: rank 0: ", 0) == 0);  // every process names the lowest rank that noted it
+  CHECK(mpitest::same_everywhere(static_cast<std::int64_t>(error.size())));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+}
+
 }  // namespace
 
 TEST_CASE("Mpi SyncFreeLayer over CollectiveExchange equals MoeLayer bit for bit and the dense MoE on every process") {
@@ -114,4 +149,8 @@ TEST_CASE("Mpi SyncFreeLayer over CollectiveExchange equals MoeLayer bit for bit
     check_sync_free_over_mpi(llep::StandardEp{}, routing, 300);
     check_sync_free_over_mpi(mpitest::kSmallGemm, routing, 301);
   }
+}
+
+TEST_CASE("Mpi SyncFreeLayer over CollectiveExchange: a capacity too small is the same llep::Error on every process") {
+  check_capacity_error_over_mpi();
 }
