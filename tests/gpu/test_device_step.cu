@@ -602,7 +602,7 @@ TEST_CASE("SyncFreeLayer over CollectiveExchange<PeerCopy> on logical ranks equa
 #include "llep/transport/nccl.hpp"
 #include "llep/transport/nccl_bootstrap.hpp"
 
-TEST_CASE("SyncFreeLayer over CollectiveExchange<Nccl> (one rank) equals the dense MoE, eager and from a CUDA graph") {
+TEST_CASE("SyncFreeLayer over CollectiveExchange<Nccl> (one rank) equals the dense MoE, eager and from a CUDA graph; a capture with wait_each_call is refused") {
   constexpr int N = 4, S = 4;
   const llep::Topology topo(1, N);
   const auto moe = dense::Moe::random(N, kCollD, kCollH, dense::Act::silu, 61);
@@ -621,6 +621,16 @@ TEST_CASE("SyncFreeLayer over CollectiveExchange<Nccl> (one rank) equals the den
     for (std::size_t s = 0; s < steps.size(); ++s)
       CHECK(layertest::relative_error(moe, steps[s], eager[s], kCollK) < 1e-4);
     CHECK(replayed == eager);
+    // A transport that waits after each call cannot be captured: refused before any NCCL
+    // call, the communicator intact (the eager steps after it are right).
+    llep::NcclOptions waits;
+    waits.wait_each_call = true;
+    llep::Nccl waiting = llep::Nccl::init(1, 0, llep::new_unique_id(), stream, waits);
+    std::string error;
+    CHECK(testutil::error_of([&] { (void)collective_steps(waiting, topo, moe, steps, true, error); })
+              .find("NcclOptions::wait_each_call = true") != std::string::npos);
+    CHECK(collective_steps(waiting, topo, moe, steps, false, error) == eager);
+    CHECK(error == testutil::kNoError);
   }
   LLEP_CUDA_CHECK(cudaStreamDestroy(stream));
 }

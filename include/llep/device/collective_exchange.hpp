@@ -18,7 +18,7 @@
 // transport: HostThreads and Mpi block the rank's thread (HostExec has finished what was
 // enqueued), Nccl enqueues on its stream, which must be the CudaExec's (checked at every
 // call). Nothing else waits on the host, so with Nccl and CudaExec the step can be captured
-// in a CUDA graph (NcclOptions::wait_each_call must be off). PeerCopy (logical ranks of one
+// in a CUDA graph (NcclOptions::wait_each_call must be off: refused in a capture). PeerCopy (logical ranks of one
 // process) works the same way on each rank's stream, eagerly: its per-call rendezvous and
 // cross-stream events are not for capture.
 //
@@ -44,6 +44,18 @@
 #include "llep/device/step_exchange.hpp"
 #include "llep/device/symmetric_exchange.hpp"  // copy_share, Word16, aligned16
 #include "llep/transport/transport.hpp"
+
+// Where the CUDA runtime's headers are on the include path (every build that can have an
+// Nccl transport), the exchange refuses a per-call wait inside a graph capture.
+#if !defined(LLEP_COLLECTIVE_CAPTURE_CHECK) && defined(__has_include)
+#if __has_include(<cuda_runtime_api.h>)
+#include <cuda_runtime_api.h>
+#define LLEP_COLLECTIVE_CAPTURE_CHECK 1
+#endif
+#endif
+#ifndef LLEP_COLLECTIVE_CAPTURE_CHECK
+#define LLEP_COLLECTIVE_CAPTURE_CHECK 0
+#endif
 
 namespace llep {
 
@@ -74,6 +86,14 @@ struct CollectiveCapacity {
 };
 
 namespace detail::coll {
+
+#if LLEP_COLLECTIVE_CAPTURE_CHECK
+/// Whether `stream` is being captured into a CUDA graph (false when the query fails).
+[[nodiscard]] inline bool capturing(cudaStream_t stream) noexcept {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
+}
+#endif
 
 using sym::aligned16;
 using sym::copy_share;
@@ -500,12 +520,23 @@ class CollectiveExchange {
     static_assert(Tr::memory == Exec::memory,
                   "llep: CollectiveExchange keeps everything in the exec's memory and moves it with the transport: "
                   "use a transport of the exec's memory (Nccl with CudaExec; HostThreads or Mpi with HostExec)");
-    if constexpr (requires(const Exec& e, const Tr& t) { e.stream() == t.stream(); })
+    if constexpr (requires(const Exec& e, const Tr& t) { e.stream() == t.stream(); }) {
       LLEP_EXPECTS(exec.stream() == tr_->stream(), "rank ", tr_->rank(),
                    ": CollectiveExchange orders the transport's collectives after the exec's work by their stream; "
                    "run the exec on the transport's stream (CudaExec(nccl.stream()))");
-    else
+#if LLEP_COLLECTIVE_CAPTURE_CHECK
+      // A transport that waits after each call (NcclOptions::wait_each_call) would query the
+      // capturing stream, which ends the capture and costs the communicator: refuse first.
+      if constexpr (requires(const Tr& t) { static_cast<bool>(t.options().wait_each_call); })
+        LLEP_EXPECTS(!(tr_->options().wait_each_call && detail::coll::capturing(exec.stream())), "rank ",
+                     tr_->rank(),
+                     ": the step is being captured in a CUDA graph but the transport waits after each call "
+                     "(NcclOptions::wait_each_call = true), which a capture cannot hold; turn wait_each_call off "
+                     "for captured steps");
+#endif
+    } else {
       (void)exec;
+    }
   }
 
   Tr* tr_ = nullptr;
