@@ -50,7 +50,8 @@ run() {
 
 # Sanitizer builds: host only, no MPI (Open MPI's own leaks would fail LeakSanitizer), no
 # benchmarks; -O0 keeps every check and stack frame and compiles 2-4x faster than -O1 (the
-# tests run about twice as long, which costs less).
+# tests run about twice as long, which costs less), except the few test programs that run
+# far longer than they compile (heavy_test_options in meson.build: -O1 in any -O0 build).
 sanitize_args=(-Dcuda=disabled -Dnccl=disabled -Dmpi=disabled -Dbench=false -Doptimization=0 -Ddebug=false -Db_ndebug=false
                -Dcpp_args=-fno-sanitize-recover=all)
 for b in $builds; do
