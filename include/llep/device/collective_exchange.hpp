@@ -204,10 +204,10 @@ struct Transfers {
 };
 
 /// weights, one thread: place[i] of every transfer i from or to this rank (-1 for the
-/// others); next holds 2P counters (by dst, by src).
+/// others, and for a transfer no plan makes); next holds 2P counters (by dst, by src).
 struct PlaceTransfers {
   Transfers t;
-  int rank, ranks;
+  int rank, ranks, experts;
   std::int32_t* next;
   status_word_t* status;
   LLEP_HOST_DEVICE void operator()(std::size_t) const noexcept {
@@ -217,7 +217,9 @@ struct PlaceTransfers {
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
       const WeightTransfer x = t.plan->transfers[i];
       t.place[i] = -1;
-      if (x.src < 0 || x.src >= ranks || x.dst < 0 || x.dst >= ranks || x.src == x.dst) continue;
+      if (x.src < 0 || x.src >= ranks || x.dst < 0 || x.dst >= ranks || x.src == x.dst || x.expert < 0 ||
+          x.expert >= experts)
+        continue;
       if (x.src == rank)
         t.place[i] = next[x.dst]++;
       else if (x.dst == rank)
@@ -439,7 +441,7 @@ class CollectiveExchange {
     const Transfers t{plan, mem_.place, static_cast<std::int32_t>(max_transfers(sizes_))};
     const Slots out = slots<Exec>(mem_.out, stride, 0, item_bytes, cap_.experts_per_peer, status),
                 in = slots<Exec>(mem_.in, stride, 0, item_bytes, cap_.experts_per_peer, status);
-    exec.for_each_n(1, PlaceTransfers{t, out.rank, out.ranks, mem_.next, status.word()});
+    exec.for_each_n(1, PlaceTransfers{t, out.rank, out.ranks, sizes_.experts, mem_.next, status.word()});
     const bool words = item_bytes % 16 == 0 && aligned16(to);
     if (words)
       exec.for_each_n(out.workers, PackTransfers<Word16>{out, t, weights, from, native_slot, items});
