@@ -58,6 +58,12 @@ struct Rig {
   [[nodiscard]] Layer layer(int rank, Aligned& ws) const {
     return Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(rank), limits, ws.span(bytes()), {}, grad_bytes);
   }
+  /// The same with the rank's native weights of `moe` set.
+  [[nodiscard]] Layer layer(int rank, Aligned& ws, const dense::Moe& moe) const {
+    Layer l = layer(rank, ws);
+    l.set_native_weights(layertest::held_weights(moe, topo, rank));
+    return l;
+  }
   llep::Topology topo;
   Plnr planner;
   llep::HostSwiGlu<float> experts{{D, H, false}};
@@ -234,8 +240,7 @@ TEST_CASE("SyncFreeLayer: a bad id is the same llep::Error on every rank at chec
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
     Aligned ws(rig.bytes());
-    auto layer = rig.layer(p, ws);
-    layer.set_native_weights(layertest::held_weights(moe, rig.topo, p));
+    auto layer = rig.layer(p, ws, moe);
     auto in = inputs[up];
     std::vector<float> out(in.x.size(), -7.0f);
     if (p == 1) in.ids[5] = N + 3;  // pair 5 of rank 1
@@ -317,10 +322,8 @@ TEST_CASE("SyncFreeLayer with the batch size in exec memory: buffers of B_max, a
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    const auto weights = layertest::held_weights(moe, rig.topo, p);
     Aligned ws(rig.bytes()), ws2(rig.bytes());
-    auto layer = rig.layer(p, ws);
-    layer.set_native_weights(weights);
+    auto layer = rig.layer(p, ws, moe);
     auto by_host = rig.layer(p, ws2);  // the same steps with B from the host, for the bits
     // Fixed buffers of B_max tokens, as a captured graph has them; stale data past B.
     std::vector<float> x(Bmax * D, 9.0f), gates(Bmax * K, 9.0f), out(Bmax * D);
@@ -366,8 +369,7 @@ TEST_CASE("SyncFreeLayer: a plan that fails closes the step on every rank; check
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
     Aligned ws(rig.bytes());
-    auto layer = rig.layer(p, ws);
-    layer.set_native_weights(layertest::held_weights(moe, rig.topo, p));
+    auto layer = rig.layer(p, ws, moe);
     std::vector<float> out(big[up].x.size(), -7.0f);
     layer.forward(std::span<const float>(big[up].x), std::span<const std::int32_t>(big[up].ids),
                   std::span<const float>(big[up].gates), std::span<float>(out));
