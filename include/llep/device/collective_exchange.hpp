@@ -201,6 +201,15 @@ struct Transfers {
   [[nodiscard]] LLEP_HOST_DEVICE std::int32_t count() const noexcept {
     return plan->num_transfers < max_transfers ? plan->num_transfers : max_transfers;
   }
+  /// Whether transfer i is `rank`'s side (its source when as_source, else its destination)
+  /// and was placed; if so x, peer and place are the transfer, the other side and place[i].
+  LLEP_HOST_DEVICE bool mine(std::int32_t i, int rank, bool as_source, WeightTransfer& x, std::int32_t& peer,
+                             std::int32_t& j) const noexcept {
+    x = plan->transfers[i];
+    j = place[i];
+    peer = as_source ? x.dst : x.src;
+    return (as_source ? x.src : x.dst) == rank && j >= 0;
+  }
 };
 
 /// weights, one thread: place[i] of every transfer i from or to this rank (-1 for the
@@ -243,9 +252,9 @@ struct PackTransfers {
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
     std::int32_t k = 0;
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
-      const WeightTransfer x = t.plan->transfers[i];
-      const std::int32_t j = t.place[i], peer = as_source ? x.dst : x.src;
-      if ((as_source ? x.src : x.dst) != s.rank || j < 0) continue;
+      WeightTransfer x;
+      std::int32_t peer = 0, j = 0;
+      if (!t.mine(i, s.rank, as_source, x, peer, j)) continue;
       const std::int32_t at = native_slot != nullptr ? native_slot[x.expert] : k++;
       if (native_slot == nullptr && at >= items) {
         s.note(w, overflow_word(peer, static_cast<std::uint64_t>(at) + 1));
@@ -272,9 +281,9 @@ struct UnpackTransfers {
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
     std::int32_t k = 0;
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
-      const WeightTransfer x = t.plan->transfers[i];
-      const std::int32_t j = t.place[i], peer = as_source ? x.dst : x.src;
-      if ((as_source ? x.src : x.dst) != s.rank || j < 0) continue;
+      WeightTransfer x;
+      std::int32_t peer = 0, j = 0;
+      if (!t.mine(i, s.rank, as_source, x, peer, j)) continue;
       if (k == capacity) {
         s.note(w, overflow_word(peer, static_cast<std::uint64_t>(k) + 1));
         return;
