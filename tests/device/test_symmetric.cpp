@@ -261,3 +261,25 @@ TEST_CASE("counts gathers alone, step after step, reuse their slots by epoch par
     for (int p = 0; p < P; ++p) CHECK(wrong[static_cast<std::size_t>(p)] == 0);
   }
 }
+
+TEST_CASE("SymmetricExchange refuses memory smaller than its layout, and rows wider than its sized row") {
+  llep::StepExchangeSizes sizes;
+  sizes.ranks = 1, sizes.experts = 2, sizes.dispatch_rows = 4, sizes.combine_rows = 4, sizes.row_bytes = 16;
+  sizes.natives = 2, sizes.expert_bytes = 64;
+  llep::StepExchangeSizes training = sizes;
+  training.ranks = 2, training.foreign = 1, training.grad_bytes = 64;
+  sizes.ranks = 2;
+  // Memory laid out without the gradients' room, for steps that hold them.
+  llep::HostSymmetricMemory small(llep::SymmetricExchange::layout(sizes));
+  CHECK(testutil::error_of([&] { llep::SymmetricExchange(small.view(0), training); })
+            .find("these steps need " + std::to_string(llep::SymmetricExchange::layout(training).bytes())) !=
+        std::string::npos);
+  llep::SymmetricExchange x(small.view(0), sizes);
+  llep::HostExec exec;
+  std::vector<status_word_t> words(llep::StatusWords::bytes(2) / sizeof(status_word_t));
+  llep::StatusWords status(exec, words.data(), 2);
+  std::vector<count_t> table(2, 0);
+  std::vector<std::byte> recv(64);
+  llep::RowsStep r{llep::SignalChannel::dispatch, table.data(), table.data(), table.data(), table.data(), recv.data(), 4, 17};
+  CHECK(testutil::error_of([&] { x.rows(exec, r, status); }).find("rows of 17 bytes") != std::string::npos);
+}
