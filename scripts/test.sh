@@ -2,7 +2,8 @@
 # README's test command: installs what is missing, builds, runs every suite, and ends with
 # one line per build, a line "N skipped" and a last line "N passed, N failed" summed over
 # the builds (doctest test cases). The builds:
-#   build  the normal build (g++, CUDA and NCCL when found): every suite;
+#   build  the normal build (g++, CUDA and NCCL when found): every suite (under CI=true:
+#          all but the host-only test programs, which the asan build runs);
 #   asan   clang++ with AddressSanitizer + UndefinedBehaviorSanitizer, any report fatal: the
 #          host suites (not the packaging consumers), the tools and demos, and a few seconds
 #          of each libFuzzer target;
@@ -60,12 +61,18 @@ for b in $builds; do
       # CI has no GPU and times nothing: one architecture (sm_80, the oldest supported)
       # proves that the device code compiles, -O0 halves the host compiler's time (the
       # tests run the same, a little slower; the sanitizer builds are -O0 too), and nvcc's
-      # -Ofc=max (fast compile) skips the device optimiser's costly passes but still emits
-      # SASS for every kernel. Elsewhere the build keeps the defaults (release, sm_80 +
-      # sm_90a, optimised device code): its GPU tests run on Ampere and Hopper alike and its
-      # benchmarks are optimised.
+      # -Ofc=max (fast compile) with cicc at -O0 skips the device optimiser's costly passes
+      # but still emits SASS for every kernel. CI also leaves the host-only tests and the
+      # host headers compiled alone (-Dhost_tests=false) to the asan build, which compiles
+      # and runs every one of them under the sanitizers; this build keeps what only it can
+      # run (CUDA, NCCL, MPI, the package consumers, the device headers compiled alone) and
+      # the tools and examples, which it compiles with g++ and runs.
+      # Elsewhere the build keeps the defaults (release, sm_80 + sm_90a, optimised device
+      # code, every suite): its GPU tests run on Ampere and Hopper alike and its benchmarks
+      # are optimised.
       arch_args=()
-      [ "${CI:-}" = true ] && [ ! -f build/build.ninja ] && arch_args=(-Dgpu_arch=80 -Doptimization=0 -Dcuda_args=-Ofc=max)
+      [ "${CI:-}" = true ] && [ ! -f build/build.ninja ] &&
+        arch_args=(-Dgpu_arch=80 -Doptimization=0 "-Dcuda_args=-Ofc=max -Xcicc -O0" -Dhost_tests=false)
       bash scripts/configure.sh "${arch_args[@]}" || { echo "0 passed, 1 failed"; exit 1; }
       run build build
       ;;
