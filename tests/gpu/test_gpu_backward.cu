@@ -1,10 +1,12 @@
 // The layer's backward on a GPU: P logical ranks on device 0 through PeerCopy, CudaExec and
-// CublasSwiGlu (fp32 weight gradients), against the dense MoE's analytic gradients in
-// double (tests/common/dense_moe.hpp) on the inputs the device saw; under skew so that
-// helpers return gradients; repeated runs give the same bits.
+// CublasSwiGlu or GroupedSwiGlu (fp32 weight gradients), against the dense MoE's analytic
+// gradients in double (tests/common/dense_moe.hpp) on the inputs the device saw; under
+// skew so that helpers return gradients; repeated runs give the same bits; the two
+// functors agree on the same inputs.
 #include <doctest/doctest.h>
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,7 +14,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "../common/dense_moe.hpp"
@@ -20,6 +24,7 @@
 #include "llep/core/cuda_check.hpp"
 #include "llep/exec/cuda.cuh"
 #include "llep/experts/cublas_swiglu.cuh"
+#include "llep/experts/grouped_swiglu.cuh"
 #include "llep/layer/backward.hpp"
 #include "llep/layer/moe_layer.hpp"
 #include "llep/plan/least_loaded.hpp"
@@ -33,37 +38,68 @@ namespace {
 using gputest::DeviceArray;
 
 template <class T>
+using Cublas = llep::CublasSwiGlu<T, llep::SiluGlu>;
+template <class T>
+using Grouped = llep::GroupedSwiGlu<T, llep::SiluGlu>;
+
+template <class T>
 T to_t(double v) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16(static_cast<float>(v));
+  else if constexpr (std::is_same_v<T, __half>) return __float2half(static_cast<float>(v));
   else return static_cast<T>(v);
 }
 template <class T>
 double to_d(T v) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
   else return static_cast<double>(v);
+}
+template <class T>
+const char* type_name() {
+  return std::is_same_v<T, __nv_bfloat16> ? "bf16" : std::is_same_v<T, __half> ? "fp16" : "fp32";
 }
 
 // Max |error| / max |reference| per result. fp32 (no TF32) as the host float layer: 1e-4.
 // bf16: tokens, weights, upstream gradients, a, dgu and the results are rounded to 8 bits
 // (2^-9 relative each) with fp32 sums between: a few of those stay well under 3e-2 of the
-// scale, while a lost or misplaced contribution is O(1).
+// scale, while a lost or misplaced contribution is O(1). fp16 rounds the same values to
+// 11 bits, 8 times finer: 4e-3.
 template <class T>
 double tolerance() {
-  return std::is_same_v<T, __nv_bfloat16> ? 3e-2 : 1e-4;
+  return std::is_same_v<T, __nv_bfloat16> ? 3e-2 : std::is_same_v<T, __half> ? 4e-3 : 1e-4;
 }
 
+// A non-finite result (the NaN the gradient buffers are filled with before each run, left
+// unwritten) is an infinite error.
 double rel_error(const std::vector<double>& got, const std::vector<double>& ref) {
   REQUIRE(got.size() == ref.size());
   double scale = 1e-3, err = 0;
   for (std::size_t i = 0; i < ref.size(); ++i) {
     scale = std::max(scale, std::abs(ref[i]));
-    err = std::max(err, std::abs(got[i] - ref[i]));
+    err = std::max(err, std::isfinite(got[i]) ? std::abs(got[i] - ref[i]) : std::numeric_limits<double>::infinity());
   }
   return err / scale;
 }
 
-template <class T, class Plnr>
-void check(int P, int K, Plnr planner, std::uint64_t seed) {
+double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// What one rank's backward gave (the second of two runs, which equalled the first).
+struct Got {
+  std::vector<double> hidden, gates, weights;
+  std::size_t grad_bytes = 0;  // helpers' weight gradients received
+};
+
+// Runs forward and backward twice on P logical ranks with `Experts` (T = its value_type)
+// and checks the gradients against the dense MoE and the two runs' bits; returns each
+// rank's gradients. `empty_last`: the last expert's pairs go to expert 0, so that one
+// expert (native to the last rank) has no rows and its weight gradient must be written 0.
+template <class Experts, class Plnr>
+std::vector<Got> check(int P, int K, Plnr planner, std::uint64_t seed, bool empty_last = false) {
+  using T = typename Experts::value_type;
   const int N = 2 * P, D = 64, H = 32;
   const dense::Moe moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
   // The reference sees the values the device sees: weights, tokens and gradients in T.
@@ -89,9 +125,9 @@ void check(int P, int K, Plnr planner, std::uint64_t seed) {
     r.gates.resize(r.ids.size());
     llep::sim::random_routing(rng(), N, K, llep::sim::Skew{1, 0.9}, std::span<std::int32_t>(r.ids),
                               std::span<float>(r.gates));
+    if (empty_last) std::replace(r.ids.begin(), r.ids.end(), N - 1, 0);
   }
 
-  using Experts = llep::CublasSwiGlu<T, llep::SiluGlu>;
   using Layer = llep::MoeLayer<llep::ExactCounts, Plnr, llep::PeerCopy, Experts, llep::CudaExec>;
   const llep::Topology topo(P, N);
   std::vector<cudaStream_t> streams(static_cast<std::size_t>(P));
@@ -101,10 +137,6 @@ void check(int P, int K, Plnr planner, std::uint64_t seed) {
     ranks.push_back({0, s});
   }
   llep::PeerCopyGroup group(ranks, llep::HostGroupOptions{std::chrono::milliseconds(30'000)});
-  struct Got {
-    std::vector<double> hidden, gates, weights;
-    std::size_t grad_bytes = 0;
-  };
   std::vector<Got> got(static_cast<std::size_t>(P));
   std::vector<int> same(static_cast<std::size_t>(P), 1);
   llep::run_ranks(group, [&](llep::PeerCopy& t) {
@@ -126,6 +158,12 @@ void check(int P, int K, Plnr planner, std::uint64_t seed) {
     llep::ForwardHandle<T> handle(std::span<std::byte>(memory.get(), memory.size()), save);
     std::vector<float> first;
     for (int s = 0; s < 2; ++s) {
+      // NaN in every result (all-ones bits in float, bf16 and fp16), on the layer's stream
+      // before its step: overwrite must write every element.
+      for (const auto& [ptr, bytes] : {std::pair<void*, std::size_t>{gh.get(), gh.size() * sizeof(T)},
+                                       std::pair<void*, std::size_t>{gg.get(), gg.size() * sizeof(float)},
+                                       std::pair<void*, std::size_t>{gw.get(), gw.size() * sizeof(float)}})
+        LLEP_CUDA_CHECK(cudaMemsetAsync(ptr, 0xFF, bytes, streams[p]));
       layer.forward(std::span<const T>(x.get(), x.size()), std::span<const std::int32_t>(ids.get(), ids.size()),
                     std::span<const float>(gates.get(), gates.size()), std::span<T>(out.get(), out.size()), handle);
       const llep::BackwardArgs<T, float, float> args{
@@ -174,11 +212,50 @@ void check(int P, int K, Plnr planner, std::uint64_t seed) {
                                                                   wg.begin() + static_cast<std::ptrdiff_t>((slot + 1) * W)),
                                               seen.packed_of<double>(total[static_cast<std::size_t>(e)])));
   }
-  INFO("P = ", P, ", K = ", K, ", planner ", Plnr::name);
+  INFO("P = ", P, ", K = ", K, ", planner ", Plnr::name, ", ", type_name<T>(), ", ",
+       std::is_same_v<Experts, Grouped<T>> ? "GroupedSwiGlu" : "CublasSwiGlu");
   CHECK(e_hidden <= tolerance<T>());
   CHECK(e_gates <= tolerance<T>());
   CHECK(e_weights <= tolerance<T>());
   CHECK(std::all_of(same.begin(), same.end(), [](int v) { return v == 1; }));
+  // The errors are relative to the references' scales, which are far above rel_error's floor.
+  double s_hidden = 0, s_gates = 0, s_weights = 0;
+  for (const Got& g : got) {
+    s_hidden = std::max(s_hidden, max_abs(g.hidden));
+    s_gates = std::max(s_gates, max_abs(g.gates));
+    s_weights = std::max(s_weights, max_abs(g.weights));
+  }
+  CHECK(s_hidden > 1e-2);
+  CHECK(s_gates > 1e-2);
+  CHECK(s_weights > 1e-2);
+  if (empty_last) {  // the empty expert's gradient: exactly 0 (written, not left NaN)
+    const auto& wg = got[static_cast<std::size_t>(P - 1)].weights;
+    CHECK(std::all_of(wg.end() - static_cast<std::ptrdiff_t>(W), wg.end(), [](double v) { return v == 0.0; }));
+  }
+  return got;
+}
+
+// GroupedSwiGlu and CublasSwiGlu on the same inputs, each checked against the dense MoE,
+// then against each other. Both round at the same points (h, dgu, outputs in T; fp32 sums),
+// so they differ only where fp32 summation order flips a rounding by one unit: half the
+// dense tolerance (about 4 units of T's rounding). Under skew with LeastLoaded, helpers
+// return gradients (P > 1), and the same plan moves the same gradient bytes for both.
+template <class T>
+void check_grouped(int P, int K, std::uint64_t seed) {
+  const llep::LeastLoaded planner{1.0, 8};
+  const std::vector<Got> grouped = check<Grouped<T>>(P, K, planner, seed, true);
+  const std::vector<Got> cublas = check<Cublas<T>>(P, K, planner, seed, true);
+  INFO("P = ", P, ", K = ", K, ", ", type_name<T>(), ": GroupedSwiGlu against CublasSwiGlu");
+  REQUIRE(grouped.size() == cublas.size());
+  std::size_t received = 0;
+  for (std::size_t p = 0; p < grouped.size(); ++p) {
+    CHECK(rel_error(grouped[p].hidden, cublas[p].hidden) <= tolerance<T>() / 2);
+    CHECK(rel_error(grouped[p].gates, cublas[p].gates) <= tolerance<T>() / 2);
+    CHECK(rel_error(grouped[p].weights, cublas[p].weights) <= tolerance<T>() / 2);
+    CHECK(grouped[p].grad_bytes == cublas[p].grad_bytes);
+    received += grouped[p].grad_bytes;
+  }
+  if (P > 1) CHECK(received > 0);
 }
 
 }  // namespace
@@ -186,8 +263,16 @@ void check(int P, int K, Plnr planner, std::uint64_t seed) {
 TEST_CASE("GPU backward equals the dense gradients (fp32 and bf16, fp32 weight gradients)") {
   for (int P : {1, 2, 4})
     for (int K : {1, 4}) {
-      check<float>(P, K, llep::StandardEp{}, 10 + static_cast<std::uint64_t>(P * K));
-      check<float>(P, K, llep::LeastLoaded{1.0, 8}, 20 + static_cast<std::uint64_t>(P * K));
-      check<__nv_bfloat16>(P, K, llep::LeastLoaded{1.0, 8}, 30 + static_cast<std::uint64_t>(P * K));
+      check<Cublas<float>>(P, K, llep::StandardEp{}, 10 + static_cast<std::uint64_t>(P * K));
+      check<Cublas<float>>(P, K, llep::LeastLoaded{1.0, 8}, 20 + static_cast<std::uint64_t>(P * K));
+      check<Cublas<__nv_bfloat16>>(P, K, llep::LeastLoaded{1.0, 8}, 30 + static_cast<std::uint64_t>(P * K));
+    }
+}
+
+TEST_CASE("GPU backward with GroupedSwiGlu experts equals the dense gradients and CublasSwiGlu's (bf16, fp16)") {
+  for (int P : {1, 2, 4})
+    for (int K : {1, 4}) {
+      check_grouped<__nv_bfloat16>(P, K, 40 + static_cast<std::uint64_t>(P * K));
+      check_grouped<__half>(P, K, 50 + static_cast<std::uint64_t>(P * K));
     }
 }
