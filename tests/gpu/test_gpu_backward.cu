@@ -236,10 +236,13 @@ std::vector<Got> check(int P, int K, Plnr planner, std::uint64_t seed, bool empt
 }
 
 // GroupedSwiGlu and CublasSwiGlu on the same inputs, each checked against the dense MoE,
-// then against each other. Both round at the same points (h, dgu, outputs in T; fp32 sums),
-// so they differ only where fp32 summation order flips a rounding by one unit: half the
-// dense tolerance (about 4 units of T's rounding). Under skew with LeastLoaded, helpers
-// return gradients (P > 1), and the same plan moves the same gradient bytes for both.
+// then against each other. Both round at the same points (h, dgu, outputs, input gradients
+// in T; fp32 sums), so they differ only where fp32 summation order flips one of those
+// roundings; each flip is up to 2 units of T's rounding (1 ulp just above a power of two)
+// and three or so can meet in one result: the dense tolerance (about 8 units) bounds it,
+// where a lost or misplaced contribution is O(1). The inputs (seeds) give every P > 1 a
+// plan with weight transfers under skew with LeastLoaded, so helpers return gradients,
+// and the same plan moves the same gradient bytes for both functors.
 template <class T>
 void check_grouped(int P, int K, std::uint64_t seed) {
   const llep::LeastLoaded planner{1.0, 8};
@@ -249,9 +252,9 @@ void check_grouped(int P, int K, std::uint64_t seed) {
   REQUIRE(grouped.size() == cublas.size());
   std::size_t received = 0;
   for (std::size_t p = 0; p < grouped.size(); ++p) {
-    CHECK(rel_error(grouped[p].hidden, cublas[p].hidden) <= tolerance<T>() / 2);
-    CHECK(rel_error(grouped[p].gates, cublas[p].gates) <= tolerance<T>() / 2);
-    CHECK(rel_error(grouped[p].weights, cublas[p].weights) <= tolerance<T>() / 2);
+    CHECK(rel_error(grouped[p].hidden, cublas[p].hidden) <= tolerance<T>());
+    CHECK(rel_error(grouped[p].gates, cublas[p].gates) <= tolerance<T>());
+    CHECK(rel_error(grouped[p].weights, cublas[p].weights) <= tolerance<T>());
     CHECK(grouped[p].grad_bytes == cublas[p].grad_bytes);
     received += grouped[p].grad_bytes;
   }
