@@ -165,6 +165,9 @@ struct Rig {
   [[nodiscard]] count_t capacity_rows() const { return static_cast<count_t>(P) * max_rows; }
   [[nodiscard]] std::size_t rows_bytes() const { return static_cast<std::size_t>(capacity_rows()) * row_bytes; }
   [[nodiscard]] std::size_t max_transfers() const { return 2 * static_cast<std::size_t>(P); }
+  [[nodiscard]] std::size_t places_bytes() const {
+    return llep::TransferPlaces::bytes(P, N, static_cast<std::int64_t>(max_transfers()));
+  }
 };
 
 /// One rank's exec memory (host vectors or device arrays), sized by the Rig.
@@ -179,6 +182,7 @@ struct RankBuffers {
   llep::WeightTransfer* transfers = nullptr;  // max_transfers()
   std::int32_t* native_slot = nullptr;        // N
   std::byte* foreign = nullptr;               // max_transfers() * expert_bytes
+  std::byte* places = nullptr;                // places_bytes(): the step's place table
 };
 
 /// The combine's input: every received byte transformed (LLEP_HOST_DEVICE: a test kernel).
@@ -250,7 +254,8 @@ void enqueue_step(Exec& exec, const llep::SymmetricView& v, const Rig& rig, cons
   combine.channel = llep::SignalChannel::combine;
   llep::rows_all_to_all(exec, v, combine, status, workers, options);
   llep::WeightsExchange w;
-  w.plan = b.plan;
+  w.places = llep::TransferPlaces::carve(b.places, b.plan, v.rank, P, rig.N, static_cast<std::int64_t>(rig.max_transfers()));
+  llep::place_transfers(exec, w.places, status.word());
   w.native_slot = b.native_slot;
   w.weights = rig.weights;
   w.expert_bytes = rig.expert_bytes;

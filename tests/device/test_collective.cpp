@@ -97,6 +97,7 @@ struct RankStep {
       foreign{rig.max_transfers() * rig.expert_bytes}, received{rig.max_transfers() * x.sizes().grad_bytes};
   std::vector<std::byte> received_got;  // with grad_bytes: what grads() delivered, as received_grads() sizes it
   std::vector<std::int32_t> native_slot = symtest::native_slots(rig.P, rig.N);
+  std::vector<std::byte> places_memory = std::vector<std::byte>(llep::TransferPlaces::bytes(rig.P, rig.N));
 
   // The collective status check; this rank's error text (testutil::kNoError when none).
   std::string check(llep::HostThreads& tr) {
@@ -129,8 +130,10 @@ struct RankStep {
     std::vector<llep::WeightTransfer> transfers = c.transfers;
     plan.transfers = transfers.data();
     plan.num_transfers = static_cast<std::int32_t>(transfers.size());
+    const llep::TransferPlaces places = llep::TransferPlaces::carve(places_memory.data(), &plan, p, rig.P, rig.N);
+    llep::place_transfers(exec, places, status.word());
     x.weights(exec,
-              llep::WeightsStep{&plan, native_slot.data(), foreign.span().data(),
+              llep::WeightsStep{places, native_slot.data(), foreign.span().data(),
                                 static_cast<std::int32_t>(rig.max_transfers())},
               status);
     const std::size_t gb = x.sizes().grad_bytes;
@@ -140,7 +143,7 @@ struct RankStep {
       for (const llep::WeightTransfer& w : c.transfers)
         if (w.dst == p)
           for (std::size_t b = 0; b < gb; ++b) *g++ = grad_byte(c, p, w.expert, b);
-      x.grads(exec, llep::GradsStep{&plan, received.span().data(), static_cast<std::int32_t>(rig.max_transfers())},
+      x.grads(exec, llep::GradsStep{places, received.span().data(), static_cast<std::int32_t>(rig.max_transfers())},
               status);
       const std::size_t n = received_grads(c, p, gb).size();
       received_got.assign(received.span().data(), received.span().data() + n);

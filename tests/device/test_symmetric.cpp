@@ -32,7 +32,7 @@ using llep::status_word_t;
 struct HostBuffers {
   std::vector<std::int32_t> ids;
   std::vector<count_t> pairs;
-  std::vector<std::byte> counts_memory, recv, back, foreign;
+  std::vector<std::byte> counts_memory, recv, back, foreign, places;
   std::vector<count_t> tables;
   llep::PlanView plan;
   std::vector<llep::WeightTransfer> transfers;
@@ -40,12 +40,12 @@ struct HostBuffers {
   std::vector<status_word_t> words;
   HostBuffers(const symtest::Rig& rig, std::size_t max_ids)
       : ids(max_ids), pairs(1), counts_memory(llep::SharedCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
-        back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes),
+        back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes), places(rig.places_bytes()),
         tables(4 * static_cast<std::size_t>(rig.P)), transfers(rig.max_transfers()),
         native_slot(symtest::native_slots(rig.P, rig.N)), words(llep::StatusWords::bytes(rig.P) / sizeof(status_word_t)) {}
   [[nodiscard]] symtest::RankBuffers view() {
     return {ids.data(), pairs.data(), counts_memory.data(), tables.data(), recv.data(), back.data(), &plan, transfers.data(),
-            native_slot.data(), foreign.data()};
+            native_slot.data(), foreign.data(), places.data()};
   }
 };
 

@@ -20,7 +20,7 @@ namespace gputest {
 struct SymmetricBuffers {
   DeviceArray<std::int32_t> ids;
   DeviceArray<llep::count_t> pairs;
-  DeviceArray<std::byte> counts_memory, recv, back, foreign;
+  DeviceArray<std::byte> counts_memory, recv, back, foreign, places;
   DeviceArray<llep::count_t> tables;
   DeviceArray<llep::PlanView> plan;
   DeviceArray<llep::WeightTransfer> transfers;
@@ -28,13 +28,13 @@ struct SymmetricBuffers {
   DeviceArray<llep::status_word_t> words;
   explicit SymmetricBuffers(const symtest::Rig& rig)
       : ids(symtest::kMaxIds), pairs(1), counts_memory(llep::SharedCounts::bytes(rig.P, rig.N)), recv(rig.rows_bytes()),
-        back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes),
+        back(rig.rows_bytes()), foreign(rig.max_transfers() * rig.expert_bytes), places(rig.places_bytes()),
         tables(4 * static_cast<std::size_t>(rig.P)), plan(1), transfers(rig.max_transfers()),
         native_slot(symtest::native_slots(rig.P, rig.N)),
         words(llep::StatusWords::bytes(rig.P) / sizeof(llep::status_word_t)) {}
   [[nodiscard]] symtest::RankBuffers view() const {
     return {ids.get(), pairs.get(), counts_memory.get(), tables.get(), recv.get(), back.get(), plan.get(), transfers.get(),
-            native_slot.get(), foreign.get()};
+            native_slot.get(), foreign.get(), places.get()};
   }
 };
 

@@ -43,6 +43,7 @@
 #include "llep/device/status_word.hpp"
 #include "llep/device/step_exchange.hpp"
 #include "llep/device/symmetric_exchange.hpp"  // copy_share, Word16, aligned16
+#include "llep/device/transfer_places.hpp"
 #include "llep/transport/transport.hpp"
 
 // Where the CUDA runtime's headers are on the include path (every build that can have an
@@ -192,107 +193,59 @@ struct UnpackRows {
   }
 };
 
-/// weights: the plan's transfers and place[i], transfer i's index among those with the
-/// same (src, dst) (PlaceTransfers), for the first count() transfers.
-struct Transfers {
-  const PlanView* plan;
-  std::int32_t* place;
-  std::int32_t max_transfers;  // place's entries
-  [[nodiscard]] LLEP_HOST_DEVICE std::int32_t count() const noexcept {
-    return plan->num_transfers < max_transfers ? plan->num_transfers : max_transfers;
-  }
-  /// Whether transfer i is `rank`'s side (its source when as_source, else its destination)
-  /// and was placed; if so x, peer and place are the transfer, the other side and place[i].
-  LLEP_HOST_DEVICE bool mine(std::int32_t i, int rank, bool as_source, WeightTransfer& x, std::int32_t& peer,
-                             std::int32_t& j) const noexcept {
-    x = plan->transfers[i];
-    j = place[i];
-    peer = as_source ? x.dst : x.src;
-    return (as_source ? x.src : x.dst) == rank && j >= 0;
-  }
-};
-
-/// weights, one thread: place[i] of every transfer i from or to this rank (-1 for the
-/// others, and for a transfer no plan makes); next holds 2P counters (by dst, by src).
-struct PlaceTransfers {
-  Transfers t;
-  int rank, ranks, experts;
-  std::int32_t* next;
-  status_word_t* status;
-  LLEP_HOST_DEVICE void operator()(std::size_t) const noexcept {
-    for (int q = 0; q < 2 * ranks; ++q) next[q] = 0;
-    if (t.plan->num_transfers > t.max_transfers)  // a broken bound: the transfers past it do not move
-      note_status(status, overflow_word(rank, static_cast<std::uint64_t>(t.plan->num_transfers)));
-    for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
-      const WeightTransfer x = t.plan->transfers[i];
-      t.place[i] = -1;
-      if (x.src < 0 || x.src >= ranks || x.dst < 0 || x.dst >= ranks || x.src == x.dst || x.expert < 0 ||
-          x.expert >= experts)
-        continue;
-      if (x.src == rank)
-        t.place[i] = next[x.dst]++;
-      else if (x.dst == rank)
-        t.place[i] = next[ranks + x.src]++;
-    }
-  }
-};
-
 /// weights and grads: worker w's share of packing this rank's side of the transfers into
-/// the slots of their peers: as the source (weights: the native's experts at
-/// native_slot[expert]) or as the destination (grads: the k-th transfer to this rank's
-/// item k, at most `items` of them).
+/// the slots of their peers, each at its in_pair (TransferPlaces): as the source (weights:
+/// the native's experts at native_slot[expert]) or as the destination (grads: this rank's
+/// item at_dst of `from`, at most `items` of them).
 template <class Word>
 struct PackTransfers {
   Slots s;
-  Transfers t;
+  TransferPlaces t;
   bool as_source;
   const std::byte* from;
-  const std::int32_t* native_slot;  // null: the k-th transfer's item k
+  const std::int32_t* native_slot;  // null: the transfer's item at_dst
   std::int32_t items;
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
-    std::int32_t k = 0;
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
-      WeightTransfer x;
-      std::int32_t peer = 0, j = 0;
-      if (!t.mine(i, s.rank, as_source, x, peer, j)) continue;
-      const std::int32_t at = native_slot != nullptr ? native_slot[x.expert] : k++;
+      RankTransfer m;
+      if (!t.mine(i, as_source, m)) continue;
+      const std::int32_t at = native_slot != nullptr ? native_slot[m.x.expert] : m.item;
       if (native_slot == nullptr && at >= items) {
-        s.note(w, overflow_word(peer, static_cast<std::uint64_t>(at) + 1));
+        s.note(w, overflow_word(m.peer, static_cast<std::uint64_t>(at) + 1));
         return;
       }
+      const std::int32_t j = m.at.in_pair;
       if (j >= s.capacity)
-        s.note(w, capacity_word(peer, static_cast<std::uint64_t>(j) + 1));
+        s.note(w, capacity_word(m.peer, static_cast<std::uint64_t>(j) + 1));
       else
-        s.copy<Word>(s.item(peer, j), from + static_cast<std::size_t>(at) * s.item_bytes, 1, w);
+        s.copy<Word>(s.item(m.peer, j), from + static_cast<std::size_t>(at) * s.item_bytes, 1, w);
     }
   }
 };
 
-/// weights and grads: worker w's share of unpacking this rank's side of the transfers in
-/// plan order, the k-th into `to` at k, from its peer's slot: as the destination (weights:
-/// into the foreign experts) or as the source (grads: into the received gradients).
+/// weights and grads: worker w's share of unpacking this rank's side of the transfers, each
+/// into `to` at its item (at_dst as the destination: weights into the foreign experts;
+/// at_src as the source: grads into the received gradients), from its peer's slot.
 template <class Word>
 struct UnpackTransfers {
   Slots s;
-  Transfers t;
+  TransferPlaces t;
   bool as_source;
   std::byte* to;
   std::int32_t capacity;  // items `to` holds
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
-    std::int32_t k = 0;
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
-      WeightTransfer x;
-      std::int32_t peer = 0, j = 0;
-      if (!t.mine(i, s.rank, as_source, x, peer, j)) continue;
-      if (k == capacity) {
-        s.note(w, overflow_word(peer, static_cast<std::uint64_t>(k) + 1));
+      RankTransfer m;
+      if (!t.mine(i, as_source, m)) continue;
+      if (m.item >= capacity) {  // the first past `to`: none after it moves
+        s.note(w, overflow_word(m.peer, static_cast<std::uint64_t>(m.item) + 1));
         return;
       }
+      const std::int32_t j = m.at.in_pair;
       if (j >= s.capacity)
-        s.note(w, capacity_word(peer, static_cast<std::uint64_t>(j) + 1));
+        s.note(w, capacity_word(m.peer, static_cast<std::uint64_t>(j) + 1));
       else
-        s.copy<Word>(to + static_cast<std::size_t>(k) * s.item_bytes, s.item(peer, j), 1, w);
-      ++k;
+        s.copy<Word>(to + static_cast<std::size_t>(m.item) * s.item_bytes, s.item(m.peer, j), 1, w);
     }
   }
 };
@@ -312,8 +265,8 @@ class CollectiveExchange {
   /// Bytes of exec memory the constructor takes for `sizes` and `capacity`: the send rows
   /// (both channels share them: rows() has packed them when it returns in exec order), the
   /// native weights, the foreign experts' gradients (sizes.grad_bytes > 0: backward), the
-  /// gathered bins, two staging areas of P slots (rows, weights and gradients take turns
-  /// in them) and the transfer places.
+  /// gathered bins and two staging areas of P slots (rows, weights and gradients take turns
+  /// in them).
   [[nodiscard]] static std::size_t bytes(const StepExchangeSizes& sizes, const Capacity& capacity = {}) {
     return carve(nullptr, sizes, capacity.resolve(sizes)).bytes;
   }
@@ -406,14 +359,15 @@ class CollectiveExchange {
   /// This rank's native experts' weights (natives x expert_bytes, ascending expert).
   [[nodiscard]] std::byte* native_weights() const noexcept { return mem_.natives; }
 
-  /// Places, pack, one all_to_all_v of P slots of experts_per_peer experts (skipped when a
-  /// slot holds nothing), unpack (see the top of this file).
+  /// Pack, one all_to_all_v of P slots of experts_per_peer experts (skipped when a slot
+  /// holds nothing), unpack (see the top of this file), each transfer at its places.
   template <class Exec>
   void weights(Exec& exec, const WeightsStep& s, StatusWords& status) {
     check_exec(exec);
-    LLEP_EXPECTS(s.plan != nullptr && s.native_slot != nullptr && (s.foreign != nullptr || s.foreign_capacity == 0),
-                 "rank ", rank(), ": CollectiveExchange::weights needs the plan, the native slots and `foreign`");
-    transfers(exec, s.plan, status, sizes_.expert_bytes, true, mem_.natives, s.native_slot, 0, s.foreign,
+    check_places(s.places);
+    LLEP_EXPECTS(s.native_slot != nullptr && (s.foreign != nullptr || s.foreign_capacity == 0), "rank ", rank(),
+                 ": CollectiveExchange::weights needs the native slots and `foreign`");
+    transfers(exec, s.places, status, sizes_.expert_bytes, true, mem_.natives, s.native_slot, 0, s.foreign,
               s.foreign_capacity);
   }
 
@@ -422,35 +376,34 @@ class CollectiveExchange {
   [[nodiscard]] std::byte* foreign_grads() const noexcept { return mem_.grads; }
 
   /// The weights path in reverse: each helper packs the gradient of the k-th transfer to
-  /// it into slot j of the transfer's native rank (j: the transfer's place among those
-  /// from that rank to this helper), one all_to_all_v of P slots of experts_per_peer
-  /// gradients, and each native rank unpacks the k-th transfer from it (plan order) to
-  /// g.received at k x grad_bytes. Beyond received_capacity: overflow status, no write.
+  /// it (at_dst) into slot j of the transfer's native rank (j: in_pair, its place among
+  /// those from that rank to this helper), one all_to_all_v of P slots of experts_per_peer
+  /// gradients, and each native rank unpacks the k-th transfer from it (plan order: at_src)
+  /// to g.received at k x grad_bytes. Beyond received_capacity: overflow status, no write.
   template <class Exec>
   void grads(Exec& exec, const GradsStep& g, StatusWords& status) {
     check_exec(exec);
     LLEP_EXPECTS(sizes_.grad_bytes > 0, "rank ", rank(),
                  ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
-    LLEP_EXPECTS(g.plan != nullptr && (g.received != nullptr || g.received_capacity == 0), "rank ", rank(),
-                 ": CollectiveExchange::grads needs the plan and `received`");
-    transfers(exec, g.plan, status, sizes_.grad_bytes, false, mem_.grads, nullptr, sizes_.foreign, g.received,
+    check_places(g.places);
+    LLEP_EXPECTS(g.received != nullptr || g.received_capacity == 0, "rank ", rank(),
+                 ": CollectiveExchange::grads needs `received`");
+    transfers(exec, g.places, status, sizes_.grad_bytes, false, mem_.grads, nullptr, sizes_.foreign, g.received,
               g.received_capacity);
   }
 
  private:
-  // Places, pack, one all_to_all_v of P slots of experts_per_peer items (skipped when a
-  // slot holds nothing), unpack: weights (as the source then the destination) or grads.
+  // Pack, one all_to_all_v of P slots of experts_per_peer items (skipped when a slot holds
+  // nothing), unpack: weights (as the source then the destination) or grads.
   template <class Exec>
-  void transfers(Exec& exec, const PlanView* plan, StatusWords& status, std::size_t item_bytes, bool weights,
+  void transfers(Exec& exec, const TransferPlaces& t, StatusWords& status, std::size_t item_bytes, bool weights,
                  const std::byte* from, const std::int32_t* native_slot, std::int32_t items, std::byte* to,
                  std::int32_t capacity) {
     using namespace detail::coll;
     const std::size_t stride = item_stride(item_bytes, cap_);
     set_slots(stride);
-    const Transfers t{plan, mem_.place, static_cast<std::int32_t>(max_transfers(sizes_))};
     const Slots out = slots<Exec>(mem_.out, stride, 0, item_bytes, cap_.experts_per_peer, status),
                 in = slots<Exec>(mem_.in, stride, 0, item_bytes, cap_.experts_per_peer, status);
-    exec.for_each_n(1, PlaceTransfers{t, out.rank, out.ranks, sizes_.experts, mem_.next, status.word()});
     const bool words = item_bytes % 16 == 0 && aligned16(to);
     if (words)
       exec.for_each_n(out.workers, PackTransfers<Word16>{out, t, weights, from, native_slot, items});
@@ -466,7 +419,6 @@ class CollectiveExchange {
   struct Memory {
     std::byte *send = nullptr, *natives = nullptr, *grads = nullptr, *out = nullptr, *in = nullptr;
     count_t* gathered = nullptr;
-    std::int32_t *place = nullptr, *next = nullptr;
     std::size_t bytes = 0;
   };
 
@@ -489,9 +441,6 @@ class CollectiveExchange {
   [[nodiscard]] static std::size_t weight_stride(const StepExchangeSizes& s, const Capacity& c) {
     return item_stride(std::max(s.expert_bytes, s.grad_bytes), c);
   }
-  [[nodiscard]] static std::size_t max_transfers(const StepExchangeSizes& s) {
-    return static_cast<std::size_t>(max_plan_segments(s.ranks, s.experts));
-  }
 
   [[nodiscard]] static Memory carve(std::byte* base, const StepExchangeSizes& s, const Capacity& c) {
     const auto P = static_cast<std::size_t>(s.ranks);
@@ -502,9 +451,7 @@ class CollectiveExchange {
                       o_natives = k.take(static_cast<std::size_t>(s.natives) * s.expert_bytes),
                       o_grads = k.take(static_cast<std::size_t>(s.foreign) * s.grad_bytes),
                       o_gathered = k.take(P * (static_cast<std::size_t>(s.experts) + 1) * sizeof(count_t)),
-                      o_out = k.take(staging), o_in = k.take(staging),
-                      o_place = k.take(max_transfers(s) * sizeof(std::int32_t)),
-                      o_next = k.take(2 * P * sizeof(std::int32_t));
+                      o_out = k.take(staging), o_in = k.take(staging);
     Memory m;
     m.bytes = k.bytes;
     if (base == nullptr) return m;
@@ -514,8 +461,6 @@ class CollectiveExchange {
     m.gathered = reinterpret_cast<count_t*>(base + o_gathered);
     m.out = base + o_out;
     m.in = base + o_in;
-    m.place = reinterpret_cast<std::int32_t*>(base + o_place);
-    m.next = reinterpret_cast<std::int32_t*>(base + o_next);
     return m;
   }
 
@@ -524,6 +469,15 @@ class CollectiveExchange {
   [[nodiscard]] detail::coll::Slots slots(std::byte* base, std::size_t stride, std::size_t offset,
                                           std::size_t item_bytes, count_t capacity, StatusWords& status) const {
     return {base, stride, offset, item_bytes, capacity, rank(), sizes_.ranks, exchange_workers<Exec>(), status.word()};
+  }
+
+  // A place table of this rank's for these sizes.
+  void check_places(const TransferPlaces& t) const {
+    LLEP_EXPECTS(t.plan != nullptr && t.place != nullptr && t.rank == rank() && t.ranks == sizes_.ranks &&
+                     t.experts == sizes_.experts,
+                 "rank ", rank(), ": CollectiveExchange needs this rank's place table of the step's plan (P = ",
+                 sizes_.ranks, ", N = ", sizes_.experts, "); got rank ", t.rank, " of P = ", t.ranks, ", N = ",
+                 t.experts);
   }
 
   template <class Exec>

@@ -28,6 +28,7 @@
 #include "llep/device/gather_counts.hpp"
 #include "llep/device/status_word.hpp"
 #include "llep/device/symmetric.hpp"
+#include "llep/device/transfer_places.hpp"
 #include "llep/layer/limits.hpp"
 
 namespace llep {
@@ -78,21 +79,23 @@ struct RowsStep {
   }
 };
 
-/// The plan's weight transfers to this rank, in plan order: the k-th into `foreign` at
-/// k x expert_bytes, from its native rank's native_weights() at native_slot[expert].
+/// The plan's weight transfers to this rank, in plan order: the k-th (its place at_dst in
+/// the step's place table) into `foreign` at k x expert_bytes, from its native rank's
+/// native_weights() at native_slot[expert].
 struct WeightsStep {
-  const PlanView* plan = nullptr;             ///< exec memory (the step's plan)
+  TransferPlaces places;                      ///< this rank's place table of the step's plan, filled
   const std::int32_t* native_slot = nullptr;  ///< N entries, exec memory
   std::byte* foreign = nullptr;
   std::int32_t foreign_capacity = 0;          ///< experts `foreign` holds
 };
 
 /// Backward's weight gradients of foreign experts, back to their native ranks. A helper
-/// writes the gradient of the j-th transfer TO it (plan order, as foreign weights arrive)
-/// at j x grad_bytes of the exchange's foreign_grads(); the native rank receives the k-th
-/// transfer FROM it (plan order) at k x grad_bytes of `received`.
+/// writes the gradient of the j-th transfer TO it (plan order, as foreign weights arrive:
+/// its at_dst) at j x grad_bytes of the exchange's foreign_grads(); the native rank
+/// receives the k-th transfer FROM it (plan order: its at_src) at k x grad_bytes of
+/// `received`.
 struct GradsStep {
-  const PlanView* plan = nullptr;   ///< exec memory (the step's plan)
+  TransferPlaces places;            ///< the place table the step's WeightsStep had
   std::byte* received = nullptr;    ///< exec memory
   std::int32_t received_capacity = 0;  ///< gradients `received` holds
 };

@@ -33,6 +33,7 @@
 #include "llep/device/status_word.hpp"
 #include "llep/device/step_exchange.hpp"
 #include "llep/device/symmetric.hpp"
+#include "llep/device/transfer_places.hpp"
 
 namespace llep {
 
@@ -147,12 +148,13 @@ struct PullRows {
   }
 };
 
-/// weights and grads: worker w's share of the plan's transfers `Side` picks for me, in plan
-/// order: the k-th lands in slot k of `to`, from its peer's region at the side's offset.
+/// weights and grads: worker w's share of this rank's side of the transfers (`Side`), in
+/// plan order: the one with this rank's item k (TransferPlaces) lands in slot k of `to`,
+/// from its peer's region at the side's item.
 template <class Word, class Side>
 struct PullTransfers {
   SymmetricView v;
-  const PlanView* plan;
+  TransferPlaces places;
   Side side;
   std::size_t item_bytes;
   std::byte* to;
@@ -161,63 +163,56 @@ struct PullTransfers {
   status_word_t* status;
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
     const std::size_t n = item_bytes / sizeof(Word);
-    std::int32_t k = 0;
-    for (std::int32_t i = 0; i < plan->num_transfers; ++i) {
-      const WeightTransfer tr = plan->transfers[i];
-      if (!side.mine(tr, v.rank)) continue;
-      const int peer = side.peer(tr);
-      if (k == capacity) {
-        if (w == 0) note_status(status, overflow_word(peer, static_cast<std::uint64_t>(k) + 1));
+    for (std::int32_t i = 0, count = places.count(); i < count; ++i) {
+      RankTransfer m;
+      if (!places.mine(i, Side::as_source, m)) continue;
+      if (m.item >= capacity) {  // the first past `to` (a plan past its planner's bound): none after it moves
+        if (w == 0) note_status(status, overflow_word(m.peer, static_cast<std::uint64_t>(m.item) + 1));
         return;
       }
-      const std::size_t item = side.item(*plan, i, tr);
+      const std::size_t item = side.item(m);
       if (item >= side.items) {  // past the peer's area (a plan past its planner's bound): not read
-        if (w == 0) note_status(status, overflow_word(peer, static_cast<std::uint64_t>(item) + 1));
-        ++k;
+        if (w == 0) note_status(status, overflow_word(m.peer, static_cast<std::uint64_t>(item) + 1));
         continue;
       }
-      const std::byte* from = v.at<const std::byte>(peer, side.region) + item * item_bytes;
-      copy_share(reinterpret_cast<Word*>(to + static_cast<std::size_t>(k) * item_bytes),
+      const std::byte* from = v.at<const std::byte>(m.peer, side.region) + item * item_bytes;
+      copy_share(reinterpret_cast<Word*>(to + static_cast<std::size_t>(m.item) * item_bytes),
                  reinterpret_cast<const Word*>(from), n, w, workers);
-      ++k;
     }
   }
 };
 
 /// weights: the transfers to me, from the native rank's weights at native_slot[expert].
 struct WeightsSide {
+  static constexpr bool as_source = false;
   std::size_t region;
   std::size_t items;  // experts there (native_slot, from the topology, stays below)
   const std::int32_t* native_slot;
-  LLEP_HOST_DEVICE static bool mine(const WeightTransfer& tr, int rank) noexcept { return tr.dst == rank; }
-  LLEP_HOST_DEVICE static int peer(const WeightTransfer& tr) noexcept { return tr.src; }
-  LLEP_HOST_DEVICE std::size_t item(const PlanView&, std::int32_t, const WeightTransfer& tr) const noexcept {
-    return static_cast<std::size_t>(native_slot[tr.expert]);
+  LLEP_HOST_DEVICE std::size_t item(const RankTransfer& m) const noexcept {
+    return static_cast<std::size_t>(native_slot[m.x.expert]);
   }
 };
 
 /// grads: the transfers from me, from the helper's gradients at the transfer's place among
 /// the transfers to that helper (where its foreign weights arrived).
 struct GradsSide {
+  static constexpr bool as_source = true;
   std::size_t region;
   std::size_t items;  // gradients there (foreign)
-  LLEP_HOST_DEVICE static bool mine(const WeightTransfer& tr, int rank) noexcept { return tr.src == rank; }
-  LLEP_HOST_DEVICE static int peer(const WeightTransfer& tr) noexcept { return tr.dst; }
-  LLEP_HOST_DEVICE static std::size_t item(const PlanView& plan, std::int32_t i, const WeightTransfer& tr) noexcept {
-    std::size_t j = 0;
-    for (std::int32_t a = 0; a < i; ++a) j += plan.transfers[a].dst == tr.dst ? 1 : 0;
-    return j;
+  LLEP_HOST_DEVICE static std::size_t item(const RankTransfer& m) noexcept {
+    return static_cast<std::size_t>(m.at.at_dst);
   }
 };
 
 /// Runs PullTransfers with 16-byte words where sizes and pointers allow.
 template <class Exec, class Side>
-void pull_transfers(Exec& exec, const SymmetricView& v, const PlanView* plan, Side side, std::size_t item_bytes,
-                    std::byte* to, std::int32_t capacity, std::size_t workers, status_word_t* status) {
+void pull_transfers(Exec& exec, const SymmetricView& v, const TransferPlaces& places, Side side,
+                    std::size_t item_bytes, std::byte* to, std::int32_t capacity, std::size_t workers,
+                    status_word_t* status) {
   if (item_bytes % 16 == 0 && side.region % 16 == 0 && aligned16(to))
-    exec.for_each_n(workers, PullTransfers<Word16, Side>{v, plan, side, item_bytes, to, capacity, workers, status});
+    exec.for_each_n(workers, PullTransfers<Word16, Side>{v, places, side, item_bytes, to, capacity, workers, status});
   else
-    exec.for_each_n(workers, PullTransfers<std::byte, Side>{v, plan, side, item_bytes, to, capacity, workers, status});
+    exec.for_each_n(workers, PullTransfers<std::byte, Side>{v, places, side, item_bytes, to, capacity, workers, status});
 }
 
 template <class Exec>
@@ -321,10 +316,10 @@ void rows_all_to_all(Exec& exec, const SymmetricView& v, const RowsExchange& x, 
 }
 
 /// The pull of foreign experts' weights: the plan's transfers to this rank, in plan order,
-/// into `foreign` (the k-th transfer at k * expert_bytes). Every rank's native weights are
-/// at region offset `weights`, expert e at native_slot[e] * expert_bytes.
+/// into `foreign` (the k-th transfer at k * expert_bytes: its at_dst). Every rank's native
+/// weights are at region offset `weights`, expert e at native_slot[e] * expert_bytes.
 struct WeightsExchange {
-  const PlanView* plan = nullptr;            ///< exec memory (the device plan)
+  TransferPlaces places;                     ///< this rank's place table of the step's plan (filled)
   const std::int32_t* native_slot = nullptr; ///< N entries, exec memory
   std::size_t weights = 0;
   std::size_t expert_bytes = 0;
@@ -343,8 +338,8 @@ void pull_weights(Exec& exec, const SymmetricView& v, const WeightsExchange& x, 
                workers, " workers; both must be > 0");
   using namespace detail::sym;
   signal_round(exec, v, SignalChannel::weights, SignalKind::ready, options, status);
-  pull_transfers(exec, v, x.plan, WeightsSide{x.weights, SIZE_MAX, x.native_slot}, x.expert_bytes, x.foreign, x.foreign_capacity,
-                 workers, status.word());
+  pull_transfers(exec, v, x.places, WeightsSide{x.weights, SIZE_MAX, x.native_slot}, x.expert_bytes, x.foreign,
+                 x.foreign_capacity, workers, status.word());
   signal_round(exec, v, SignalChannel::weights, SignalKind::done, options, status);
 }
 
@@ -405,7 +400,7 @@ class SymmetricExchange {
   template <class Exec>
   void weights(Exec& exec, const WeightsStep& w, StatusWords& status) {
     pull_weights(exec, view_,
-                 WeightsExchange{w.plan, w.native_slot, at_.weights, sizes_.expert_bytes, w.foreign, w.foreign_capacity},
+                 WeightsExchange{w.places, w.native_slot, at_.weights, sizes_.expert_bytes, w.foreign, w.foreign_capacity},
                  status, exchange_workers<Exec>(), signals_);
   }
   /// Backward: the helpers' gradients ready (written in their foreign_grads() in their exec
@@ -416,8 +411,8 @@ class SymmetricExchange {
                  ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
     using namespace detail::sym;
     signal_round(exec, view_, SignalChannel::grads, SignalKind::ready, signals_, status);
-    pull_transfers(exec, view_, g.plan, GradsSide{at_.grads, static_cast<std::size_t>(sizes_.foreign)}, sizes_.grad_bytes, g.received, g.received_capacity,
-                   exchange_workers<Exec>(), status.word());
+    pull_transfers(exec, view_, g.places, GradsSide{at_.grads, static_cast<std::size_t>(sizes_.foreign)},
+                   sizes_.grad_bytes, g.received, g.received_capacity, exchange_workers<Exec>(), status.word());
     signal_round(exec, view_, SignalChannel::grads, SignalKind::done, signals_, status);
   }
 

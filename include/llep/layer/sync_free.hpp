@@ -52,6 +52,7 @@
 #include "llep/device/status_word.hpp"
 #include "llep/device/step_exchange.hpp"
 #include "llep/device/symmetric_exchange.hpp"
+#include "llep/device/transfer_places.hpp"
 #include "llep/exec/execution_space.hpp"
 #include "llep/experts/expert_backward.hpp"
 #include "llep/experts/expert_compute.hpp"
@@ -109,30 +110,13 @@ struct StepGate {
   }
 };
 
-/// Where a foreign expert's weights arrived on `rank`: its place j among the plan's
-/// transfers to the rank (the exchange's `weights` puts the j-th at j x expert bytes).
-/// Called with ascending experts (a layout's tasks), as the transfers ascend.
-struct ForeignCursor {
-  const PlanView* plan = nullptr;
-  std::int32_t rank = 0;
-  std::int32_t next = 0;      // the next transfer to look at
-  std::int32_t received = 0;  // transfers to `rank` before it
-  LLEP_HOST_DEVICE std::int32_t index(std::int32_t expert) {
-    while (next < plan->num_transfers && !(plan->transfers[next].dst == rank && plan->transfers[next].expert == expert)) {
-      if (plan->transfers[next].dst == rank) ++received;
-      ++next;
-    }
-    return received;
-  }
-};
-
 /// One thread: the layout's tasks as ExpertTask<T> for compute_sized, natives reading the
-/// rank's weights at their slot, foreign experts the j-th received expert's weights (the
-/// plan's transfers to this rank, ascending expert, as WeightsOnRank orders them).
+/// rank's weights at their slot, foreign experts the weights that arrived in their foreign
+/// slot (the step's place table: foreign[expert]).
 template <class T>
 struct TasksFromLayout {
   const LayoutView* layout = nullptr;
-  const PlanView* plan = nullptr;
+  TransferPlaces places;  ///< this rank's, filled for the step's plan
   const std::int32_t* slot = nullptr;  ///< N entries: each expert's place among its native rank's
   const T* natives = nullptr;
   const T* foreign = nullptr;
@@ -148,12 +132,12 @@ struct TasksFromLayout {
   LLEP_HOST_DEVICE void operator()(const Block& b) const {
     if (b.tid != 0) return;
     const std::int32_t n = layout->num_tasks;
-    ForeignCursor arrived{plan, layout->rank};
     for (std::int32_t i = 0; i < n; ++i) {
       const ComputeTask& t = layout->tasks[i];
       const std::size_t off = static_cast<std::size_t>(t.row) * hidden;
-      const std::int32_t j = t.native ? 0 : arrived.index(t.expert);
-      if (j >= foreign_capacity && !t.native) {  // a plan past its planner's bound: no read past `foreign`
+      const std::int32_t j = t.native ? 0 : places.foreign[t.expert];
+      // A plan past its planner's bound (or a task no transfer serves): no read past `foreign`.
+      if (!t.native && (j < 0 || j >= foreign_capacity)) {
         note_status(status, overflow_word(layout->rank, static_cast<std::uint64_t>(j) + 1));
         tasks[i] = ExpertTask<T>{t.expert, nullptr, in + off, out + off, 0};
         continue;
@@ -171,12 +155,12 @@ struct TasksFromLayout {
 /// buffer is written), gradients into the caller's buffer at the expert's slot. `temps`: per
 /// transfer to this rank in plan order (ascending expert), its foreign tasks (or one empty
 /// task: a closed step still writes zeros where the native rank will read), gradients at
-/// the place its weights arrived in the exchange's foreign_grads(). MoeLayer's backward
-/// builds the same lists in the same order.
+/// the place its weights arrived (at_dst) in the exchange's foreign_grads(). MoeLayer's
+/// backward builds the same lists in the same order.
 template <class T, class GW>
 struct GradTasksFromLayout {
   const LayoutView* layout = nullptr;
-  const PlanView* plan = nullptr;
+  TransferPlaces places;                 ///< this rank's, filled for the step's plan
   const std::int32_t* native = nullptr;  ///< N entries: each expert's native rank
   std::int32_t experts = 0;
   const T* natives = nullptr;
@@ -211,21 +195,21 @@ struct GradTasksFromLayout {
           direct[nd++] = task(layout->tasks[i], natives + at, grad_natives + at);
       if (nd == before) direct[nd++] = ExpertGradTask<T, GW>{e, nullptr, nullptr, nullptr, nullptr, grad_natives + at, nullptr, 0};
     }
-    std::int32_t j = 0;  // the transfer's place among those to this rank
-    for (std::int32_t x = 0; x < plan->num_transfers; ++x) {
-      const WeightTransfer tr = plan->transfers[x];
-      if (tr.dst != rank) continue;
-      if (j == foreign_capacity) {  // a plan past its planner's bound: no write past grad_foreign
+    for (std::int32_t x = 0, count = places.count(); x < count; ++x) {
+      RankTransfer m;
+      if (!places.mine(x, false, m)) continue;
+      const std::int32_t j = m.item;  // where its weights arrived
+      if (j >= foreign_capacity) {  // a plan past its planner's bound: no write past grad_foreign
         note_status(status, overflow_word(rank, static_cast<std::uint64_t>(j) + 1));
         break;
       }
-      const std::size_t at = static_cast<std::size_t>(j++) * weight_elems;
+      const std::size_t at = static_cast<std::size_t>(j) * weight_elems;
       const std::int32_t before = nt;
       for (std::int32_t i = 0; i < n; ++i)
-        if (!layout->tasks[i].native && layout->tasks[i].expert == tr.expert)
+        if (!layout->tasks[i].native && layout->tasks[i].expert == m.x.expert)
           temps[nt++] = task(layout->tasks[i], foreign + at, grad_foreign + at);
       if (nt == before)
-        temps[nt++] = ExpertGradTask<T, GW>{tr.expert, nullptr, nullptr, nullptr, nullptr, grad_foreign + at, nullptr, 0};
+        temps[nt++] = ExpertGradTask<T, GW>{m.x.expert, nullptr, nullptr, nullptr, nullptr, grad_foreign + at, nullptr, 0};
     }
     counts[0] = nd;
     counts[1] = nt;
@@ -233,13 +217,12 @@ struct GradTasksFromLayout {
 };
 
 /// Backward, one thread: the order in which a native rank adds its helpers' gradients:
-/// per native slot s, order[begin[s], begin[s + 1]) lists the places k of the transfers
-/// FROM this rank of that expert (where the exchange's `grads` put them), ascending helper
-/// rank, as MoeLayer's backward adds them.
+/// per native slot s, order[begin[s], begin[s + 1]) lists the places k (at_src) of the
+/// transfers FROM this rank of that expert (where the exchange's `grads` put them),
+/// ascending helper rank, as MoeLayer's backward adds them.
 struct GradSumOrder {
-  const PlanView* plan = nullptr;
+  TransferPlaces places;  ///< this rank's, filled for the step's plan
   const std::int32_t* slot = nullptr;  ///< N entries: each expert's place among its native rank's
-  std::int32_t rank = 0;
   std::int32_t natives = 0;
   std::int32_t capacity = 0;   ///< entries of order and helper
   std::int32_t* begin = nullptr;   ///< natives + 1
@@ -250,19 +233,18 @@ struct GradSumOrder {
   LLEP_HOST_DEVICE void operator()(const Block& b) const {
     if (b.tid != 0) return;
     for (std::int32_t s = 0; s <= natives; ++s) begin[s] = 0;
-    std::int32_t k = 0;
-    for (std::int32_t i = 0; i < plan->num_transfers && k < capacity; ++i)
-      if (plan->transfers[i].src == rank) ++begin[slot[plan->transfers[i].expert] + 1], ++k;
+    const std::int32_t n = places.count();
+    RankTransfer m;
+    for (std::int32_t i = 0; i < n; ++i)  // the first `capacity` transfers from this rank (what `grads` received)
+      if (places.mine(i, true, m) && m.item < capacity) ++begin[slot[m.x.expert] + 1];
     for (std::int32_t s = 0; s < natives; ++s) begin[s + 1] += begin[s], filled[s] = 0;
-    k = 0;
-    for (std::int32_t i = 0; i < plan->num_transfers && k < capacity; ++i) {
-      const WeightTransfer tr = plan->transfers[i];
-      if (tr.src != rank) continue;
-      const std::int32_t s = slot[tr.expert], first = begin[s];
+    for (std::int32_t i = 0; i < n; ++i) {
+      if (!places.mine(i, true, m) || m.item >= capacity) continue;
+      const std::int32_t s = slot[m.x.expert], first = begin[s];
       std::int32_t at = first + filled[s]++;
-      for (; at > first && helper[at - 1] > tr.dst; --at) order[at] = order[at - 1], helper[at] = helper[at - 1];
-      order[at] = k++;
-      helper[at] = tr.dst;
+      for (; at > first && helper[at - 1] > m.x.dst; --at) order[at] = order[at - 1], helper[at] = helper[at - 1];
+      order[at] = m.item;
+      helper[at] = m.x.dst;
     }
   }
 };
@@ -524,6 +506,7 @@ class SyncFreeLayer {
     x_.share_counts(exec_, c, *status_);
     exec_.run_block(PlanFromCounts<Plnr>{planner_, c.counts, m.plan.loads, m.plan.topo_view(topo_), m.plan.scratch,
                                          m.plan.view, m.plan.status});
+    place_transfers(exec_, m.places, status_->word());  // read by the weights, the tasks and backward
     exec_.run_block(BuildLayout<NativeHolds>{c.counts, m.plan.view, m.plan.status, NativeHolds{m.layout.native, rank_},
                                              m.layout.view, m.layout.status});
     exec_.run_block(StepGate{c.local + N, m.plan.status, m.layout.status, m.layout.view, m.tokens, m.live,
@@ -542,14 +525,14 @@ class SyncFreeLayer {
                      limits_.plan.rows_per_rank},
             *status_);
     x_.weights(exec_,
-               WeightsStep{m.plan.view, m.slot, reinterpret_cast<std::byte*>(m.foreign),
+               WeightsStep{m.places, m.slot, reinterpret_cast<std::byte*>(m.foreign),
                            limits_.plan.foreign_experts_per_rank},
                *status_);
 
     // 5. Compute: received rows into task order, the tasks, one sized launch per GEMM.
     exec_.for_each_counted(&m.live->rows, 1, max_rows, AssignComputeRowsFrom{m.layout.view, m.compute_row});
     copy_rows_counted(exec_, false, m.expert_in, m.recv, m.compute_row, &m.live->rows, max_rows, row_bytes);
-    exec_.run_block(TasksFromLayout<T>{m.layout.view, m.plan.view, m.slot, native_weights().data(), m.foreign,
+    exec_.run_block(TasksFromLayout<T>{m.layout.view, m.places, m.slot, native_weights().data(), m.foreign,
                                        experts_.weight_elems(), m.expert_in, m.expert_out, D,
                                        limits_.plan.foreign_experts_per_rank, m.tasks, m.task_count, status_->word()});
     experts_.compute_sized(exec_,
@@ -649,7 +632,7 @@ class SyncFreeLayer {
     // gate, then backward over forward's inputs (input gradients over forward's outputs).
     exec_.for_each_counted(&m.live->rows, 1, max_rows, GateGradients<T, G>{b.grad_rows, m.expert_out, b.gate, b.gate_grad, D});
     const int foreign = limits_.plan.foreign_experts_per_rank, tasks = max_tasks(topo_);
-    exec_.run_block(GradTasksFromLayout<T, GW>{m.layout.view, m.plan.view, m.layout.native, topo_.experts(),
+    exec_.run_block(GradTasksFromLayout<T, GW>{m.layout.view, m.places, m.layout.native, topo_.experts(),
                                                native_weights().data(), m.foreign, W, m.expert_in, b.grad_rows,
                                                m.expert_out, D, grad_weights.data(),
                                                reinterpret_cast<GW*>(x_.foreign_grads()), foreign, b.direct, b.temps,
@@ -667,8 +650,8 @@ class SyncFreeLayer {
                                              nullptr, top_k, D});
 
     // 4. Weight gradients: each native rank adds its helpers', ascending helper rank.
-    x_.grads(exec_, GradsStep{m.plan.view, reinterpret_cast<std::byte*>(b.received), b.received_capacity}, *status_);
-    exec_.run_block(GradSumOrder{m.plan.view, m.slot, rank_, static_cast<std::int32_t>(natives), b.received_capacity,
+    x_.grads(exec_, GradsStep{m.places, reinterpret_cast<std::byte*>(b.received), b.received_capacity}, *status_);
+    exec_.run_block(GradSumOrder{m.places, m.slot, static_cast<std::int32_t>(natives), b.received_capacity,
                                  b.begin, b.filled, b.order, b.helper});
     exec_.for_each_n(natives * W, SumGrads<GW>{grad_weights.data(), b.received, b.begin, b.order, W});
 
@@ -746,6 +729,7 @@ class SyncFreeLayer {
     PlanTables plan;
     LayoutTables layout;
     SharedCounts counts;  // this rank's histogram, C and every rank's bad count
+    TransferPlaces places;  // where the plan's transfers put their weights and gradients
     std::int32_t *keys = nullptr, *order = nullptr, *pair_row = nullptr, *row_pair = nullptr;
     std::int32_t* compute_row = nullptr;
     std::int32_t* slot = nullptr;
@@ -769,6 +753,7 @@ class SyncFreeLayer {
       const std::size_t o_plan = c.take(PlanTables::carve<Plnr>(nullptr, P, N).bytes),
                         o_layout = c.take(LayoutTables::carve(nullptr, P, N, segs, 0).bytes),
                         o_counts = c.take(SharedCounts::bytes(P, N)),
+                        o_places = c.take(TransferPlaces::bytes(P, N)),
                         o_keys = c.take(pairs * sizeof(std::int32_t)), o_order = c.take(pairs * sizeof(std::int32_t)),
                         o_pair_row = c.take(pairs * sizeof(std::int32_t)),
                         o_row_pair = c.take(pairs * sizeof(std::int32_t)),
@@ -789,6 +774,7 @@ class SyncFreeLayer {
       m.layout = LayoutTables::carve(base + o_layout, P, N, segs, rank);
       auto at = [&]<class U>(std::size_t o, U*& p) { p = reinterpret_cast<U*>(base + o); };
       m.counts = SharedCounts::carve(base + o_counts, P, N);
+      m.places = TransferPlaces::carve(base + o_places, m.plan.view, rank, P, N);
       at(o_keys, m.keys);
       at(o_order, m.order);
       at(o_pair_row, m.pair_row);
