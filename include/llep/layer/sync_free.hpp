@@ -8,7 +8,9 @@
 //
 // The stages are those of MoeLayer (layer/stages.hpp) with the sizes read where they live:
 //   count    the exchange's sync-free gather of every rank's histogram (N + 1 bins)
-//   plan     PlanFromCounts (plan/plan_step.hpp), one block, the host planners' plan
+//   plan     PlanFromCounts (plan/plan_step.hpp), one block, the host planners' plan; then
+//            PlaceTransfers, one thread: where each weight transfer's weights and gradient
+//            live (device/transfer_places.hpp), read by the weights, the tasks and backward
 //   layout   BuildLayout (layer/layout.hpp), one block, Layout::build's tables
 //   gate     StepGate: the live counts; a failed plan or layout closes the step (every
 //            count it reads becomes 0) and goes to the status word; a bad id skips only
