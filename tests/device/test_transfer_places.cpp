@@ -9,8 +9,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "../common/errors.hpp"
 #include "llep/device/status_word.hpp"
 #include "llep/device/transfer_places.hpp"
 #include "llep/exec/host.hpp"
@@ -123,4 +125,20 @@ TEST_CASE("the place table equals a direct recount of every transfer's places, f
     }
   CHECK(cases > 500);
   CHECK(overflows > 20);  // the past-the-room path ran
+}
+
+TEST_CASE("a reader refuses a place table of another rank, shape or with no memory") {
+  std::vector<std::byte> memory(llep::TransferPlaces::bytes(4, 8));
+  llep::PlanView plan;
+  const auto t = llep::TransferPlaces::carve(memory.data(), &plan, 2, 4, 8);
+  CHECK_NOTHROW(llep::expect_places(t, 2, 4, 8, "reader"));
+  CHECK_NOTHROW(llep::expect_places(t, 2, 4, 0, "reader"));  // N unknown to the reader
+  CHECK(testutil::error_of([&] { llep::expect_places(t, 1, 4, 8, "reader"); }) ==
+        "llep: rank 1: reader needs this rank's place table of the step's plan (P = 4, N = 8); got a table of rank 2 "
+        "of P = 4, N = 8");
+  CHECK(testutil::error_of([&] { llep::expect_places(t, 2, 4, 16, "reader"); }).find("N = 16); got") !=
+        std::string::npos);
+  CHECK(testutil::error_of([&] { llep::expect_places(llep::TransferPlaces{}, 0, 1, 1, "reader"); }) ==
+        "llep: rank 0: reader needs this rank's place table of the step's plan (P = 1, N = 1); got a table of rank 0 "
+        "of P = 1, N = 1 (not carved) (no plan)");
 }

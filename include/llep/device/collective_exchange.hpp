@@ -364,7 +364,7 @@ class CollectiveExchange {
   template <class Exec>
   void weights(Exec& exec, const WeightsStep& s, StatusWords& status) {
     check_exec(exec);
-    check_places(s.places);
+    expect_places(s.places, rank(), sizes_.ranks, sizes_.experts, "CollectiveExchange::weights");
     LLEP_EXPECTS(s.native_slot != nullptr && (s.foreign != nullptr || s.foreign_capacity == 0), "rank ", rank(),
                  ": CollectiveExchange::weights needs the native slots and `foreign`");
     transfers(exec, s.places, status, sizes_.expert_bytes, true, mem_.natives, s.native_slot, 0, s.foreign,
@@ -385,7 +385,7 @@ class CollectiveExchange {
     check_exec(exec);
     LLEP_EXPECTS(sizes_.grad_bytes > 0, "rank ", rank(),
                  ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
-    check_places(g.places);
+    expect_places(g.places, rank(), sizes_.ranks, sizes_.experts, "CollectiveExchange::grads");
     LLEP_EXPECTS(g.received != nullptr || g.received_capacity == 0, "rank ", rank(),
                  ": CollectiveExchange::grads needs `received`");
     transfers(exec, g.places, status, sizes_.grad_bytes, false, mem_.grads, nullptr, sizes_.foreign, g.received,
@@ -469,15 +469,6 @@ class CollectiveExchange {
   [[nodiscard]] detail::coll::Slots slots(std::byte* base, std::size_t stride, std::size_t offset,
                                           std::size_t item_bytes, count_t capacity, StatusWords& status) const {
     return {base, stride, offset, item_bytes, capacity, rank(), sizes_.ranks, exchange_workers<Exec>(), status.word()};
-  }
-
-  // A place table of this rank's for these sizes.
-  void check_places(const TransferPlaces& t) const {
-    LLEP_EXPECTS(t.plan != nullptr && t.place != nullptr && t.rank == rank() && t.ranks == sizes_.ranks &&
-                     t.experts == sizes_.experts,
-                 "rank ", rank(), ": CollectiveExchange needs this rank's place table of the step's plan (P = ",
-                 sizes_.ranks, ", N = ", sizes_.experts, "); got rank ", t.rank, " of P = ", t.ranks, ", N = ",
-                 t.experts);
   }
 
   template <class Exec>

@@ -336,6 +336,7 @@ void pull_weights(Exec& exec, const SymmetricView& v, const WeightsExchange& x, 
                   std::size_t workers, const SignalOptions& options = {}) {
   LLEP_EXPECTS(x.expert_bytes > 0 && workers > 0, "pull_weights of ", x.expert_bytes, "-byte experts with ",
                workers, " workers; both must be > 0");
+  expect_places(x.places, v.rank, v.ranks, 0, "pull_weights");
   using namespace detail::sym;
   signal_round(exec, v, SignalChannel::weights, SignalKind::ready, options, status);
   pull_transfers(exec, v, x.places, WeightsSide{x.weights, SIZE_MAX, x.native_slot}, x.expert_bytes, x.foreign,
@@ -399,6 +400,7 @@ class SymmetricExchange {
   [[nodiscard]] std::byte* foreign_grads() const noexcept { return view_.self + at_.grads; }
   template <class Exec>
   void weights(Exec& exec, const WeightsStep& w, StatusWords& status) {
+    expect_places(w.places, view_.rank, sizes_.ranks, sizes_.experts, "SymmetricExchange::weights");
     pull_weights(exec, view_,
                  WeightsExchange{w.places, w.native_slot, at_.weights, sizes_.expert_bytes, w.foreign, w.foreign_capacity},
                  status, exchange_workers<Exec>(), signals_);
@@ -409,6 +411,7 @@ class SymmetricExchange {
   void grads(Exec& exec, const GradsStep& g, StatusWords& status) {
     LLEP_EXPECTS(sizes_.grad_bytes > 0, "rank ", view_.rank,
                  ": this exchange was built without weight gradients (StepExchangeSizes::grad_bytes = 0)");
+    expect_places(g.places, view_.rank, sizes_.ranks, sizes_.experts, "SymmetricExchange::grads");
     using namespace detail::sym;
     signal_round(exec, view_, SignalChannel::grads, SignalKind::ready, signals_, status);
     pull_transfers(exec, view_, g.places, GradsSide{at_.grads, static_cast<std::size_t>(sizes_.foreign)},

@@ -22,6 +22,7 @@
 
 #include "llep/core/carve.hpp"
 #include "llep/core/config.hpp"
+#include "llep/core/error.hpp"
 #include "llep/core/plan_view.hpp"
 #include "llep/device/status_word.hpp"
 
@@ -130,6 +131,16 @@ struct PlaceTransfers {
     }
   }
 };
+
+/// Host check of a reader (`who`): `t` is a table of `rank` of P = `ranks` and N = `experts`
+/// experts (any N when experts is 0), carved and pointing at a plan.
+inline void expect_places(const TransferPlaces& t, int rank, int ranks, int experts, const char* who) {
+  LLEP_EXPECTS(t.plan != nullptr && t.place != nullptr && t.rank == rank && t.ranks == ranks &&
+                   (experts == 0 || t.experts == experts),
+               "rank ", rank, ": ", who, " needs this rank's place table of the step's plan (P = ", ranks, ", N = ",
+               experts, "); got a table of rank ", t.rank, " of P = ", t.ranks, ", N = ", t.experts,
+               t.place == nullptr ? " (not carved)" : "", t.plan == nullptr ? " (no plan)" : "");
+}
 
 /// Enqueues PlaceTransfers on `exec` (after the plan, before anything reads the table).
 template <class Exec>
