@@ -54,8 +54,8 @@ struct Fenced {
 // Rank `rank`'s upstream gradient for `in` in step `s`.
 std::vector<float> grad_out_of(const layertest::RankInput& in, int rank, int s) {
   std::vector<float> g(in.x.size());
-  for (std::size_t i = 0; i < g.size(); ++i)
-    g[i] = static_cast<float>((i * 7 + static_cast<std::size_t>(rank) * 3 + static_cast<std::size_t>(s)) % 11) / 11.0f - 0.5f;
+  const auto shift = static_cast<std::size_t>(rank) * 3 + static_cast<std::size_t>(s);
+  for (std::size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>((i * 7 + shift) % 11) / 11.0f - 0.5f;
   return g;
 }
 
@@ -68,17 +68,57 @@ std::vector<layertest::RankInput> to_pair(int P, int N, int B, std::int32_t a, s
   return in;
 }
 
-// One rank's step on a SyncFreeLayer: forward, backward, check. Returns check()'s error.
-template <class Layer>
-std::string train_step(Layer& layer, llep::HostThreads& t, const layertest::RankInput& in,
-                       const std::vector<float>& grad_out, Fenced& out, Fenced& g_hidden, Fenced& g_gates, Fenced& gw,
-                       llep::GradMode mode, Aligned& back, std::size_t back_bytes) {
-  layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
-                out.span());
-  layer.backward(std::span<const float>(grad_out), std::span<const float>(in.gates), g_hidden.span(), g_gates.span(),
-                 gw.span(), mode, back.span(back_bytes));
-  return testutil::error_of([&] { layer.check(t); });
-}
+// One rank of a training rig: its SyncFreeLayer and MoeLayer reference (RankPair), the
+// layer's backward workspace and the reference's forward handle.
+template <class Plnr>
+struct Trainee : RankPair<Plnr> {
+  Trainee(const Rig<Plnr>& rig, llep::HostThreads& t, const dense::Moe& moe, int b_max)
+      : RankPair<Plnr>(rig, t, moe),
+        back_bytes(this->layer.template backward_workspace_bytes<float, float>()),
+        back(back_bytes),
+        memory(decltype(this->ref)::handle_bytes(this->ref.limits(b_max), handle.keeps())) {
+    handle.memory = memory;
+  }
+  // Forward, backward, check() on the layer; returns check()'s error.
+  std::string step(llep::HostThreads& t, const layertest::RankInput& in, const std::vector<float>& grad_out,
+                   Fenced& out, Fenced& g_hidden, Fenced& g_gates, Fenced& gw, llep::GradMode mode) {
+    this->layer.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids),
+                        std::span<const float>(in.gates), out.span());
+    this->layer.backward(std::span<const float>(grad_out), std::span<const float>(in.gates), g_hidden.span(),
+                         g_gates.span(), gw.span(), mode, back.span(back_bytes));
+    return testutil::error_of([&] { this->layer.check(t); });
+  }
+  // The same step on the reference: the layer's results must be its bits (want_gw: the
+  // reference's weight gradients, kept across steps), and the dense MoE's within rounding.
+  void same_as_reference(const dense::Moe& moe, const layertest::RankInput& in, const std::vector<float>& grad_out,
+                         const Fenced& out, const Fenced& g_hidden, const Fenced& g_gates, const Fenced& gw,
+                         std::vector<float>& want_gw, llep::GradMode mode) {
+    std::vector<float> want(in.x.size()), w_hidden(in.x.size()), w_gates(in.gates.size());
+    this->ref.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids),
+                      std::span<const float>(in.gates), std::span<float>(want), handle);
+    llep::backward(this->ref, handle,
+                   llep::BackwardArgs<float, float, float>{in.x, in.gates, grad_out, w_hidden, w_gates, want_gw, mode});
+    CHECK(same_bits(out.body(), want));
+    CHECK(same_bits(g_hidden.body(), w_hidden));
+    CHECK(same_bits(g_gates.body(), w_gates));
+    CHECK(same_bits(gw.body(), want_gw));
+    CHECK(layertest::relative_error(moe, in, out.body(), K) < 1e-4);
+  }
+  // Nothing written past the caller's buffers, the workspace or the backward workspace.
+  void fences_intact(const Rig<Plnr>& rig, const Fenced& out, const Fenced& g_hidden, const Fenced& g_gates,
+                     const Fenced& gw) {
+    CHECK(out.tail_intact());
+    CHECK(g_hidden.tail_intact());
+    CHECK(g_gates.tail_intact());
+    CHECK(gw.tail_intact());
+    CHECK(this->ws.tail_intact(rig.bytes()));
+    CHECK(back.tail_intact(back_bytes));
+  }
+  std::size_t back_bytes;
+  Aligned back;
+  llep::ForwardHandle<float> handle;
+  std::vector<std::byte> memory;
+};
 
 // A good step, a closed one, a good one: P ranks, N = 2P experts, every rank B_max = 8.
 void closed_step(int P, llep::GradMode mode) {
@@ -99,13 +139,9 @@ void closed_step(int P, llep::GradMode mode) {
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    RankPair<Plnr> pair(rig, t, moe);
-    auto& [weights, ws, layer, ref] = pair;
-    const std::size_t back_bytes = layer.template backward_workspace_bytes<float, float>();
-    Aligned back(back_bytes);
-    llep::ForwardHandle<float> handle;
-    std::vector<std::byte> memory(decltype(ref)::handle_bytes(ref.limits(Bmax), handle.keeps()));
-    handle.memory = memory;
+    Trainee<Plnr> me(rig, t, moe, Bmax);
+    const auto& weights = me.weights;
+    const auto& layer = me.layer;
     Fenced gw(weights.size(), 0.25f);
     std::vector<float> want_gw(weights.size(), 0.25f);
     const std::size_t W = rig.experts.weight_elems();
@@ -115,13 +151,8 @@ void closed_step(int P, llep::GradMode mode) {
       const auto grad_out = grad_out_of(in, p, s);
       const std::vector<float> gw_before = gw.body();
       Fenced out(in.x.size()), g_hidden(in.x.size()), g_gates(in.gates.size());
-      const std::string error = train_step(layer, t, in, grad_out, out, g_hidden, g_gates, gw, mode, back, back_bytes);
-      CHECK(out.tail_intact());
-      CHECK(g_hidden.tail_intact());
-      CHECK(g_gates.tail_intact());
-      CHECK(gw.tail_intact());
-      CHECK(ws.tail_intact(rig.bytes()));
-      CHECK(back.tail_intact(back_bytes));
+      const std::string error = me.step(t, in, grad_out, out, g_hidden, g_gates, gw, mode);
+      me.fences_intact(rig, out, g_hidden, g_gates, gw);
       const llep::PlanView& plan = *layer.plan_view();
       if (s == 1) {  // closed: the plan failed on every rank
         closed[up] = error;
@@ -132,23 +163,15 @@ void closed_step(int P, llep::GradMode mode) {
         CHECK(out.untouched());
         CHECK(g_hidden.untouched());
         CHECK(g_gates.untouched());
+        const std::vector<float> now = gw.body();
         if (mode == llep::GradMode::overwrite)
-          CHECK(std::all_of(gw.v.begin(), gw.v.begin() + static_cast<std::ptrdiff_t>(gw.n), [](float x) { return x == 0.0f; }));
+          CHECK(std::all_of(now.begin(), now.end(), [](float x) { return x == 0.0f; }));
         else
-          CHECK(same_bits(gw.body(), gw_before));
+          CHECK(same_bits(now, gw_before));
         continue;
       }
       CHECK(error == testutil::kNoError);
-      std::vector<float> want(in.x.size()), w_hidden(in.x.size()), w_gates(in.gates.size());
-      ref.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
-                  std::span<float>(want), handle);
-      llep::backward(ref, handle,
-                     llep::BackwardArgs<float, float, float>{in.x, in.gates, grad_out, w_hidden, w_gates, want_gw, mode});
-      CHECK(same_bits(out.body(), want));
-      CHECK(same_bits(g_hidden.body(), w_hidden));
-      CHECK(same_bits(g_gates.body(), w_gates));
-      CHECK(same_bits(gw.body(), want_gw));
-      CHECK(layertest::relative_error(moe, in, out.body(), K) < 1e-4);
+      me.same_as_reference(moe, in, grad_out, out, g_hidden, g_gates, gw, want_gw, mode);
       if (s == 0) {
         // An expert of rank 0 that ran only on helpers: rank 0's gradient of it is theirs
         // alone and not zero, so a helper that kept it would leak it into the closed step.
@@ -242,11 +265,9 @@ OverBound past_the_bound(int native) {
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    RankPair<PastItsBound> pair(rig, t, moe);
-    auto& [weights, ws, layer, ref] = pair;
-    const std::size_t back_bytes = layer.template backward_workspace_bytes<float, float>();
-    Aligned back(back_bytes);
-    Fenced gw(weights.size(), 0.25f);
+    Trainee<PastItsBound> me(rig, t, moe, Bmax);
+    auto& layer = me.layer;
+    Fenced gw(me.weights.size(), 0.25f);
     {
       const auto& in = over[up];
       const auto grad_out = grad_out_of(in, p, 0);
@@ -257,36 +278,18 @@ OverBound past_the_bound(int native) {
       const llep::PlanView& plan = *layer.plan_view();
       for (std::int32_t i = 0; i < plan.num_transfers; ++i) got.foreign[up] += plan.transfers[i].dst == p ? 1 : 0;
       layer.backward(std::span<const float>(grad_out), std::span<const float>(in.gates), g_hidden.span(),
-                     g_gates.span(), gw.span(), llep::GradMode::overwrite, back.span(back_bytes));
+                      g_gates.span(), gw.span(), llep::GradMode::overwrite, me.back.span(me.back_bytes));
       got.backward[up] = testutil::error_of([&] { layer.check(t); });
-      CHECK(out.tail_intact());
-      CHECK(g_hidden.tail_intact());
-      CHECK(g_gates.tail_intact());
-      CHECK(gw.tail_intact());
-      CHECK(ws.tail_intact(rig.bytes()));
-      CHECK(back.tail_intact(back_bytes));
+      me.fences_intact(rig, out, g_hidden, g_gates, gw);
     }
     // Every rank is released and the next step, within the bound, is MoeLayer's bit for bit.
     const auto& in = within[up];
     const auto grad_out = grad_out_of(in, p, 1);
     Fenced out(in.x.size()), g_hidden(in.x.size()), g_gates(in.gates.size());
-    CHECK(train_step(layer, t, in, grad_out, out, g_hidden, g_gates, gw, llep::GradMode::overwrite, back, back_bytes) ==
-          testutil::kNoError);
+    CHECK(me.step(t, in, grad_out, out, g_hidden, g_gates, gw, llep::GradMode::overwrite) == testutil::kNoError);
     CHECK(layer.plan_view()->num_transfers == 1);
-    llep::ForwardHandle<float> handle;
-    std::vector<std::byte> memory(decltype(ref)::handle_bytes(ref.limits(Bmax), handle.keeps()));
-    handle.memory = memory;
-    std::vector<float> want(in.x.size()), w_hidden(in.x.size()), w_gates(in.gates.size()), want_gw(weights.size());
-    ref.forward(std::span<const float>(in.x), std::span<const std::int32_t>(in.ids), std::span<const float>(in.gates),
-                std::span<float>(want), handle);
-    llep::backward(ref, handle,
-                   llep::BackwardArgs<float, float, float>{in.x, in.gates, grad_out, w_hidden, w_gates, want_gw,
-                                                           llep::GradMode::overwrite});
-    CHECK(same_bits(out.body(), want));
-    CHECK(same_bits(g_hidden.body(), w_hidden));
-    CHECK(same_bits(g_gates.body(), w_gates));
-    CHECK(same_bits(gw.body(), want_gw));
-    CHECK(layertest::relative_error(moe, in, out.body(), K) < 1e-4);
+    std::vector<float> want_gw(me.weights.size());
+    me.same_as_reference(moe, in, grad_out, out, g_hidden, g_gates, gw, want_gw, llep::GradMode::overwrite);
   });
   for (std::size_t p = 1; p < static_cast<std::size_t>(P); ++p) {
     CHECK(got.forward[p] == got.forward[0]);
