@@ -17,6 +17,7 @@
 #include "../common/dense_moe.hpp"
 #include "../common/errors.hpp"
 #include "../common/layer_helpers.hpp"
+#include "sync_free_rig.hpp"
 #include "llep/layer/backward.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/layer/sync_free.hpp"
@@ -26,69 +27,9 @@
 #include "llep/plan/standard_ep.hpp"
 #include "llep/sim/routing.hpp"
 
+using namespace syncfree;
+
 namespace {
-
-constexpr int K = 2, D = 12, H = 6;
-
-struct Aligned {
-  // 0xFF: any index read before the step wrote it is -1 (out of range under ASan).
-  explicit Aligned(std::size_t n) : bytes(n + 256, std::byte{0xFF}) {}
-  std::span<std::byte> span(std::size_t n) {
-    auto p = reinterpret_cast<std::uintptr_t>(bytes.data());
-    return {bytes.data() + (256 - p % 256) % 256, n};
-  }
-  std::vector<std::byte> bytes;
-};
-
-// Bit-for-bit equality (an empty batch has no data pointer to compare).
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
-}
-
-// One configuration: its topology, functor, limits and host symmetric memory, and each
-// rank's layer over a poisoned workspace.
-template <class Plnr>
-struct Rig {
-  using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec>;
-  // grad_bytes > 0: symmetric memory for backward too.
-  Rig(int P, int N, Plnr p, int b_max, std::size_t grad_bytes = 0)
-      : topo(P, N), planner(p), limits(Layer::make_limits(topo, K, planner, experts, b_max)), grad_bytes(grad_bytes),
-        sym(Layer::symmetric_layout(topo, limits, grad_bytes)) {}
-  [[nodiscard]] std::size_t bytes() const { return Layer::workspace_bytes(topo, limits); }
-  [[nodiscard]] Layer layer(int rank, Aligned& ws) const {
-    return Layer(topo, K, planner, experts, llep::HostExec{}, sym.view(rank), limits, ws.span(bytes()), {}, grad_bytes);
-  }
-  /// The same with the rank's native weights of `moe` set.
-  [[nodiscard]] Layer layer(int rank, Aligned& ws, const dense::Moe& moe) const {
-    Layer l = layer(rank, ws);
-    l.set_native_weights(layertest::held_weights(moe, topo, rank));
-    return l;
-  }
-  llep::Topology topo;
-  Plnr planner;
-  llep::HostSwiGlu<float> experts{{D, H, false}};
-  llep::LayerLimits limits;
-  std::size_t grad_bytes;
-  llep::HostSymmetricMemory sym;
-};
-
-// Rank t's SyncFreeLayer over a poisoned workspace and its MoeLayer reference, both with
-// the rank's native weights of `moe`.
-template <class Plnr>
-struct RankPair {
-  RankPair(const Rig<Plnr>& rig, llep::HostThreads& t, const dense::Moe& moe)
-      : weights(layertest::held_weights(moe, rig.topo, t.rank())),
-        ws(rig.bytes()),
-        layer(rig.layer(t.rank(), ws)),
-        ref(rig.topo, K, rig.planner, rig.experts, t) {
-    layer.set_native_weights(weights);
-    ref.set_native_weights(weights);
-  }
-  std::vector<float> weights;
-  Aligned ws;
-  typename Rig<Plnr>::Layer layer;
-  llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref;
-};
 
 // Every step's inputs: skewed toward a hot expert that moves, batch sizes that change.
 std::vector<std::vector<layertest::RankInput>> steps_of(int P, int N, int S, int b_max, std::uint64_t seed) {
