@@ -80,6 +80,12 @@ TEST_CASE("a timeout word decodes to its peer and step, sorts after bad ids, and
   CHECK(llep::decode_status(layout).kind == llep::BadExpert::layout_failed);
   CHECK(llep::decode_status(layout).peer == 3);
   CHECK(llep::decode_status(layout).value == 4);
+  // Every code round-trips through the one decoder (the Kind list follows StatusCode's).
+  const llep::BadExpert past = llep::decode_status(llep::past_bound_word(6, 9));
+  CHECK(past.kind == llep::BadExpert::past_bound);
+  CHECK(past.peer == 6);
+  CHECK(past.value == 9);
+  CHECK(llep::status_code_word(llep::StatusCode::count_mismatch, 1000, 7) < llep::past_bound_word(0, 0));
   CHECK(llep::peer_timeout_word(1000, 7) < llep::overflow_word(0, 0));
   CHECK(llep::overflow_word(1000, 7) < plan);
   CHECK(plan < layout);

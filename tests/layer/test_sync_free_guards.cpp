@@ -6,7 +6,7 @@
 //   step after it is MoeLayer's bit for bit again;
 // - a plan that gives a rank more foreign experts than its planner's declared bound is not
 //   followed past the foreign rooms (forward's tasks, the weights pull, backward's tasks,
-//   the gradients pull): each is refused with an overflow naming the count, the same
+//   the gradients pull): each is refused with a past-bound error naming the count, the same
 //   llep::Error on every rank, nothing written past a buffer, every rank released.
 #include <doctest/doctest.h>
 
@@ -298,16 +298,19 @@ OverBound past_the_bound(int native) {
   return got;
 }
 
-// The overflow's message: rank `rank` noted `count` items that do not fit, naming `peer`.
+// The refusal's message: rank `rank` noted room for `count` foreign items needed, past the
+// rooms its planner's bounds sized, naming `peer` (itself: its own task list).
 std::string overflow(int rank, int count, int peer) {
-  return "llep: rank " + std::to_string(rank) + ": the " + std::to_string(count) +
-         " rows (or experts' weights) from peer " + std::to_string(peer) + " do not fit the receive buffer";
+  return "llep: rank " + std::to_string(rank) + ": the step's plan needs room for " + std::to_string(count) +
+         " foreign experts' weights or gradients (" +
+         (peer == rank ? std::string("its own task list") : "transfers with peer " + std::to_string(peer)) +
+         "), past the rooms sized from its planner's bounds (Planner::bounds().foreign_experts_per_rank)";
 }
 
 }  // namespace
 
 TEST_CASE("SyncFreeLayer: a plan past its planner's foreign-expert bound is refused at every room, on every rank") {
-  // Each guard notes an overflow of bound + 1 = 2 experts; the smallest word of the lowest
+  // Each guard notes room needed for bound + 1 = 2 experts; the smallest word of the lowest
   // rank is the one named, so the two orientations name each guard once.
   {  // Natives on rank 1, rank 0 their helper.
     const OverBound got = past_the_bound(1);

@@ -211,7 +211,7 @@ struct PackTransfers {
       if (!t.mine(i, as_source, m)) continue;
       const std::int32_t at = native_slot != nullptr ? native_slot[m.x.expert] : m.item;
       if (native_slot == nullptr && at >= items) {
-        s.note(w, overflow_word(m.peer, static_cast<std::uint64_t>(at) + 1));
+        s.note(w, past_bound_word(m.peer, static_cast<std::uint64_t>(at) + 1));
         return;
       }
       const std::int32_t j = m.at.in_pair;
@@ -238,7 +238,7 @@ struct UnpackTransfers {
       RankTransfer m;
       if (!t.mine(i, as_source, m)) continue;
       if (m.item >= capacity) {  // the first past `to`: none after it moves
-        s.note(w, overflow_word(m.peer, static_cast<std::uint64_t>(m.item) + 1));
+        s.note(w, past_bound_word(m.peer, static_cast<std::uint64_t>(m.item) + 1));
         return;
       }
       const std::int32_t j = m.at.in_pair;

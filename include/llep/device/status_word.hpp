@@ -19,12 +19,16 @@
 //     capacity_exceeded  the peer, the rows (or experts) past a CollectiveCapacity
 //     count_mismatch     the peer, the rows it sent where the layout expects another count
 //                        (both device/collective_exchange.hpp)
+//     past_bound     the peer (this rank for its own task lists), the first foreign item
+//                    past the rooms that the planner's bounds sized: a plan that breaks
+//                    its planner's declared bounds (layer/sync_free.hpp and the exchanges)
 // The smallest word wins (atomicMin), so the first bad pair is kept whatever order the
 // device's threads run in (the one the host's ExactCounts check names first), a bad id
 // is named before a timeout it may have caused, and the lowest silent peer before others.
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "llep/core/config.hpp"
@@ -52,7 +56,8 @@ enum class StatusCode : std::uint32_t {
   layout_failed = 3,
   batch_too_large = 4,
   capacity_exceeded = 5,
-  count_mismatch = 6
+  count_mismatch = 6,
+  past_bound = 7
 };
 
 /// The word for `code` about `rank` with `value` (ranks past 2^27 - 2 share the last slot,
@@ -83,6 +88,12 @@ enum class StatusCode : std::uint32_t {
 /// The word for "peer `peer` sent `rows` rows where this rank's layout expects another count".
 [[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t count_mismatch_word(int peer, std::uint64_t rows) noexcept {
   return status_code_word(StatusCode::count_mismatch, peer, rows);
+}
+
+/// The word for "item `item` of the foreign experts (transfers with `peer`) is past the
+/// rooms sized from the planner's bounds": the plan broke its planner's declared bounds.
+[[nodiscard]] LLEP_HOST_DEVICE constexpr status_word_t past_bound_word(int peer, std::uint64_t item) noexcept {
+  return status_code_word(StatusCode::past_bound, peer, item);
 }
 
 /// True when `w` records a timeout: later waits on that peer give up at once.
@@ -117,7 +128,8 @@ struct FindBadExperts {
 /// A decoded word: `found` when anything is recorded; `kind` says what.
 struct BadExpert {
   enum Kind : std::uint8_t {
-    none, bad_id, peer_timeout, overflow, plan_failed, layout_failed, batch_too_large, capacity_exceeded, count_mismatch
+    none, bad_id, peer_timeout, overflow, plan_failed, layout_failed, batch_too_large, capacity_exceeded, count_mismatch,
+    past_bound
   };
   bool found = false;
   std::int64_t pair = 0;   ///< bad_id: the pair
@@ -166,6 +178,13 @@ inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
     case BadExpert::count_mismatch:
       LLEP_FAIL("rank ", rank, ": peer ", b.peer, " sent ", b.value,
                 " rows but this rank's layout expects another count", invalid);
+    case BadExpert::past_bound:
+      LLEP_FAIL("rank ", rank, ": the step's plan needs room for ", b.value, " foreign experts' weights or gradients (",
+                static_cast<std::size_t>(b.peer) == rank ? std::string("its own task list")
+                                                         : "transfers with peer " + std::to_string(b.peer),
+                "), past the rooms sized from its planner's bounds (Planner::bounds().foreign_experts_per_rank): the "
+                "plan breaks its planner's declared bounds",
+                invalid);
     default:
       LLEP_FAIL("rank ", rank, " routed expert id ", b.id, " outside [0, ", experts, ") (pair ", b.pair,
                 ", found in the step); the step's results are not valid");

@@ -167,12 +167,12 @@ struct PullTransfers {
       RankTransfer m;
       if (!places.mine(i, Side::as_source, m)) continue;
       if (m.item >= capacity) {  // the first past `to` (a plan past its planner's bound): none after it moves
-        if (w == 0) note_status(status, overflow_word(m.peer, static_cast<std::uint64_t>(m.item) + 1));
+        if (w == 0) note_status(status, past_bound_word(m.peer, static_cast<std::uint64_t>(m.item) + 1));
         return;
       }
       const std::size_t item = side.item(m);
       if (item >= side.items) {  // past the peer's area (a plan past its planner's bound): not read
-        if (w == 0) note_status(status, overflow_word(m.peer, static_cast<std::uint64_t>(item) + 1));
+        if (w == 0) note_status(status, past_bound_word(m.peer, static_cast<std::uint64_t>(item) + 1));
         continue;
       }
       const std::byte* from = v.at<const std::byte>(m.peer, side.region) + item * item_bytes;

@@ -140,7 +140,7 @@ struct TasksFromLayout {
       const std::int32_t j = t.native ? 0 : places.foreign[t.expert];
       // A plan past its planner's bound (or a task no transfer serves): no read past `foreign`.
       if (!t.native && (j < 0 || j >= foreign_capacity)) {
-        note_status(status, overflow_word(layout->rank, static_cast<std::uint64_t>(j) + 1));
+        note_status(status, past_bound_word(layout->rank, static_cast<std::uint64_t>(j) + 1));
         tasks[i] = ExpertTask<T>{t.expert, nullptr, in + off, out + off, 0};
         continue;
       }
@@ -202,7 +202,7 @@ struct GradTasksFromLayout {
       if (!places.mine(x, false, m)) continue;
       const std::int32_t j = m.item;  // where its weights arrived
       if (j >= foreign_capacity) {  // a plan past its planner's bound: no write past grad_foreign
-        note_status(status, overflow_word(rank, static_cast<std::uint64_t>(j) + 1));
+        note_status(status, past_bound_word(rank, static_cast<std::uint64_t>(j) + 1));
         break;
       }
       const std::size_t at = static_cast<std::size_t>(j) * weight_elems;
