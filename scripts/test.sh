@@ -23,9 +23,22 @@ export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_stri
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
 export TSAN_OPTIONS="halt_on_error=1:abort_on_error=1:second_deadlock_stack=1"
 
+# A build's tests run while the next build compiles: a test phase leaves the cores idle for
+# a good share of its time (mpirun's processes, the consumers' configure steps, the longest
+# test's tail). Their output is printed when they end; --timeout-multiplier 3 because a test
+# may run slower beside the compile. LLEP_OVERLAP=0 runs each build's tests before the next.
+pending_pid="" pending_label="" pending_out=""
+finish_tests() {
+  [ -n "$pending_pid" ] || return 0
+  wait "$pending_pid"
+  echo "llep: [$pending_label] tests"
+  cat "$pending_out"
+  pending_pid=""
+}
+
 # run LABEL DIR [SUITE | !SUITE]...: compiles what the named suites need (everything when
-# none is named), runs them (all but the !SUITEs), and records DIR's test log under LABEL
-# (a missing log, after a failed compile, counts as a failure).
+# none is named), runs them (all but the !SUITEs; in the background, see above), and records
+# DIR's test log under LABEL (a missing log, after a failed compile, counts as a failure).
 run() {
   local label="$1" dir="$2"
   shift 2
@@ -46,7 +59,13 @@ run() {
     echo "llep: [$label] compile failed"
     return
   fi
-  meson test -C "$dir" --no-rebuild --print-errorlogs --num-processes "$jobs" "${suites[@]}"
+  finish_tests
+  pending_label="$label" pending_out="$dir/meson-logs/test-output.txt"
+  meson test -C "$dir" --no-rebuild --print-errorlogs --num-processes "$jobs" --timeout-multiplier 3 \
+    "${suites[@]}" >"$pending_out" 2>&1 &
+  pending_pid=$!
+  [ "${LLEP_OVERLAP:-1}" = 0 ] && finish_tests
+  return 0
 }
 
 # Sanitizer builds: host only, no MPI (Open MPI's own leaks would fail LeakSanitizer), no
@@ -91,4 +110,5 @@ for b in $builds; do
     *) echo "llep: unknown build '$b' in LLEP_BUILDS"; logs+=("$b=unknown/testlog.json") ;;
   esac
 done
+finish_tests
 python3 scripts/summarize_tests.py "${logs[@]}"
