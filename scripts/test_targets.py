@@ -19,7 +19,7 @@ def main(build: str, args: list[str]) -> int:
         return json.loads(out)
 
     files = {t["id"]: t["filename"] for t in introspect("--targets")}
-    root = os.path.abspath(build)
+    root = os.path.realpath(build)  # Meson records its build folder's real path
     wanted: set[str] = set()
     for t in introspect("--tests"):
         names = {s.split(":")[-1] for s in t["suite"]}
@@ -29,7 +29,7 @@ def main(build: str, args: list[str]) -> int:
         for dep in t.get("depends", []):
             paths += files.get(dep, [])
         for p in paths:
-            p = os.path.abspath(p)
+            p = os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
             if p.startswith(root + os.sep):
                 wanted.add(os.path.relpath(p, root))
     for p in sorted(wanted):
