@@ -86,6 +86,12 @@ TEST_CASE("a timeout word decodes to its peer and step, sorts after bad ids, and
   CHECK(past.peer == 6);
   CHECK(past.value == 9);
   CHECK(llep::status_code_word(llep::StatusCode::count_mismatch, 1000, 7) < llep::past_bound_word(0, 0));
+  CHECK(testutil::error_of([&] { llep::throw_if_set(llep::past_bound_word(2, 3), 0, 8); })
+            .rfind("llep: rank 0: the step's plan needs room for 3 foreign experts' weights or gradients (transfers "
+                   "with peer 2), past the rooms sized from its planner's bounds",
+                   0) == 0);
+  CHECK(testutil::error_of([&] { llep::throw_if_set(llep::past_bound_word(1, 0), 1, 8); })
+            .rfind("llep: rank 1: a foreign expert's task of the step has no weight transfer to the rank", 0) == 0);
   CHECK(llep::peer_timeout_word(1000, 7) < llep::overflow_word(0, 0));
   CHECK(llep::overflow_word(1000, 7) < plan);
   CHECK(plan < layout);

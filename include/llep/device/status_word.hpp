@@ -179,6 +179,10 @@ inline void throw_if_set(status_word_t word, std::size_t rank, int experts) {
       LLEP_FAIL("rank ", rank, ": peer ", b.peer, " sent ", b.value,
                 " rows but this rank's layout expects another count", invalid);
     case BadExpert::past_bound:
+      if (b.value == 0)  // a foreign task whose weights no transfer brings (layer/sync_free.hpp)
+        LLEP_FAIL("rank ", rank, ": a foreign expert's task of the step has no weight transfer to the rank: the "
+                  "plan and the layout disagree",
+                  invalid);
       LLEP_FAIL("rank ", rank, ": the step's plan needs room for ", b.value, " foreign experts' weights or gradients (",
                 static_cast<std::size_t>(b.peer) == rank ? std::string("its own task list")
                                                          : "transfers with peer " + std::to_string(b.peer),
