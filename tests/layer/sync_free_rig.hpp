@@ -1,7 +1,8 @@
 #pragma once
 // The rig of the SyncFreeLayer host tests (test_sync_free.cpp, test_sync_free_guards.cpp):
-// one configuration's topology, functor, limits and host symmetric memory; each rank's
-// layer over a poisoned, aligned workspace; its MoeLayer reference.
+// one configuration's topology, functor, limits and exchange memory (host symmetric memory,
+// or each rank's CollectiveExchange<HostThreads> memory); each rank's layer over a
+// poisoned, aligned workspace; its MoeLayer reference.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -10,6 +11,7 @@
 
 #include "../common/dense_moe.hpp"
 #include "../common/layer_helpers.hpp"
+#include "llep/device/collective_exchange.hpp"
 #include "llep/layer/host_layer.hpp"
 #include "llep/layer/sync_free.hpp"
 
@@ -59,6 +61,8 @@ struct Rig {
     l.set_native_weights(layertest::held_weights(moe, topo, rank));
     return l;
   }
+  /// Rank t's layer, as every rig makes it (RankPair).
+  [[nodiscard]] Layer layer(llep::HostThreads& t, Aligned& ws) const { return layer(t.rank(), ws); }
   llep::Topology topo;
   Plnr planner;
   llep::HostSwiGlu<float> experts{{D, H, false}};
@@ -67,21 +71,49 @@ struct Rig {
   llep::HostSymmetricMemory sym;
 };
 
-// Rank t's SyncFreeLayer over a poisoned workspace and its MoeLayer reference, both with
-// the rank's native weights of `moe`.
+// The same configuration over CollectiveExchange<HostThreads> (fixed-capacity collectives
+// instead of symmetric memory): each rank's exchange memory, poisoned, held here as `sym`
+// is by Rig.
 template <class Plnr>
+struct CollectiveRig {
+  using X = llep::CollectiveExchange<llep::HostThreads>;
+  using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec, X>;
+  // grad_bytes > 0: an exchange for backward too.
+  CollectiveRig(int P, int N, Plnr p, int b_max, std::size_t grad_bytes = 0, llep::CollectiveCapacity capacity = {})
+      : topo(P, N), planner(p), limits(Layer::make_limits(topo, K, planner, experts, b_max)),
+        sizes(Layer::exchange_sizes(topo, limits, grad_bytes)), capacity(capacity),
+        memory(static_cast<std::size_t>(P), Aligned(exchange_bytes())) {}
+  [[nodiscard]] std::size_t bytes() const { return Layer::workspace_bytes(topo, limits); }
+  [[nodiscard]] std::size_t exchange_bytes() const { return X::bytes(sizes, capacity); }
+  [[nodiscard]] Layer layer(llep::HostThreads& t, Aligned& ws) const {
+    Aligned& xm = memory[static_cast<std::size_t>(t.rank())];
+    return Layer(topo, K, planner, experts, llep::HostExec{}, X(t, sizes, xm.span(exchange_bytes()), capacity), limits,
+                 ws.span(bytes()));
+  }
+  llep::Topology topo;
+  Plnr planner;
+  llep::HostSwiGlu<float> experts{{D, H, false}};
+  llep::LayerLimits limits;
+  llep::StepExchangeSizes sizes;
+  llep::CollectiveCapacity capacity;
+  mutable std::vector<Aligned> memory;  // rank p's exchange memory (its own rank thread's)
+};
+
+// Rank t's SyncFreeLayer over a poisoned workspace and its MoeLayer reference, both with
+// the rank's native weights of `moe`; R: Rig<Plnr> or CollectiveRig<Plnr>.
+template <class Plnr, class R = Rig<Plnr>>
 struct RankPair {
-  RankPair(const Rig<Plnr>& rig, llep::HostThreads& t, const dense::Moe& moe)
+  RankPair(const R& rig, llep::HostThreads& t, const dense::Moe& moe)
       : weights(layertest::held_weights(moe, rig.topo, t.rank())),
         ws(rig.bytes()),
-        layer(rig.layer(t.rank(), ws)),
+        layer(rig.layer(t, ws)),
         ref(rig.topo, K, rig.planner, rig.experts, t) {
     layer.set_native_weights(weights);
     ref.set_native_weights(weights);
   }
   std::vector<float> weights;
   Aligned ws;
-  typename Rig<Plnr>::Layer layer;
+  typename R::Layer layer;
   llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref;
 };
 

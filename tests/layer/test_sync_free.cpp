@@ -338,8 +338,6 @@ TEST_CASE("SyncFreeLayer: a plan that fails closes the step on every rank; check
 
 namespace {
 
-using CollectiveX = llep::CollectiveExchange<llep::HostThreads>;
-
 // Every step on a SyncFreeLayer over CollectiveExchange<HostThreads> and on MoeLayer, per
 // rank, bit for bit (and the dense MoE); with `train`, each step's backward too (input,
 // gate and accumulated weight gradients, as compare_backward). `inputs` [step][rank].
@@ -348,13 +346,12 @@ template <class Plnr>
 std::vector<std::string> collective_vs_moe_layer(int P, int N, Plnr planner, std::uint64_t seed,
                                                  const std::vector<std::vector<layertest::RankInput>>& inputs,
                                                  int b_max, llep::CollectiveCapacity capacity = {}, bool train = false) {
-  using Layer = llep::SyncFreeLayer<Plnr, llep::HostSwiGlu<float>, llep::HostExec, CollectiveX>;
+  using Layer = typename CollectiveRig<Plnr>::Layer;
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, seed);
-  const llep::Topology topo(P, N);
-  const llep::HostSwiGlu<float> experts{{D, H, false}};
-  const auto limits = Layer::make_limits(topo, K, planner, experts, b_max);
-  const auto sizes = Layer::exchange_sizes(topo, limits, train ? Layer::template grad_bytes<float>(experts) : 0);
-  const std::size_t x_bytes = CollectiveX::bytes(sizes, capacity), ws_bytes = Layer::workspace_bytes(topo, limits);
+  const CollectiveRig<Plnr> rig(
+      P, N, planner, b_max, train ? Layer::template grad_bytes<float>(llep::HostSwiGlu<float>{{D, H, false}}) : 0,
+      capacity);
+  const llep::Topology& topo = rig.topo;
   const std::size_t S = inputs.size();
   std::vector<std::vector<std::vector<float>>> got(S, std::vector<std::vector<float>>(static_cast<std::size_t>(P)));
   std::vector<std::string> errors(static_cast<std::size_t>(P), testutil::kNoError);
@@ -363,13 +360,12 @@ std::vector<std::string> collective_vs_moe_layer(int P, int N, Plnr planner, std
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
     const auto weights = layertest::held_weights(moe, topo, p);
-    Aligned xm(x_bytes), ws(ws_bytes);
-    Layer layer(topo, K, planner, experts, llep::HostExec{}, CollectiveX(t, sizes, xm.span(x_bytes), capacity), limits,
-                ws.span(ws_bytes));
+    Aligned ws(rig.bytes());
+    Layer layer = rig.layer(t, ws);
     CHECK(std::string(layer.exchange()) == "fixed-capacity collectives (host_threads)");
     layer.set_native_weights(weights);
     llep::MoeLayer<llep::ExactCounts, Plnr, llep::HostThreads, llep::HostSwiGlu<float>, llep::HostExec> ref(
-        topo, K, planner, experts, t);
+        topo, K, planner, rig.experts, t);
     ref.set_native_weights(weights);
     llep::ForwardHandle<float> handle;
     std::vector<std::byte> handle_memory(decltype(ref)::handle_bytes(ref.limits(b_max), handle.keeps()));

@@ -68,12 +68,12 @@ std::vector<layertest::RankInput> to_pair(int P, int N, int B, std::int32_t a, s
   return in;
 }
 
-// One rank of a training rig: its SyncFreeLayer and MoeLayer reference (RankPair), the
-// layer's backward workspace and the reference's forward handle.
-template <class Plnr>
-struct Trainee : RankPair<Plnr> {
-  Trainee(const Rig<Plnr>& rig, llep::HostThreads& t, const dense::Moe& moe, int b_max)
-      : RankPair<Plnr>(rig, t, moe),
+// One rank of a training rig (R: Rig or CollectiveRig): its SyncFreeLayer and MoeLayer
+// reference (RankPair), the layer's backward workspace and the reference's forward handle.
+template <class Plnr, class R = Rig<Plnr>>
+struct Trainee : RankPair<Plnr, R> {
+  Trainee(const R& rig, llep::HostThreads& t, const dense::Moe& moe, int b_max)
+      : RankPair<Plnr, R>(rig, t, moe),
         back_bytes(this->layer.template backward_workspace_bytes<float, float>()),
         back(back_bytes),
         memory(decltype(this->ref)::handle_bytes(this->ref.limits(b_max), handle.keeps())) {
@@ -104,9 +104,12 @@ struct Trainee : RankPair<Plnr> {
     CHECK(same_bits(gw.body(), want_gw));
     CHECK(layertest::relative_error(moe, in, out.body(), K) < 1e-4);
   }
-  // Nothing written past the caller's buffers, the workspace or the backward workspace.
-  void fences_intact(const Rig<Plnr>& rig, const Fenced& out, const Fenced& g_hidden, const Fenced& g_gates,
+  // Nothing written past the caller's buffers, the workspace, the backward workspace or
+  // (CollectiveRig) the rank's exchange memory.
+  void fences_intact(const R& rig, const Fenced& out, const Fenced& g_hidden, const Fenced& g_gates,
                      const Fenced& gw) {
+    if constexpr (requires { rig.memory; })
+      CHECK(rig.memory[static_cast<std::size_t>(this->layer.rank())].tail_intact(rig.exchange_bytes()));
     CHECK(out.tail_intact());
     CHECK(g_hidden.tail_intact());
     CHECK(g_gates.tail_intact());
@@ -245,13 +248,15 @@ struct OverBound {
 
 // P = 2, N = 6: every token to the three natives of rank `native`, evenly, so LeastLoaded
 // ships two of them to the other rank, whose planner declared room for one. Forward and
-// backward of that step (each checked), then a step within the bound.
+// backward of that step (each checked), then a step within the bound. R: the exchange's
+// rig (Rig: SymmetricExchange, CollectiveRig: CollectiveExchange<HostThreads>).
+template <class R = Rig<PastItsBound>>
 OverBound past_the_bound(int native) {
   constexpr int P = 2, N = 6, Bmax = 6;
-  using Layer = Rig<PastItsBound>::Layer;
+  using Layer = typename R::Layer;
   const PastItsBound planner{{1.0, 1}};
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 61);
-  const Rig<PastItsBound> rig(P, N, planner, Bmax, Layer::grad_bytes<float>(llep::HostSwiGlu<float>{{D, H, false}}));
+  const R rig(P, N, planner, Bmax, Layer::template grad_bytes<float>(llep::HostSwiGlu<float>{{D, H, false}}));
   REQUIRE(rig.limits.plan.foreign_experts_per_rank == 1);
   auto over = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 62, {Bmax, Bmax});
   const std::int32_t a = 3 * native;
@@ -265,7 +270,7 @@ OverBound past_the_bound(int native) {
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
     const auto up = static_cast<std::size_t>(p);
-    Trainee<PastItsBound> me(rig, t, moe, Bmax);
+    Trainee<PastItsBound, R> me(rig, t, moe, Bmax);
     auto& layer = me.layer;
     Fenced gw(me.weights.size(), 0.25f);
     {
@@ -327,5 +332,42 @@ TEST_CASE("SyncFreeLayer: a plan past its planner's foreign-expert bound is refu
     CHECK(got.forward[0].rfind(overflow(1, 2, 0), 0) == 0);
     // The gradients pull on rank 0: helper 1's second gradient is past its room.
     CHECK(got.backward[0].rfind(overflow(0, 2, 1), 0) == 0);
+  }
+}
+
+namespace {
+
+// The refusal of a per-peer room of CollectiveExchange: rank `rank` and peer `peer` have
+// `count` experts' weights or gradients between them, past CollectiveCapacity::experts_per_peer.
+std::string past_capacity(int rank, int count, int peer) {
+  return "llep: rank " + std::to_string(rank) + ": the " + std::to_string(count) +
+         " rows (or experts' weights) between it and peer " + std::to_string(peer) +
+         " exceed the fixed-capacity exchange's room per peer (raise CollectiveCapacity)";
+}
+
+}  // namespace
+
+TEST_CASE("SyncFreeLayer over CollectiveExchange<HostThreads>: a plan past its planner's foreign-expert bound is "
+          "refused, on every rank") {
+  // The default capacity per peer is the planner's bound (one expert), so the second
+  // transfer between the pair is also past the slot: the native side's pack (forward) and
+  // unpack (backward) note capacity_exceeded (code 5), which wins over past_bound (code 7)
+  // when it is the lowest rank's word. The helper's own word is past_bound.
+  using Coll = CollectiveRig<PastItsBound>;
+  {  // Natives on rank 1, rank 0 their helper: rank 0's past_bound words are named.
+    const OverBound got = past_the_bound<Coll>(1);
+    CHECK(got.foreign == std::vector<int>{2, 0});
+    // Forward: rank 0's task list (its weights unpack names peer 1, larger).
+    CHECK(got.forward[0].rfind(overflow(0, 2, 0), 0) == 0);
+    // Backward: rank 0's task list (its gradients pack names peer 1, larger).
+    CHECK(got.backward[0].rfind(overflow(0, 2, 0), 0) == 0);
+  }
+  {  // Natives on rank 0, rank 1 their helper: rank 0's capacity words are named.
+    const OverBound got = past_the_bound<Coll>(0);
+    CHECK(got.foreign == std::vector<int>{0, 2});
+    // Forward: rank 0 packs its second expert for peer 1 past the slot.
+    CHECK(got.forward[0].rfind(past_capacity(0, 2, 1), 0) == 0);
+    // Backward: rank 0 unpacks helper 1's second gradient past the slot.
+    CHECK(got.backward[0].rfind(past_capacity(0, 2, 1), 0) == 0);
   }
 }
