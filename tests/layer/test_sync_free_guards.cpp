@@ -246,26 +246,20 @@ struct OverBound {
   std::vector<int> foreign;                    // transfers to each rank in the refused step
 };
 
-// P = 2, N = 6: every token to the three natives of rank `native`, evenly, so LeastLoaded
-// ships two of them to the other rank, whose planner declared room for one. Forward and
-// backward of that step (each checked), then a step within the bound. R: the exchange's
-// rig (Rig: SymmetricExchange, CollectiveRig: CollectiveExchange<HostThreads>).
-template <class R = Rig<PastItsBound>>
-OverBound past_the_bound(int native) {
-  constexpr int P = 2, N = 6, Bmax = 6;
+// P ranks, N experts, B_max tokens: forward and backward of the step `over` (each checked),
+// whose plan gives a rank more foreign experts than PastItsBound declares, then a step
+// `within` the bound that ships `within_transfers` experts. R: the exchange's rig (Rig:
+// SymmetricExchange, CollectiveRig: CollectiveExchange<HostThreads>).
+template <class R>
+OverBound refused_then_within(int P, int N, int Bmax, const std::vector<layertest::RankInput>& over,
+                              const std::vector<layertest::RankInput>& within, int within_transfers) {
   using Layer = typename R::Layer;
   const PastItsBound planner{{1.0, 1}};
   const auto moe = dense::Moe::random(N, D, H, dense::Act::silu, 61);
   const R rig(P, N, planner, Bmax, Layer::template grad_bytes<float>(llep::HostSwiGlu<float>{{D, H, false}}));
   REQUIRE(rig.limits.plan.foreign_experts_per_rank == 1);
-  auto over = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 62, {Bmax, Bmax});
-  const std::int32_t a = 3 * native;
-  for (auto& r : over)
-    for (std::size_t i = 0; i < r.ids.size(); ++i)  // tokens (a, a+1), (a+1, a+2), (a+2, a)
-      r.ids[i] = a + static_cast<std::int32_t>((i / 2 + i % 2) % 3);
-  // Within the bound: one expert shipped.
-  const auto within = to_pair(P, N, 3, a, a + 1, 63);
-  OverBound got{std::vector<std::string>(P), std::vector<std::string>(P), std::vector<int>(P)};
+  const auto uP = static_cast<std::size_t>(P);
+  OverBound got{std::vector<std::string>(uP), std::vector<std::string>(uP), std::vector<int>(uP)};
   llep::HostGroup group(P);
   llep::run_ranks(group, [&](llep::HostThreads& t) {
     const int p = t.rank();
@@ -292,15 +286,47 @@ OverBound past_the_bound(int native) {
     const auto grad_out = grad_out_of(in, p, 1);
     Fenced out(in.x.size()), g_hidden(in.x.size()), g_gates(in.gates.size());
     CHECK(me.step(t, in, grad_out, out, g_hidden, g_gates, gw, llep::GradMode::overwrite) == testutil::kNoError);
-    CHECK(layer.plan_view()->num_transfers == 1);
+    CHECK(layer.plan_view()->num_transfers == within_transfers);
     std::vector<float> want_gw(me.weights.size());
     me.same_as_reference(moe, in, grad_out, out, g_hidden, g_gates, gw, want_gw, llep::GradMode::overwrite);
   });
-  for (std::size_t p = 1; p < static_cast<std::size_t>(P); ++p) {
+  for (std::size_t p = 1; p < uP; ++p) {
     CHECK(got.forward[p] == got.forward[0]);
     CHECK(got.backward[p] == got.backward[0]);
   }
   return got;
+}
+
+// P = 2, N = 6: every token to the three natives of rank `native`, evenly, so LeastLoaded
+// ships two of them to the other rank, whose planner declared room for one; then a step
+// that ships one.
+template <class R = Rig<PastItsBound>>
+OverBound past_the_bound(int native) {
+  constexpr int P = 2, N = 6, Bmax = 6;
+  auto over = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 62, {Bmax, Bmax});
+  const std::int32_t a = 3 * native;
+  for (auto& r : over)
+    for (std::size_t i = 0; i < r.ids.size(); ++i)  // tokens (a, a+1), (a+1, a+2), (a+2, a)
+      r.ids[i] = a + static_cast<std::int32_t>((i / 2 + i % 2) % 3);
+  // Within the bound: one expert shipped.
+  return refused_then_within<R>(P, N, Bmax, over, to_pair(P, N, 3, a, a + 1, 63), 1);
+}
+
+// P = 3, N = 6: every token to experts 0 (rank 0) and 2 (rank 1), so each spills a slice to
+// rank 2, which gets one expert from each peer: past its bound of one, yet within a
+// CollectiveExchange's room per peer (one), so only the past-bound guards stand between
+// the plan and the rooms. Then a step within the bound: expert 0 takes half the pairs (every
+// token's first id), ranks 1 and 2 a quarter each, so expert 0's excess is split between
+// them, one expert each.
+template <class R>
+OverBound one_from_each_peer() {
+  constexpr int P = 3, N = 6, Bmax = 6;
+  auto within = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 65, {Bmax, Bmax});
+  constexpr std::int32_t second[] = {2, 4, 3, 5};
+  for (auto& r : within)
+    for (std::size_t i = 0; i < r.ids.size(); ++i)  // tokens (0, 2), (0, 4), (0, 3), (0, 5), (0, 2), (0, 4)
+      r.ids[i] = i % 2 == 0 ? 0 : second[(i / 2) % 4];
+  return refused_then_within<R>(P, N, Bmax, to_pair(P, N, Bmax, 0, 2, 64), within, 2);
 }
 
 // The refusal's message: rank `rank` noted room for `count` foreign items needed, past the
@@ -370,4 +396,22 @@ TEST_CASE("SyncFreeLayer over CollectiveExchange<HostThreads>: a plan past its p
     // Backward: rank 0 unpacks helper 1's second gradient past the slot.
     CHECK(got.backward[0].rfind(past_capacity(0, 2, 1), 0) == 0);
   }
+}
+
+TEST_CASE("SyncFreeLayer: one foreign expert from each of two peers, past the bound, is refused by both exchanges") {
+  // Rank 2 is the only rank with words set, so it is named. Forward: the weights' arrival
+  // (peer 1's expert, the second) is a smaller word than rank 2's own task list.
+  const std::vector<int> foreign{0, 0, 2};
+  const OverBound sym = one_from_each_peer<Rig<PastItsBound>>();
+  CHECK(sym.foreign == foreign);
+  CHECK(sym.forward[0].rfind(overflow(2, 2, 1), 0) == 0);
+  // Backward: native rank 1 pulls its gradient from helper 2's second room, past it (a
+  // lower rank than the helper's own task list).
+  CHECK(sym.backward[0].rfind(overflow(1, 2, 2), 0) == 0);
+  const OverBound coll = one_from_each_peer<CollectiveRig<PastItsBound>>();
+  CHECK(coll.foreign == foreign);
+  CHECK(coll.forward[0] == sym.forward[0]);
+  // Backward: helper 2 packs no gradient past its room (peer 1's, the second); rank 1
+  // unpacks a slot that fits the capacity and notes nothing, so rank 2 is named.
+  CHECK(coll.backward[0].rfind(overflow(2, 2, 1), 0) == 0);
 }
