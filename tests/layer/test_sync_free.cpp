@@ -437,3 +437,18 @@ TEST_CASE("SyncFreeLayer over CollectiveExchange: a capacity too small is the sa
   CHECK(errors[0].find("exceed the fixed-capacity exchange's room per peer (raise CollectiveCapacity)") !=
         std::string::npos);
 }
+
+TEST_CASE("SyncFreeLayer over CollectiveExchange: experts past a room per peer below the planner's bound are a "
+          "capacity error") {
+  constexpr int P = 2, N = 6, Bmax = 6;
+  // Every token to rank 0's three natives, evenly: LeastLoaded ships two of them to rank 1.
+  auto full = layertest::make_inputs(P, N, K, D, llep::sim::Skew{}, 8, {Bmax, Bmax});
+  for (auto& r : full)
+    for (std::size_t i = 0; i < r.ids.size(); ++i) r.ids[i] = static_cast<std::int32_t>((i / 2 + i % 2) % 3);
+  const auto errors = collective_vs_moe_layer(P, N, llep::LeastLoaded{1.0, 1}, 9, {full}, Bmax,
+                                              llep::CollectiveCapacity{llep::CollectiveCapacity::most, 1});
+  CHECK(errors[1] == errors[0]);
+  CHECK(errors[0].rfind("llep: rank 0: the 2 rows (or experts' weights) between it and peer 1 exceed the "
+                        "fixed-capacity exchange's room per peer (raise CollectiveCapacity)",
+                        0) == 0);
+}

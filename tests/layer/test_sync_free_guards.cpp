@@ -361,24 +361,11 @@ TEST_CASE("SyncFreeLayer: a plan past its planner's foreign-expert bound is refu
   }
 }
 
-namespace {
-
-// The refusal of a per-peer room of CollectiveExchange: rank `rank` and peer `peer` have
-// `count` experts' weights or gradients between them, past CollectiveCapacity::experts_per_peer.
-std::string past_capacity(int rank, int count, int peer) {
-  return "llep: rank " + std::to_string(rank) + ": the " + std::to_string(count) +
-         " rows (or experts' weights) between it and peer " + std::to_string(peer) +
-         " exceed the fixed-capacity exchange's room per peer (raise CollectiveCapacity)";
-}
-
-}  // namespace
-
 TEST_CASE("SyncFreeLayer over CollectiveExchange<HostThreads>: a plan past its planner's foreign-expert bound is "
           "refused, on every rank") {
   // The default capacity per peer is the planner's bound (one expert), so the second
   // transfer between the pair is also past the slot: the native side's pack (forward) and
-  // unpack (backward) note capacity_exceeded (code 5), which wins over past_bound (code 7)
-  // when it is the lowest rank's word. The helper's own word is past_bound.
+  // unpack (backward) note it past the bound too, naming the helper.
   using Coll = CollectiveRig<PastItsBound>;
   {  // Natives on rank 1, rank 0 their helper: rank 0's past_bound words are named.
     const OverBound got = past_the_bound<Coll>(1);
@@ -388,13 +375,13 @@ TEST_CASE("SyncFreeLayer over CollectiveExchange<HostThreads>: a plan past its p
     // Backward: rank 0's task list (its gradients pack names peer 1, larger).
     CHECK(got.backward[0].rfind(overflow(0, 2, 0), 0) == 0);
   }
-  {  // Natives on rank 0, rank 1 their helper: rank 0's capacity words are named.
+  {  // Natives on rank 0, rank 1 their helper: rank 0's words are named.
     const OverBound got = past_the_bound<Coll>(0);
     CHECK(got.foreign == std::vector<int>{0, 2});
     // Forward: rank 0 packs its second expert for peer 1 past the slot.
-    CHECK(got.forward[0].rfind(past_capacity(0, 2, 1), 0) == 0);
+    CHECK(got.forward[0].rfind(overflow(0, 2, 1), 0) == 0);
     // Backward: rank 0 unpacks helper 1's second gradient past the slot.
-    CHECK(got.backward[0].rfind(past_capacity(0, 2, 1), 0) == 0);
+    CHECK(got.backward[0].rfind(overflow(0, 2, 1), 0) == 0);
   }
 }
 

@@ -25,9 +25,10 @@
 // The price of fixed sizes: every step moves the capacity, not the live bytes: 2 x P slots
 // of rows and P slots of experts_per_peer x expert_bytes to every peer, whether or not the
 // plan moves any. Size CollectiveCapacity from what the model routes. A step past a capacity
-// writes no byte outside a buffer: it records capacity_exceeded (or a count mismatch) in
-// the status word of every rank it touches, its results are not valid, and the host check
-// throws llep::Error naming the rank and the peer (docs/device-step.md).
+// writes no byte outside a buffer: it records capacity_exceeded (or a count mismatch, or
+// past_bound for experts past the planner's bound) in the status word of every rank it
+// touches, its results are not valid, and the host check throws llep::Error naming the
+// rank and the peer (docs/device-step.md).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -193,6 +194,14 @@ struct UnpackRows {
   }
 };
 
+/// The word for a transfer's item `j` (its in_pair) past a slot's capacity: past the
+/// planner's bound of `bound` foreign experts (the capacity at its most is that bound, so
+/// no capacity fits the plan), or else past a CollectiveCapacity below it.
+[[nodiscard]] LLEP_HOST_DEVICE inline status_word_t past_slot_word(int peer, std::int32_t j, std::int32_t bound) noexcept {
+  const auto n = static_cast<std::uint64_t>(j) + 1;
+  return j >= bound ? past_bound_word(peer, n) : capacity_word(peer, n);
+}
+
 /// weights and grads: worker w's share of packing this rank's side of the transfers into
 /// the slots of their peers, each at its in_pair (TransferPlaces): as the source (weights:
 /// the native's experts at native_slot[expert]) or as the destination (grads: this rank's
@@ -205,6 +214,7 @@ struct PackTransfers {
   const std::byte* from;
   const std::int32_t* native_slot;  // null: the transfer's item at_dst
   std::int32_t items;
+  std::int32_t bound;  // the planner's foreign experts per rank
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
       RankTransfer m;
@@ -216,7 +226,7 @@ struct PackTransfers {
       }
       const std::int32_t j = m.at.in_pair;
       if (j >= s.capacity)
-        s.note(w, capacity_word(m.peer, static_cast<std::uint64_t>(j) + 1));
+        s.note(w, past_slot_word(m.peer, j, bound));
       else
         s.copy<Word>(s.item(m.peer, j), from + static_cast<std::size_t>(at) * s.item_bytes, 1, w);
     }
@@ -233,6 +243,7 @@ struct UnpackTransfers {
   bool as_source;
   std::byte* to;
   std::int32_t capacity;  // items `to` holds
+  std::int32_t bound;     // the planner's foreign experts per rank
   LLEP_HOST_DEVICE void operator()(std::size_t w) const noexcept {
     for (std::int32_t i = 0, n = t.count(); i < n; ++i) {
       RankTransfer m;
@@ -243,7 +254,7 @@ struct UnpackTransfers {
       }
       const std::int32_t j = m.at.in_pair;
       if (j >= s.capacity)
-        s.note(w, capacity_word(m.peer, static_cast<std::uint64_t>(j) + 1));
+        s.note(w, past_slot_word(m.peer, j, bound));
       else
         s.copy<Word>(to + static_cast<std::size_t>(m.item) * s.item_bytes, s.item(m.peer, j), 1, w);
     }
@@ -406,14 +417,14 @@ class CollectiveExchange {
                 in = slots<Exec>(mem_.in, stride, 0, item_bytes, cap_.experts_per_peer, status);
     const bool words = item_bytes % 16 == 0 && aligned16(to);
     if (words)
-      exec.for_each_n(out.workers, PackTransfers<Word16>{out, t, weights, from, native_slot, items});
+      exec.for_each_n(out.workers, PackTransfers<Word16>{out, t, weights, from, native_slot, items, sizes_.foreign});
     else
-      exec.for_each_n(out.workers, PackTransfers<std::byte>{out, t, weights, from, native_slot, items});
+      exec.for_each_n(out.workers, PackTransfers<std::byte>{out, t, weights, from, native_slot, items, sizes_.foreign});
     if (stride > 0) tr_->all_to_all_v(mem_.out, slot_sizes_, slot_offsets_, mem_.in, slot_sizes_, slot_offsets_);
     if (words)
-      exec.for_each_n(in.workers, UnpackTransfers<Word16>{in, t, !weights, to, capacity});
+      exec.for_each_n(in.workers, UnpackTransfers<Word16>{in, t, !weights, to, capacity, sizes_.foreign});
     else
-      exec.for_each_n(in.workers, UnpackTransfers<std::byte>{in, t, !weights, to, capacity});
+      exec.for_each_n(in.workers, UnpackTransfers<std::byte>{in, t, !weights, to, capacity, sizes_.foreign});
   }
 
   struct Memory {
