@@ -194,12 +194,16 @@ struct UnpackRows {
   }
 };
 
-/// The word for a transfer's item `j` (its in_pair) past a slot's capacity: past the
-/// planner's bound of `bound` foreign experts (the capacity at its most is that bound, so
-/// no capacity fits the plan), or else past a CollectiveCapacity below it.
-[[nodiscard]] LLEP_HOST_DEVICE inline status_word_t past_slot_word(int peer, std::int32_t j, std::int32_t bound) noexcept {
+/// Whether transfer m's item in its slot (in_pair) fits the slot's capacity; if not, notes
+/// why: past the planner's bound of `bound` foreign experts (the capacity at its most is
+/// that bound, so no capacity fits the plan), or else past a CollectiveCapacity below it.
+[[nodiscard]] LLEP_HOST_DEVICE inline bool in_slot(const Slots& s, std::size_t w, const RankTransfer& m,
+                                                   std::int32_t bound) noexcept {
+  const std::int32_t j = m.at.in_pair;
+  if (j < s.capacity) return true;
   const auto n = static_cast<std::uint64_t>(j) + 1;
-  return j >= bound ? past_bound_word(peer, n) : capacity_word(peer, n);
+  s.note(w, j >= bound ? past_bound_word(m.peer, n) : capacity_word(m.peer, n));
+  return false;
 }
 
 /// weights and grads: worker w's share of packing this rank's side of the transfers into
@@ -224,11 +228,8 @@ struct PackTransfers {
         s.note(w, past_bound_word(m.peer, static_cast<std::uint64_t>(at) + 1));
         return;
       }
-      const std::int32_t j = m.at.in_pair;
-      if (j >= s.capacity)
-        s.note(w, past_slot_word(m.peer, j, bound));
-      else
-        s.copy<Word>(s.item(m.peer, j), from + static_cast<std::size_t>(at) * s.item_bytes, 1, w);
+      if (in_slot(s, w, m, bound))
+        s.copy<Word>(s.item(m.peer, m.at.in_pair), from + static_cast<std::size_t>(at) * s.item_bytes, 1, w);
     }
   }
 };
@@ -252,11 +253,8 @@ struct UnpackTransfers {
         s.note(w, past_bound_word(m.peer, static_cast<std::uint64_t>(m.item) + 1));
         return;
       }
-      const std::int32_t j = m.at.in_pair;
-      if (j >= s.capacity)
-        s.note(w, past_slot_word(m.peer, j, bound));
-      else
-        s.copy<Word>(to + static_cast<std::size_t>(m.item) * s.item_bytes, s.item(m.peer, j), 1, w);
+      if (in_slot(s, w, m, bound))
+        s.copy<Word>(to + static_cast<std::size_t>(m.item) * s.item_bytes, s.item(m.peer, m.at.in_pair), 1, w);
     }
   }
 };
